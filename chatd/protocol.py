@@ -1,0 +1,262 @@
+"""Wire protocol: framing, message schema and error codes (no I/O).
+
+Shared by the server and the client. A frame is a 4-byte big-endian unsigned
+length followed by that many bytes of one msgpack map. See protocol.md.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import msgpack
+
+VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+HEADER = struct.Struct(">I")
+DEFAULT_MAX_FRAME = 65536
+
+NICK_RE = re.compile(r"[A-Za-z_\[\]\\^{}|`][A-Za-z0-9_\-\[\]\\^{}|`]{0,29}\Z")
+ROOM_RE = re.compile(r"#[a-z0-9_.\-]{1,49}\Z")
+# C0 controls other than TAB and LF, DEL, and C1 controls: they would let one
+# user rewrite another user's terminal.
+_BAD_TEXT_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_BAD_LINE_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+# code -> (fatal, meaning). Fatal errors are followed by the server closing.
+ERRORS: dict[str, tuple[bool, str]] = {
+    "frame_too_large": (True, "declared frame length is over max_frame"),
+    "malformed": (False, "the payload is not exactly one valid msgpack value"),
+    "invalid_utf8": (False, "a string in the payload is not valid UTF-8"),
+    "not_a_map": (False, "the payload is not a map with a string 'type'"),
+    "unknown_type": (False, "no request has this 'type'"),
+    "missing_field": (False, "a required field is absent"),
+    "wrong_type": (False, "a field has the wrong msgpack type"),
+    "invalid_value": (False, "a field has the right type but a bad value"),
+    "text_empty": (False, "message text is empty or only white space"),
+    "text_too_long": (False, "message text is over max_text bytes"),
+    "not_registered": (False, "only hello, ping, pong and quit before welcome"),
+    "already_registered": (False, "hello after welcome"),
+    "unsupported_version": (False, "the hello version is not supported"),
+    "invalid_nick": (False, "the nick breaks the nick rules"),
+    "nick_taken": (False, "another session uses this nick"),
+    "invalid_room": (False, "the room name breaks the room rules"),
+    "no_such_room": (False, "the room does not exist (nobody is in it)"),
+    "not_in_room": (False, "the request needs you to be a member"),
+    "no_such_nick": (False, "nobody online uses this nick"),
+    "too_many_rooms": (False, "joining would exceed max_rooms"),
+    "rate_limited": (False, "request dropped: over a rate limit"),
+    "server_full": (True, "max_sessions reached"),
+    "too_many_connections": (True, "max_sessions_per_ip reached"),
+    "handshake_timeout": (True, "no successful hello within handshake_timeout"),
+    "ping_timeout": (True, "no frame within ping_timeout after a ping"),
+    "slow_consumer": (True, "the client did not read; a send queue overflowed"),
+    "flood": (True, "rate limits exceeded for too long"),
+    "shutting_down": (True, "the server is stopping"),
+    "server_gone": (True, "the server's broker vanished and did not return"),
+    "internal": (True, "a server bug; the session ends"),
+}
+
+
+class ProtocolError(Exception):
+    """The peer sent something invalid. Carries the error code for the reply."""
+
+    def __init__(self, code: str, message: str = "", *, limit: str | None = None) -> None:
+        assert code in ERRORS, code
+        super().__init__(message or ERRORS[code][1])
+        self.code = code
+        self.message = message or ERRORS[code][1]
+        self.limit = limit
+
+    @property
+    def fatal(self) -> bool:
+        return ERRORS[self.code][0]
+
+
+def pack(obj: dict[str, Any]) -> bytes:
+    """Encode one frame: length header plus msgpack payload."""
+    payload = msgpack.packb(obj, use_bin_type=True)
+    return HEADER.pack(len(payload)) + payload
+
+
+def error_frame(code: str, message: str = "", *, label: Any = None, **extra: Any) -> bytes:
+    frame: dict[str, Any] = {
+        "type": "error",
+        "code": code,
+        "message": message or ERRORS[code][1],
+        "fatal": ERRORS[code][0],
+    }
+    if label is not None:
+        frame["label"] = label
+    frame.update(extra)
+    return pack(frame)
+
+
+def error_from(exc: ProtocolError, label: Any = None) -> bytes:
+    extra = {"limit": exc.limit} if exc.limit else {}
+    return error_frame(exc.code, exc.message, label=label, **extra)
+
+
+class FrameDecoder:
+    """Splits a byte stream into frame payloads. Only oversize is fatal."""
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self._buf = bytearray()
+
+    def receive_data(self, data: bytes) -> None:
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def payloads(self) -> Iterator[bytes]:
+        """Yield complete payloads; raise ProtocolError on an oversize header."""
+        buf = self._buf
+        pos = 0
+        try:
+            while len(buf) - pos >= 4:
+                (size,) = HEADER.unpack_from(buf, pos)
+                if size > self.max_frame:
+                    raise ProtocolError(
+                        "frame_too_large",
+                        f"frame of {size} bytes is over max_frame={self.max_frame}",
+                        limit="max_frame",
+                    )
+                end = pos + 4 + size
+                if end > len(buf):
+                    break
+                yield bytes(buf[pos + 4 : end])
+                pos = end
+        finally:
+            del buf[:pos]
+
+
+def decode_payload(payload: bytes) -> dict[str, Any]:
+    """Decode one payload into a map with a string 'type'."""
+    try:
+        obj = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("invalid_utf8", f"invalid UTF-8: {exc.reason}") from None
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError("malformed", f"undecodable msgpack: {type(exc).__name__}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        raise ProtocolError("not_a_map")
+    return obj
+
+
+# Request schemas: field -> (accepted python types, required).
+_STR = (str,)
+_INT = (int,)
+_LABEL = (str, int)
+SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
+    "hello": {"version": (_INT, True), "nick": (_STR, True), "client": (_STR, False),
+              "session": (_STR, False)},
+    "ping": {"token": ((str, int, bytes), False)},
+    "pong": {"token": ((str, int, bytes), False)},
+    "quit": {"reason": (_STR, False)},
+    "join": {"room": (_STR, True), "after": (_INT, False)},
+    "part": {"room": (_STR, True), "reason": (_STR, False)},
+    "msg": {"room": (_STR, False), "to": (_STR, False), "text": (_STR, True),
+            "action": ((bool,), False)},
+    "nick": {"nick": (_STR, True)},
+    "topic": {"room": (_STR, True), "topic": (_STR, False)},
+    "rooms": {},
+    "who": {"room": (_STR, True)},
+    "history": {"room": (_STR, False), "with": (_STR, False), "before": (_INT, False),
+                "after": (_INT, False), "limit": (_INT, False)},
+}
+# Requests a session may send before it has been welcomed.
+PRE_WELCOME = frozenset({"hello", "ping", "pong", "quit"})
+MAX_LABEL = 64
+MAX_REASON = 200
+MAX_TOPIC = 300
+
+
+def label_of(obj: dict[str, Any]) -> Any:
+    """The request's label if it is a valid one, else None."""
+    label = obj.get("label")
+    if isinstance(label, bool):
+        return None
+    if isinstance(label, int) and -(2**63) <= label < 2**64:
+        return label
+    if isinstance(label, str) and len(label) <= MAX_LABEL:
+        return label
+    return None
+
+
+def validate_request(obj: dict[str, Any]) -> dict[str, Any]:
+    """Check the request's type and field types; returns it unchanged."""
+    rtype = obj["type"]
+    schema = SCHEMAS.get(rtype)
+    if schema is None:
+        raise ProtocolError("unknown_type", f"unknown request type {rtype[:32]!r}")
+    if "label" in obj and label_of(obj) is None:
+        raise ProtocolError("wrong_type", f"label must be a string of at most {MAX_LABEL} "
+                            "characters or an integer")
+    for field, (types, required) in schema.items():
+        if field not in obj:
+            if required:
+                raise ProtocolError("missing_field", f"{rtype}: missing field {field!r}")
+            continue
+        value = obj[field]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            names = "/".join(t.__name__ for t in types)
+            raise ProtocolError("wrong_type", f"{rtype}: field {field!r} must be {names}")
+    if rtype == "msg" and ("room" in obj) == ("to" in obj):
+        raise ProtocolError("invalid_value", "msg: give exactly one of 'room' or 'to'")
+    if rtype == "history":
+        if ("room" in obj) == ("with" in obj):
+            raise ProtocolError("invalid_value", "history: give exactly one of 'room' or 'with'")
+        if "before" in obj and "after" in obj:
+            raise ProtocolError("invalid_value", "history: give at most one of 'before', 'after'")
+    return obj
+
+
+def check_nick(nick: str) -> str:
+    if not NICK_RE.match(nick):
+        raise ProtocolError(
+            "invalid_nick",
+            "nick must be 1-30 characters: letters, digits, _-[]\\^{}|` "
+            "and not start with a digit or '-'",
+        )
+    return nick
+
+
+def nick_key(nick: str) -> str:
+    """Case-insensitive identity of a nick (nicks are ASCII)."""
+    return nick.lower()
+
+
+def check_room(room: str) -> str:
+    """Return the canonical (lower-case) room name or raise invalid_room."""
+    canon = room.lower()
+    if not ROOM_RE.match(canon):
+        raise ProtocolError(
+            "invalid_room", "room must be '#' then 1-49 of a-z 0-9 _ . - (case-insensitive)"
+        )
+    return canon
+
+
+def check_text(text: str, max_text: int) -> str:
+    if not text.strip():
+        raise ProtocolError("text_empty")
+    if len(text.encode("utf-8", "surrogatepass")) > max_text:
+        raise ProtocolError("text_too_long", f"text is over max_text={max_text} bytes",
+                            limit="max_text")
+    if _BAD_TEXT_RE.search(text):
+        raise ProtocolError("invalid_value", "text may not contain control characters "
+                            "other than tab and newline")
+    return text
+
+
+def check_line(value: str, field: str, limit: int) -> str:
+    """A single-line free-text field such as a topic or reason."""
+    if len(value) > limit:
+        raise ProtocolError("invalid_value", f"{field} is longer than {limit} characters")
+    if _BAD_LINE_RE.search(value.replace("\t", " ")):
+        raise ProtocolError("invalid_value", f"{field} may not contain control characters")
+    return value
