@@ -1,0 +1,279 @@
+"""Slash-command parsing: one input line -> an action, or a UsageError (nothing sent).
+
+The /help text is generated from COMMANDS, so usage strings live in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from chatd.protocol import MAX_REASON, MAX_TOPIC, ProtocolError, check_line, check_nick, check_room
+
+
+class UsageError(Exception):
+    """A local error: the line is not a valid command; nothing is sent."""
+
+
+@dataclass(frozen=True)
+class Say:
+    """Text for the current buffer (a room or a direct-message buffer)."""
+
+    text: str
+    action: bool = False
+
+
+@dataclass(frozen=True)
+class Join:
+    room: str
+
+
+@dataclass(frozen=True)
+class Part:
+    room: str | None  # None: the current buffer
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Msg:
+    nick: str
+    text: str | None  # None: only open/switch to the direct-message buffer
+
+
+@dataclass(frozen=True)
+class Nick:
+    nick: str
+
+
+@dataclass(frozen=True)
+class Topic:
+    room: str | None  # None: the current room
+    text: str | None  # None: show the topic; "" clears it
+
+
+@dataclass(frozen=True)
+class Who:
+    room: str | None
+
+
+@dataclass(frozen=True)
+class Rooms:
+    pass
+
+
+@dataclass(frozen=True)
+class History:
+    count: int
+
+
+@dataclass(frozen=True)
+class Quit:
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Help:
+    command: str | None = None
+
+
+@dataclass(frozen=True)
+class Switch:
+    target: str  # a room, a nick (direct-message buffer) or a buffer number
+
+
+Action = Say | Join | Part | Msg | Nick | Topic | Who | Rooms | History | Quit | Help | Switch
+
+DEFAULT_HISTORY = 50
+MAX_HISTORY = 200  # protocol default history_page; the server caps it anyway
+
+
+def room_arg(arg: str) -> str:
+    """Canonical room name; a missing leading '#' is added for convenience."""
+    name = arg if arg.startswith("#") else "#" + arg
+    try:
+        return check_room(name)
+    except ProtocolError as exc:
+        raise UsageError(f"bad room name {arg!r}: {exc.message}") from None
+
+
+def nick_arg(arg: str) -> str:
+    try:
+        return check_nick(arg)
+    except ProtocolError as exc:
+        raise UsageError(f"bad nick {arg!r}: {exc.message}") from None
+
+
+def line_arg(value: str, field: str, limit: int) -> str:
+    try:
+        return check_line(value, field, limit)
+    except ProtocolError as exc:
+        raise UsageError(exc.message) from None
+
+
+def _split(rest: str, n: int) -> list[str]:
+    """Split off at most n words; the remainder (if any) is the last element."""
+    return rest.split(None, n) if rest else []
+
+
+def _join(rest: str) -> Action:
+    words = rest.split()
+    if len(words) != 1:
+        raise UsageError("usage")
+    return Join(room_arg(words[0]))
+
+
+def _part(rest: str) -> Action:
+    words = _split(rest, 1)
+    room = None
+    if words and words[0].startswith("#"):
+        room = room_arg(words.pop(0))
+    reason = words[0] if words else ""
+    return Part(room, line_arg(reason, "reason", MAX_REASON))
+
+
+def _msg(rest: str) -> Action:
+    words = _split(rest, 1)
+    if not words:
+        raise UsageError("usage")
+    text = words[1] if len(words) > 1 else None
+    return Msg(nick_arg(words[0]), text)
+
+
+def _me(rest: str) -> Action:
+    if not rest.strip():
+        raise UsageError("usage")
+    return Say(rest, action=True)
+
+
+def _nick(rest: str) -> Action:
+    words = rest.split()
+    if len(words) != 1:
+        raise UsageError("usage")
+    return Nick(nick_arg(words[0]))
+
+
+def _topic(rest: str) -> Action:
+    room = None
+    words = _split(rest, 1)
+    if words and words[0].startswith("#"):
+        room = room_arg(words.pop(0))
+    if not words:
+        return Topic(room, None)
+    text = "" if words[0] == "-" else words[0]
+    return Topic(room, line_arg(text, "topic", MAX_TOPIC))
+
+
+def _who(rest: str) -> Action:
+    words = rest.split()
+    if len(words) > 1:
+        raise UsageError("usage")
+    return Who(room_arg(words[0]) if words else None)
+
+
+def _rooms(rest: str) -> Action:
+    if rest.strip():
+        raise UsageError("usage")
+    return Rooms()
+
+
+def _history(rest: str) -> Action:
+    words = rest.split()
+    if not words:
+        return History(DEFAULT_HISTORY)
+    if len(words) != 1 or not words[0].isdigit() or not 1 <= int(words[0]) <= MAX_HISTORY:
+        raise UsageError("usage")
+    return History(int(words[0]))
+
+
+def _quit(rest: str) -> Action:
+    return Quit(line_arg(rest.strip(), "reason", MAX_REASON))
+
+
+def _help(rest: str) -> Action:
+    words = rest.split()
+    if len(words) > 1:
+        raise UsageError("usage")
+    if words:
+        name = words[0].lstrip("/").lower()
+        if name not in COMMANDS and name not in ALIASES:
+            raise UsageError(f"no such command: /{name}")
+        return Help(ALIASES.get(name, name))
+    return Help()
+
+
+def _switch(rest: str) -> Action:
+    words = rest.split()
+    if len(words) != 1:
+        raise UsageError("usage")
+    return Switch(words[0])
+
+
+@dataclass(frozen=True)
+class Spec:
+    usage: str
+    summary: str
+    parse: Callable[[str], Action]
+
+
+COMMANDS: dict[str, Spec] = {
+    "join": Spec("/join ROOM", "join ROOM (the '#' is optional) and switch to it", _join),
+    "part": Spec("/part [ROOM] [REASON]",
+                 "leave ROOM (default: the current one); in a direct-message buffer, close it",
+                 _part),
+    "msg": Spec("/msg NICK [TEXT]",
+                "send a direct message; without TEXT, open the direct-message buffer", _msg),
+    "me": Spec("/me ACTION", "send an action to the current buffer ('* you ACTION')", _me),
+    "nick": Spec("/nick NICK", "change your nick", _nick),
+    "topic": Spec("/topic [ROOM] [TEXT|-]",
+                  "show the topic, or set it to TEXT; '-' clears it", _topic),
+    "who": Spec("/who [ROOM]", "list the members of ROOM (default: the current one)", _who),
+    "rooms": Spec("/rooms", "list the rooms that have members", _rooms),
+    "history": Spec("/history [N]",
+                    f"fetch N older messages into this buffer (default {DEFAULT_HISTORY}, "
+                    f"at most {MAX_HISTORY})", _history),
+    "switch": Spec("/switch ROOM|NICK|N", "switch to a buffer by name or number", _switch),
+    "quit": Spec("/quit [REASON]", "disconnect and exit", _quit),
+    "help": Spec("/help [COMMAND]", "show this help, or the usage of COMMAND", _help),
+}
+ALIASES = {"j": "join", "exit": "quit", "query": "msg", "leave": "part"}
+
+
+def command_names() -> list[str]:
+    return sorted(COMMANDS)
+
+
+def parse(line: str) -> Action:
+    """Parse one input line. Raises UsageError for unknown commands or bad usage.
+
+    A line starting with '//' sends the rest, starting with '/', as plain text.
+    """
+    if not line.startswith("/") or line.startswith("//"):
+        text = line[1:] if line.startswith("//") else line
+        if not text.strip():
+            raise UsageError("empty message")
+        return Say(text)
+    if "\n" in line:
+        raise UsageError("a command must be a single line")
+    name, _, rest = line[1:].partition(" ")
+    key = ALIASES.get(name.lower(), name.lower())
+    spec = COMMANDS.get(key)
+    if spec is None:
+        raise UsageError(f"unknown command /{name} (try /help)")
+    try:
+        return spec.parse(rest.strip())
+    except UsageError as exc:
+        if str(exc) == "usage":
+            raise UsageError(f"usage: {spec.usage}") from None
+        raise
+
+
+def help_lines(command: str | None = None) -> list[str]:
+    if command is not None:
+        spec = COMMANDS[command]
+        return [f"{spec.usage}  -  {spec.summary}"]
+    width = max(len(s.usage) for s in COMMANDS.values())
+    lines = ["Commands (a line not starting with '/' is a message; '//' sends a literal '/'):"]
+    lines += [f"  {s.usage:<{width}}  {s.summary}" for s in COMMANDS.values()]
+    lines.append("Keys: PageUp/PageDown scroll, Alt+1..9 / Ctrl+N / Ctrl+P switch buffers,")
+    lines.append("      Tab completes, Up/Down input history, Ctrl-C / Ctrl-D exit.")
+    return lines

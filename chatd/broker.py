@@ -1,0 +1,308 @@
+"""Rooms, nicks, routing and history requests (sans-I/O; lives in the parent).
+
+The broker is fed requests that arrived on a session's channel, identified by
+the channel (`sid`), never by anything inside the request. It writes its output
+into `outbox`: per session, a list of either encoded client frames (`bytes`,
+forwarded to the client untouched) or control maps (`dict`) for the session
+process itself. A room message is encoded once and the same bytes object is
+queued for every member.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from chatd import protocol as p
+from chatd.config import Config
+from chatd.protocol import ProtocolError, pack
+from chatd.store import Store, dm_key, message_map
+
+log = logging.getLogger("chatd.broker")
+Item = bytes | dict[str, Any]
+REMEMBERED_ENDINGS = 4096
+
+
+@dataclass(slots=True, eq=False)
+class Member:
+    sid: int
+    session: str
+    ip: str
+    nick: str | None = None
+    rooms: set[str] = field(default_factory=set)
+    gone: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class Room:
+    name: str
+    topic: str
+    topic_by: str | None
+    topic_ts: int | None
+    members: dict[int, Member] = field(default_factory=dict)
+
+
+class Broker:
+    def __init__(self, store: Store, config: Config) -> None:
+        self.store = store
+        self.config = config
+        self.members: dict[int, Member] = {}
+        self.nicks: dict[str, Member] = {}
+        self.rooms: dict[str, Room] = {}
+        self.outbox: defaultdict[int, list[Item]] = defaultdict(list)
+        self.endings: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._handlers = {
+            "hello": self._hello, "quit": self._quit, "join": self._join,
+            "part": self._part, "msg": self._msg, "nick": self._nick,
+            "topic": self._topic, "rooms": self._rooms, "who": self._who,
+            "history": self._history, "ping": self._ignore, "pong": self._ignore,
+        }
+
+    # ---- session lifetime (called by the parent's loop) ----
+
+    def attach(self, sid: int, session: str, ip: str) -> None:
+        self.members[sid] = Member(sid, session, ip)
+
+    def detach(self, sid: int, reason: str, now: int, code: str = "") -> None:
+        """The session's channel is gone: leave everything, tell the rooms."""
+        member = self.members.pop(sid, None)
+        self.outbox.pop(sid, None)
+        if member is not None and not member.gone:
+            self._leave_all(member, reason, now)
+            self._remember(member.session, code or "closed", reason)
+
+    def sessions_from(self, ip: str) -> int:
+        return sum(1 for m in self.members.values() if m.ip == ip)
+
+    def drain(self) -> defaultdict[int, list[Item]]:
+        out, self.outbox = self.outbox, defaultdict(list)
+        return out
+
+    # ---- requests from a session ----
+
+    def receive(self, sid: int, payload: bytes, now: int) -> None:
+        """Handle one request frame payload from session `sid`'s channel."""
+        member = self.members.get(sid)
+        if member is None or member.gone:
+            return
+        label = None
+        try:
+            req = p.decode_payload(payload)
+            label = p.label_of(req)
+            p.validate_request(req)
+            if member.nick is None and req["type"] not in p.PRE_WELCOME:
+                raise ProtocolError("not_registered")
+            self._handlers[req["type"]](member, req, label, now)
+        except ProtocolError as exc:
+            self.outbox[sid].append(p.error_from(exc, label))
+        except Exception:
+            # A bug must cost one session, never the parent.
+            log.exception("broker failed on a request from session %s", member.session)
+            self.outbox[sid].append(p.error_frame("internal", label=label))
+            self.outbox[sid].append({"c": "close", "code": "internal"})
+
+    def _reply(self, member: Member, frame: dict[str, Any], label: Any) -> None:
+        if label is not None:
+            frame["label"] = label
+        self.outbox[member.sid].append(pack(frame))
+
+    def _fanout(self, room: Room, data: bytes, skip: int = -1) -> None:
+        outbox = self.outbox
+        for sid in room.members:
+            if sid != skip:
+                outbox[sid].append(data)
+
+    def _ignore(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
+        pass
+
+    def _hello(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
+        if member.nick is not None:
+            raise ProtocolError("already_registered")
+        if req["version"] not in p.SUPPORTED_VERSIONS:
+            self.outbox[member.sid].append(p.error_frame(
+                "unsupported_version", f"version {req['version']} is not supported",
+                label=label, supported=list(p.SUPPORTED_VERSIONS)))
+            return
+        nick = self._free_nick(member, req["nick"])
+        member.nick = nick
+        self.nicks[p.nick_key(nick)] = member
+        cfg = self.config
+        welcome: dict[str, Any] = {
+            "type": "welcome", "version": p.VERSION, "server": cfg.server_name,
+            "session": member.session, "nick": nick, "motd": cfg.motd, "time": now,
+            "limits": cfg.limits(),
+        }
+        previous = self.endings.get(req.get("session", ""))
+        if previous:
+            welcome["previous"] = {"code": previous[0], "message": previous[1]}
+        self._reply(member, welcome, label)
+        self.outbox[member.sid].append({"c": "welcome", "nick": nick})
+
+    def _free_nick(self, member: Member, nick: str) -> str:
+        p.check_nick(nick)
+        holder = self.nicks.get(p.nick_key(nick))
+        if holder is not None and holder is not member:
+            raise ProtocolError("nick_taken", f"nick {nick!r} is in use")
+        return nick
+
+    def _quit(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
+        reason = p.check_line(req.get("reason", ""), "reason", p.MAX_REASON) or "quit"
+        # The session process adds `code` when it ends the session itself.
+        code = req.get("code")
+        self._leave_all(member, reason, now)
+        self._remember(member.session, code if code in p.ERRORS else "quit", reason)
+        member.gone = True
+
+    def _room(self, name: str) -> Room:
+        room = self.rooms.get(p.check_room(name))
+        if room is None:
+            raise ProtocolError("no_such_room", f"nobody is in {name.lower()}")
+        return room
+
+    def _my_room(self, member: Member, name: str) -> Room:
+        canon = p.check_room(name)
+        room = self.rooms.get(canon)
+        if room is None or member.sid not in room.members:
+            raise ProtocolError("not_in_room", f"you are not in {canon}")
+        return room
+
+    def _join(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
+        name = p.check_room(req["room"])
+        room = self.rooms.get(name)
+        if room is None or member.sid not in room.members:
+            if len(member.rooms) >= self.config.max_rooms:
+                raise ProtocolError("too_many_rooms", f"you are in max_rooms="
+                                    f"{self.config.max_rooms} rooms", limit="max_rooms")
+            if room is None:
+                room = self.rooms[name] = Room(name, *self.store.topic(name))
+            self._fanout(room, pack({"type": "join", "room": name, "nick": member.nick,
+                                     "ts": now}))
+            room.members[member.sid] = member
+            member.rooms.add(name)
+            self._state(member)
+        self._reply(member, {"type": "joined", "room": name, "topic": room.topic,
+                             "members": [m.nick for m in room.members.values()]}, label)
+        after = req.get("after")
+        limit = self.config.history_page if after is not None else self.config.history_on_join
+        rows, more = self.store.history(room=name, after=after, limit=limit)
+        self._reply(member, {"type": "history", "room": name,
+                             "messages": [message_map(r) for r in rows], "more": more}, label)
+
+    def _part(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
+        room = self._my_room(member, req["room"])
+        reason = p.check_line(req.get("reason", ""), "reason", p.MAX_REASON)
+        self._reply(member, {"type": "parted", "room": room.name}, label)
+        self._leave(member, room, {"type": "part", "room": room.name, "nick": member.nick,
+                                   "reason": reason, "ts": now})
+        self._state(member)
+
+    def _msg(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
+        text = p.check_text(req["text"], self.config.max_text)
+        action = bool(req.get("action", False))
+        nick = member.nick
+        assert nick is not None
+        if "room" in req:
+            room = self._my_room(member, req["room"])
+            msg_id = self.store.add_message(now, nick, text, action, room=room.name)
+            ack: dict[str, Any] = {"type": "ack", "id": msg_id, "ts": now, "room": room.name}
+            self._reply(member, ack, label)
+            self._fanout(room, pack({"type": "message", "id": msg_id, "ts": now,
+                                     "room": room.name, "from": nick, "text": text,
+                                     "action": action}))
+            return
+        target = self.nicks.get(p.nick_key(p.check_nick(req["to"])))
+        if target is None or target.nick is None:
+            raise ProtocolError("no_such_nick", f"nobody is called {req['to']!r}")
+        msg_id = self.store.add_message(now, nick, text, action, target=target.nick)
+        self._reply(member, {"type": "ack", "id": msg_id, "ts": now, "to": target.nick}, label)
+        data = pack({"type": "message", "id": msg_id, "ts": now, "to": target.nick,
+                     "from": nick, "text": text, "action": action})
+        self.outbox[member.sid].append(data)
+        if target is not member:
+            self.outbox[target.sid].append(data)
+
+    def _nick(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
+        old = member.nick
+        assert old is not None
+        new = self._free_nick(member, req["nick"])
+        del self.nicks[p.nick_key(old)]
+        member.nick = new
+        self.nicks[p.nick_key(new)] = member
+        self._reply(member, {"type": "nick", "old": old, "new": new, "ts": now}, label)
+        for name in sorted(member.rooms):
+            self._fanout(self.rooms[name], pack({"type": "nick", "room": name, "old": old,
+                                                 "new": new, "ts": now}), skip=member.sid)
+        self._state(member)
+
+    def _topic(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
+        if "topic" not in req:
+            room = self._room(req["room"])
+            self._reply(member, {"type": "topic", "room": room.name, "topic": room.topic,
+                                 "by": room.topic_by, "ts": room.topic_ts}, label)
+            return
+        room = self._my_room(member, req["room"])
+        topic = p.check_line(req["topic"], "topic", p.MAX_TOPIC)
+        self.store.set_topic(room.name, topic, member.nick or "", now)
+        room.topic, room.topic_by, room.topic_ts = topic, member.nick, now
+        frame = {"type": "topic", "room": room.name, "topic": topic, "by": member.nick,
+                 "ts": now}
+        self._fanout(room, pack(frame), skip=member.sid)
+        self._reply(member, frame, label)
+
+    def _rooms(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
+        listing = [{"room": r.name, "members": len(r.members), "topic": r.topic}
+                   for r in sorted(self.rooms.values(), key=lambda r: r.name)]
+        self._reply(member, {"type": "rooms", "rooms": listing}, label)
+
+    def _who(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
+        room = self._room(req["room"])
+        self._reply(member, {"type": "members", "room": room.name,
+                             "members": [m.nick for m in room.members.values()]}, label)
+
+    def _history(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
+        page = self.config.history_page
+        limit = req.get("limit", page)
+        if limit < 1:
+            raise ProtocolError("invalid_value", "history: limit must be at least 1")
+        limit = min(limit, page)
+        where: dict[str, Any]
+        if "room" in req:
+            room = self._my_room(member, req["room"])
+            where, reply = {"room": room.name}, {"room": room.name}
+        else:
+            other = p.check_nick(req["with"])
+            where, reply = {"dm": dm_key(member.nick or "", other)}, {"with": other}
+        rows, more = self.store.history(**where, before=req.get("before"),
+                                        after=req.get("after"), limit=limit)
+        self._reply(member, {"type": "history", **reply,
+                             "messages": [message_map(r) for r in rows], "more": more}, label)
+
+    # ---- helpers ----
+
+    def _state(self, member: Member) -> None:
+        """Tell the session process its nick and rooms (kept for re-registration)."""
+        self.outbox[member.sid].append({"c": "state", "nick": member.nick,
+                                        "rooms": sorted(member.rooms)})
+
+    def _leave(self, member: Member, room: Room, notice: dict[str, Any]) -> None:
+        del room.members[member.sid]
+        member.rooms.discard(room.name)
+        if room.members:
+            self._fanout(room, pack(notice))
+        else:
+            del self.rooms[room.name]
+
+    def _leave_all(self, member: Member, reason: str, now: int) -> None:
+        for name in sorted(member.rooms):
+            self._leave(member, self.rooms[name], {"type": "quit", "room": name,
+                                                   "nick": member.nick, "reason": reason,
+                                                   "ts": now})
+        if member.nick is not None and self.nicks.get(p.nick_key(member.nick)) is member:
+            del self.nicks[p.nick_key(member.nick)]
+
+    def _remember(self, session: str, code: str, reason: str) -> None:
+        self.endings[session] = (code, reason)
+        while len(self.endings) > REMEMBERED_ENDINGS:
+            self.endings.popitem(last=False)

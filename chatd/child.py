@@ -1,0 +1,241 @@
+"""The session process: a thin I/O loop between one client socket and the broker.
+
+Bytes from the client go through `Session`; RAW envelopes from the parent are
+forwarded to the client as they are. Output towards the client is a list of
+whole-frame chunks sent with one sendmsg() per wakeup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import resource
+import select
+import selectors
+import signal
+import socket
+import time
+
+from chatd import logsetup
+from chatd.channel import CTRL, RAW, EnvelopeReader, decode_control
+from chatd.config import Config
+from chatd.session import Session
+
+log = logging.getLogger("chatd.session")
+READ_SIZE = 262144
+IOV_MAX = 512
+FINAL_FLUSH = 2.0  # seconds to deliver the last frames to a client before closing
+
+
+def close_inherited(keep: set[int]) -> None:
+    """Close every fd the parent left us except `keep` (listener, other channels, db)."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            with contextlib.suppress(OSError):  # the listdir's own fd is already gone
+                os.close(fd)
+
+
+def prepare(config: Config, keep: set[int], session_id: str) -> None:
+    """Fork hygiene, done first thing in the new process."""
+    close_inherited(keep | {0, 1, 2})
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    # The parent orchestrates shutdown; a terminal's ^C or hangup is for it alone.
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    logsetup.set_session(session_id)
+    limits = [(resource.RLIMIT_NOFILE, config.max_files)]
+    if config.max_memory_mb:
+        limits.append((resource.RLIMIT_AS, config.max_memory_mb << 20))
+    if config.max_cpu_seconds:
+        limits.append((resource.RLIMIT_CPU, config.max_cpu_seconds))
+    for which, value in limits:
+        _soft, hard = resource.getrlimit(which)
+        if hard != resource.RLIM_INFINITY:
+            value = min(value, hard)
+        resource.setrlimit(which, (value, hard))
+
+
+def tune_client_socket(sock: socket.socket, config: Config) -> None:
+    sock.setblocking(False)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    idle = int(config.tcp_keepalive)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, idle // 3))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+
+
+class Outbox:
+    """Chunks of whole frames waiting for a socket; tracks a partly sent head."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.offset = 0
+        self.size = 0
+
+    def add(self, chunk: bytes) -> None:
+        if chunk:
+            self.chunks.append(chunk)
+            self.size += len(chunk)
+
+    def discard(self) -> None:
+        """Drop all but a partly sent head, so the stream stays frame-aligned."""
+        keep = self.chunks[:1] if self.offset else []
+        self.chunks = keep
+        self.size = sum(map(len, keep))
+
+    def send(self, sock: socket.socket) -> None:
+        while self.chunks:
+            bufs: list[bytes | memoryview] = list(self.chunks[:IOV_MAX])
+            if self.offset:
+                bufs[0] = memoryview(bufs[0])[self.offset :]
+            try:
+                sent = sock.sendmsg(bufs)
+            except (BlockingIOError, InterruptedError):
+                return
+            self.size -= sent
+            sent += self.offset
+            self.offset = 0
+            while self.chunks and sent >= len(self.chunks[0]):
+                sent -= len(self.chunks.pop(0))
+            self.offset = sent
+            if self.offset:
+                return
+
+
+def serve(sock: socket.socket, chan: socket.socket, config: Config, session_id: str,
+          peer: str) -> int:
+    """Serve one client until the session ends; returns the exit status."""
+    tune_client_socket(sock, config)
+    chan.setblocking(False)
+    session = Session(config, time.monotonic())
+    reader = EnvelopeReader()
+    to_client, to_broker = Outbox(), Outbox()
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ)
+    sel.register(chan, selectors.EVENT_READ)
+    client_open = broker_open = True
+    log.info("serving %s", peer)
+    while not session.ended:
+        # Backpressure: stop taking from the parent while the client is behind.
+        want_chan = selectors.EVENT_READ if to_client.size < config.client_queue else 0
+        if to_broker.chunks:
+            want_chan |= selectors.EVENT_WRITE
+        if broker_open:
+            _interest(sel, chan, want_chan)
+        _interest(sel, sock, selectors.EVENT_READ
+                  | (selectors.EVENT_WRITE if to_client.chunks else 0))
+        timeout = max(0.0, session.next_deadline() - time.monotonic())
+        for key, mask in sel.select(min(timeout, 3600.0)):
+            now = time.monotonic()
+            if key.fileobj is sock:
+                if mask & selectors.EVENT_WRITE and not _send(to_client, sock):
+                    client_open = False
+                    session.client_closed()
+                if mask & selectors.EVENT_READ and client_open:
+                    data = _recv(sock)
+                    if data:
+                        session.receive_data(data, now)
+                    elif data is not None:
+                        client_open = False
+                        session.client_closed()
+            elif mask & selectors.EVENT_READ:
+                data = _recv(chan)
+                if data is None:
+                    continue
+                if not data:
+                    broker_open = False
+                    sel.unregister(chan)
+                    log.warning("broker gone; waiting %.0fs for it", config.broker_grace)
+                    session.broker_lost(now)
+                    continue
+                reader.receive_data(data)
+                for kind, body in reader.envelopes():
+                    if kind == RAW:
+                        to_client.add(body)
+                    elif kind == CTRL:
+                        session.control(decode_control(body))
+            if (mask & selectors.EVENT_WRITE and key.fileobj is chan and broker_open
+                    and not _send(to_broker, chan)):
+                broker_open = False
+                sel.unregister(chan)
+                session.broker_lost(now)
+        session.tick(time.monotonic())
+        config = session.config
+        _drain_session(session, to_client, to_broker)
+        if to_client.chunks and client_open and not _send(to_client, sock):
+            client_open = False
+            session.client_closed()
+    _finish(sock, chan if broker_open else None, session, to_client, to_broker, client_open)
+    log.info("session ended: %s", session.ended)
+    return 0
+
+
+def _interest(sel: selectors.BaseSelector, sock: socket.socket, events: int) -> None:
+    key = sel.get_map().get(sock)
+    if not events:
+        if key is not None:
+            sel.unregister(sock)
+    elif key is None:
+        sel.register(sock, events)
+    elif key.events != events:
+        sel.modify(sock, events)
+
+
+def _recv(sock: socket.socket) -> bytes | None:
+    """Received bytes, b"" at end of stream or on error, None if nothing is ready."""
+    try:
+        return sock.recv(READ_SIZE)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
+
+
+def _send(box: Outbox, sock: socket.socket) -> bool:
+    """Send what the socket takes; False if the peer is gone (the box is emptied)."""
+    try:
+        box.send(sock)
+        return True
+    except OSError:
+        box.chunks, box.size, box.offset = [], 0, 0
+        return False
+
+
+def _drain_session(session: Session, to_client: Outbox, to_broker: Outbox) -> None:
+    if session.drop_pending:
+        to_client.discard()
+        session.drop_pending = False
+    if session.to_client:
+        to_client.add(b"".join(session.to_client))
+        session.to_client.clear()
+    if session.to_broker:
+        to_broker.add(b"".join(session.to_broker))
+        session.to_broker.clear()
+
+
+def _finish(sock: socket.socket, chan: socket.socket | None, session: Session,
+            to_client: Outbox, to_broker: Outbox, client_open: bool) -> None:
+    """Deliver the last frames (bounded in time), then close both ends."""
+    _drain_session(session, to_client, to_broker)
+    deadline = time.monotonic() + FINAL_FLUSH
+    for box, target in ((to_broker, chan), (to_client, sock if client_open else None)):
+        if target is None:
+            continue
+        while box.chunks and time.monotonic() < deadline:
+            try:
+                box.send(target)
+            except OSError:
+                break
+            if box.chunks:
+                select.select([], [target], [], max(0.0, deadline - time.monotonic()))
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+    if chan is not None:
+        chan.close()

@@ -1,0 +1,69 @@
+"""Command line: `chatd serve` (and `chatd bench`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from chatd import logsetup
+from chatd.config import Config, ConfigError, default_data_dir, load_file
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chatd", description="fork-per-client chat server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the server in the foreground",
+                           description="Run the chat server in the foreground. SIGTERM/SIGINT "
+                           "stop it gracefully, SIGHUP reloads --config.")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address or name to listen on; '::' or '0.0.0.0' for all "
+                       "(default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=7777,
+                       help="TCP port; 0 picks a free one (default: 7777)")
+    serve.add_argument("--data-dir", type=Path, default=None,
+                       help=f"where history is stored (default: {default_data_dir()})")
+    serve.add_argument("--config", type=Path, default=None,
+                       help="TOML file with limits and other settings (see README)")
+    serve.add_argument("--log-level", default="info",
+                       choices=["debug", "info", "warning", "error"],
+                       help="log verbosity (default: info)")
+    bench = sub.add_parser("bench", help="load-test a server and print a report",
+                           add_help=False)
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def serve(args: argparse.Namespace) -> int:
+    logsetup.setup(args.log_level)
+    try:
+        values = load_file(args.config)
+    except ConfigError as exc:
+        print(f"chatd: {exc}", file=sys.stderr)
+        return 2
+    config = Config(host=args.host, port=args.port,
+                    data_dir=args.data_dir or default_data_dir(),
+                    config_file=args.config, log_level=args.log_level, values=values)
+    from chatd.master import Master
+
+    try:
+        master = Master(config)
+        master.listen()
+    except OSError as exc:
+        logging.getLogger("chatd").error("cannot start: %s", exc)
+        return 1
+    return master.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    from chatd import bench  # only the benchmark pays for its imports
+
+    return bench.main(args.rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

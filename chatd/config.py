@@ -1,0 +1,189 @@
+"""Settings: built-in defaults, overridden by a TOML file, then by flags.
+
+Every setting lives in SETTINGS once, with its section, type, bounds and
+meaning; README's configuration table is generated from the same data.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Setting:
+    section: str
+    name: str
+    default: Any
+    doc: str
+    low: float | None = None
+    high: float | None = None
+    attr: str = ""
+
+    @property
+    def key(self) -> str:
+        """Attribute name on Config (unique across sections)."""
+        return self.attr or self.name
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("server", "name", "chatd", "server name sent in welcome", attr="server_name"),
+    Setting("server", "motd", "Welcome to chatd. Type /help for commands.", "message of the day"),
+    Setting("limits", "max_sessions", 1000, "sessions in total", 1, 1_000_000),
+    Setting("limits", "max_sessions_per_ip", 50, "sessions from one source address", 1,
+            1_000_000),
+    Setting("limits", "max_frame", 65536, "largest frame payload in bytes", 1024, 16 << 20),
+    Setting("limits", "max_text", 4000, "largest message text in UTF-8 bytes", 1, 60000),
+    Setting("limits", "max_rooms", 50, "rooms one session may be in", 1, 10000),
+    Setting("history", "page", 200, "most messages per history reply", 1, 5000,
+            attr="history_page"),
+    Setting("history", "on_join", 50, "messages sent after a plain join", 0, 5000,
+            attr="history_on_join"),
+    Setting("keepalive", "ping_interval", 60.0, "seconds of client silence before a ping",
+            0.05, 86400),
+    Setting("keepalive", "ping_timeout", 30.0, "seconds to answer a ping", 0.05, 86400),
+    Setting("keepalive", "handshake_timeout", 10.0, "seconds to a successful hello", 0.05,
+            3600),
+    Setting("keepalive", "broker_grace", 10.0,
+            "seconds a session outlives a vanished parent, waiting for it", 0.0, 3600),
+    Setting("keepalive", "tcp_keepalive", 60.0,
+            "TCP keepalive idle seconds (probes every third of it, 3 tries)", 1, 86400),
+    Setting("rate", "msg_rate", 5.0, "msg requests per second (steady)", 0.01, 1e9),
+    Setting("rate", "msg_burst", 20, "msg requests in a burst", 1, 1_000_000_000),
+    Setting("rate", "history_rate", 20.0, "join/history requests per second", 0.01, 1e9),
+    Setting("rate", "history_burst", 100, "join/history requests in a burst", 1,
+            1_000_000_000),
+    Setting("rate", "cmd_rate", 5.0, "other requests (and invalid frames) per second",
+            0.01, 1e9),
+    Setting("rate", "cmd_burst", 30, "other requests in a burst", 1, 1_000_000_000),
+    Setting("rate", "flood_strikes", 50, "refusals without a 10 s pause before disconnect",
+            1, 1_000_000_000),
+    Setting("queues", "child_queue", 1 << 20,
+            "bytes the parent buffers for one session before it is a slow consumer",
+            4096, 1 << 30),
+    Setting("queues", "client_queue", 1 << 20,
+            "bytes a session buffers towards its client before it stops reading", 4096,
+            1 << 30),
+    Setting("resources", "max_memory_mb", 256, "address-space limit of a session process "
+            "(0: none)", 0, 1 << 20),
+    Setting("resources", "max_files", 64, "open-file limit of a session process", 16, 65536),
+    Setting("resources", "max_cpu_seconds", 3600, "CPU-time limit of a session process "
+            "(0: none)", 0, 1 << 31),
+    Setting("server", "spare_children", 0,
+            "pre-forked idle children waiting for connections (0: fork on accept)", 0, 256),
+)
+BY_KEY = {f"{s.section}.{s.name}": s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting as a flat attribute (see SETTINGS for meanings)."""
+
+    host: str = "127.0.0.1"
+    port: int = 7777
+    data_dir: Path = field(default_factory=lambda: default_data_dir())
+    config_file: Path | None = None
+    log_level: str = "info"
+    values: dict[str, Any] = field(default_factory=lambda: {
+        s.key: s.default for s in SETTINGS})
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def with_values(self, values: dict[str, Any]) -> Config:
+        return replace(self, values=values)
+
+    def limits(self) -> dict[str, Any]:
+        """The limits a client is told about in welcome."""
+        v = self.values
+        return {
+            "max_frame": v["max_frame"], "max_text": v["max_text"],
+            "max_rooms": v["max_rooms"], "history_page": v["history_page"],
+            "history_on_join": v["history_on_join"],
+            "ping_interval": float(v["ping_interval"]),
+            "ping_timeout": float(v["ping_timeout"]),
+            "msg_rate": float(v["msg_rate"]), "msg_burst": v["msg_burst"],
+            "history_rate": float(v["history_rate"]), "history_burst": v["history_burst"],
+            "cmd_rate": float(v["cmd_rate"]), "cmd_burst": v["cmd_burst"],
+        }
+
+
+class ConfigError(Exception):
+    """The configuration file is unreadable or holds unknown keys or bad values."""
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"),
+                                                           ".local", "share")
+    return Path(base) / "chatd"
+
+
+def _check(setting: Setting, value: Any) -> str | None:
+    want = type(setting.default)
+    key = f"{setting.section}.{setting.name}"
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, want) or isinstance(value, bool) != (want is bool):
+        return f"{key}: expected {want.__name__}, got {type(value).__name__} {value!r}"
+    if setting.low is not None and value < setting.low:
+        return f"{key}: {value!r} is below the minimum {setting.low:g}"
+    if setting.high is not None and value > setting.high:
+        return f"{key}: {value!r} is above the maximum {setting.high:g}"
+    return None
+
+
+def parse_settings(doc: dict[str, Any]) -> dict[str, Any]:
+    """Validate a parsed TOML document; returns flat values or raises ConfigError."""
+    values = {s.key: s.default for s in SETTINGS}
+    errors = []
+    for section, table in doc.items():
+        if not isinstance(table, dict):
+            errors.append(f"{section}: unknown top-level key (settings live in sections "
+                          f"such as [limits])")
+            continue
+        for name, value in table.items():
+            setting = BY_KEY.get(f"{section}.{name}")
+            if setting is None:
+                errors.append(f"{section}.{name}: unknown setting")
+                continue
+            problem = _check(setting, value)
+            if problem:
+                errors.append(problem)
+            else:
+                values[setting.key] = float(value) if isinstance(setting.default, float) \
+                    else value
+    if errors:
+        raise ConfigError("; ".join(errors))
+    return values
+
+
+def load_file(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return parse_settings({})
+    try:
+        with open(path, "rb") as fh:
+            doc = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return parse_settings(doc)
+
+
+def diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
+
+
+def settings_table() -> str:
+    """Markdown table of all settings, for README."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    rows += [f"| `{s.section}.{s.name}` | `{s.default!r}` | {s.doc} |" for s in SETTINGS]
+    return "\n".join(rows)
+
+

@@ -1,0 +1,370 @@
+"""The parent process: accept, fork, reap, route. A thin loop around the Broker.
+
+Single-threaded. Signal handlers only wake the loop (signal.set_wakeup_fd);
+the loop dispatches handle_<signal>() the way gunicorn's Arbiter does. The
+parent never reads a byte from a client: it reads canonical requests from its
+sessions' channels and writes to them without ever blocking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import gc
+import logging
+import os
+import resource
+import secrets
+import selectors
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+
+from chatd import channel, child
+from chatd.broker import Broker
+from chatd.config import Config, ConfigError, diff, load_file
+from chatd.protocol import FrameDecoder, ProtocolError, error_frame
+from chatd.store import Store
+
+log = logging.getLogger("chatd.master")
+SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+SHUTDOWN_GRACE = 8.0  # seconds before a session process that will not stop is killed
+ACCEPT_BATCH = 64
+FD_RESERVE = 64  # listeners, database, wakeup pipe, logs, and room to breathe
+
+
+@dataclass(eq=False)
+class Child:
+    pid: int
+    sid: int
+    chan: socket.socket
+    session: str
+    ip: str
+    decoder: FrameDecoder
+    out: child.Outbox = field(default_factory=child.Outbox)
+    closing: bool = False  # told to close: it gets nothing more from the broker
+    attached: bool = True
+    handler: object = None  # the selector callback bound to this child
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Master:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(config.data_dir / "history.sqlite3")
+        self.broker = Broker(self.store, config)
+        self.sel = selectors.DefaultSelector()
+        self.listeners: list[socket.socket] = []
+        self.children: dict[int, Child] = {}  # by pid
+        self.by_sid: dict[int, Child] = {}
+        self.per_ip: dict[str, int] = {}
+        self.next_sid = 1
+        self.stopping_since: float | None = None
+        self.wake_r, self.wake_w = socket.socketpair()
+
+    # ---- start-up ----
+
+    def listen(self) -> list[tuple[str, int]]:
+        self._raise_fd_limit()
+        cfg = self.config
+        infos = socket.getaddrinfo(cfg.host or None, cfg.port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        bound: list[tuple[str, int]] = []
+        port = cfg.port
+        for family, stype, proto, _name, addr in infos:
+            sock = socket.socket(family, stype, proto)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind((addr[0], port, *addr[2:]))
+            except OSError as exc:
+                sock.close()
+                if bound and exc.errno == errno.EADDRINUSE:
+                    continue
+                raise
+            sock.listen(1024)
+            sock.setblocking(False)
+            port = sock.getsockname()[1]  # later families share the first one's port
+            self.listeners.append(sock)
+            self.sel.register(sock, selectors.EVENT_READ, self._accept)
+            host = addr[0]
+            shown = f"[{host}]" if ":" in host else host
+            log.info("listening on %s:%d", shown, port)
+            bound.append((host, port))
+        return bound
+
+    def _raise_fd_limit(self) -> None:
+        need = self.config.max_sessions + self.config.spare_children + FD_RESERVE
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft >= need:
+            return
+        if hard != resource.RLIM_INFINITY and hard < need:
+            raise SystemExit(f"chatd: max_sessions={self.config.max_sessions} needs {need} open "
+                             f"files but the hard limit is {hard}; lower limits.max_sessions "
+                             f"or raise the limit (ulimit -Hn)")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+        log.info("raised the open-file limit from %d to %d", soft, need)
+
+    # ---- the loop ----
+
+    def run(self) -> int:
+        self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)
+        for sig in SIGNALS:
+            signal.signal(sig, _note_signal)
+        signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, self._signals)
+        gc.freeze()  # what exists now is shared with every child; keep its pages clean
+        log.info("chatd %d ready (max_sessions=%d)", os.getpid(), self.config.max_sessions)
+        while not (self.stopping_since is not None and not self.children):
+            timeout = None if self.stopping_since is None else 0.25
+            for key, mask in self.sel.select(timeout):
+                key.data(key.fileobj, mask)
+            self._route()
+            if self.stopping_since is not None:
+                self._escalate()
+        self.store.close()
+        log.info("stopped")
+        return 0
+
+    def _signals(self, sock: socket.socket, mask: int) -> None:
+        try:
+            data = sock.recv(4096)
+        except BlockingIOError:
+            return
+        for signum in dict.fromkeys(data):  # each pending signal once, in order
+            name = signal.Signals(signum).name
+            getattr(self, f"handle_{name.lower()}")()
+
+    def _route(self) -> None:
+        """Commit history, then hand the broker's output to the session channels."""
+        outbox = self.broker.drain()
+        if not outbox:
+            return
+        self.store.flush()  # stored before anyone hears of it
+        limit = self.config.child_queue
+        for sid, items in outbox.items():
+            kid = self.by_sid.get(sid)
+            if kid is None or kid.closing:
+                continue
+            kid.out.add(channel.encode_items(items))
+            if kid.out.size > limit:
+                self._kick(kid, "slow_consumer", "queue_limit", limit="child_queue")
+            self._flush(kid)
+
+    def _flush(self, kid: Child) -> None:
+        try:
+            kid.out.send(kid.chan)
+        except OSError:
+            kid.out.discard()
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if kid.out.chunks else 0)
+        if self.sel.get_key(kid.chan).events != events:
+            self.sel.modify(kid.chan, events, kid.handler)
+
+    def _kick(self, kid: Child, code: str, why: str, limit: str | None = None) -> None:
+        """Tell a session process to end with `code`; it gets nothing else from us."""
+        log.warning("ending session %s (pid %d): %s", kid.session, kid.pid, why)
+        reason = code.replace("_", " ")
+        if kid.attached:
+            self.broker.detach(kid.sid, reason, now_ms(), code=code)
+            kid.attached = False
+        kid.out.discard()
+        ctrl = {"c": "close", "code": code}
+        if limit:
+            ctrl["limit"] = limit
+        kid.out.add(channel.control(ctrl))
+        kid.closing = True
+
+    # ---- accepting ----
+
+    def _accept(self, listener: socket.socket, mask: int) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: shed, keep serving
+                log.error("accept failed: %s", exc)
+                return
+            self._admit(conn, addr[0])
+
+    def _admit(self, conn: socket.socket, ip: str) -> None:
+        cfg = self.config
+        refusal = None
+        if len(self.children) >= cfg.max_sessions:
+            refusal = error_frame("server_full", f"max_sessions={cfg.max_sessions} reached",
+                                  limit="max_sessions")
+        elif self.per_ip.get(ip, 0) >= cfg.max_sessions_per_ip:
+            refusal = error_frame("too_many_connections", f"max_sessions_per_ip="
+                                  f"{cfg.max_sessions_per_ip} reached for {ip}",
+                                  limit="max_sessions_per_ip")
+        if refusal is not None:
+            log.info("refused %s: at a session cap", ip)
+            try:
+                conn.setblocking(False)
+                conn.send(refusal)
+            except OSError:
+                pass
+            conn.close()
+            return
+        try:
+            self._fork(conn, ip)
+        except OSError as exc:
+            log.error("fork failed, dropping %s: %s", ip, exc)
+        finally:
+            conn.close()
+
+    def _fork(self, conn: socket.socket, ip: str) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        session = secrets.token_hex(8)
+        sid = self.next_sid
+        # Block signals over fork so the child cannot run our handler before it resets it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+            ours.close()
+            theirs.close()
+            raise
+        if pid == 0:  # the session process; never returns
+            status = 1
+            try:
+                child.prepare(self.config, {conn.fileno(), theirs.fileno()}, session)
+                status = child.serve(conn, theirs, self.config, session, ip)
+            except BaseException:
+                logging.getLogger("chatd.session").exception("session crashed")
+            finally:
+                logging.shutdown()
+                os._exit(status)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+        theirs.close()
+        self.next_sid += 1
+        ours.setblocking(False)
+        kid = Child(pid, sid, ours, session, ip, FrameDecoder(self.config.max_frame))
+        self.children[pid] = kid
+        self.by_sid[sid] = kid
+        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
+        kid.handler = lambda _chan, mask: self._channel(kid, mask)
+        self.sel.register(ours, selectors.EVENT_READ, kid.handler)
+        self.broker.attach(sid, session, ip)
+        log.info("session %s from %s: pid %d (%d sessions)", session, ip, pid,
+                 len(self.children))
+
+    # ---- session channels ----
+
+    def _channel(self, kid: Child, mask: int) -> None:
+        if kid.sid not in self.by_sid:
+            return
+        chan = kid.chan
+        if mask & selectors.EVENT_WRITE:
+            self._flush(kid)
+        if not mask & selectors.EVENT_READ:
+            return
+        try:
+            data = chan.recv(262144)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._channel_closed(kid, "connection lost")
+            return
+        kid.decoder.receive_data(data)
+        now = now_ms()
+        try:
+            for payload in kid.decoder.payloads():
+                self.broker.receive(kid.sid, payload, now)
+        except ProtocolError:
+            # Only our own session code writes here: this is a bug or a compromise.
+            log.error("session %s (pid %d) broke channel framing", kid.session, kid.pid)
+            os.kill(kid.pid, signal.SIGKILL)
+
+    def _channel_closed(self, kid: Child, reason: str) -> None:
+        if kid.attached:
+            self.broker.detach(kid.sid, reason, now_ms(), code="closed")
+            kid.attached = False
+        if kid.sid in self.by_sid:
+            self.sel.unregister(kid.chan)
+            kid.chan.close()
+            del self.by_sid[kid.sid]
+
+    # ---- signals ----
+
+    def handle_sigchld(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            kid = self.children.pop(pid, None)
+            if kid is None:
+                continue
+            how = (f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+                   if os.WIFSIGNALED(status) else f"exit status {os.WEXITSTATUS(status)}")
+            level = logging.INFO if how == "exit status 0" else logging.WARNING
+            log.log(level, "session %s (pid %d) ended: %s", kid.session, pid, how)
+            self.per_ip[kid.ip] -= 1
+            if not self.per_ip[kid.ip]:
+                del self.per_ip[kid.ip]
+            # The broker hears of the end from the channel's EOF, after any last words.
+
+    def handle_sigterm(self) -> None:
+        if self.stopping_since is not None:
+            return
+        log.info("stopping: telling %d sessions", len(self.children))
+        self.stopping_since = time.monotonic()
+        for listener in self.listeners:
+            self.sel.unregister(listener)
+            listener.close()
+        self.listeners.clear()
+        for kid in list(self.by_sid.values()):
+            kid.attached = False  # no quit notices: everyone is leaving
+            self.broker.detach(kid.sid, "server shutting down", now_ms(), code="shutting_down")
+            self._kick(kid, "shutting_down", "server shutting down")
+            self._flush(kid)
+
+    handle_sigint = handle_sigterm
+
+    def handle_sighup(self) -> None:
+        path = self.config.config_file
+        if path is None:
+            log.info("SIGHUP: no --config file to reload")
+            return
+        try:
+            values = load_file(path)
+        except ConfigError as exc:
+            log.error("SIGHUP: keeping the old configuration: %s", exc)
+            return
+        changes = diff(self.config.values, values)
+        self.config = self.config.with_values(values)
+        self.broker.config = self.config
+        log.info("SIGHUP: reloaded %s: %s", path, "; ".join(changes) or "no changes")
+        if changes:
+            for kid in self.by_sid.values():
+                if not kid.closing:
+                    kid.out.add(channel.control({"c": "config", "values": values}))
+                    self._flush(kid)
+
+    def _escalate(self) -> None:
+        assert self.stopping_since is not None
+        if time.monotonic() - self.stopping_since < SHUTDOWN_GRACE:
+            return
+        for pid in list(self.children):
+            log.warning("pid %d did not stop; killing it", pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.stopping_since = time.monotonic() - SHUTDOWN_GRACE + 1.0
+
+
+def _note_signal(signum: int, frame: object) -> None:
+    """Deliberately empty: the C handler has already written to the wakeup fd."""

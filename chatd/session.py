@@ -1,0 +1,203 @@
+"""One client connection's state machine (sans-I/O; lives in the session process).
+
+Fed client bytes, broker controls and the time; produces frames for the
+client (`to_client`), canonical requests for the broker (`to_broker`) and, when
+the session must end, `ended` (the error code). It owns what is per-connection:
+framing limits, schema checks, the handshake deadline, keepalive, rate limits.
+Room and nick semantics belong to the broker.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from chatd import protocol as p
+from chatd.config import Config
+from chatd.protocol import ProtocolError, pack
+from chatd.ratelimit import TokenBucket
+
+FLOOD_PAUSE = 10.0
+BUCKET_OF = {"msg": "msg", "join": "history", "history": "history"}
+QUIT_REASONS = {
+    "ping_timeout": "ping timeout", "handshake_timeout": "handshake timeout",
+    "slow_consumer": "slow consumer", "flood": "flooding", "frame_too_large": "bad frame",
+    "shutting_down": "server shutting down", "server_gone": "server gone",
+    "internal": "internal error",
+}
+
+
+class Session:
+    def __init__(self, config: Config, now: float) -> None:
+        self.config = config
+        self.decoder = p.FrameDecoder(config.max_frame)
+        self.to_client: list[bytes] = []
+        self.to_broker: list[bytes] = []
+        self.hello_sent = False
+        self.nick: str | None = None
+        self.rooms: list[str] = []
+        self.ended: str | None = None
+        self.drop_pending = False  # the shell discards unsent client output
+        self.last_rx = now
+        self.ping_deadline: float | None = None
+        self.broker_deadline: float | None = None
+        self._tokens = itertools.count(1)
+        self.buckets = {
+            "msg": TokenBucket(config.msg_rate, config.msg_burst, now),
+            "history": TokenBucket(config.history_rate, config.history_burst, now),
+            "cmd": TokenBucket(config.cmd_rate, config.cmd_burst, now),
+        }
+        self.strikes = 0
+        self.last_strike = 0.0
+        self.handshake_deadline: float | None = now + config.handshake_timeout
+
+    # ---- input from the client ----
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        if self.ended:
+            return
+        self.last_rx = now
+        self.ping_deadline = None
+        self.decoder.receive_data(data)
+        try:
+            for payload in self.decoder.payloads():
+                self._frame(payload, now)
+                if self.ended:
+                    return
+        except ProtocolError as exc:  # only framing errors escape payloads()
+            self.fail(exc.code, exc.message, limit=exc.limit)
+
+    def client_closed(self) -> None:
+        if not self.ended:
+            self._end("closed", "connection closed")
+
+    def _frame(self, payload: bytes, now: float) -> None:
+        label = None
+        try:
+            req = p.decode_payload(payload)
+            label = p.label_of(req)
+            rtype = req["type"]
+            if rtype == "ping":
+                self._send_pong(req, label)
+                return
+            if rtype == "pong":
+                return
+            p.validate_request(req)
+            if not self._allow(BUCKET_OF.get(rtype, "cmd"), label, now):
+                return
+            if rtype == "hello":
+                if self.nick is not None:
+                    raise ProtocolError("already_registered")
+                self.hello_sent = True
+            elif not self.hello_sent and rtype not in p.PRE_WELCOME:
+                raise ProtocolError("not_registered")
+            self.to_broker.append(self._canonical(req, rtype))
+            if rtype == "quit":
+                self.ended = "quit"
+        except ProtocolError as exc:
+            if self._allow("cmd", label, now):
+                self.to_client.append(p.error_from(exc, label))
+
+    def _send_pong(self, req: dict[str, Any], label: Any) -> None:
+        pong: dict[str, Any] = {"type": "pong"}
+        token = req.get("token")
+        if isinstance(token, str | int | bytes) and not isinstance(token, bool):
+            pong["token"] = token
+        if label is not None:
+            pong["label"] = label
+        self.to_client.append(pack(pong))
+
+    @staticmethod
+    def _canonical(req: dict[str, Any], rtype: str) -> bytes:
+        """Only known fields go on to the broker; nothing else from the client does."""
+        out = {k: req[k] for k in p.SCHEMAS[rtype] if k in req}
+        out["type"] = rtype
+        label = p.label_of(req)
+        if label is not None:
+            out["label"] = label
+        return pack(out)
+
+    def _allow(self, bucket: str, label: Any, now: float) -> bool:
+        wait = self.buckets[bucket].take(now)
+        if not wait:
+            return True
+        if now - self.last_strike > FLOOD_PAUSE:
+            self.strikes = 0
+        self.strikes += 1
+        self.last_strike = now
+        if self.strikes > self.config.flood_strikes:
+            self.fail("flood", limit="flood_strikes")
+        else:
+            self.to_client.append(p.error_frame(
+                "rate_limited", f"over {bucket}_rate; retry in {wait:.2f}s", label=label,
+                limit=f"{bucket}_rate", retry_after=round(wait, 3)))
+        return False
+
+    # ---- input from the broker ----
+
+    def control(self, ctrl: dict[str, Any]) -> None:
+        kind = ctrl.get("c")
+        if kind == "welcome":
+            self.nick = ctrl.get("nick")
+            self.handshake_deadline = None
+        elif kind == "state":
+            self.nick, self.rooms = ctrl.get("nick"), list(ctrl.get("rooms", []))
+        elif kind == "close":
+            code = ctrl.get("code", "internal")
+            if code == "slow_consumer":
+                self.drop_pending = True
+            self.fail(code if code in p.ERRORS else "internal", ctrl.get("message", ""),
+                      limit=ctrl.get("limit"), tell_broker=False)
+        elif kind == "config":
+            self.reconfigure(self.config.with_values(ctrl["values"]))
+
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
+        self.decoder.max_frame = config.max_frame
+        for name, bucket in self.buckets.items():
+            bucket.reconfigure(getattr(config, f"{name}_rate"), getattr(config, f"{name}_burst"))
+
+    def broker_lost(self, now: float) -> None:
+        """The parent vanished: wait `broker_grace` for it, then give up."""
+        if self.broker_deadline is None:
+            self.broker_deadline = now + self.config.broker_grace
+
+    # ---- time ----
+
+    def next_deadline(self) -> float:
+        if self.ended:
+            return float("inf")
+        candidates = [self.last_rx + self.config.ping_interval]
+        for deadline in (self.ping_deadline, self.handshake_deadline, self.broker_deadline):
+            if deadline is not None:
+                candidates.append(deadline)
+        return min(candidates)
+
+    def tick(self, now: float) -> None:
+        if self.ended:
+            return
+        if self.broker_deadline is not None and now >= self.broker_deadline:
+            self.fail("server_gone", tell_broker=False)
+        elif self.handshake_deadline is not None and now >= self.handshake_deadline:
+            self.fail("handshake_timeout", limit="handshake_timeout")
+        elif self.ping_deadline is not None and now >= self.ping_deadline:
+            self.fail("ping_timeout", limit="ping_timeout")
+        elif self.ping_deadline is None and now >= self.last_rx + self.config.ping_interval:
+            self.to_client.append(pack({"type": "ping", "token": next(self._tokens)}))
+            self.ping_deadline = now + self.config.ping_timeout
+
+    # ---- ending ----
+
+    def fail(self, code: str, message: str = "", *, limit: str | None = None,
+             tell_broker: bool = True) -> None:
+        """End the session with a fatal error frame to the client."""
+        extra = {"limit": limit} if limit else {}
+        self.to_client.append(p.error_frame(code, message, **extra))
+        if tell_broker:
+            self._end(code, QUIT_REASONS.get(code, code.replace("_", " ")))
+        else:
+            self.ended = code
+
+    def _end(self, code: str, reason: str) -> None:
+        self.to_broker.append(pack({"type": "quit", "reason": reason, "code": code}))
+        self.ended = code

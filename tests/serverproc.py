@@ -1,0 +1,157 @@
+"""Start the real `chatd serve` as a subprocess on an ephemeral loopback port."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+LISTEN_RE = re.compile(r"listening on (\S+):(\d+)")
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def write_config(path: Path, settings: dict[str, Any]) -> Path:
+    """Write a flat-or-sectioned dict as TOML (sections are nested dicts)."""
+    lines = [f"{k} = {toml_value(v)}" for k, v in settings.items() if not isinstance(v, dict)]
+    for section, values in settings.items():
+        if isinstance(values, dict):
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class ServerProcess:
+    """One `chatd serve` subprocess; collects its log lines for assertions."""
+
+    def __init__(self, data_dir: Path, config: dict[str, Any] | None = None,
+                 host: str = "127.0.0.1", extra_args: list[str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.config_path = data_dir / "chatd.toml"
+        write_config(self.config_path, config or {})
+        self.host = host
+        self.extra_args = extra_args or []
+        self.port = 0
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, timeout: float = 15.0) -> ServerProcess:
+        cmd = [sys.executable, "-m", "chatd", "serve", "--host", self.host, "--port", "0",
+               "--data-dir", str(self.data_dir), "--config", str(self.config_path),
+               "--log-level", "debug", *self.extra_args]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True, env=env)
+        threading.Thread(target=self._drain, daemon=True).start()
+        line = self.wait_for_log(LISTEN_RE, timeout)
+        match = LISTEN_RE.search(line)
+        assert match
+        self.port = int(match.group(2))
+        return self
+
+    def _drain(self) -> None:
+        assert self.proc and self.proc.stderr
+        for line in self.proc.stderr:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+
+    def wait_for_log(self, pattern: str | re.Pattern[str], timeout: float = 10.0,
+                     start: int = 0) -> str:
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in self.lines[start:]:
+                    if regex.search(line):
+                        return line
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.proc and self.proc.poll() is not None
+                                      and not self._more_coming()):
+                    raise AssertionError(f"no log line matching {regex.pattern!r}; log:\n"
+                                         + "\n".join(self.lines[-60:]))
+                self._cond.wait(min(remaining, 0.2))
+
+    def _more_coming(self) -> bool:
+        return False
+
+    @property
+    def pid(self) -> int:
+        assert self.proc
+        return self.proc.pid
+
+    def children(self) -> list[int]:
+        """PIDs whose parent is the server (zombies included)."""
+        return [pid for pid, _state in child_states(self.pid)]
+
+    def signal(self, sig: int) -> None:
+        assert self.proc
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM and wait; SIGKILL the server and its children if it hangs."""
+        assert self.proc
+        if self.proc.poll() is None:
+            kids = self.children()
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                for pid in kids:
+                    kill_quietly(pid)
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def kill_quietly(pid: int, sig: int = signal.SIGKILL) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, ppid) of a process, or None when it is gone."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = data[data.rindex(")") + 2 :].split()
+    return fields[0], int(fields[1])
+
+
+def child_states(ppid: int) -> list[tuple[int, str]]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = proc_stat(int(entry))
+            if st and st[1] == ppid:
+                out.append((int(entry), st[0]))
+    return out
+
+
+def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02,
+               message: str = "condition") -> Any:
+    """Poll `predicate` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message}")
+        time.sleep(interval)

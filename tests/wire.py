@@ -1,0 +1,117 @@
+"""A small blocking protocol client for tests: real sockets, deadlines, no sleeps."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from chatd.protocol import FrameDecoder, decode_payload, pack
+
+Frame = dict[str, Any]
+
+
+class Client:
+    """One TCP connection speaking chatd frames, with a receive backlog."""
+
+    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.timeout = timeout
+        self.decoder = FrameDecoder(max_frame=1 << 24)
+        self.backlog: list[Frame] = []
+        self.labels = itertools.count(1)
+        self.closed = False
+        self.nick = ""
+
+    def send(self, frame: Frame) -> None:
+        self.sock.sendall(pack(frame))
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def request(self, frame: Frame) -> int:
+        label = next(self.labels)
+        self.send({**frame, "label": label})
+        return label
+
+    def _read_more(self, deadline: float) -> bool:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        self.sock.settimeout(remaining)
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            return False
+        except (ConnectionResetError, BrokenPipeError):
+            data = b""
+        if not data:
+            self.closed = True
+            return False
+        self.decoder.receive_data(data)
+        for payload in self.decoder.payloads():
+            self.backlog.append(decode_payload(payload))
+        return True
+
+    def wait(self, pred: Callable[[Frame], bool], timeout: float | None = None) -> Frame:
+        """Return (and remove) the first frame matching pred, reading as needed."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            for i, frame in enumerate(self.backlog):
+                if pred(frame):
+                    return self.backlog.pop(i)
+            if self.closed or not self._read_more(deadline):
+                if self.closed:
+                    raise ConnectionError(f"closed; backlog: {self.backlog[-5:]}")
+                raise TimeoutError(f"no matching frame; backlog: {self.backlog[-5:]}")
+
+    def wait_type(self, ftype: str, timeout: float | None = None, **fields: Any) -> Frame:
+        return self.wait(lambda f: f.get("type") == ftype
+                         and all(f.get(k) == v for k, v in fields.items()), timeout)
+
+    def reply(self, label: int, timeout: float | None = None) -> Frame:
+        return self.wait(lambda f: f.get("label") == label, timeout)
+
+    def call(self, frame: Frame, timeout: float | None = None) -> Frame:
+        return self.reply(self.request(frame), timeout)
+
+    def hello(self, nick: str) -> Frame:
+        frame = self.call({"type": "hello", "version": 1, "nick": nick})
+        assert frame["type"] == "welcome", frame
+        self.nick = nick
+        return frame
+
+    def join(self, room: str, **extra: Any) -> tuple[Frame, Frame]:
+        label = self.request({"type": "join", "room": room, **extra})
+        joined = self.reply(label)
+        assert joined["type"] == "joined", joined
+        history = self.reply(label)
+        assert history["type"] == "history", history
+        return joined, history
+
+    def say(self, room: str, text: str, **extra: Any) -> Frame:
+        ack = self.call({"type": "msg", "room": room, "text": text, **extra})
+        assert ack["type"] == "ack", ack
+        return ack
+
+    def wait_closed(self, timeout: float | None = None) -> list[Frame]:
+        """Read until EOF; returns every frame still in the backlog."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while not self.closed:
+            if not self._read_more(deadline) and not self.closed:
+                raise TimeoutError("connection did not close")
+        return self.backlog
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def connect(server: Any, nick: str | None = None) -> Client:
+    client = Client(server.host, server.port)
+    if nick:
+        client.hello(nick)
+    return client
