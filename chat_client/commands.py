@@ -127,8 +127,8 @@ def _part(rest: str) -> Action:
     room = None
     if words and words[0].startswith("#"):
         room = room_arg(words.pop(0))
-    reason = words[0] if words else ""
-    return Part(room, line_arg(reason, "reason", MAX_REASON))
+        rest = words[0] if words else ""
+    return Part(room, line_arg(rest, "reason", MAX_REASON))
 
 
 def _msg(rest: str) -> Action:
@@ -157,9 +157,10 @@ def _topic(rest: str) -> Action:
     words = _split(rest, 1)
     if words and words[0].startswith("#"):
         room = room_arg(words.pop(0))
-    if not words:
+        rest = words[0] if words else ""
+    if not rest:
         return Topic(room, None)
-    text = "" if words[0] == "-" else words[0]
+    text = "" if rest == "-" else rest
     return Topic(room, line_arg(text, "topic", MAX_TOPIC))
 
 

@@ -1,0 +1,344 @@
+"""Client model and protocol core: buffers, unread counts, pending/acked, catch-up, dedup."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from chat_client.core import Core
+from chat_client.model import SERVER, Buffer, Line, Model
+
+
+def msg(mid: int, text: str = "x", room: str = "#a", sender: str = "bob",
+        **extra: Any) -> dict[str, Any]:
+    return {"type": "message", "id": mid, "ts": 1763719200000 + mid, "room": room,
+            "from": sender, "text": text, "action": False, **extra}
+
+
+def ids(buf: Buffer) -> list[int]:
+    return [line.id for line in buf.lines if line.id is not None]
+
+
+# Buffer ------------------------------------------------------------------------------
+
+def test_buffer_orders_by_id_and_drops_duplicates() -> None:
+    buf = Buffer("#a", "#a", "room")
+    for mid in (5, 9, 7, 5, 9, 1):
+        buf.add(Line("message", mid, "t", id=mid))
+    assert ids(buf) == [1, 5, 7, 9]
+    assert buf.last_id == 9
+
+
+def test_buffer_scrollback_is_bounded() -> None:
+    buf = Buffer("#a", "#a", "room", scrollback=10)
+    for mid in range(1, 26):
+        buf.add(Line("message", mid, "t", id=mid))
+    assert ids(buf) == list(range(16, 26))
+    assert buf.trimmed == 15 and buf.end == 25
+    assert len(buf.ids) == 10  # the dedup set shrinks with the scrollback
+
+
+def test_notice_is_not_moved_by_a_later_message() -> None:
+    buf = Buffer("#a", "#a", "room")
+    buf.add(Line("message", 1.0, "m1", id=1))
+    buf.add(Line("notice", 2.0, "bob joined"))
+    buf.add(Line("message", 3.0, "m3", id=3))
+    assert [line.text for line in buf.lines] == ["m1", "bob joined", "m3"]
+
+
+def test_pending_stays_at_the_bottom_until_acked() -> None:
+    buf = Buffer("#a", "#a", "room")
+    buf.add(Line("message", 1.0, "m1", id=1))
+    mine = Line("message", 2.0, "mine", label=7, state="pending", own=True)
+    buf.add(mine)
+    buf.add(Line("message", 2.5, "m2", id=2))
+    assert [line.text for line in buf.lines] == ["m1", "m2", "mine"]
+    assert buf.find_label(7) is mine
+    buf.acked(mine, 3, 3.0)
+    assert mine.state == "ok" and mine.id == 3
+    assert ids(buf) == [1, 2, 3]
+    # The message frame for our own id arrives after the ack: no duplicate.
+    assert not buf.add(Line("message", 3.0, "mine", id=3))
+
+
+def test_scroll_anchor_keeps_view_and_counts_new_lines() -> None:
+    buf = Buffer("#a", "#a", "room")
+    for mid in range(1, 11):
+        buf.add(Line("message", mid, "t", id=mid))
+    assert buf.bottom() == 9
+    buf.scroll_to(4)
+    for mid in range(11, 14):
+        buf.add(Line("message", mid, "t", id=mid))
+    assert buf.bottom() == 4 and buf.new_below == 3
+    buf.scroll_to(buf.end)  # back to the bottom: follow again
+    assert buf.anchor is None and buf.new_below == 0
+    buf.add(Line("message", 20, "t", id=20))
+    assert buf.bottom() == buf.end - 1
+
+
+def test_scroll_anchor_shifts_when_older_lines_are_inserted_above() -> None:
+    buf = Buffer("#a", "#a", "room")
+    for mid in (10, 20, 30):
+        buf.add(Line("message", mid, "t", id=mid))
+    buf.scroll_to(1)  # showing up to id 20
+    buf.add(Line("message", 5, "older", id=5))
+    assert buf.lines[buf.bottom() - buf.trimmed].id == 20
+    assert buf.new_below == 0
+
+
+# Model ------------------------------------------------------------------------------
+
+def test_unread_and_mentions_only_for_other_buffers() -> None:
+    m = Model("alice")
+    a, b = m.room("#a"), m.room("#b")
+    m.switch("#a")
+    m.add(a, Line("message", 1, "hi", nick="bob", id=1))
+    m.add(b, Line("message", 2, "hi all", nick="bob", id=2))
+    m.add(b, Line("message", 3, "hey Alice: ping", nick="bob", id=3))
+    m.add(b, Line("message", 4, "alicebob is not me", nick="bob", id=4))
+    assert (a.unread, a.mentions) == (0, 0)
+    assert (b.unread, b.mentions) == (3, 1)
+    assert m.alerts == 1
+    m.switch("#b")
+    assert (b.unread, b.mentions) == (0, 0)
+
+
+def test_own_messages_never_count_as_unread_or_mention() -> None:
+    m = Model("alice")
+    b = m.room("#b")
+    m.add(b, Line("message", 1, "alice here", nick="alice", id=1, own=True))
+    assert b.unread == 0 and m.alerts == 0
+
+
+def test_direct_messages_alert() -> None:
+    m = Model("alice")
+    dm = m.dm("Bob")
+    m.add(dm, Line("message", 1, "psst", nick="Bob", id=1))
+    assert dm.key == "bob" and dm.name == "Bob"
+    assert dm.mentions == 1 and m.alerts == 1
+
+
+def test_switching_and_finding_buffers() -> None:
+    m = Model("alice")
+    m.room("#a")
+    m.room("#b")
+    m.dm("Bob")
+    assert [b.key for b in m.order()] == [SERVER, "#a", "#b", "bob"]
+    assert m.switch_index(2) and m.current == "#b"
+    m.cycle(1)
+    assert m.current == "bob"
+    m.cycle(1)
+    assert m.current == SERVER
+    m.cycle(-1)
+    assert m.current == "bob"
+    assert m.find("2").key == "#a"  # type: ignore[union-attr]
+    assert m.find("BOB").key == "bob"  # type: ignore[union-attr]
+    assert m.find("#A").key == "#a"  # type: ignore[union-attr]
+    assert m.find("9") is None
+    m.close("bob")
+    assert m.current == "#b"
+
+
+def test_last_seen_is_the_highest_id_per_room() -> None:
+    m = Model("alice")
+    m.add(m.room("#a"), Line("message", 1, "t", id=4))
+    m.add(m.room("#a"), Line("message", 1, "t", id=2))
+    m.add(m.room("#b"), Line("message", 1, "t", id=9))
+    assert m.last_seen()["rooms"] == {"#a": 4, "#b": 9}
+
+
+# Core (protocol logic) ----------------------------------------------------------------
+
+def welcome(core: Core, nick: str = "alice") -> list[dict[str, Any]]:
+    core.connected()
+    hello = core.take_outbox()
+    assert hello[0]["type"] == "hello" and hello[0]["version"] == 1
+    core.receive({"type": "welcome", "version": 1, "nick": nick, "session": "s1",
+                  "label": hello[0]["label"], "limits": {"max_text": 100}})
+    return core.take_outbox()
+
+
+def join_reply(core: Core, frame: dict[str, Any], messages: list[dict[str, Any]],
+               more: bool = False) -> None:
+    room = frame["room"]
+    core.receive({"type": "joined", "room": room, "topic": "T", "members": ["alice", "bob"],
+                  "label": frame["label"]})
+    core.receive({"type": "history", "room": room, "messages": messages, "more": more,
+                  "label": frame["label"]})
+
+
+def test_hello_then_join_and_history_on_join() -> None:
+    core = Core("alice", ["#a"])
+    out = welcome(core)
+    assert [f["type"] for f in out] == ["join"] and "after" not in out[0]
+    join_reply(core, out[0], [msg(1), msg(2)])
+    buf = core.model.get("#a")
+    assert buf is not None and buf.joined and buf.topic == "T"
+    assert ids(buf) == [1, 2]
+    assert core.model.current == "#a"
+    assert core.ready and not core.take_outbox()
+
+
+def test_send_is_pending_until_ack_and_echo_is_deduplicated() -> None:
+    core = Core("alice", ["#a"])
+    join_reply(core, welcome(core)[0], [])
+    core.execute_line("hello world")
+    (frame,) = core.take_outbox()
+    assert frame == {"type": "msg", "room": "#a", "text": "hello world",
+                     "label": frame["label"]}
+    buf = core.model.cur
+    assert buf.lines[-1].state == "pending"
+    core.receive({"type": "ack", "label": frame["label"], "id": 10, "ts": 5000, "room": "#a"})
+    core.receive(msg(10, "hello world", sender="alice"))
+    own = [line for line in buf.lines if line.text == "hello world"]
+    assert len(own) == 1 and own[0].state == "ok" and own[0].id == 10
+    assert core.model.last_seen()["rooms"] == {"#a": 10}
+
+
+def test_server_error_marks_pending_failed() -> None:
+    core = Core("alice", ["#a"])
+    join_reply(core, welcome(core)[0], [])
+    core.execute_line("spam")
+    (frame,) = core.take_outbox()
+    core.receive({"type": "error", "code": "rate_limited", "message": "slow down",
+                  "fatal": False, "label": frame["label"], "retry_after": 0.5})
+    lines = core.model.cur.lines
+    assert any(line.state == "failed" for line in lines)
+    assert "rate_limited" in lines[-1].text and lines[-1].kind == "error"
+    assert core.failures == 1
+
+
+@pytest.mark.parametrize("line", ["/nope", "/join", "/msg", "x" * 101, "   "])
+def test_bad_input_sends_nothing(line: str) -> None:
+    core = Core("alice", ["#a"])
+    join_reply(core, welcome(core)[0], [])
+    core.execute_line(line)
+    assert core.take_outbox() == []
+    assert core.model.cur.lines[-1].kind == "error"
+
+
+def test_reconnect_catches_up_after_last_id_with_paging_no_dup() -> None:
+    core = Core("alice", ["#a"])
+    join_reply(core, welcome(core)[0], [msg(1), msg(3)])
+    core.disconnected("connection lost")
+    assert not core.model.get("#a").joined  # type: ignore[union-attr]
+    out = welcome(core)
+    assert out[0]["type"] == "join" and out[0]["after"] == 3
+    # A live message arrives between the catch-up pages: order and dedup still hold.
+    join_reply(core, out[0], [msg(4), msg(5)], more=True)
+    core.receive(msg(9))
+    (page,) = core.take_outbox()
+    assert page == {"type": "history", "room": "#a", "after": 5, "label": page["label"]}
+    core.receive({"type": "history", "room": "#a", "messages": [msg(5), msg(7), msg(9)],
+                  "more": False, "label": page["label"]})
+    assert ids(core.model.get("#a")) == [1, 3, 4, 5, 7, 9]  # type: ignore[arg-type]
+    assert core.take_outbox() == []  # the buffer had lines: no extra context fetched
+
+
+def test_restart_uses_saved_last_seen_and_fetches_context() -> None:
+    core = Core("alice", ["#a"], last_seen={"#a": 40})
+    (join,) = welcome(core)
+    assert join["after"] == 40
+    join_reply(core, join, [msg(41)])
+    (older,) = core.take_outbox()
+    assert older["type"] == "history" and older["before"] == 41 and older["limit"] == 49
+    core.receive({"type": "history", "room": "#a", "messages": [msg(30), msg(40)],
+                  "more": False, "label": older["label"]})
+    assert ids(core.model.get("#a")) == [30, 40, 41]  # type: ignore[arg-type]
+
+
+def test_pending_messages_fail_on_disconnect() -> None:
+    core = Core("alice", ["#a"])
+    join_reply(core, welcome(core)[0], [])
+    core.execute_line("lost?")
+    core.disconnected("boom")
+    assert [ln.state for ln in core.model.get("#a").lines if ln.own] == ["failed"]  # type: ignore[union-attr]
+
+
+def test_nick_taken_at_hello_tries_variant_then_reclaims() -> None:
+    core = Core("alice", [])
+    core.connected()
+    (hello,) = core.take_outbox()
+    core.receive({"type": "error", "code": "nick_taken", "message": "in use", "fatal": False,
+                  "label": hello["label"]})
+    (hello2,) = core.take_outbox()
+    assert hello2["nick"] == "alice_"
+    core.receive({"type": "welcome", "version": 1, "nick": "alice_", "label": hello2["label"]})
+    assert core.model.nick == "alice_"
+    core.tick()
+    (nick,) = core.take_outbox()
+    assert nick["type"] == "nick" and nick["nick"] == "alice"
+    core.receive({"type": "nick", "old": "alice_", "new": "alice", "label": nick["label"]})
+    assert core.model.nick == "alice"
+    core.tick()
+    assert core.take_outbox() == []
+
+
+def test_invalid_nick_at_hello_stops() -> None:
+    core = Core("alice", [])
+    core.connected()
+    (hello,) = core.take_outbox()
+    core.receive({"type": "error", "code": "unsupported_version", "message": "no",
+                  "fatal": False, "label": hello["label"], "supported": [2]})
+    assert core.stop_reason and "unsupported_version" in core.stop_reason
+
+
+def test_direct_messages_open_a_buffer_for_the_peer() -> None:
+    core = Core("alice", [])
+    welcome(core)
+    core.receive({"type": "message", "id": 3, "ts": 1, "to": "alice", "from": "Bob",
+                  "text": "psst", "action": False})
+    buf = core.model.get("bob")
+    assert buf is not None and buf.kind == "dm" and core.model.alerts == 1
+    core.execute_line("/msg Bob hi back")
+    (frame,) = core.take_outbox()
+    assert frame["to"] == "Bob" and frame["text"] == "hi back"
+    core.receive({"type": "ack", "label": frame["label"], "id": 4, "ts": 2, "to": "Bob"})
+    core.receive({"type": "message", "id": 4, "ts": 2, "to": "Bob", "from": "alice",
+                  "text": "hi back", "action": False})
+    assert ids(buf) == [3, 4]
+
+
+def test_membership_events_update_members_and_show_notices() -> None:
+    core = Core("alice", ["#a"])
+    join_reply(core, welcome(core)[0], [])
+    buf = core.model.get("#a")
+    assert buf is not None
+    core.receive({"type": "join", "room": "#a", "nick": "carol", "ts": 1})
+    core.receive({"type": "nick", "room": "#a", "old": "carol", "new": "caz", "ts": 2})
+    core.receive({"type": "part", "room": "#a", "nick": "bob", "reason": "bye", "ts": 3})
+    assert sorted(buf.members.values()) == ["alice", "caz"]
+    texts = [line.text for line in buf.lines if line.kind == "notice"]
+    assert "carol joined #a" in texts and "carol is now known as caz" in texts
+    assert "bob left #a (bye)" in texts
+
+
+@pytest.mark.parametrize("frame", [
+    {"type": "message", "id": "x"},
+    {"type": "message"},
+    {"type": "joined"},
+    {"type": "history", "room": "#a", "messages": "nope"},
+    {"type": "nick", "old": 1},
+    {"type": "ack", "label": 99},
+    {"type": "error"},
+    {"type": "welcome"},
+    {"type": "what-is-this", "x": 1},
+    {"type": "topic", "room": None},
+])
+def test_garbage_from_the_server_never_raises(frame: dict[str, Any]) -> None:
+    core = Core("alice", ["#a"])
+    join_reply(core, welcome(core)[0], [])
+    core.receive(frame)
+
+
+def test_ping_is_answered_and_pong_measures_lag() -> None:
+    core = Core("alice", [])
+    welcome(core)
+    core.receive({"type": "ping", "token": "t1"})
+    assert core.take_outbox() == [{"type": "pong", "token": "t1"}]
+    core.ping(100.0)
+    (ping,) = core.take_outbox()
+    core.receive({"type": "pong", "token": ping["token"]}, now=100.025)
+    assert core.model.lag_ms == pytest.approx(25.0)
+    assert not core.ping_outstanding()
