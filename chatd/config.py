@@ -70,7 +70,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("resources", "max_memory_mb", 256, "address-space limit of a session process "
             "(0: none)", 0, 1 << 20),
     Setting("resources", "max_files", 64, "open-file limit of a session process", 16, 65536),
-    Setting("resources", "max_cpu_seconds", 3600, "CPU-time limit of a session process "
+    Setting("resources", "max_cpu_seconds", 86400, "CPU-time limit of a session process "
             "(0: none)", 0, 1 << 31),
     Setting("server", "spare_children", 0,
             "pre-forked idle children waiting for connections (0: fork on accept)", 0, 256),
@@ -180,10 +180,14 @@ def diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
 
 
+def _toml(value: Any) -> str:
+    return f'"{value}"' if isinstance(value, str) else repr(value)
+
+
 def settings_table() -> str:
     """Markdown table of all settings, for README."""
     rows = ["| key | default | meaning |", "|---|---|---|"]
-    rows += [f"| `{s.section}.{s.name}` | `{s.default!r}` | {s.doc} |" for s in SETTINGS]
+    rows += [f"| `{s.section}.{s.name}` | `{_toml(s.default)}` | {s.doc} |" for s in SETTINGS]
     return "\n".join(rows)
 
 

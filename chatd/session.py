@@ -167,8 +167,10 @@ class Session:
     def next_deadline(self) -> float:
         if self.ended:
             return float("inf")
-        candidates = [self.last_rx + self.config.ping_interval]
-        for deadline in (self.ping_deadline, self.handshake_deadline, self.broker_deadline):
+        # While a ping is outstanding its deadline replaces the next ping time.
+        candidates = [self.last_rx + self.config.ping_interval
+                      if self.ping_deadline is None else self.ping_deadline]
+        for deadline in (self.handshake_deadline, self.broker_deadline):
             if deadline is not None:
                 candidates.append(deadline)
         return min(candidates)

@@ -1,0 +1,288 @@
+"""Broker behaviour without processes: rooms, nicks, routing, history, identity."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+from frames import decode_all
+
+from chatd.broker import Broker
+from chatd.config import Config, parse_settings
+from chatd.store import Store
+
+
+class Harness:
+    def __init__(self, **settings: Any) -> None:
+        config = Config().with_values(parse_settings(settings))
+        self.broker = Broker(Store(":memory:"), config)
+        self.now = 1_000
+        self.frames: dict[int, list[dict[str, Any]]] = {}
+        self.controls: dict[int, list[dict[str, Any]]] = {}
+
+    def connect(self, sid: int, nick: str | None = None, ip: str = "10.0.0.1") -> None:
+        self.broker.attach(sid, f"sess{sid}", ip)
+        if nick:
+            self.send(sid, type="hello", version=1, nick=nick)
+            assert self.take(sid)[-1]["type"] == "welcome"
+
+    def send(self, sid: int, **req: Any) -> None:
+        self.now += 1
+        self.broker.receive(sid, msgpack.packb(req), self.now)
+        self._collect()
+
+    def _collect(self) -> None:
+        for sid, items in self.broker.drain().items():
+            for item in items:
+                if isinstance(item, dict):
+                    self.controls.setdefault(sid, []).append(item)
+                else:
+                    self.frames.setdefault(sid, []).extend(decode_all(item))
+
+    def take(self, sid: int) -> list[dict[str, Any]]:
+        return self.frames.pop(sid, [])
+
+    def types(self, sid: int) -> list[str]:
+        return [f["type"] for f in self.take(sid)]
+
+
+@pytest.fixture
+def h() -> Harness:
+    return Harness()
+
+
+def test_hello_welcome_and_nick_taken_case_insensitively(h: Harness) -> None:
+    h.connect(1, "Alice")
+    h.connect(2)
+    h.send(2, type="hello", version=1, nick="alice", label=9)
+    (err,) = h.take(2)
+    assert (err["code"], err["label"], err["fatal"]) == ("nick_taken", 9, False)
+    h.send(2, type="hello", version=1, nick="bob")
+    (welcome,) = h.take(2)
+    assert welcome["nick"] == "bob" and welcome["session"] == "sess2"
+    assert welcome["limits"]["max_text"] == 4000
+    assert h.controls[2] == [{"c": "welcome", "nick": "bob"}]
+
+
+def test_unsupported_version_lists_supported(h: Harness) -> None:
+    h.connect(1)
+    h.send(1, type="hello", version=99, nick="a")
+    (err,) = h.take(1)
+    assert err["code"] == "unsupported_version" and err["supported"] == [1]
+
+
+def test_requests_before_welcome_are_refused(h: Harness) -> None:
+    h.connect(1)
+    h.send(1, type="join", room="#a", label=1)
+    assert h.take(1)[0]["code"] == "not_registered"
+
+
+def test_room_fanout_same_order_and_ack_first(h: Harness) -> None:
+    for sid, nick in ((1, "a"), (2, "b"), (3, "c")):
+        h.connect(sid, nick)
+        h.send(sid, type="join", room="#R", label="j")
+    for sid in (1, 2, 3):
+        h.take(sid)
+    for i in range(30):
+        h.send(1 + i % 3, type="msg", room="#r", text=f"m{i}", label=i)
+    seqs = {}
+    for sid in (1, 2, 3):
+        frames = h.take(sid)
+        seqs[sid] = [f["id"] for f in frames if f["type"] == "message"]
+        acks = [f for f in frames if f["type"] == "ack"]
+        assert len(acks) == 10
+        for ack in acks:  # the sender's ack comes right before its own message
+            i = frames.index(ack)
+            assert frames[i + 1]["id"] == ack["id"]
+    assert seqs[1] == seqs[2] == seqs[3] == sorted(seqs[1])
+    assert len(set(seqs[1])) == 30
+
+
+def test_join_notices_members_and_history(h: Harness) -> None:
+    h.connect(1, "a")
+    h.send(1, type="join", room="#r")
+    h.send(1, type="msg", room="#r", text="before")
+    h.take(1)
+    h.connect(2, "b")
+    h.send(2, type="join", room="#r", label=5)
+    joined, history = h.take(2)
+    assert joined == {"type": "joined", "room": "#r", "topic": "", "members": ["a", "b"],
+                      "label": 5}
+    assert [m["text"] for m in history["messages"]] == ["before"]
+    assert h.take(1)[0] == {"type": "join", "room": "#r", "nick": "b", "ts": h.now}
+    h.send(2, type="join", room="#r")  # rejoin: replies again, nobody is told
+    assert h.types(2) == ["joined", "history"] and h.take(1) == []
+
+
+def test_join_after_catches_up_exactly(h: Harness) -> None:
+    h.connect(1, "a")
+    h.send(1, type="join", room="#r")
+    for i in range(5):
+        h.send(1, type="msg", room="#r", text=str(i))
+    ids = [f["id"] for f in h.take(1) if f["type"] == "message"]
+    h.send(1, type="join", room="#r", after=ids[1])
+    history = h.take(1)[1]
+    assert [m["id"] for m in history["messages"]] == ids[2:] and not history["more"]
+
+
+def test_history_paging(h: Harness) -> None:
+    h = Harness(history={"page": 3, "on_join": 2})
+    h.connect(1, "a")
+    h.send(1, type="join", room="#r")
+    for i in range(7):
+        h.send(1, type="msg", room="#r", text=str(i))
+    ids = [f["id"] for f in h.take(1) if f["type"] == "message"]
+    h.send(1, type="history", room="#r", label=1)
+    (page,) = h.take(1)
+    assert [m["id"] for m in page["messages"]] == ids[-3:] and page["more"]
+    h.send(1, type="history", room="#r", before=ids[-3], limit=100)
+    assert [m["id"] for m in h.take(1)[0]["messages"]] == ids[1:4]
+    h.send(1, type="history", room="#r", after=ids[0], limit=2)
+    page = h.take(1)[0]
+    assert [m["id"] for m in page["messages"]] == ids[1:3] and page["more"]
+    h.send(1, type="history", room="#r", limit=0)
+    assert h.take(1)[0]["code"] == "invalid_value"
+    h.connect(2, "b")
+    h.send(2, type="history", room="#r")
+    assert h.take(2)[0]["code"] == "not_in_room"
+
+
+def test_direct_messages_and_their_history(h: Harness) -> None:
+    h.connect(1, "a")
+    h.connect(2, "B")
+    h.connect(3, "c")
+    h.send(1, type="msg", to="b", text="psst", label=1)
+    ack, msg = h.take(1)
+    assert ack["type"] == "ack" and ack["to"] == "B"
+    assert h.take(2) == [msg] and h.take(3) == []
+    assert (msg["from"], msg["to"]) == ("a", "B")
+    h.send(2, type="history", **{"with": "A"})
+    assert [m["text"] for m in h.take(2)[0]["messages"]] == ["psst"]
+    h.send(3, type="history", **{"with": "a"})
+    assert h.take(3)[0]["messages"] == []
+    h.send(1, type="msg", to="nobody", text="x")
+    assert h.take(1)[0]["code"] == "no_such_nick"
+
+
+def test_nick_change_notifies_shared_rooms_once_each(h: Harness) -> None:
+    h.connect(1, "a")
+    h.connect(2, "b")
+    for room in ("#x", "#y"):
+        h.send(1, type="join", room=room)
+        h.send(2, type="join", room=room)
+    h.take(1)
+    h.take(2)
+    h.send(1, type="nick", nick="b")
+    assert h.take(1)[0]["code"] == "nick_taken"
+    h.send(1, type="nick", nick="A", label=3)  # a change of case only is allowed
+    assert h.take(1) == [{"type": "nick", "old": "a", "new": "A", "ts": h.now, "label": 3}]
+    assert [(f["room"], f["new"]) for f in h.take(2)] == [("#x", "A"), ("#y", "A")]
+    h.send(1, type="nick", nick="zed")
+    h.connect(3, "a")  # the old nick is free again
+
+
+def test_topic_set_get_and_membership(h: Harness) -> None:
+    h.connect(1, "a")
+    h.connect(2, "b")
+    h.send(1, type="join", room="#r")
+    h.send(2, type="topic", room="#r", topic="nope")
+    assert h.take(2)[0]["code"] == "not_in_room"
+    h.send(2, type="topic", room="#none")
+    assert h.take(2)[0]["code"] == "no_such_room"
+    h.send(1, type="topic", room="#r", topic="Be nice", label=2)
+    assert h.take(1)[-1]["label"] == 2
+    h.send(2, type="topic", room="#r")
+    topic = h.take(2)[0]
+    assert (topic["topic"], topic["by"]) == ("Be nice", "a")
+    h.send(1, type="topic", room="#r", topic="bad\x07")
+    assert h.take(1)[0]["code"] == "invalid_value"
+
+
+def test_rooms_and_who(h: Harness) -> None:
+    h.connect(1, "a")
+    h.connect(2, "b")
+    h.send(1, type="join", room="#b")
+    h.send(2, type="join", room="#b")
+    h.send(2, type="join", room="#a")
+    h.take(1)
+    h.take(2)
+    h.send(1, type="rooms")
+    assert h.take(1)[0]["rooms"] == [{"room": "#a", "members": 1, "topic": ""},
+                                     {"room": "#b", "members": 2, "topic": ""}]
+    h.send(1, type="who", room="#A")
+    assert h.take(1)[0]["members"] == ["b"]
+
+
+def test_part_and_quit_and_lost_connection(h: Harness) -> None:
+    for sid, nick in ((1, "a"), (2, "b"), (3, "c")):
+        h.connect(sid, nick)
+        h.send(sid, type="join", room="#r")
+    for sid in (1, 2, 3):
+        h.take(sid)
+    h.send(2, type="part", room="#r", reason="bye")
+    assert h.types(2) == ["parted"]
+    part = h.take(1)[0]
+    assert (part["type"], part["nick"], part["reason"]) == ("part", "b", "bye")
+    h.send(3, type="quit", reason="gone fishing")
+    assert h.take(1)[0]["reason"] == "gone fishing"
+    h.broker.detach(3, "connection lost", h.now)  # its channel closes afterwards: no repeat
+    h._collect()
+    assert h.take(1) == []
+    h.connect(4, "d")
+    h.send(4, type="join", room="#r")
+    h.broker.detach(4, "connection lost", h.now)
+    h._collect()
+    notices = [f for f in h.take(1) if f["type"] == "quit"]
+    assert notices[0]["reason"] == "connection lost"
+    h.connect(5, "c")  # nicks of ended sessions are free
+    h.send(5, type="hello", version=1, nick="x", session="sess3")
+    assert h.take(5)[0]["code"] == "already_registered"
+
+
+def test_previous_session_reason_in_welcome(h: Harness) -> None:
+    h.connect(1, "a")
+    h.broker.detach(1, "slow consumer", h.now, code="slow_consumer")
+    h.connect(2)
+    h.send(2, type="hello", version=1, nick="a", session="sess1")
+    assert h.take(2)[0]["previous"] == {"code": "slow_consumer", "message": "slow consumer"}
+
+
+def test_too_many_rooms(h: Harness) -> None:
+    h = Harness(limits={"max_rooms": 2})
+    h.connect(1, "a")
+    for room in ("#a", "#b", "#c"):
+        h.send(1, type="join", room=room)
+    err = h.take(1)[-1]
+    assert (err["code"], err["limit"]) == ("too_many_rooms", "max_rooms")
+
+
+def test_identity_comes_from_the_channel_not_the_request(h: Harness) -> None:
+    h.connect(1, "alice")
+    h.connect(2, "mallory")
+    h.send(1, type="join", room="#r")
+    h.send(2, type="join", room="#r")
+    h.take(1)
+    h.send(2, type="msg", room="#r", text="hi", **{"from": "alice", "nick": "alice"})
+    msg = [f for f in h.take(1) if f["type"] == "message"][0]
+    assert msg["from"] == "mallory"
+
+
+def test_garbage_from_a_session_is_answered_not_fatal(h: Harness) -> None:
+    h.connect(1, "a")
+    h.broker.receive(1, b"\xc1\xc1", h.now)
+    h.broker.receive(99, b"anything", h.now)  # unknown channel: ignored
+    h._collect()
+    assert h.take(1)[0]["code"] == "malformed"
+
+
+def test_a_bug_costs_one_session(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    h.connect(1, "a")
+    h.connect(2, "b")
+    monkeypatch.setattr(h.broker, "_handlers", {**h.broker._handlers,
+                                                "rooms": lambda *a: 1 / 0})
+    h.send(1, type="rooms")
+    assert h.take(1)[0]["code"] == "internal"
+    assert {"c": "close", "code": "internal"} in h.controls[1]
+    h.send(2, type="who", room="#x")
+    assert h.take(2)[0]["code"] == "no_such_room"

@@ -1,0 +1,192 @@
+"""The per-connection state machine, driven with a fake clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+from frames import decode_all
+
+from chatd.config import Config, parse_settings
+from chatd.protocol import pack
+from chatd.session import Session
+
+
+def make(now: float = 0.0, **settings: Any) -> Session:
+    return Session(Config().with_values(parse_settings(settings)), now)
+
+
+def out(session: Session) -> list[dict[str, Any]]:
+    frames = decode_all(b"".join(session.to_client))
+    session.to_client.clear()
+    return frames
+
+
+def forwarded(session: Session) -> list[dict[str, Any]]:
+    frames = decode_all(b"".join(session.to_broker))
+    session.to_broker.clear()
+    return frames
+
+
+def feed(s: Session, now: float = 0.0, **req: Any) -> None:
+    s.receive_data(pack(req), now)
+
+
+def welcome(session: Session) -> None:
+    feed(session, type="hello", version=1, nick="a")
+    session.control({"c": "welcome", "nick": "a"})
+    forwarded(session)
+
+
+def test_only_known_fields_reach_the_broker() -> None:
+    s = make()
+    feed(s, type="hello", version=1, nick="a", label=1, evil={"x": 1}, session="old")
+    assert forwarded(s) == [{"type": "hello", "version": 1, "nick": "a", "session": "old",
+                             "label": 1}]
+
+
+def test_requests_before_hello_are_refused_locally() -> None:
+    s = make()
+    feed(s, type="join", room="#a", label=4)
+    assert out(s)[0]["code"] == "not_registered" and forwarded(s) == []
+    feed(s, type="hello", version=1, nick="a")
+    feed(s, type="join", room="#a")  # pipelined after hello: goes on to the broker
+    assert [f["type"] for f in forwarded(s)] == ["hello", "join"]
+
+
+def test_ping_is_answered_locally_with_token_and_label() -> None:
+    s = make()
+    feed(s, type="ping", token=b"\x01", label=3)
+    assert out(s) == [{"type": "pong", "token": b"\x01", "label": 3}]
+    assert forwarded(s) == []
+
+
+def test_bad_frames_get_errors_and_the_session_goes_on() -> None:
+    s = make()
+    s.receive_data(b"\x00\x00\x00\x01\xc1" + pack({"type": "nope"}) + b"\x00\x00\x00\x00", 0)
+    assert [f["code"] for f in out(s)] == ["malformed", "unknown_type", "malformed"]
+    assert s.ended is None
+
+
+def test_oversized_frame_ends_the_session() -> None:
+    s = make(limits={"max_frame": 1024})
+    s.receive_data(b"\x00\x01\x00\x00", 0)
+    (err,) = out(s)
+    assert (err["code"], err["fatal"], err["limit"]) == ("frame_too_large", True, "max_frame")
+    assert s.ended == "frame_too_large"
+    assert forwarded(s)[0]["code"] == "frame_too_large"
+
+
+def test_handshake_deadline() -> None:
+    s = make(keepalive={"handshake_timeout": 5.0})
+    assert s.next_deadline() == 5.0
+    s.tick(4.9)
+    assert s.ended is None
+    s.tick(5.0)
+    assert out(s)[0]["code"] == "handshake_timeout" and s.ended == "handshake_timeout"
+
+
+def test_welcome_cancels_the_handshake_deadline() -> None:
+    s = make(keepalive={"handshake_timeout": 5.0, "ping_interval": 100.0})
+    welcome(s)
+    s.tick(50.0)
+    assert s.ended is None
+
+
+def test_keepalive_pings_then_times_out() -> None:
+    s = make(keepalive={"ping_interval": 10.0, "ping_timeout": 5.0})
+    welcome(s)
+    s.tick(10.0)
+    (ping,) = out(s)
+    assert ping["type"] == "ping"
+    assert s.next_deadline() == 15.0
+    s.tick(15.0)
+    assert out(s)[0]["code"] == "ping_timeout"
+    assert forwarded(s) == [{"type": "quit", "reason": "ping timeout", "code": "ping_timeout"}]
+
+
+def test_any_frame_counts_as_alive() -> None:
+    s = make(keepalive={"ping_interval": 10.0, "ping_timeout": 5.0})
+    welcome(s)
+    s.tick(10.0)
+    out(s)
+    feed(s, 12.0, type="pong", token=1)
+    s.tick(15.0)
+    assert s.ended is None and out(s) == []
+    s.tick(22.0)
+    assert out(s)[0]["type"] == "ping"  # ten seconds after the pong
+
+
+def test_rate_limit_then_flood() -> None:
+    s = make(rate={"msg_rate": 1.0, "msg_burst": 3, "flood_strikes": 5})
+    welcome(s)
+    for _ in range(3):
+        feed(s, 0.0, type="msg", room="#a", text="x")
+    assert len(forwarded(s)) == 3
+    feed(s, 0.0, type="msg", room="#a", text="x", label=7)
+    (err,) = out(s)
+    assert (err["code"], err["limit"], err["label"]) == ("rate_limited", "msg_rate", 7)
+    assert 0.9 <= err["retry_after"] <= 1.0
+    feed(s, 1.0, type="msg", room="#a", text="x")  # a token came back
+    assert len(forwarded(s)) == 1
+    for _ in range(5):
+        feed(s, 1.0, type="msg", room="#a", text="x")
+    assert s.ended == "flood" and out(s)[-1]["code"] == "flood"
+
+
+def test_budgets_are_separate_so_catch_up_is_not_throttled() -> None:
+    s = make(rate={"msg_rate": 0.01, "msg_burst": 1})
+    welcome(s)
+    feed(s, type="msg", room="#a", text="x")
+    for i in range(50):
+        feed(s, type="join", room=f"#r{i}", after=0)
+    assert len(forwarded(s)) == 51 and out(s) == []
+
+
+def test_strikes_reset_after_a_pause() -> None:
+    s = make(rate={"cmd_rate": 0.01, "cmd_burst": 1, "flood_strikes": 3})
+    welcome(s)
+    for t in (0.0, 0.0, 0.0, 11.0, 11.0, 22.0):
+        feed(s, t, type="rooms")
+    assert s.ended is None
+
+
+def test_quit_is_forwarded_and_ends() -> None:
+    s = make()
+    welcome(s)
+    feed(s, type="quit", reason="bye")
+    assert forwarded(s) == [{"type": "quit", "reason": "bye"}] and s.ended == "quit"
+
+
+def test_slow_consumer_close_drops_pending_output() -> None:
+    s = make()
+    welcome(s)
+    s.control({"c": "close", "code": "slow_consumer", "limit": "child_queue"})
+    assert s.drop_pending and s.ended == "slow_consumer"
+    assert out(s)[0]["limit"] == "child_queue"
+    assert forwarded(s) == []  # the parent already knows
+
+
+def test_broker_loss_grace_period() -> None:
+    s = make(keepalive={"broker_grace": 3.0})
+    welcome(s)
+    s.broker_lost(10.0)
+    s.tick(12.9)
+    assert s.ended is None
+    s.tick(13.0)
+    assert out(s)[0]["code"] == "server_gone"
+
+
+def test_config_push_changes_limits() -> None:
+    s = make()
+    welcome(s)
+    values = dict(s.config.values, max_frame=2048, msg_burst=1)
+    s.control({"c": "config", "values": values})
+    assert s.decoder.max_frame == 2048 and s.buckets["msg"].burst == 1
+
+
+def test_garbage_stream_never_raises() -> None:
+    s = make()
+    for chunk in (b"\x00\x00\x00\x05" + msgpack.packb([1, 2]) + b"\xff", b"\x00" * 9):
+        s.receive_data(chunk, 0.0)
+    assert all(f["type"] == "error" for f in out(s))
