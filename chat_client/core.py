@@ -95,6 +95,7 @@ class Core:
         self._pings.clear()
         self.model.lag_ms = None
         for buf, line in self.model.pending_lines():
+            self.failures += 1
             line.state = "failed"
             self.model.updated(buf, line)
             self.model.note(buf, "message not acknowledged before the connection was lost; "
@@ -102,7 +103,7 @@ class Core:
         for buf in self.model.buffers.values():
             if buf.kind == "room" and buf.joined:
                 buf.joined = False
-        if was:
+        if was and not self.quitting:
             for buf in self.model.buffers.values():
                 self.model.note(buf, f"disconnected: {reason}", "notice")
 

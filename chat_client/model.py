@@ -251,3 +251,12 @@ class Model:
     def pending_lines(self) -> list[tuple[Buffer, Line]]:
         return [(b, line) for b in self.buffers.values() for line in b.lines
                 if line.state == "pending"]
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def clean(text: str) -> str:
+    """Text safe to print: control characters (escape sequences) become U+FFFD, a tab a
+    space. The server refuses them too, but the screen must not depend on that."""
+    return _CONTROL.sub("\ufffd", text.replace("\t", "    "))

@@ -1,0 +1,110 @@
+"""`chat-client HOST:PORT [--nick NICK] [--room ROOM ...] [--plain]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import re
+import sys
+
+from chatd.protocol import NICK_RE
+
+from . import __version__
+from .commands import UsageError, nick_arg, room_arg
+from .connection import Connection, StateStore, state_dir
+from .core import Core
+
+DEFAULT_PORT = 7777
+DEFAULT_ROOM = "#general"
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """HOST:PORT, HOST, [IPV6]:PORT, [IPV6] or a bare IPv6 address."""
+    match = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", text)
+    if match:
+        host, port = match.group(1), match.group(2)
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:  # a plain host name, or a bare IPv6 address (no port possible)
+        host, port = text, None
+    if not host:
+        raise ValueError("empty host")
+    number = int(port) if port else DEFAULT_PORT
+    if not 0 < number < 65536:
+        raise ValueError(f"port {number} out of range")
+    return host, number
+
+
+def default_nick() -> str:
+    """The login name, made into a valid nick."""
+    try:
+        name = getpass.getuser()
+    except Exception:
+        name = ""
+    nick = re.sub(r"[^A-Za-z0-9_\-\[\]\\^{}|`]", "_", name)[:30]
+    if nick and not NICK_RE.match(nick):
+        nick = ("_" + nick)[:30]
+    return nick if nick and NICK_RE.match(nick) else "guest"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="chat-client",
+        description="Terminal client for chatd. Full-screen when stdin and stdout are a "
+                    "terminal; otherwise (or with --plain) one line in is one message or "
+                    "/command and one event out is one line.",
+        epilog=f"Last-seen message ids are kept in {state_dir()} (override with "
+               "CHAT_CLIENT_STATE_DIR; default $XDG_STATE_HOME/chat-client, else "
+               "~/.local/state/chat-client) so a restarted client catches up. "
+               "Type /help in the client for commands and keys. In plain mode the exit "
+               "status is 0 when every message was acknowledged, 1 otherwise.",
+    )
+    p.add_argument("address", metavar="HOST:PORT",
+                   help=f"server address; the port defaults to {DEFAULT_PORT}; IPv6 as "
+                        "[::1]:7777")
+    p.add_argument("--nick", default=None,
+                   help="your nick (default: your login name, made valid)")
+    p.add_argument("--room", dest="rooms", action="extend", nargs="+", metavar="ROOM",
+                   help=f"room(s) to join; repeatable (default: {DEFAULT_ROOM}); the first "
+                        "is where plain lines go")
+    p.add_argument("--plain", action="store_true",
+                   help="line mode even on a terminal")
+    p.add_argument("--scrollback", type=int, default=5000, metavar="N",
+                   help="lines kept per buffer (default: 5000)")
+    p.add_argument("--version", action="version", version=f"chat-client {__version__}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        host, port = parse_address(args.address)
+    except ValueError as exc:
+        parser.error(f"bad address {args.address!r}: {exc}")
+    try:
+        nick = nick_arg(args.nick) if args.nick is not None else default_nick()
+        rooms = [room_arg(r) for r in (args.rooms or [DEFAULT_ROOM])]
+    except UsageError as exc:
+        parser.error(str(exc))
+    if args.scrollback < 10:
+        parser.error("--scrollback must be at least 10")
+    store = StateStore(f"{host}:{port}", nick)
+    core = Core(nick, rooms, store.load(), args.scrollback)
+    plain = args.plain or not (sys.stdin.isatty() and sys.stdout.isatty())
+    try:
+        if plain:
+            from .plain import run_plain
+
+            conn = Connection(host, port, core, store, first_failure_fatal=True)
+            return asyncio.run(run_plain(core, conn))
+        from .tui import run_tui
+
+        return asyncio.run(run_tui(core, host, port, store))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Plain mode: one input line = one message or /command; one event = one output line.
+
+For scripts and pipes. At the end of input the client waits for every reply (so a message
+is acknowledged, i.e. stored, before exit), quits, and exits 0 unless something failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+from typing import TextIO
+
+from .connection import ConnectFailed, Connection
+from .core import Core
+from .model import Buffer, Line, clean
+
+REPLY_TIMEOUT = 30.0  # at end of input, give up waiting for replies after this long
+
+
+def format_line(buf: Buffer, line: Line) -> str:
+    """`HH:MM:SS TARGET BODY`; TARGET is a room, @nick for direct messages, or '*'."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(line.ts))
+    target = buf.name if buf.kind == "room" else f"@{buf.name}" if buf.kind == "dm" else "*"
+    text = clean(line.text).replace("\n", "\\n")
+    if line.kind == "message":
+        body = f"<{line.nick}> {text}"
+    elif line.kind == "action":
+        body = f"* {line.nick} {text}"
+    elif line.kind == "error":
+        body = f"! {text}"
+    else:
+        body = f"-- {text}"
+    return f"{stamp} {target} {body}"
+
+
+class Pacer:
+    """Client-side token bucket so a script does not trip the server's msg_rate."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.tokens = float(core.limits.get("msg_burst", 20))
+        self.stamp = time.monotonic()
+
+    async def wait(self) -> None:
+        rate = float(self.core.limits.get("msg_rate", 5.0)) or 5.0
+        burst = float(self.core.limits.get("msg_burst", 20))
+        while True:
+            now = time.monotonic()
+            self.tokens = min(burst, self.tokens + (now - self.stamp) * rate)
+            self.stamp = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return
+            await asyncio.sleep((1 - self.tokens) / rate)
+
+
+def _stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None],
+                 stdin: TextIO) -> None:
+    """Reader thread: works for pipes, files and terminals alike."""
+    try:
+        for line in stdin:
+            loop.call_soon_threadsafe(queue.put_nowait, line)
+    finally:
+        loop.call_soon_threadsafe(queue.put_nowait, None)
+
+
+async def _wait_for(pred: object, conn_task: asyncio.Task[None], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not pred():  # type: ignore[operator]
+        if conn_task.done() or time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def run_plain(core: Core, conn: Connection, stdin: TextIO = sys.stdin,
+                    stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr) -> int:
+    def show(buf: Buffer, line: Line) -> None:
+        if line.state == "pending":
+            return
+        if line.kind == "error" or line.state == "failed":
+            what = "not delivered: " if line.state == "failed" else ""
+            print(f"chat-client: {what}{clean(line.text)}", file=stderr, flush=True)
+        else:
+            print(format_line(buf, line), file=stdout, flush=True)
+
+    core.model.listeners.append(show)
+    conn_task = asyncio.create_task(conn.run())
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+    threading.Thread(target=_stdin_lines, args=(loop, queue, stdin), daemon=True).start()
+    pacer: Pacer | None = None
+    try:
+        while True:
+            get = asyncio.ensure_future(queue.get())
+            await asyncio.wait({get, conn_task}, return_when=asyncio.FIRST_COMPLETED)
+            if not get.done():
+                get.cancel()
+                break  # the connection gave up
+            raw = get.result()
+            if raw is None:
+                break
+            text = raw.rstrip("\r\n")
+            if not text.strip():
+                continue
+            if not await _wait_for(lambda: core.ready, conn_task, 3600):
+                break
+            if not text.startswith("/") or text.startswith("//"):
+                pacer = pacer or Pacer(core)
+                await pacer.wait()
+            core.execute_line(text)
+            conn.flush()
+            if core.quitting:
+                break
+        # Every request answered (messages acknowledged) before we leave.
+        await _wait_for(lambda: core.ready and not core.busy(), conn_task, REPLY_TIMEOUT)
+        if not conn_task.done():
+            if core.busy():
+                core.failures += 1
+                print("chat-client: gave up waiting for the server's replies", file=stderr)
+            await conn.quit()
+    finally:
+        if not conn_task.done():
+            conn_task.cancel()
+        try:
+            await conn_task
+        except ConnectFailed as exc:
+            print(f"chat-client: {exc}", file=stderr, flush=True)
+            return 1
+        except asyncio.CancelledError:
+            pass
+    if core.stop_reason:
+        print(f"chat-client: {core.stop_reason}", file=stderr, flush=True)
+        return 1
+    return 1 if core.failures else 0

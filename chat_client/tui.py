@@ -1,0 +1,272 @@
+"""Full-screen prompt_toolkit UI over the model: message pane, status bar, input line."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from prompt_toolkit.application import Application
+from prompt_toolkit.buffer import Buffer as InputBuffer
+from prompt_toolkit.data_structures import Point
+from prompt_toolkit.document import Document
+from prompt_toolkit.history import InMemoryHistory
+from prompt_toolkit.input import Input
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.layout import HSplit, Layout, Window
+from prompt_toolkit.layout.controls import BufferControl, FormattedTextControl, UIContent, UIControl
+from prompt_toolkit.layout.dimension import Dimension
+from prompt_toolkit.layout.processors import BeforeInput
+from prompt_toolkit.output import Output
+from prompt_toolkit.styles import Style
+
+from . import commands
+from .connection import Connection, StateStore
+from .core import Core
+from .model import Model, clean
+from .render import Fragments, scroll_target, visible_rows
+
+STYLE = Style.from_dict({
+    "time": "fg:ansibrightblack",
+    "sep": "fg:ansibrightblack",
+    "notice": "fg:ansibrightblack",
+    "info": "",
+    "error": "fg:ansired bold",
+    "action": "italic",
+    "pending": "fg:ansibrightblack italic",
+    "mention": "bg:ansiyellow fg:ansiblack bold",
+    "day": "fg:ansicyan",
+    "marker": "bg:ansiblue fg:ansiwhite bold",
+    "status": "bg:ansiblue fg:ansiwhite",
+    "status.ok": "bg:ansiblue fg:ansibrightgreen bold",
+    "status.bad": "bg:ansiblue fg:ansibrightyellow bold",
+    "status.act": "bg:ansiblue fg:ansiwhite bold",
+    "status.hot": "bg:ansired fg:ansiwhite bold",
+    "prompt": "bold",
+})
+
+
+class MessagesControl(UIControl):
+    """Renders the current buffer bottom-up at the real window size."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.width, self.height = 80, 24
+
+    def create_content(self, width: int, height: int) -> UIContent:
+        self.width, self.height = width, height
+        try:
+            rows = visible_rows(self.model.cur, width, height, self.model.nick)
+        except Exception as exc:  # a rendering bug must not kill the session
+            rows = [[("class:error", f"render error: {type(exc).__name__}: {exc}")]]
+        rows = [[] for _ in range(height - len(rows))] + rows  # stick to the bottom
+
+        def get_line(i: int) -> Fragments:
+            return rows[i] if 0 <= i < len(rows) else []
+
+        return UIContent(get_line=get_line, line_count=len(rows),
+                         cursor_position=Point(0, max(0, len(rows) - 1)), show_cursor=False)
+
+    def is_focusable(self) -> bool:
+        return False
+
+    def scroll(self, pages: int) -> None:
+        buf = self.model.cur
+        target = scroll_target(buf, self.width, self.height, self.model.nick, pages)
+        buf.scroll_to(target)
+
+
+class Completion:
+    """Irssi-style Tab: replace the word before the cursor, cycling on repeated Tab."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.state: tuple[str, int, list[str], int] | None = None  # result text, start, ...
+
+    def candidates(self, text: str, word: str, start: int) -> list[str]:
+        m = self.model
+        if start == 0 and word.startswith("/"):
+            names = commands.command_names()
+            return [f"/{n} " for n in names if n.startswith(word[1:].lower())]
+        if word.startswith("#"):
+            rooms = sorted(set(m.known_rooms) | {b.key for b in m.order() if b.kind == "room"})
+            return [r + " " for r in rooms if r.startswith(word.lower())]
+        nicks = sorted(m.cur.members.values(), key=str.lower) if m.cur.kind == "room" else \
+            [m.cur.name]
+        suffix = ": " if start == 0 else " "
+        return [n + suffix for n in nicks if n.lower().startswith(word.lower())]
+
+    def complete(self, buf: InputBuffer) -> None:
+        doc = buf.document
+        if self.state is not None and self.state[0] == doc.text:
+            _, start, cands, i = self.state
+            i = (i + 1) % len(cands)
+        else:
+            before = doc.text_before_cursor
+            start = len(before) - len(before.split(" ")[-1])
+            word = before[start:]
+            cands = self.candidates(doc.text, word, start)
+            if not cands:
+                return
+            i = 0
+        new = doc.text[:start] + cands[i] + doc.text_after_cursor
+        buf.document = Document(new, start + len(cands[i]))
+        self.state = (new, start, cands, i)
+
+
+class ChatUI:
+    def __init__(self, core: Core, input: Input | None = None, output: Output | None = None,
+                 ) -> None:
+        self.core = core
+        self.model = core.model
+        self.conn: Connection | None = None
+        self.messages = MessagesControl(self.model)
+        self.completion = Completion(self.model)
+        self.input = InputBuffer(multiline=False, history=InMemoryHistory(),
+                                 accept_handler=self._accept)
+        input_window = Window(
+            BufferControl(self.input, input_processors=[
+                BeforeInput(lambda: [("class:prompt", f"[{clean(self.model.cur.name)}] ")])]),
+            height=lambda: Dimension(min=1, max=6,
+                                     preferred=self.input.document.line_count),
+            wrap_lines=True, dont_extend_height=True)
+        layout = Layout(HSplit([
+            Window(self.messages, wrap_lines=False),
+            Window(FormattedTextControl(self.status), height=1, style="class:status"),
+            input_window,
+        ]), focused_element=input_window)
+        self.app: Application[int] = Application(
+            layout=layout, key_bindings=self._bindings(), style=STYLE, full_screen=True,
+            mouse_support=False, refresh_interval=1.0, input=input, output=output)
+
+    # Status bar
+    def status(self) -> Fragments:
+        m = self.model
+        out: Fragments = [("class:status", " ")]
+        if m.conn_state == "connected":
+            lag = f" · lag {m.lag_ms:.0f} ms" if m.lag_ms is not None else ""
+            out.append(("class:status.ok", "connected" + lag))
+        elif m.conn_state == "reconnecting" and m.retry_at is not None:
+            secs = max(0, round(m.retry_at - time.monotonic()))
+            out.append(("class:status.bad", f"reconnecting in {secs}s"))
+        else:
+            out.append(("class:status.bad", m.conn_state + "…"))
+        out.append(("class:status", f" │ {clean(m.nick)} │ "))
+        order = m.order()
+        here = next(i for i, b in enumerate(order) if b.key == m.current)
+        out.append(("class:status.act", f"{here + 1}:{clean(m.cur.name)}"))
+        for i, b in enumerate(order):
+            if b.key != m.current and b.unread:
+                hot = b.mentions > 0
+                mark = f"{b.unread}!" if hot else str(b.unread)
+                out.append(("class:status", " "))
+                out.append(("class:status.hot" if hot else "class:status.act",
+                            f"{i + 1}:{clean(b.name)}({mark})"))
+        if m.cur.kind == "room" and m.cur.topic:
+            out.append(("class:status", f" │ {clean(m.cur.topic)}"))
+        elif m.cur.kind == "room" and not m.cur.joined:
+            out.append(("class:status", " │ (not joined)"))
+        return out
+
+    # Input
+    def _accept(self, buf: InputBuffer) -> bool:
+        text = buf.text
+        if text.strip():
+            self.core.execute_line(text)
+            self.model.cur.scroll_to(None)  # sending jumps back to the bottom
+            self.changed()
+        if self.core.quitting:
+            self.app.exit(result=0)
+        return False  # False: clear the input line (and keep it in the history)
+
+    def _bindings(self) -> KeyBindings:
+        kb = KeyBindings()
+        m = self.model
+
+        @kb.add("c-c")
+        def _(event: KeyPressEvent) -> None:
+            self.quit()
+
+        @kb.add("c-d")
+        def _(event: KeyPressEvent) -> None:
+            buf = event.current_buffer
+            if buf.text:
+                buf.delete()
+            else:
+                self.quit()
+
+        @kb.add("escape", "enter")
+        def _(event: KeyPressEvent) -> None:
+            event.current_buffer.insert_text("\n")
+
+        @kb.add("tab")
+        def _(event: KeyPressEvent) -> None:
+            self.completion.complete(event.current_buffer)
+
+        @kb.add("pageup")
+        def _(event: KeyPressEvent) -> None:
+            self.messages.scroll(-1)
+
+        @kb.add("pagedown")
+        def _(event: KeyPressEvent) -> None:
+            self.messages.scroll(1)
+
+        @kb.add("c-n")
+        def _(event: KeyPressEvent) -> None:
+            m.cycle(1)
+
+        @kb.add("c-p")
+        def _(event: KeyPressEvent) -> None:
+            m.cycle(-1)
+
+        for digit in "123456789":
+            @kb.add("escape", digit)
+            def _(event: KeyPressEvent, n: int = int(digit)) -> None:
+                m.switch_index(n - 1)
+
+        return kb
+
+    def quit(self) -> None:
+        if not self.core.quitting:
+            self.core.quit("")
+            if self.conn is not None:
+                self.conn.flush()
+        self.app.exit(result=0)
+
+    def changed(self) -> None:
+        """The model changed (a frame arrived): flush requests, ring the bell, redraw."""
+        if self.conn is not None:
+            self.conn.flush()
+        if self.model.alerts:
+            self.model.alerts = 0
+            with contextlib.suppress(Exception):
+                self.app.output.bell()
+                self.app.output.flush()
+        self.app.invalidate()
+
+    def screen_text(self, width: int = 80, height: int = 24) -> str:
+        """The message pane as plain text (for tests and debugging)."""
+        rows = visible_rows(self.model.cur, width, height, self.model.nick)
+        return "\n".join("".join(t for _, t in row).rstrip() for row in rows)
+
+
+async def run_tui(core: Core, host: str, port: int, store: StateStore | None,
+                  input: Input | None = None, output: Output | None = None,
+                  ui_ready: Any = None, **conn_opts: Any) -> int:
+    """Run the full-screen client until /quit, Ctrl-C or Ctrl-D."""
+    ui = ChatUI(core, input, output)
+    conn = Connection(host, port, core, store, on_change=ui.changed, **conn_opts)
+    ui.conn = conn
+    conn_task = asyncio.create_task(conn.run())
+    if ui_ready is not None:
+        ui_ready(ui)
+    try:
+        result = await ui.app.run_async()
+    finally:
+        await conn.quit()
+        conn_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await conn_task
+        conn.save_state(force=True)
+    return result or 0
