@@ -50,7 +50,9 @@ class ServerProcess:
         self._cond = threading.Condition()
         self.proc: subprocess.Popen[str] | None = None
 
-    def start(self, timeout: float = 15.0) -> ServerProcess:
+    def start(self, timeout: float = 15.0, port_from_log: bool = True) -> ServerProcess:
+        """Start and learn the port from the "listening on" line, or (port_from_log=False,
+        for quiet log levels) from the kernel's table of listening sockets."""
         cmd = [sys.executable, "-m", "chatd", "serve", "--host", self.host, "--port", "0",
                "--data-dir", str(self.data_dir), "--config", str(self.config_path),
                "--log-level", "debug", *self.extra_args]
@@ -58,11 +60,27 @@ class ServerProcess:
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True, env=env)
         threading.Thread(target=self._drain, daemon=True).start()
+        if not port_from_log:
+            proc = self.proc
+            ports = wait_until(lambda: listening_ports(proc.pid) or proc.poll() is not None,
+                               timeout, message="a listening socket")
+            assert proc.poll() is None, "server exited:\n" + "\n".join(self.lines)
+            self.port = sorted(ports)[0]
+            return self
         line = self.wait_for_log(LISTEN_RE, timeout)
         match = LISTEN_RE.search(line)
         assert match
         self.port = int(match.group(2))
         return self
+
+    def mark(self) -> int:
+        """Index of the next log line, for wait_for_log(start=...)."""
+        with self._cond:
+            return len(self.lines)
+
+    def wait_exit(self, timeout: float = 15.0) -> int:
+        assert self.proc
+        return self.proc.wait(timeout)
 
     def _drain(self) -> None:
         assert self.proc and self.proc.stderr
@@ -142,6 +160,55 @@ def child_states(ppid: int) -> list[tuple[int, str]]:
             if st and st[1] == ppid:
                 out.append((int(entry), st[0]))
     return out
+
+
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports that process `pid` listens on (IPv4 and IPv6), from /proc."""
+    inodes = set()
+    try:
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                link = os.readlink(f"/proc/{pid}/fd/{name}")
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+    except OSError:
+        return set()
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                cols = row.split()
+                if cols[3] == "0A" and cols[9] in inodes:  # 0A: LISTEN
+                    ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def set_child_subreaper(on: bool) -> bool:
+    """Make this process adopt orphaned descendants (Linux prctl), so a test can reap and
+    inspect them; returns False where that is not possible."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(36, 1 if on else 0, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+def reap(pid: int, timeout: float = 10.0) -> int | None:
+    """Wait for our own (adopted) child `pid` to exit; its raw wait status, or None if it
+    is not our child."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            got, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if got == pid:
+            return status
+        if time.monotonic() > deadline:
+            raise AssertionError(f"pid {pid} did not exit within {timeout}s")
+        time.sleep(0.02)
 
 
 def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02,

@@ -22,6 +22,7 @@ class Client:
         self.timeout = timeout
         self.decoder = FrameDecoder(max_frame=1 << 24)
         self.backlog: list[Frame] = []
+        self.received: list[Frame] = []  # every frame in arrival order (never consumed)
         self.labels = itertools.count(1)
         self.closed = False
         self.nick = ""
@@ -53,7 +54,9 @@ class Client:
             return False
         self.decoder.receive_data(data)
         for payload in self.decoder.payloads():
-            self.backlog.append(decode_payload(payload))
+            frame = decode_payload(payload)
+            self.backlog.append(frame)
+            self.received.append(frame)
         return True
 
     def wait(self, pred: Callable[[Frame], bool], timeout: float | None = None) -> Frame:
@@ -108,6 +111,45 @@ class Client:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
+
+    # ---- helpers added for the server integration tests ----
+
+    def collect(self, pred: Callable[[Frame], bool], count: int,
+                timeout: float | None = None) -> list[Frame]:
+        """Return (and remove) the first `count` frames matching pred, in arrival order."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        out: list[Frame] = []
+        while len(out) < count:
+            out.append(self.wait(pred, max(0.0, deadline - time.monotonic())))
+        return out
+
+    def messages(self, room: str, count: int, timeout: float | None = None) -> list[Frame]:
+        """The next `count` `message` frames of `room`, in arrival order."""
+        return self.collect(lambda f: f.get("type") == "message" and f.get("room") == room,
+                            count, timeout)
+
+    def sync(self, timeout: float | None = None) -> Frame:
+        """A broker round trip: everything the broker queued for us before it has arrived."""
+        frame = self.call({"type": "rooms"}, timeout)
+        assert frame["type"] == "rooms", frame
+        return frame
+
+    def error(self, frame: Frame, timeout: float | None = None) -> Frame:
+        """Send a labelled request that must fail; returns its `error` frame."""
+        reply = self.call(frame, timeout)
+        assert reply["type"] == "error", reply
+        return reply
+
+    def pending(self, ftype: str | None = None, **fields: Any) -> list[Frame]:
+        """Frames already received and not yet consumed (without waiting)."""
+        return [f for f in self.backlog if (ftype is None or f.get("type") == ftype)
+                and all(f.get(k) == v for k, v in fields.items())]
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def connect(server: Any, nick: str | None = None) -> Client:
