@@ -1,0 +1,90 @@
+"""A tiny run of every `chatd bench` scenario: the report's shape and zero loss.
+
+Keeps the benchmark working; it asserts no timing (the numbers live in README).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+SMOKE = {
+    "burst": ["--clients", "6", "--senders", "3", "--messages", "20"],
+    "steady": ["--clients", "4", "--senders", "2", "--messages", "5", "--rate", "100"],
+    "idle": ["--clients", "8", "--room-size", "3", "--settle", "0"],
+    "connect": ["--clients", "6", "--inflight", "2,6"],
+}
+PHASE_KEYS = {"phase", "seconds", "server_cpu_s", "server_cpu_parent_s",
+              "server_cpu_sessions_s", "loadgen_cpu_s", "loadgen_cpu_pct"}
+
+
+def run_bench(scenario: str, *extra: str) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "chatd", "bench", scenario, "--json", "--quiet",
+           "--timeout", "20", *SMOKE[scenario], *extra]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+def check_memory(report: dict[str, Any], sessions: int) -> None:
+    mem = report["memory"]
+    assert mem["sessions"] >= sessions
+    for part in ("parent", "sessions_total", "per_session", "total", "total_per_session"):
+        assert set(mem[part]) == {"rss", "pss", "uss"}
+        assert mem[part]["rss"] >= mem[part]["pss"] >= mem[part]["uss"] > 0
+    assert report["parent_fds"] > sessions
+
+
+@pytest.mark.parametrize("scenario", ["burst", "steady"])
+def test_delivery_scenarios(scenario: str) -> None:
+    report = run_bench(scenario)
+    assert report["ok"] is True
+    assert report["scenario"] == scenario and report["server"]["spawned"] is True
+    connect, deliver = report["phases"]
+    assert set(connect) >= PHASE_KEYS and set(deliver) >= PHASE_KEYS
+    clients, senders = report["params"]["clients"], report["params"]["senders"]
+    assert connect["connected"] == clients and connect["failed"] == 0
+    messages = senders * report["params"]["messages"]
+    assert deliver["messages"] == deliver["acks"] == messages
+    assert deliver["expected"] == messages * clients  # one room; the sender hears it too
+    assert deliver["received"] == deliver["expected"]
+    assert deliver["lost"] == 0 and deliver["duplicates"] == 0 and deliver["errors"] == {}
+    assert set(deliver["latency_ms"]) == {"p50", "p90", "p99", "max"}
+    assert deliver["latency_ms"]["max"] >= deliver["latency_ms"]["p50"] >= 0
+    assert deliver["server_cpu_s"] > 0 and deliver["server_cpu_us_per_delivery"] > 0
+    check_memory(report, clients)
+
+
+def test_idle() -> None:
+    report = run_bench("idle")
+    assert report["ok"] is True
+    (connect,) = report["phases"]
+    assert connect["connected"] == 8 and connect["failed"] == 0
+    check_memory(report, 8)
+    assert report["responsiveness"]["new_session_ms"] > 0
+    assert report["responsiveness"]["broker_round_trip_ms"] > 0
+
+
+def test_connect() -> None:
+    report = run_bench("connect")
+    assert report["ok"] is True
+    runs = report["phases"]
+    assert [r["inflight"] for r in runs] == [2, 6]
+    for run in runs:
+        assert set(run) >= PHASE_KEYS
+        assert run["connected"] == 6 and run["failed"] == 0 and run["failures"] == {}
+        assert run["per_second"] > 0 and run["server_cpu_us_per_session"] > 0
+
+
+def test_human_report_and_text_output() -> None:
+    cmd = [sys.executable, "-m", "chatd", "bench", "burst", "--quiet", *SMOKE["burst"]]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for word in ("deliveries", "latency p50", "server CPU", "loadgen CPU", "memory",
+                 "parent fds", "result         OK"):
+        assert word in done.stdout
