@@ -1,0 +1,292 @@
+"""The full-screen client (prompt_toolkit pipe input, DummyOutput) against a real server.
+
+The application runs on its own event loop in a thread; the test types keys into the pipe,
+watches the other side with the blocking tests/wire.py client, and reads the client's
+state on the client's loop. Every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prompt_toolkit.input import PipeInput, create_pipe_input
+from prompt_toolkit.output import DummyOutput
+from serverproc import ServerProcess
+from wire import Client, connect
+
+from chat_client.connection import StateStore
+from chat_client.core import Core
+from chat_client.tui import ChatUI, run_tui
+
+FAST: dict[str, Any] = {"rate": {
+    "msg_rate": 100000.0, "msg_burst": 100000, "history_rate": 100000.0,
+    "history_burst": 100000, "cmd_rate": 100000.0, "cmd_burst": 100000}}
+ENTER, TAB, PGUP, PGDN = "\r", "\t", "\x1b[5~", "\x1b[6~"
+
+
+class AppRunner:
+    """One chat-client TUI on a private event loop thread, driven through a pipe."""
+
+    def __init__(self, host: str, port: int, nick: str, state_dir: Path,
+                 rooms: tuple[str, ...] = ("#general",), **conn_opts: Any) -> None:
+        self.core = Core(nick, list(rooms))
+        self.store = StateStore(f"{host}:{port}", nick, state_dir)
+        self.core.saved_last = self.store.load()
+        self.ui: ChatUI | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._cm = create_pipe_input()
+        self.pipe: PipeInput = self._cm.__enter__()
+        ready = threading.Event()
+
+        async def main() -> None:
+            self.loop = asyncio.get_running_loop()
+            self.result = await run_tui(self.core, host, port, self.store, input=self.pipe,
+                                        output=DummyOutput(),
+                                        ui_ready=lambda ui: (setattr(self, "ui", ui),
+                                                             ready.set()), **conn_opts)
+
+        def thread() -> None:
+            try:
+                asyncio.run(main())
+            except BaseException as exc:  # reported by close()
+                self.error = exc
+            finally:
+                ready.set()
+
+        self.thread = threading.Thread(target=thread, daemon=True)
+        self.thread.start()
+        assert ready.wait(10)
+
+    def type(self, text: str) -> None:
+        self.pipe.send_text(text)
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run fn on the client's loop (the model is only touched there)."""
+        assert self.loop is not None
+        if threading.current_thread() is self.thread or not self.thread.is_alive():
+            return fn()
+
+        async def run() -> Any:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    def wait(self, pred: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.call(pred)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; screen:\n"
+                                     + self.screen())
+            time.sleep(0.02)
+
+    def screen(self) -> str:
+        assert self.ui is not None
+        ui = self.ui
+        return str(self.call(lambda: ui.screen_text(100, 30)))
+
+    def status(self) -> str:
+        assert self.ui is not None
+        ui = self.ui
+        return str(self.call(lambda: "".join(t for _, t in ui.status())))
+
+    def ready(self) -> None:
+        self.wait(lambda: self.core.ready and self.core.model.cur.joined, "joined")
+
+    def close(self) -> Any:
+        if self.thread.is_alive():
+            self.type("\x03")  # Ctrl-C
+            self.thread.join(10)
+        self._cm.__exit__(None, None, None)
+        assert not self.thread.is_alive(), "client did not exit"
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    data = tmp_path / "server"
+    data.mkdir()
+    srv = ServerProcess(data, FAST).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def app(server: ServerProcess, tmp_path: Path) -> Iterator[AppRunner]:
+    runner = AppRunner(server.host, server.port, "alice", tmp_path / "state")
+    runner.ready()
+    yield runner
+    runner.close()
+
+
+@pytest.fixture
+def bob(server: ServerProcess) -> Iterator[Client]:
+    client = connect(server, "bob")
+    client.join("#general")
+    yield client
+    client.close()
+
+
+def test_typing_a_message_delivers_it(app: AppRunner, bob: Client) -> None:
+    app.type("hello from the app" + ENTER)
+    got = bob.wait_type("message", room="#general", text="hello from the app")
+    assert got["from"] == "alice"
+    app.wait(lambda: any(ln.text == "hello from the app" and ln.state == "ok"
+                         and ln.id == got["id"] for ln in app.core.model.cur.lines), "ack")
+    assert "alice │ hello from the app" in app.screen()
+    assert "(sending…)" not in app.screen()
+
+
+def test_incoming_messages_and_notices_are_shown(app: AppRunner, bob: Client,
+                                                 server: ServerProcess) -> None:
+    bob.say("#general", "hi alice")
+    bob.say("#general", "waves", action=True)
+    app.wait(lambda: "* │ bob waves" in app.ui.screen_text(100, 30), "action line")  # type: ignore[union-attr]
+    assert "bob │ hi alice" in app.screen()
+    carol = connect(server, "carol")
+    carol.join("#general")
+    app.wait(lambda: "carol joined #general" in app.ui.screen_text(100, 30), "join notice")  # type: ignore[union-attr]
+    carol.close()
+    app.wait(lambda: "carol quit #general" in app.ui.screen_text(100, 30), "quit notice")  # type: ignore[union-attr]
+
+
+def test_join_switches_to_the_room(app: AppRunner, bob: Client) -> None:
+    app.type("/join #Rust" + ENTER)
+    app.wait(lambda: app.core.model.current == "#rust" and app.core.model.cur.joined, "#rust")
+    joined, _ = bob.join("#rust")
+    assert "alice" in joined["members"]
+    app.type("in rust" + ENTER)
+    bob.wait_type("message", room="#rust", text="in rust")
+    assert "2:#general" in app.status() or "#rust" in app.status()
+
+
+def test_msg_opens_a_direct_buffer(app: AppRunner, bob: Client) -> None:
+    app.type("/msg bob psst" + ENTER)
+    got = bob.wait_type("message", to="bob", text="psst")
+    assert got["from"] == "alice"
+    bob.call({"type": "msg", "to": "alice", "text": "yes?"})
+    app.wait(lambda: app.core.model.get("bob") is not None
+             and any(ln.text == "yes?" for ln in app.core.model.get("bob").lines), "dm")  # type: ignore[union-attr]
+    # Not the current buffer: the status bar counts it as unread and marks it.
+    assert "bob(1!)" in app.status()
+    app.type("/switch bob" + ENTER)
+    app.wait(lambda: app.core.model.current == "bob", "switch")
+    screen = app.screen()
+    assert "alice │ psst" in screen and "bob │ yes?" in screen
+    app.type("and more" + ENTER)
+    bob.wait_type("message", to="bob", text="and more")
+
+
+def test_nick_change(app: AppRunner, bob: Client) -> None:
+    app.type("/nick alice2" + ENTER)
+    event = bob.wait_type("nick", room="#general")
+    assert (event["old"], event["new"]) == ("alice", "alice2")
+    app.wait(lambda: app.core.model.nick == "alice2", "own nick")
+    assert "alice2" in app.status()
+    app.type("/nick bob" + ENTER)
+    app.wait(lambda: "nick_taken" in app.screen(), "nick_taken error")
+
+
+def test_tab_completion(app: AppRunner, bob: Client) -> None:
+    ui = app.ui
+    assert ui is not None
+
+    def text() -> str:
+        return str(app.call(lambda: ui.input.text))
+
+    app.type("/jo" + TAB)
+    app.wait(lambda: ui.input.text == "/join ", "command completion")
+    app.type("#gen" + TAB)
+    app.wait(lambda: ui.input.text == "/join #general ", "room completion")
+    app.call(lambda: ui.input.reset())
+    app.wait(lambda: "bob" in app.core.model.cur.members, "bob listed")
+    app.type("bo" + TAB)
+    app.wait(lambda: ui.input.text == "bob: ", "nick completion at line start")
+    app.type("ask " + "al" + TAB)
+    app.wait(lambda: ui.input.text == "bob: ask alice ", "nick completion mid-line")
+    app.call(lambda: ui.input.reset())
+    app.type("/h" + TAB)
+    app.wait(lambda: ui.input.text == "/help ", "first of /help, /history")
+    app.type(TAB)
+    app.wait(lambda: ui.input.text == "/history ", "cycling on repeated Tab")
+    assert text() == "/history "
+
+
+def test_unknown_command_and_bad_usage_send_nothing(app: AppRunner, bob: Client) -> None:
+    app.type("/frobnicate now" + ENTER)
+    app.type("/join" + ENTER)
+    app.type("/msg" + ENTER)
+    app.type("/nick 9bad" + ENTER)
+    app.wait(lambda: "bad nick" in app.ui.screen_text(100, 30), "errors shown")  # type: ignore[union-attr]
+    screen = app.screen()
+    assert "unknown command /frobnicate" in screen and "usage: /join ROOM" in screen
+    app.type("marker" + ENTER)
+    # The first thing bob sees from alice after joining is the marker: nothing else went out.
+    got = bob.wait(lambda f: f.get("type") in ("message", "nick", "part", "join"))
+    assert got["type"] == "message" and got["text"] == "marker"
+
+
+def test_help_lists_commands(app: AppRunner) -> None:
+    app.type("/help" + ENTER)
+    app.wait(lambda: "/history [N]" in app.ui.screen_text(100, 40), "help")  # type: ignore[union-attr]
+
+
+def test_scrolling_holds_the_view_and_counts_new_lines(app: AppRunner, bob: Client) -> None:
+    for i in range(60):
+        bob.request({"type": "msg", "room": "#general", "text": f"line {i}"})
+    app.wait(lambda: "line 59" in app.ui.screen_text(100, 30), "all lines")  # type: ignore[union-attr]
+    app.type(PGUP)
+    app.wait(lambda: app.core.model.cur.anchor is not None, "scrolled")
+    before = app.screen()
+    assert "line 59" not in before and "more below" in before
+    bob.say("#general", "while scrolled")
+    app.wait(lambda: app.core.model.cur.new_below == 1, "new line counted")
+    assert "1 new below" in app.screen()
+    assert "while scrolled" not in app.screen()
+    app.type(PGDN + PGDN + PGDN)
+    app.wait(lambda: app.core.model.cur.anchor is None, "back at the bottom")
+    assert "while scrolled" in app.screen()
+
+
+def test_buffer_switching_keys(app: AppRunner, bob: Client) -> None:
+    app.type("/join #two" + ENTER)
+    app.wait(lambda: app.core.model.current == "#two", "#two")
+    app.type("\x1b2")  # Alt+2: the second buffer (#general; the server buffer is 1)
+    app.wait(lambda: app.core.model.current == "#general", "Alt+2")
+    app.type("\x0e")  # Ctrl+N
+    app.wait(lambda: app.core.model.current == "#two", "Ctrl+N")
+    app.type("\x10")  # Ctrl+P
+    app.wait(lambda: app.core.model.current == "#general", "Ctrl+P")
+    app.type("/switch #two" + ENTER)
+    app.wait(lambda: app.core.model.current == "#two", "/switch")
+    bob.say("#general", "hey alice, look")
+    app.wait(lambda: "2:#general(1!)" in app.status(), "mention mark in the status bar")
+
+
+def test_quit_and_ctrl_d_exit_cleanly(server: ServerProcess, tmp_path: Path,
+                                      bob: Client) -> None:
+    one = AppRunner(server.host, server.port, "one", tmp_path / "s1")
+    one.ready()
+    one.type("/quit gone fishing" + ENTER)
+    one.thread.join(10)
+    assert not one.thread.is_alive() and one.close() == 0
+    event = bob.wait_type("quit", room="#general", nick="one")
+    assert event["reason"] == "gone fishing"
+    two = AppRunner(server.host, server.port, "two", tmp_path / "s2")
+    two.ready()
+    two.type("\x04")  # Ctrl-D on an empty line
+    two.thread.join(10)
+    assert two.close() == 0
+    bob.wait_type("quit", room="#general", nick="two")
