@@ -17,8 +17,10 @@ Frame = dict[str, Any]
 class Client:
     """One TCP connection speaking chatd frames, with a receive backlog."""
 
-    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, host: str, port: int, timeout: float = 10.0,
+                 source: str | None = None) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.timeout = timeout
         self.decoder = FrameDecoder(max_frame=1 << 24)
         self.backlog: list[Frame] = []

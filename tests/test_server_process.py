@@ -1,0 +1,484 @@
+"""Integration: the process model of the real `chatd serve` (issue 2, sections 2, 3 and 8).
+
+Signals, children, zombies and orphans, checked in /proc. Only processes this test
+started are signalled, always by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from serverproc import (
+    ServerProcess,
+    child_states,
+    kill_quietly,
+    listening_ports,
+    proc_stat,
+    reap,
+    set_child_subreaper,
+    wait_until,
+    write_config,
+)
+from wire import Client, Frame, connect
+
+FAST: dict[str, Any] = {"rate": {
+    "msg_rate": 100000.0, "msg_burst": 100000, "history_rate": 100000.0,
+    "history_burst": 100000, "cmd_rate": 100000.0, "cmd_burst": 100000}}
+LOG_RE = re.compile(r"^\S+ \S+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) chatd\[(\d+)\] (\S+) "
+                    r"(chatd[.\w]*): ")
+
+
+@pytest.fixture
+def clients() -> Iterator[list[Client]]:
+    made: list[Client] = []
+    yield made
+    for c in made:
+        c.close()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    srv = ServerProcess(tmp_path, FAST).start()
+    yield srv
+    assert srv.stop() == 0
+    assert srv.children() == []
+
+
+def new(server: ServerProcess, clients: list[Client], nick: str | None = None) -> Client:
+    c = connect(server, nick)
+    clients.append(c)
+    return c
+
+
+def session_pid(server: ServerProcess, session: str) -> int:
+    line = server.wait_for_log(rf"session {session} from \S+: pid (\d+)")
+    match = re.search(r"pid (\d+)", line)
+    assert match
+    return int(match.group(1))
+
+
+def live_children(server: ServerProcess) -> list[int]:
+    return sorted(pid for pid, state in child_states(server.pid) if state != "Z")
+
+
+def fatal_error(c: Client, timeout: float = 10.0) -> Frame:
+    """Read until the server closes; the last frame must be a fatal error."""
+    frames = c.wait_closed(timeout)
+    assert frames, "closed without an error frame"
+    last = frames[-1]
+    assert last["type"] == "error" and last["fatal"] is True, frames
+    return last
+
+
+def assert_gone(pids: list[int]) -> None:
+    wait_until(lambda: all(proc_stat(pid) is None for pid in pids), 10,
+               message=f"processes {pids} to disappear")
+
+
+# ---- children and zombies ----
+
+def test_one_child_per_client_and_none_left_after(server, clients):
+    assert live_children(server) == []
+    for i in range(5):
+        new(server, clients, f"user{i}" if i % 2 else None)
+    pids = wait_until(lambda: len(live_children(server)) == 5 and live_children(server), 10,
+                      message="5 session processes")
+    for pid in pids:
+        state = proc_stat(pid)
+        assert state is not None and state[1] == server.pid
+    clients[1].send({"type": "quit"})
+    clients[0].close()
+    clients[1].wait_closed()
+    wait_until(lambda: len(server.children()) == 3, 10, message="two children reaped")
+    for c in clients[2:]:
+        c.close()
+    wait_until(lambda: server.children() == [], 10, message="zero children, zero zombies")
+    assert_gone(pids)
+    c = new(server, clients, "after")  # the server still serves
+    c.join("#x")
+
+
+def test_rapid_connect_close_leaves_no_zombie(tmp_path, clients):
+    srv = ServerProcess(tmp_path, {**FAST, "limits": {"max_sessions_per_ip": 1000}}).start()
+    try:
+        watcher = new(srv, clients, "watcher")
+        watcher.join("#churn")
+        watcher_pid = session_pid(srv, watcher.received[0]["session"])
+        for i in range(200):
+            c = Client("127.0.0.1", srv.port)
+            if i % 4 == 1:  # some say hello and join first, some also quit politely
+                c.send({"type": "hello", "version": 1, "nick": f"churn{i}"})
+                c.send({"type": "join", "room": "#churn"})
+                if i % 8 == 1:
+                    c.send({"type": "quit", "reason": "bye"})
+            elif i % 4 == 2:
+                c.send_raw(b"\x00\x00")  # half a header
+            c.close()
+        wait_until(lambda: srv.children() == [watcher_pid], 20, interval=0.05,
+                   message="every churned child reaped (zero zombies)")
+        ack = watcher.say("#churn", "still up")
+        assert watcher.wait_type("message", id=ack["id"])
+        started = re.findall(r"session \S+ from \S+: pid (\d+)", "\n".join(srv.lines))
+        assert len(started) == 201
+        assert_gone([int(pid) for pid in started if int(pid) != watcher_pid])
+    finally:
+        assert srv.stop() == 0
+    assert srv.children() == []
+    assert "Traceback" not in "\n".join(srv.lines)
+
+
+def test_session_caps(tmp_path, clients):
+    srv = ServerProcess(tmp_path, {**FAST, "limits": {"max_sessions": 3,
+                                                      "max_sessions_per_ip": 2}}).start()
+    try:
+        def client(source: str, nick: str | None = None) -> Client:
+            c = Client("127.0.0.1", srv.port, source=source)
+            clients.append(c)
+            if nick:
+                c.hello(nick)
+            return c
+
+        a = client("127.0.0.1", "a")
+        client("127.0.0.1", "b")
+        err = fatal_error(client("127.0.0.1"))
+        assert (err["code"], err.get("limit")) == ("too_many_connections",
+                                                   "max_sessions_per_ip"), err
+        client("127.0.0.2", "c")  # another address: under both caps
+        err = fatal_error(client("127.0.0.3"))
+        assert (err["code"], err.get("limit")) == ("server_full", "max_sessions"), err
+        assert len(live_children(srv)) == 3  # refused connections cost no process
+        a.close()
+        wait_until(lambda: len(srv.children()) == 2, 10, message="a's session to end")
+        client("127.0.0.1", "d").join("#cap")  # room again
+    finally:
+        assert srv.stop() == 0
+
+
+# ---- kill -9 of one child ----
+
+def test_kill9_of_one_child_others_carry_on(server, clients):
+    a, b, c, d = (new(server, clients, n) for n in ("alice", "bob", "carol", "dave"))
+    for x in (a, b, c, d):
+        x.join("#k")
+    d.join("#k2")
+    a.join("#k2")
+    victim = session_pid(server, c.received[0]["session"])
+    kids = live_children(server)
+    assert victim in kids and len(kids) == 4
+    os.kill(victim, signal.SIGKILL)
+    for x in (a, b, d):
+        note = x.wait_type("quit", nick="carol")
+        assert (note["room"], note["reason"]) == ("#k", "connection lost"), note
+    with pytest.raises((ConnectionError, TimeoutError)):
+        c.call({"type": "ping"}, timeout=5)
+    assert c.closed
+    wait_until(lambda: victim not in server.children(), 10, message="the victim reaped")
+    assert proc_stat(victim) is None
+    assert live_children(server) == sorted(set(kids) - {victim})
+    server.wait_for_log(rf"\(pid {victim}\) ended: killed by SIGKILL")
+    # The others keep chatting, in both rooms, and carol's nick is free again.
+    for sender in (a, b, d):
+        ack = sender.say("#k", f"{sender.nick} still here")
+        for x in (a, b, d):
+            assert x.wait_type("message", id=ack["id"])["from"] == sender.nick
+    ack = d.say("#k2", "side room")
+    assert a.wait_type("message", id=ack["id"])["room"] == "#k2"
+    assert sorted(a.call({"type": "who", "room": "#k"})["members"]) == ["alice", "bob", "dave"]
+    c2 = new(server, clients, "carol")
+    _, hist = c2.join("#k")
+    assert len(hist["messages"]) == 3
+
+
+# ---- SIGTERM ----
+
+def test_sigterm_tells_every_client_and_leaves_nothing(tmp_path, clients):
+    srv = ServerProcess(tmp_path, FAST).start()
+    try:
+        a, b, c = (new(srv, clients, n) for n in ("alice", "bob", "carol"))
+        for x in (a, b):
+            x.join("#bye")
+        anon = new(srv, clients)  # not yet registered
+        kids = wait_until(lambda: len(live_children(srv)) == 4 and live_children(srv), 10,
+                          message="4 children")
+        mark = srv.mark()
+        srv.signal(signal.SIGTERM)
+        start = time.monotonic()
+        for x in (a, b, c, anon):
+            err = fatal_error(x)
+            assert err["code"] == "shutting_down", err
+        assert srv.wait_exit(10) == 0
+        assert time.monotonic() - start < 10
+        assert_gone(kids)
+        srv.wait_for_log("stopping: telling 4 sessions", start=mark)
+        srv.wait_for_log(r"\bstopped$", start=mark)
+        # No quit notices went out: everyone was leaving anyway.
+        assert not a.pending("quit") and not b.pending("quit")
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", srv.port), timeout=2).close()
+    finally:
+        srv.stop()
+    assert "Traceback" not in "\n".join(srv.lines)
+
+
+def test_sigint_is_a_graceful_stop_too(tmp_path, clients):
+    srv = ServerProcess(tmp_path, FAST).start()
+    try:
+        a = new(srv, clients, "alice")
+        srv.signal(signal.SIGINT)
+        assert fatal_error(a)["code"] == "shutting_down"
+        assert srv.wait_exit(10) == 0
+    finally:
+        srv.stop()
+
+
+def test_sigterm_kills_a_child_that_hangs(tmp_path, clients):
+    srv = ServerProcess(tmp_path, FAST).start()
+    try:
+        a, b = new(srv, clients, "alice"), new(srv, clients, "hung")
+        hung = session_pid(srv, b.received[0]["session"])
+        other = session_pid(srv, a.received[0]["session"])
+        os.kill(hung, signal.SIGSTOP)  # it cannot react to anything now
+        srv.signal(signal.SIGTERM)
+        assert fatal_error(a)["code"] == "shutting_down"
+        assert srv.wait_exit(12) == 0  # SHUTDOWN_GRACE is 8 s, the issue allows 10 s
+        srv.wait_for_log(rf"pid {hung} did not stop; killing it")
+        assert_gone([hung, other])
+    finally:
+        if srv.proc and srv.proc.poll() is None:
+            kill_quietly(hung, signal.SIGCONT)
+        srv.stop()
+
+
+# ---- kill -9 of the parent ----
+
+def test_kill9_of_parent_children_tell_clients_and_exit(tmp_path, clients):
+    grace = 1.0
+    if not set_child_subreaper(True):
+        pytest.skip("cannot become a child subreaper to watch the orphans")
+    try:
+        srv = ServerProcess(tmp_path, {**FAST, "keepalive": {"broker_grace": grace}}).start()
+        a, b, c = (new(srv, clients, n) for n in ("alice", "bob", "carol"))
+        for x in (a, b):
+            x.join("#orphan")
+        kids = wait_until(lambda: len(live_children(srv)) == 3 and live_children(srv), 10,
+                          message="3 children")
+        mark = srv.mark()
+        os.kill(srv.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        assert srv.wait_exit(10) == -signal.SIGKILL
+        # The orphans are ours now; each child tells its client, then exits cleanly.
+        for x in (a, b, c):
+            err = fatal_error(x, timeout=grace + 10)
+            assert err["code"] == "server_gone", err
+        assert time.monotonic() - killed >= grace * 0.9, "children must wait for the broker"
+        for pid in kids:
+            status = reap(pid, 10)
+            if status is not None:
+                assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+        assert_gone(kids)
+        lines = srv.lines[mark:]
+        assert sum("broker gone" in ln for ln in lines) == 3, lines
+        assert sum("session ended: server_gone" in ln for ln in lines) == 3, lines
+    finally:
+        set_child_subreaper(False)
+
+
+# ---- SIGHUP ----
+
+def test_sighup_reload_keeps_sessions(tmp_path, clients):
+    base = {**FAST, "server": {"motd": "first"}, "limits": {"max_text": 1000}}
+    srv = ServerProcess(tmp_path, base).start()
+    try:
+        a, b, c = (new(srv, clients, n) for n in ("alice", "bob", "carol"))
+        for x in (a, b, c):
+            x.join("#hup")
+        assert a.received[0]["motd"] == "first"
+        kids = live_children(srv)
+
+        mark = srv.mark()
+        write_config(srv.config_path, {**FAST, "server": {"motd": "second"},
+                                       "limits": {"max_text": 200}})
+        srv.signal(signal.SIGHUP)
+        line = srv.wait_for_log(r"SIGHUP: reloaded", start=mark)
+        assert "motd: 'first' -> 'second'" in line and "max_text: 1000 -> 200" in line, line
+        # Sessions survive, with their processes, and keep chatting under the new limits.
+        assert live_children(srv) == kids
+        ack = a.say("#hup", "x" * 200)
+        for x in (b, c):
+            assert x.wait_type("message", id=ack["id"])["from"] == "alice"
+        err = b.error({"type": "msg", "room": "#hup", "text": "x" * 201})
+        assert err["code"] == "text_too_long", err
+        d = new(srv, clients, "dave")
+        assert d.received[0]["motd"] == "second"
+        assert d.received[0]["limits"]["max_text"] == 200
+
+        # A bad file is reported and the running configuration stays.
+        for bad, why in (("[limits]\nmax_text = -5\n", r"max_text.*below the minimum"),
+                         ("[limits]\nbogus = 1\n", r"limits\.bogus: unknown setting"),
+                         ("[limits\n", r"not valid TOML")):
+            mark = srv.mark()
+            srv.config_path.write_text(bad)
+            srv.signal(signal.SIGHUP)
+            line = srv.wait_for_log(r"SIGHUP: keeping the old configuration", start=mark)
+            assert re.search(why, line), line
+            assert "ERROR" in line
+        e = new(srv, clients, "erin")
+        assert e.received[0]["limits"]["max_text"] == 200
+        assert e.received[0]["motd"] == "second"
+        ack = c.say("#hup", "after the bad reloads")
+        assert a.wait_type("message", id=ack["id"])["text"] == "after the bad reloads"
+        assert set(kids) <= set(live_children(srv))  # the same processes all along
+    finally:
+        assert srv.stop() == 0
+
+
+def test_sighup_reload_reaches_running_sessions(tmp_path, clients):
+    """Per-session limits (rate buckets, keepalive) change inside running sessions too."""
+    srv = ServerProcess(tmp_path, FAST).start()
+    try:
+        a = new(srv, clients, "alice")
+        a.join("#r")
+        mark = srv.mark()
+        write_config(srv.config_path, {"rate": {"msg_rate": 0.01, "msg_burst": 2}})
+        srv.signal(signal.SIGHUP)
+        srv.wait_for_log(r"SIGHUP: reloaded .*msg_burst", start=mark)
+        # The control travels on the session's channel; a broker round trip is ordered
+        # after it, so the new bucket is in force once this returns.
+        a.sync()
+        replies = [a.call({"type": "msg", "room": "#r", "text": f"t{i}"}) for i in range(4)]
+        assert [r["type"] for r in replies] == ["ack", "ack", "error", "error"], replies
+        assert replies[2]["code"] == "rate_limited" and replies[2]["limit"] == "msg_rate"
+    finally:
+        assert srv.stop() == 0
+
+
+def run_chatd(args: list[str], timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "chatd", *args], capture_output=True,
+                          text=True, timeout=timeout, env=dict(os.environ))
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ("[limits]\nmax_txt = 10\n", r"limits\.max_txt: unknown setting"),
+    ("[limit]\nmax_text = 10\n", r"limit\.max_text: unknown setting"),
+    ("motd = 'hi'\n", r"motd: unknown top-level key"),
+    ("[limits]\nmax_text = 'ten'\n", r"limits\.max_text: expected int, got str"),
+    ("[keepalive]\nping_interval = 0\n", r"keepalive\.ping_interval: 0(\.0)? is below the minimum"),
+    ("[limits\n", r"not valid TOML"),
+], ids=["unknown-key", "unknown-section", "top-level", "wrong-type", "out-of-range",
+        "bad-toml"])
+def test_bad_config_at_startup_exits_2_with_a_clear_message(tmp_path, toml, message):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(toml)
+    result = run_chatd(["serve", "--port", "0", "--data-dir", str(tmp_path / "data"),
+                        "--config", str(cfg)])
+    assert result.returncode == 2, result
+    assert re.search(message, result.stderr), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_config_file_and_bad_flags(tmp_path):
+    result = run_chatd(["serve", "--port", "0", "--data-dir", str(tmp_path),
+                        "--config", str(tmp_path / "nope.toml")])
+    assert result.returncode == 2 and "cannot read config file" in result.stderr, result
+    result = run_chatd(["serve", "--log-level", "loud"])
+    assert result.returncode == 2 and "--log-level" in result.stderr, result
+
+
+# ---- addresses, logging ----
+
+def ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_ipv6_loopback_with_port_0(tmp_path, clients):
+    srv = ServerProcess(tmp_path, FAST, host="::1").start()
+    try:
+        line = srv.wait_for_log(r"listening on \[::1\]:(\d+)")
+        assert srv.port > 0 and f"[::1]:{srv.port}" in line
+        assert listening_ports(srv.pid) == {srv.port}
+        a, b, c = (new(srv, clients, n) for n in ("alice", "bob", "carol"))
+        for x in (a, b, c):
+            x.join("#six")
+        ack = a.say("#six", "over v6")
+        assert c.wait_type("message", id=ack["id"])["text"] == "over v6"
+        srv.wait_for_log(r"session \S+ from ::1: pid")
+    finally:
+        assert srv.stop() == 0
+
+
+def test_port_0_log_line_shows_the_real_port(server):
+    line = server.wait_for_log(r"listening on 127\.0\.0\.1:(\d+)")
+    assert server.port != 0 and line.endswith(f"127.0.0.1:{server.port}")
+    assert listening_ports(server.pid) == {server.port}
+
+
+def test_log_level_changes_output(tmp_path, clients):
+    (tmp_path / "q").mkdir()
+    quiet = ServerProcess(tmp_path / "q", FAST, extra_args=["--log-level", "warning"])
+    quiet.start(port_from_log=False)
+    try:
+        a = new(quiet, clients, "alice")
+        a.join("#quiet")
+        pid = session_pid_from_table(quiet)
+        os.kill(pid, signal.SIGKILL)  # worth a WARNING
+        quiet.wait_for_log(rf"WARNING .*\(pid {pid}\) ended: killed by SIGKILL")
+    finally:
+        assert quiet.stop() == 0
+    assert quiet.lines and not [ln for ln in quiet.lines if " INFO " in ln], quiet.lines
+
+    (tmp_path / "l").mkdir()
+    loud = ServerProcess(tmp_path / "l", FAST).start()  # ServerProcess uses --log-level debug
+    try:
+        new(loud, clients, "bob")
+        loud.wait_for_log(r" INFO chatd\[\d+\] [0-9a-f]{16} chatd\.session: serving")
+    finally:
+        assert loud.stop() == 0
+    assert sum(" INFO " in ln for ln in loud.lines) >= 5
+
+
+def session_pid_from_table(srv: ServerProcess) -> int:
+    kids = wait_until(lambda: live_children(srv), 10, message="a session process")
+    assert len(kids) == 1
+    return kids[0]
+
+
+def test_every_log_line_has_pid_and_session(server, clients):
+    a, b = new(server, clients, "alice"), new(server, clients, "bob")
+    a.join("#log")
+    b.join("#log")
+    sessions = {session_pid(server, c.received[0]["session"]): c.received[0]["session"]
+                for c in (a, b)}
+    a.send({"type": "quit", "reason": "done"})
+    a.wait_closed()
+    b.close()
+    wait_until(lambda: server.children() == [], 10, message="sessions to end")
+    server.wait_for_log(r"session ended", start=0)
+    seen_children = set()
+    for line in server.lines:
+        match = LOG_RE.match(line)
+        assert match, f"log line without level/pid/session: {line!r}"
+        pid, session = int(match.group(2)), match.group(3)
+        if pid == server.pid:
+            assert session == "master", line
+        else:
+            assert sessions.get(pid) == session, (line, sessions)
+            seen_children.add(pid)
+    assert seen_children == set(sessions)
