@@ -226,11 +226,11 @@ class Connection:
         while True:
             await asyncio.sleep(min(1.0, self.keepalive / 4))
             now = time.monotonic()
-            if state["pinged"] and state["heard"] < state["pinged"] \
-                    and now - state["pinged"] > self.dead_after:
-                writer.close()  # makes the reader see EOF
-                return f"no answer from the server for {self.dead_after:.0f}s"
-            if now - state["pinged"] >= self.keepalive:
+            if state["pinged"] and state["heard"] < state["pinged"]:  # awaiting an answer
+                if now - state["pinged"] > self.dead_after:
+                    writer.close()  # makes the reader see EOF
+                    return f"no answer from the server for {self.dead_after:.0f}s"
+            elif now - state["pinged"] >= self.keepalive:
                 state["pinged"] = now
                 core.ping(now)
                 core.tick()

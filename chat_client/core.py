@@ -308,8 +308,6 @@ class Core:
     def _on_error(self, f: Frame, req: Req | None) -> None:
         m = self.model
         code, text = str(f.get("code")), str(f.get("message", ""))
-        if f.get("retry_after") is not None:
-            text += f" (retry after {f['retry_after']}s)"
         if req is not None and req.kind == "hello":
             if code == "nick_taken" and self.nick_attempt < 5:
                 # Often our own previous session, not yet timed out: take a variant now

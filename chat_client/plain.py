@@ -36,16 +36,24 @@ def format_line(buf: Buffer, line: Line) -> str:
 
 
 class Pacer:
-    """Client-side token bucket so a script does not trip the server's msg_rate."""
+    """Client-side token bucket so a script does not trip the server's msg_rate.
+
+    It runs a little below the server's figures: our clock and the server's differ by
+    the network delay, and a refusal would fail the script.
+    """
 
     def __init__(self, core: Core) -> None:
         self.core = core
-        self.tokens = float(core.limits.get("msg_burst", 20))
+        self.tokens = self.burst
         self.stamp = time.monotonic()
 
+    @property
+    def burst(self) -> float:
+        return max(1.0, float(self.core.limits.get("msg_burst", 20)) * 0.5)
+
     async def wait(self) -> None:
-        rate = float(self.core.limits.get("msg_rate", 5.0)) or 5.0
-        burst = float(self.core.limits.get("msg_burst", 20))
+        rate = (float(self.core.limits.get("msg_rate", 5.0)) or 5.0) * 0.8
+        burst = self.burst
         while True:
             now = time.monotonic()
             self.tokens = min(burst, self.tokens + (now - self.stamp) * rate)
