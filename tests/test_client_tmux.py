@@ -1,0 +1,118 @@
+"""End to end in tmux: two full-screen clients type to each other; screens are read back.
+
+The test runs its own tmux server on a private socket (`tmux -L <unique>`), so it never
+touches anyone else's tmux, and kills only that server.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from serverproc import ServerProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None,
+                                reason="tmux is not installed (.ci/run installs it)")
+
+
+class Tmux:
+    def __init__(self) -> None:
+        self.socket = f"chat-client-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.path = ""
+
+    def __call__(self, *args: str) -> str:
+        done = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True,
+                              text=True, timeout=10)
+        assert done.returncode == 0, f"tmux {args}: {done.stderr}"
+        return done.stdout
+
+    def start(self, name: str, command: list[str]) -> None:
+        self("new-session", "-d", "-s", name, "-x", "100", "-y", "30", "-c", str(ROOT),
+             shlex.join(command))
+        self("set-option", "-t", name, "remain-on-exit", "on")
+        self.path = self.path or self("display-message", "-p", "#{socket_path}").strip()
+
+    def screen(self, name: str) -> str:
+        return self("capture-pane", "-p", "-t", name)
+
+    def type(self, name: str, text: str) -> None:
+        self("send-keys", "-t", name, "-l", text)
+        self("send-keys", "-t", name, "Enter")
+
+    def wait_screen(self, name: str, needle: str, timeout: float = 15.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            screen = self.screen(name)
+            if needle in screen:
+                return screen
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{needle!r} not on {name}'s screen:\n{screen}")
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True,
+                       timeout=10)
+        if self.path:  # tmux leaves the socket file behind
+            Path(self.path).unlink(missing_ok=True)
+
+
+@pytest.fixture
+def tmux() -> Iterator[Tmux]:
+    t = Tmux()
+    yield t
+    t.kill()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    data = tmp_path / "server"
+    data.mkdir()
+    srv = ServerProcess(data).start()
+    yield srv
+    srv.stop()
+
+
+def client_command(srv: ServerProcess, nick: str, state: Path) -> list[str]:
+    return ["env", f"CHAT_CLIENT_STATE_DIR={state}", "TERM=xterm-256color", sys.executable,
+            "-m", "chat_client", f"{srv.host}:{srv.port}", "--nick", nick]
+
+
+def test_two_clients_talk_in_tmux(tmux: Tmux, server: ServerProcess, tmp_path: Path) -> None:
+    tmux.start("alice", client_command(server, "alice", tmp_path / "a"))
+    tmux.start("bob", client_command(server, "bob", tmp_path / "b"))
+    for name in ("alice", "bob"):
+        screen = tmux.wait_screen(name, "you joined #general")
+        assert "connected" in screen and "[#general]" in screen
+    tmux.wait_screen("alice", "bob joined #general")
+
+    tmux.type("alice", "hello bob, this is alice")
+    screen = tmux.wait_screen("bob", "alice │ hello bob, this is alice")
+    tmux.type("bob", "hi alice, bob here")
+    tmux.wait_screen("alice", "bob │ hi alice, bob here")
+    tmux.type("bob", "/me waves")
+    tmux.wait_screen("alice", "* │ bob waves")
+    # Each sees its own message acknowledged (no longer pending).
+    assert "(sending…)" not in tmux.wait_screen("alice", "alice │ hello bob")
+
+    # A room switch and a direct message, seen on the other screen.
+    tmux.type("alice", "/join #side")
+    tmux.wait_screen("alice", "[#side]")
+    tmux.type("alice", "/msg bob psst")
+    screen = tmux.wait_screen("bob", "3:alice(1!)")  # the unread DM, marked, in the status bar
+    tmux.type("bob", "/switch alice")
+    tmux.wait_screen("bob", "alice │ psst")
+
+    tmux.type("bob", "/switch #general")
+    tmux.type("alice", "/quit")
+    tmux.wait_screen("bob", "alice quit #general")
+    screen = tmux("list-panes", "-t", "alice", "-F", "#{pane_dead} #{pane_dead_status}")
+    assert screen.split() == ["1", "0"], screen  # exited, with status 0
