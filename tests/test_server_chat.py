@@ -494,3 +494,38 @@ def test_history_topic_and_ids_survive_a_restart(tmp_path: Any):
         assert ids(h["messages"]) == [*ids(before), ack["id"]]
     finally:
         assert srv2.stop() == 0
+
+
+def test_history_replies_fit_in_max_frame(tmp_path: Any, make: Callable[..., Client]):
+    """protocol.md: max_frame is the largest payload "both directions". A history page of
+    big messages must be cut short (with more=true) rather than exceed it."""
+    srv = start(tmp_path, limits={"max_frame": 16384, "max_text": 4000},
+                history={"on_join": 50, "page": 200})
+    try:
+        a, b = make("alice", srv=srv), make("bob", srv=srv)
+        max_frame = a.received[0]["limits"]["max_frame"]
+        a.join("#big")
+        sent = ids(send_many(a, "#big", [f"{i:03d} " + "x" * 2996 for i in range(30)]))
+        assert a.largest <= max_frame
+        _, hist = b.join("#big")
+        assert b.largest <= max_frame, f"a {b.largest}-byte frame; max_frame={max_frame}"
+        got = ids(hist["messages"])
+        assert got and got == sent[-len(got):] and hist["more"] is True
+        while True:  # page backwards to the beginning
+            h = b.call({"type": "history", "room": "#big", "before": got[0]})
+            assert b.largest <= max_frame
+            got = ids(h["messages"]) + got
+            if not h["more"]:
+                break
+        assert got == sent
+        got, more = [], True
+        while more:  # and forwards from the beginning
+            h = b.call({"type": "history", "room": "#big", "after": got[-1] if got else 0})
+            assert b.largest <= max_frame
+            got, more = got + ids(h["messages"]), h["more"]
+        assert got == sent
+        _, hist = b.join("#big", after=sent[3])
+        assert b.largest <= max_frame and ids(hist["messages"]) == \
+            sent[4:4 + len(hist["messages"])] and hist["more"] is True
+    finally:
+        assert srv.stop() == 0

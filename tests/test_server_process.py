@@ -482,3 +482,45 @@ def test_every_log_line_has_pid_and_session(server, clients):
             assert sessions.get(pid) == session, (line, sessions)
             seen_children.add(pid)
     assert seen_children == set(sessions)
+
+
+def test_sighup_raising_max_frame_keeps_running_sessions(tmp_path, clients):
+    """After a reload raises max_frame, a running session may send bigger frames; the
+    parent must accept them from its session process instead of killing it."""
+    srv = ServerProcess(tmp_path, FAST).start()
+    try:
+        a, b = new(srv, clients, "alice"), new(srv, clients, "bob")
+        a.join("#mf")
+        b.join("#mf")
+        mark = srv.mark()
+        write_config(srv.config_path, {**FAST, "limits": {"max_frame": 200000}})
+        srv.signal(signal.SIGHUP)
+        srv.wait_for_log(r"SIGHUP: reloaded .*max_frame: 65536 -> 200000", start=mark)
+        a.sync()  # the new limits are in force in alice's session process
+        err = a.error({"type": "topic", "room": "#mf", "topic": "t" * 100000})
+        assert err["code"] == "invalid_value", err
+        err = a.error({"type": "msg", "room": "#mf", "text": "m" * 100000})
+        assert err["code"] == "text_too_long", err
+        ack = a.say("#mf", "still connected")
+        assert b.wait_type("message", id=ack["id"])["from"] == "alice"
+        assert not b.pending("quit")
+        assert not [ln for ln in srv.lines if "broke channel framing" in ln]
+    finally:
+        assert srv.stop() == 0
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_host_unspecified_ipv6_takes_ipv4_clients_too(tmp_path, clients):
+    """README: `--host ::` listens on every interface; IPv4 and IPv6 both work."""
+    srv = ServerProcess(tmp_path, FAST, host="::").start()
+    try:
+        srv.host = "::1"
+        a = new(srv, clients, "six")
+        srv.host = "127.0.0.1"
+        b = new(srv, clients, "four")
+        a.join("#dual")
+        b.join("#dual")
+        ack = b.say("#dual", "from v4")
+        assert a.wait_type("message", id=ack["id"])["from"] == "four"
+    finally:
+        assert srv.stop() == 0

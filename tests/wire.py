@@ -25,6 +25,7 @@ class Client:
         self.decoder = FrameDecoder(max_frame=1 << 24)
         self.backlog: list[Frame] = []
         self.received: list[Frame] = []  # every frame in arrival order (never consumed)
+        self.largest = 0  # the largest frame payload received so far, in bytes
         self.labels = itertools.count(1)
         self.closed = False
         self.nick = ""
@@ -56,6 +57,7 @@ class Client:
             return False
         self.decoder.receive_data(data)
         for payload in self.decoder.payloads():
+            self.largest = max(self.largest, len(payload))
             frame = decode_payload(payload)
             self.backlog.append(frame)
             self.received.append(frame)
