@@ -92,8 +92,12 @@ def wrap(prefix: Fragments, body: Fragments, width: int) -> list[Fragments]:
                 newline()
                 continue
             w = sum(get_cwidth(c) for c in word)
-            if used + w > width and used > indent and not word.isspace() and w <= width - indent:
-                newline()
+            if used + w > width and used > indent:
+                if word.isspace():  # break here; no spaces at the start of a row
+                    newline()
+                    continue
+                if w <= width - indent:
+                    newline()
             for ch in word:
                 cw = get_cwidth(ch)
                 if used + cw > width:

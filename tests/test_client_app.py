@@ -30,6 +30,15 @@ FAST: dict[str, Any] = {"rate": {
 ENTER, TAB, PGUP, PGDN = "\r", "\t", "\x1b[5~", "\x1b[6~"
 
 
+class CountingOutput(DummyOutput):
+    """DummyOutput that counts terminal bells."""
+
+    bells = 0
+
+    def bell(self) -> None:
+        self.bells += 1
+
+
 class AppRunner:
     """One chat-client TUI on a private event loop thread, driven through a pipe."""
 
@@ -42,6 +51,7 @@ class AppRunner:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.result: Any = None
         self.error: BaseException | None = None
+        self.output = CountingOutput()
         self._cm = create_pipe_input()
         self.pipe: PipeInput = self._cm.__enter__()
         ready = threading.Event()
@@ -49,7 +59,7 @@ class AppRunner:
         async def main() -> None:
             self.loop = asyncio.get_running_loop()
             self.result = await run_tui(self.core, host, port, self.store, input=self.pipe,
-                                        output=DummyOutput(),
+                                        output=self.output,
                                         ui_ready=lambda ui: (setattr(self, "ui", ui),
                                                              ready.set()), **conn_opts)
 
@@ -290,3 +300,48 @@ def test_quit_and_ctrl_d_exit_cleanly(server: ServerProcess, tmp_path: Path,
     two.thread.join(10)
     assert two.close() == 0
     bob.wait_type("quit", room="#general", nick="two")
+
+
+def test_pasted_block_is_one_multiline_message(app: AppRunner, bob: Client) -> None:
+    # A bracketed paste (what terminals and tmux send) lands in the input line; Enter
+    # then sends it as one message with its newlines.
+    app.type("\x1b[200~first line\r\nsecond line\x1b[201~")
+    app.wait(lambda: app.ui.input.text == "first line\nsecond line", "pasted")  # type: ignore[union-attr]
+    app.type(ENTER)
+    got = bob.wait_type("message", room="#general")
+    assert got["text"] == "first line\nsecond line"
+    # Alt+Enter adds a line by hand.
+    app.type("one\x1b\rtwo" + ENTER)
+    assert bob.wait_type("message", room="#general")["text"] == "one\ntwo"
+
+
+def test_input_history_with_up_and_down(app: AppRunner, bob: Client) -> None:
+    ui = app.ui
+    assert ui is not None
+    app.type("first" + ENTER)
+    app.type("second" + ENTER)
+    bob.wait_type("message", text="second")
+    app.type("\x1b[A")  # Up
+    app.wait(lambda: ui.input.text == "second", "previous line")
+    app.type("\x1b[A")
+    app.wait(lambda: ui.input.text == "first", "the one before")
+    app.type("\x1b[B")  # Down
+    app.wait(lambda: ui.input.text == "second", "forward again")
+
+
+def test_bell_on_mention_and_direct_message(app: AppRunner, bob: Client) -> None:
+    bob.say("#general", "no highlight here")
+    app.wait(lambda: "no highlight here" in app.ui.screen_text(100, 30), "plain message")  # type: ignore[union-attr]
+    assert app.output.bells == 0
+    bob.say("#general", "alice: are you there?")
+    app.wait(lambda: app.output.bells == 1, "bell on mention")
+    bob.call({"type": "msg", "to": "alice", "text": "psst"})
+    app.wait(lambda: app.output.bells == 2, "bell on direct message")
+
+
+def test_server_errors_show_inline(app: AppRunner) -> None:
+    app.type("/topic #nowhere" + ENTER)
+    app.wait(lambda: "error no_such_room" in app.ui.screen_text(100, 30), "inline error")  # type: ignore[union-attr]
+    app.type("/part #nowhere" + ENTER)
+    app.wait(lambda: "error not_in_room" in app.ui.screen_text(100, 30), "inline error")  # type: ignore[union-attr]
+    assert app.thread.is_alive()

@@ -342,3 +342,30 @@ def test_ping_is_answered_and_pong_measures_lag() -> None:
     core.receive({"type": "pong", "token": ping["token"]}, now=100.025)
     assert core.model.lag_ms == pytest.approx(25.0)
     assert not core.ping_outstanding()
+
+
+def test_history_command_fetches_older_messages_into_the_buffer() -> None:
+    core = Core("alice", ["#a"])
+    join_reply(core, welcome(core)[0], [msg(10), msg(20)])
+    core.execute_line("/history 5")
+    (frame,) = core.take_outbox()
+    assert frame == {"type": "history", "room": "#a", "before": 10, "limit": 5,
+                     "label": frame["label"]}
+    core.receive({"type": "history", "room": "#a", "messages": [msg(3), msg(7)],
+                  "more": False, "label": frame["label"]})
+    assert ids(core.model.cur) == [3, 7, 10, 20]
+    assert core.model.cur.lines[-1].text == "fetched 2 older message(s)"
+
+
+def test_part_closes_the_buffer_and_forgets_the_room() -> None:
+    core = Core("alice", ["#a", "#b"])
+    out = welcome(core)
+    for frame in out:
+        join_reply(core, frame, [])
+    core.execute_line("/part #b bye")
+    (frame,) = core.take_outbox()
+    assert frame == {"type": "part", "room": "#b", "reason": "bye", "label": frame["label"]}
+    core.receive({"type": "parted", "room": "#b", "label": frame["label"]})
+    assert core.model.get("#b") is None and core.wanted_rooms == ["#a"]
+    core.disconnected("x")
+    assert [f["room"] for f in welcome(core)] == ["#a"]  # not rejoined after a reconnect
