@@ -1,0 +1,175 @@
+"""Slow readers and backpressure (issue 4), against the real server.
+
+A client that stops reading must not stall the broker, its room or anyone
+else; the parent's loop never blocks on one session process. The documented
+policy: a session whose bounded send queue (`queues.client_queue` in its own
+process, `queues.child_queue` in the parent) overflows is ended with the fatal
+`slow_consumer` error, its rooms get a quit notice ("slow consumer"), and its
+client learns why on reconnect (`welcome.previous`).
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatd.protocol import FrameDecoder, decode_payload, pack
+from tests.serverproc import ServerProcess, kill_quietly, proc_stat, wait_until
+from tests.wire import Client, connect
+
+PAD = "x" * 3000
+SMALL_QUEUES = {"queues": {"child_queue": 4096, "client_queue": 4096},
+                "rate": {"msg_rate": 10000.0, "msg_burst": 10000}}
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    servers: list[ServerProcess] = []
+
+    def start_server(config: dict[str, Any]) -> ServerProcess:
+        data = tmp_path / f"srv{len(servers)}"
+        data.mkdir()
+        servers.append(ServerProcess(data, config).start())
+        return servers[-1]
+
+    yield start_server
+    for server in servers:
+        server.stop()
+
+
+def session_pid(server: ServerProcess, session: str) -> int:
+    line = server.wait_for_log(rf"session {session} from \S+: pid (\d+)")
+    match = re.search(r"pid (\d+)", line)
+    assert match
+    return int(match.group(1))
+
+
+def raw_slow_reader(server: ServerProcess, nick: str, room: str) -> tuple[socket.socket, str]:
+    """A client with a tiny receive buffer that says hello, joins, and never reads again."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect((server.host, server.port))
+    sock.sendall(pack({"type": "hello", "version": 1, "nick": nick, "label": 1}))
+    welcome = read_until(sock, lambda f: f.get("label") == 1)
+    assert welcome["type"] == "welcome", welcome
+    sock.sendall(pack({"type": "join", "room": room, "label": 2}))
+    read_until(sock, lambda f: f.get("type") == "history" and f.get("label") == 2)
+    return sock, welcome["session"]
+
+
+def read_until(sock: socket.socket, pred: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    decoder = FrameDecoder(1 << 24)
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError("closed")
+        decoder.receive_data(data)
+        for payload in decoder.payloads():
+            frame = decode_payload(payload)
+            if pred(frame):
+                return frame
+
+
+def talk(talkers: list[Client], room: str, rounds: int) -> list[int]:
+    """Every talker says `rounds` messages; returns the acknowledged ids."""
+    ids = []
+    for i in range(rounds):
+        for talker in talkers:
+            ids.append(talker.say(room, f"{talker.nick} {i} {PAD}")["id"])
+    return ids
+
+
+def received_ids(client: Client, room: str, want: set[int]) -> list[int]:
+    """Wait until `client` has every id in `want`; returns the ids in arrival order."""
+    got: list[int] = []
+    while not want <= set(got):
+        frame = client.wait_type("message", room=room)
+        got.append(frame["id"])
+    return got
+
+
+def test_slow_reader_is_ended_and_others_keep_receiving_everything(start: Any) -> None:
+    server = start({**SMALL_QUEUES, "keepalive": {"ping_interval": 600.0}})
+    room = "#busy"
+    talkers = [connect(server, f"talker{i}") for i in range(3)]
+    for talker in talkers:
+        talker.join(room)
+    slow, slow_session = raw_slow_reader(server, "slowpoke", room)
+    slow_pid = session_pid(server, slow_session)
+    for talker in talkers:
+        talker.wait_type("join", room=room, nick="slowpoke")
+
+    ids = talk(talkers, room, rounds=120)  # ~1 MB of messages the slow reader never reads
+    assert ids == sorted(ids)
+    for talker in talkers:
+        got = received_ids(talker, room, set(ids))
+        assert got == sorted(got), "room order broken"
+        assert len(got) == len(set(got)), "duplicate delivery"
+        assert set(got) == set(ids)
+        quit_ = talker.wait_type("quit", room=room, nick="slowpoke")
+        assert quit_["reason"] == "slow consumer"
+
+    # Whichever bound tripped first (the session's own client_queue, or the parent's
+    # child_queue for it), the session was ended as a slow consumer.
+    server.wait_for_log(rf"chatd\[{slow_pid}\] .*session ended: slow_consumer"
+                        rf"|ending session {slow_session} \(pid {slow_pid}\): queue_limit")
+    # The session process does not linger waiting for a client that will never read.
+    wait_until(lambda: proc_stat(slow_pid) is None, timeout=10,
+               message="the slow session's process to end and be reaped")
+    slow.close()
+
+    again = Client(server.host, server.port)
+    label = again.request({"type": "hello", "version": 1, "nick": "slowpoke",
+                           "session": slow_session})
+    welcome = again.reply(label)
+    assert welcome["type"] == "welcome", welcome
+    assert welcome["previous"]["code"] == "slow_consumer", welcome
+    # And the room still works for everyone, the returning client included (it catches up
+    # after the last id it saw; a plain join's 50 x 3 KB history would not fit these
+    # deliberately tiny queues).
+    _joined, history = again.join(room, after=ids[-1])
+    assert history["messages"] == [] and history["more"] is False
+    ack = talkers[0].say(room, "still here")
+    assert again.wait_type("message", room=room)["id"] == ack["id"]
+    assert server.proc is not None and server.proc.poll() is None
+
+
+def test_parent_never_blocks_on_a_stopped_session_process(start: Any) -> None:
+    """SIGSTOP one session *process*: the parent sheds it and everyone else carries on."""
+    server = start({**SMALL_QUEUES, "keepalive": {"ping_interval": 600.0}})
+    room = "#busy"
+    talkers = [connect(server, f"talker{i}") for i in range(3)]
+    for talker in talkers:
+        talker.join(room)
+    victim = connect(server, "frozen")
+    victim.join(room)
+    session = server.wait_for_log(r"session \S+ from \S+: pid \d+ \(4 sessions\)")
+    match = re.search(r"session (\S+) from \S+: pid (\d+)", session)
+    assert match
+    sid, pid = match.group(1), int(match.group(2))
+    for talker in talkers:
+        talker.wait_type("join", room=room, nick="frozen")
+    kill_quietly(pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: (proc_stat(pid) or ("?",))[0] == "T", timeout=5,
+                   message="the session process to stop")
+        ids = talk(talkers, room, rounds=80)
+        for talker in talkers:
+            got = received_ids(talker, room, set(ids))
+            assert got == sorted(got) and set(got) == set(ids) and len(got) == len(ids)
+            assert talker.wait_type("quit", room=room, nick="frozen")["reason"] == \
+                "slow consumer"
+        server.wait_for_log(rf"ending session {sid} \(pid {pid}\): queue_limit")
+    finally:
+        kill_quietly(pid, signal.SIGCONT)
+    # Resumed, the process reads its close order and ends by itself.
+    wait_until(lambda: proc_stat(pid) is None, timeout=10, message="the resumed process to end")
+    frames = victim.wait_closed(timeout=10)
+    assert any(f.get("code") == "slow_consumer" and f.get("fatal") for f in frames), frames[-3:]
