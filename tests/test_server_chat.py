@@ -413,6 +413,9 @@ def test_history_on_join_and_paging(tmp_path: Any, make: Callable[..., Client]):
         assert page(after=0) == (room_ids[:10], True)  # capped at history.page
         assert page(after=room_ids[9], limit=1000) == (room_ids[10:20], True)
         assert page(after=room_ids[-1]) == ([], False)
+        assert page(after=room_ids[14]) == (room_ids[15:], False)  # exactly one page left
+        assert page(before=room_ids[10]) == (room_ids[:10], False)
+        assert page(after=room_ids[13]) == (room_ids[14:24], True)  # one more than a page
         assert page() == (room_ids[15:], True)  # the newest
         assert page(limit=2) == (room_ids[23:], True)
         for bad in ({"limit": 0}, {"before": 5, "after": 1}, {"with": "bob"}):
