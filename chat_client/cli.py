@@ -24,6 +24,8 @@ def parse_address(text: str) -> tuple[str, int]:
     match = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", text)
     if match:
         host, port = match.group(1), match.group(2)
+    elif text.startswith("["):
+        raise ValueError("expected [IPV6]:PORT")
     elif text.count(":") == 1:
         host, port = text.split(":")
     else:  # a plain host name, or a bare IPv6 address (no port possible)

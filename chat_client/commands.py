@@ -276,5 +276,6 @@ def help_lines(command: str | None = None) -> list[str]:
     lines = ["Commands (a line not starting with '/' is a message; '//' sends a literal '/'):"]
     lines += [f"  {s.usage:<{width}}  {s.summary}" for s in COMMANDS.values()]
     lines.append("Keys: PageUp/PageDown scroll, Alt+1..9 / Ctrl+N / Ctrl+P switch buffers,")
-    lines.append("      Tab completes, Up/Down input history, Ctrl-C / Ctrl-D exit.")
+    lines.append("      Tab completes, Up/Down input history, Alt+Enter inserts a newline,")
+    lines.append("      a pasted block is one multi-line message, Ctrl-C / Ctrl-D exit.")
     return lines

@@ -398,7 +398,10 @@ class Core:
         if req is None:
             return
         if req.kind in ("join", "catchup"):
-            if f.get("more") is True and f.get("messages"):
+            # `more` after a join with `after` (or a catch-up page) means newer messages
+            # wait; after a plain join it only says older ones exist (/history gets them).
+            forward = req.kind == "catchup" or bool(req.extra.get("after"))
+            if forward and f.get("more") is True and f.get("messages"):
                 frame: Frame = {"type": "history", "after": int(f["messages"][-1]["id"])}
                 frame["room" if buf.kind == "room" else "with"] = \
                     buf.key if buf.kind == "room" else buf.name

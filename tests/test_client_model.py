@@ -369,3 +369,10 @@ def test_part_closes_the_buffer_and_forgets_the_room() -> None:
     assert core.model.get("#b") is None and core.wanted_rooms == ["#a"]
     core.disconnected("x")
     assert [f["room"] for f in welcome(core)] == ["#a"]  # not rejoined after a reconnect
+
+
+def test_plain_join_with_more_does_not_page_forward() -> None:
+    # After a plain join, `more` means older messages exist: nothing to catch up.
+    core = Core("alice", ["#a"])
+    join_reply(core, welcome(core)[0], [msg(82), msg(97)], more=True)
+    assert core.take_outbox() == []

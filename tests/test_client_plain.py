@@ -17,6 +17,8 @@ import pytest
 from serverproc import ServerProcess
 from wire import Client, connect
 
+from chat_client.cli import parse_address
+
 ROOT = Path(__file__).resolve().parent.parent
 FAST: dict[str, Any] = {"rate": {
     "msg_rate": 100000.0, "msg_burst": 100000, "history_rate": 100000.0,
@@ -214,3 +216,50 @@ def test_help_explains_options(tmp_path: Path) -> None:
     for word in ("HOST:PORT", "--nick", "--room", "--plain", "#general",
                  "CHAT_CLIENT_STATE_DIR", "[::1]:7777"):
         assert word in done.stdout
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("localhost:7777", ("localhost", 7777)),
+    ("example.org", ("example.org", 7777)),
+    ("10.0.0.1:99", ("10.0.0.1", 99)),
+    ("[::1]:7777", ("::1", 7777)),
+    ("[::1]", ("::1", 7777)),
+    ("::1", ("::1", 7777)),
+    ("[fe80::1%eth0]:8000", ("fe80::1%eth0", 8000)),
+])
+def test_parse_address(text: str, expected: tuple[str, int]) -> None:
+    assert parse_address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["host:0", "host:70000", ":7777", "host:port", "[::1]:x"])
+def test_parse_address_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_address(text)
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_ipv6_bracket_address(tmp_path: Path) -> None:
+    data = tmp_path / "server"
+    data.mkdir()
+    srv = ServerProcess(data, FAST, host="::1").start()
+    try:
+        watcher = Client("::1", srv.port)
+        watcher.hello("v6")
+        watcher.join("#general")
+        done = subprocess.run([*CLIENT, f"[::1]:{srv.port}", "--nick", "bot"],
+                              input="over v6\n", capture_output=True, text=True, cwd=ROOT,
+                              env=client_env(tmp_path / "state"), timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert watcher.wait_type("message", text="over v6")["from"] == "bot"
+        watcher.close()
+    finally:
+        srv.stop()
