@@ -132,7 +132,8 @@ def rows_for(buf: Buffer, index: int, width: int, mine: str) -> list[Fragments]:
     pos = index - buf.trimmed
     line = buf.lines[pos]
     rows = wrap(*line_parts(line, mine), width)
-    if pos > 0 and _day(buf.lines[pos - 1].ts) != _day(line.ts):
+    before = buf.lines[pos - 1].ts if pos > 0 else time.time()  # top line: vs today
+    if _day(before) != _day(line.ts):
         rows.insert(0, day_row(line.ts, width))
     return rows
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chat_client.core import Core
 from chat_client.model import SERVER, Buffer, Line, Model
@@ -376,3 +378,34 @@ def test_plain_join_with_more_does_not_page_forward() -> None:
     core = Core("alice", ["#a"])
     join_reply(core, welcome(core)[0], [msg(82), msg(97)], more=True)
     assert core.take_outbox() == []
+
+
+# Whatever the server sends, Core.receive never raises (the UI must survive it).
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.text(max_size=20)
+    | st.binary(max_size=8) | st.floats(allow_nan=True),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=3),
+    max_leaves=8)
+_fields = ["room", "to", "from", "text", "id", "ts", "label", "nick", "old", "new", "topic",
+           "members", "messages", "more", "code", "message", "fatal", "token", "rooms",
+           "limits", "session", "with", "action", "reason", "by", "previous"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["welcome", "error", "ack", "message", "joined", "history", "parted",
+                        "rooms", "members", "topic", "join", "part", "quit", "nick", "ping",
+                        "pong", "bogus"]),
+       st.dictionaries(st.sampled_from(_fields), _values, max_size=8),
+       st.booleans())
+def test_fuzzed_server_frames_never_raise(ftype: str, fields: dict[str, Any],
+                                          use_label: bool) -> None:
+    core = Core("alice", ["#a"])
+    join_reply(core, welcome(core)[0], [msg(1)])
+    core.execute_line("pending")
+    frame = {**fields, "type": ftype}
+    if use_label:
+        frame["label"] = core.take_outbox()[0]["label"]
+    core.receive(frame)
+    core.receive(msg(2))  # and it keeps working afterwards
+    assert 2 in core.model.get("#a").ids  # type: ignore[union-attr]

@@ -71,7 +71,11 @@ def test_day_change_line_between_days() -> None:
     buf.add(Line("message", ts(21, 1), "early", nick="bob", id=2))
     rows = text_of(rows_for(buf, 1, 60, "me"))
     assert "Sat 21 Nov 2026" in rows[0] and rows[0].startswith("──")
-    assert len(text_of(rows_for(buf, 0, 60, "me"))) == 1  # no line above the first
+    # The top line gets a day line too when it is not from today.
+    assert "Fri 20 Nov 2026" in text_of(rows_for(buf, 0, 60, "me"))[0]
+    today = Buffer("#b", "#b", "room")
+    today.add(Line("notice", time.time(), "now"))
+    assert text_of(rows_for(today, 0, 60, "me"))[0].endswith("now")
     assert len(day_row(ts(21), 30)[0][1]) <= 30
 
 
