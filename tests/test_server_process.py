@@ -33,7 +33,8 @@ from wire import Client, Frame, connect
 
 FAST: dict[str, Any] = {"rate": {
     "msg_rate": 100000.0, "msg_burst": 100000, "history_rate": 100000.0,
-    "history_burst": 100000, "cmd_rate": 100000.0, "cmd_burst": 100000}}
+    "history_burst": 100000, "cmd_rate": 100000.0, "cmd_burst": 100000},
+    "server": {"spare_children": 0}}  # one process per client, counted exactly
 LOG_RE = re.compile(r"^\S+ \S+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) chatd\[(\d+)\] (\S+) "
                     r"(chatd[.\w]*): ")
 
@@ -296,7 +297,8 @@ def test_kill9_of_parent_children_tell_clients_and_exit(tmp_path, clients):
 # ---- SIGHUP ----
 
 def test_sighup_reload_keeps_sessions(tmp_path, clients):
-    base = {**FAST, "server": {"motd": "first"}, "limits": {"max_text": 1000}}
+    base = {**FAST, "server": {"motd": "first", "spare_children": 0},
+            "limits": {"max_text": 1000}}
     srv = ServerProcess(tmp_path, base).start()
     try:
         a, b, c = (new(srv, clients, n) for n in ("alice", "bob", "carol"))
@@ -306,7 +308,7 @@ def test_sighup_reload_keeps_sessions(tmp_path, clients):
         kids = live_children(srv)
 
         mark = srv.mark()
-        write_config(srv.config_path, {**FAST, "server": {"motd": "second"},
+        write_config(srv.config_path, {**FAST, "server": {"motd": "second", "spare_children": 0},
                                        "limits": {"max_text": 200}})
         srv.signal(signal.SIGHUP)
         line = srv.wait_for_log(r"SIGHUP: reloaded", start=mark)
@@ -522,5 +524,42 @@ def test_host_unspecified_ipv6_takes_ipv4_clients_too(tmp_path, clients):
         b.join("#dual")
         ack = b.say("#dual", "from v4")
         assert a.wait_type("message", id=ack["id"])["from"] == "four"
+    finally:
+        assert srv.stop() == 0
+
+
+def reaped_cpu_seconds(pid: int) -> float:
+    """CPU time of the reaped children of `pid` (cutime + cstime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_keepalive_ping_and_ping_timeout(tmp_path, clients):
+    srv = ServerProcess(tmp_path, {**FAST, "keepalive": {"ping_interval": 0.3,
+                                                         "ping_timeout": 1.5}}).start()
+    try:
+        alive, silent = new(srv, clients, "alive"), new(srv, clients, "silent")
+        alive.join("#ka")
+        silent.join("#ka")
+        pid = session_pid(srv, silent.received[0]["session"])
+        # A client that answers pings stays.
+        for _ in range(3):
+            ping = alive.wait_type("ping")
+            alive.send({"type": "pong", "token": ping["token"]})
+        # One that does not is pinged once, then closed with ping_timeout.
+        ping = silent.wait_type("ping")
+        assert isinstance(ping["token"], int | str), ping
+        cpu_before = reaped_cpu_seconds(srv.pid)
+        err = fatal_error(silent)
+        assert (err["code"], err.get("limit")) == ("ping_timeout", "ping_timeout"), err
+        assert not silent.pending("ping"), "pinged again while a ping was outstanding"
+        note = alive.wait_type("quit", nick="silent")
+        assert note["reason"] == "ping timeout", note
+        wait_until(lambda: pid not in srv.children(), 10, message="the silent session reaped")
+        srv.wait_for_log(rf"\(pid {pid}\) ended: exit status 0")
+        # Waiting 1.5 s for the pong must not be a busy loop (the whole session's CPU).
+        assert reaped_cpu_seconds(srv.pid) - cpu_before < 0.5
+        ack = alive.say("#ka", "still here")
+        assert ack["id"] >= 1
     finally:
         assert srv.stop() == 0
