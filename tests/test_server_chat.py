@@ -154,6 +154,56 @@ def test_room_fanout_same_order_for_every_member(server, make):
         assert not c.pending("message"), c.pending("message")
 
 
+ROOM_EVENTS = {"message", "join", "part", "quit", "nick", "topic"}
+
+
+def room_stream(client: Client, room: str, start_id: int, end_id: int) -> list[Frame]:
+    """Room frames between two marker messages, in arrival order, labels stripped."""
+    out: list[Frame] = []
+    inside = False
+    for f in client.received:
+        if f.get("room") != room or f.get("type") not in ROOM_EVENTS:
+            continue
+        if f.get("type") == "message" and f["id"] == start_id:
+            inside = True
+        if inside:
+            out.append({k: v for k, v in f.items() if k != "label"})
+        if f.get("type") == "message" and f["id"] == end_id:
+            return out
+    raise AssertionError(f"{client.nick}: end marker {end_id} not seen")
+
+
+def test_room_events_and_messages_in_one_order_for_all(server, make):
+    a, b, c = make("alice"), make("bob"), make("carol")
+    d, e = make("dave"), make("erin")
+    for x in (a, b, c, e):
+        x.join("#ev")
+    start = a.say("#ev", "START")
+    for x in (a, b, c):
+        x.wait_type("message", id=start["id"])
+    pending: list[tuple[Client, int]] = []
+    for i in range(15):  # messages, joins, parts, topics and nick changes, all pipelined
+        for x in (a, b, c):
+            pending.append((x, x.request({"type": "msg", "room": "#ev", "text": f"{i}"})))
+        pending.append((d, d.request({"type": "join", "room": "#ev"})))
+        pending.append((d, d.request({"type": "topic", "room": "#ev", "topic": f"t{i}"})))
+        pending.append((d, d.request({"type": "part", "room": "#ev", "reason": f"r{i}"})))
+        pending.append((e, e.request({"type": "nick", "nick": f"erin{i}"})))
+    for x, label in pending:
+        assert x.reply(label)["type"] != "error"
+    end = a.say("#ev", "END")
+    for x in (a, b, c):
+        x.wait_type("message", id=end["id"])
+    streams = [room_stream(x, "#ev", start["id"], end["id"]) for x in (a, b, c)]
+    assert streams[0] == streams[1] == streams[2]
+    kinds = [f["type"] for f in streams[0]]
+    assert kinds.count("message") == 15 * 3 + 2
+    assert kinds.count("join") == kinds.count("part") == kinds.count("topic") == 15
+    assert kinds.count("nick") == 15
+    got = [f["id"] for f in streams[0] if f["type"] == "message"]
+    assert got == sorted(got)
+
+
 def test_messages_of_other_rooms_do_not_leak(server, make):
     a, b, c = make("alice"), make("bob"), make("carol")
     a.join("#one")

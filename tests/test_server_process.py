@@ -327,7 +327,9 @@ def test_sighup_reload_keeps_sessions(tmp_path, clients):
         # A bad file is reported and the running configuration stays.
         for bad, why in (("[limits]\nmax_text = -5\n", r"max_text.*below the minimum"),
                          ("[limits]\nbogus = 1\n", r"limits\.bogus: unknown setting"),
-                         ("[limits\n", r"not valid TOML")):
+                         ("[limits\n", r"not valid TOML"),
+                         ("[limits]\nmax_frame = 1024\nmax_text = 600\n",
+                          r"max_text \(600\) must be")):
             mark = srv.mark()
             srv.config_path.write_text(bad)
             srv.signal(signal.SIGHUP)
@@ -376,8 +378,11 @@ def run_chatd(args: list[str], timeout: float = 20) -> subprocess.CompletedProce
     ("[limits]\nmax_text = 'ten'\n", r"limits\.max_text: expected int, got str"),
     ("[keepalive]\nping_interval = 0\n", r"keepalive\.ping_interval: 0(\.0)? is below the minimum"),
     ("[limits\n", r"not valid TOML"),
+    # Each value is fine alone, but a max_text message would not fit in a frame.
+    ("[limits]\nmax_frame = 2048\n", r"limits\.max_text \(4000\) must be .*below "
+     r"limits\.max_frame \(2048\)"),
 ], ids=["unknown-key", "unknown-section", "top-level", "wrong-type", "out-of-range",
-        "bad-toml"])
+        "bad-toml", "text-over-frame"])
 def test_bad_config_at_startup_exits_2_with_a_clear_message(tmp_path, toml, message):
     cfg = tmp_path / "bad.toml"
     cfg.write_text(toml)
@@ -563,3 +568,13 @@ def test_keepalive_ping_and_ping_timeout(tmp_path, clients):
         assert ack["id"] >= 1
     finally:
         assert srv.stop() == 0
+
+
+def test_port_in_use_fails_clearly(server, tmp_path):
+    result = run_chatd(["serve", "--port", str(server.port), "--data-dir",
+                        str(tmp_path / "second")])
+    assert result.returncode == 1, result
+    assert "cannot start" in result.stderr and "in use" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    c = connect(server, "unharmed")  # the first server is not disturbed
+    c.close()
