@@ -56,7 +56,8 @@ def forks_after(server: ServerProcess, mark: int) -> list[str]:
 
 
 def test_per_ip_cap_refuses_with_an_error_frame_and_no_process(start: Any) -> None:
-    server = start({"limits": {"max_sessions_per_ip": 2, "max_sessions": 100}})
+    server = start({"limits": {"max_sessions_per_ip": 2, "max_sessions": 100},
+                    "server": {"spare_children": 0}})
     first, second = connect(server, "a1"), connect(server, "a2")
     wait_until(lambda: len(server.children()) == 2, message="two session processes")
     mark = len(server.lines)
@@ -78,7 +79,8 @@ def test_per_ip_cap_refuses_with_an_error_frame_and_no_process(start: Any) -> No
 
 
 def test_total_cap_refuses_with_server_full_and_no_process(start: Any) -> None:
-    server = start({"limits": {"max_sessions_per_ip": 2, "max_sessions": 3}})
+    server = start({"limits": {"max_sessions_per_ip": 2, "max_sessions": 3},
+                    "server": {"spare_children": 0}})
     clients = [connect(server, "a1"), connect(server, "a2")]
     third = Client(server.host, server.port, source="127.0.0.2")
     third.hello("b1")
