@@ -267,12 +267,14 @@ def test_kill9_of_parent_children_tell_clients_and_exit(tmp_path, clients):
     if not set_child_subreaper(True):
         pytest.skip("cannot become a child subreaper to watch the orphans")
     try:
-        srv = ServerProcess(tmp_path, {**FAST, "keepalive": {"broker_grace": grace}}).start()
+        # One pre-forked spare too: it has no client, and must not outlive the parent either.
+        srv = ServerProcess(tmp_path, {**FAST, "keepalive": {"broker_grace": grace},
+                                       "server": {"spare_children": 1}}).start()
         a, b, c = (new(srv, clients, n) for n in ("alice", "bob", "carol"))
         for x in (a, b):
             x.join("#orphan")
-        kids = wait_until(lambda: len(live_children(srv)) == 3 and live_children(srv), 10,
-                          message="3 children")
+        kids = wait_until(lambda: len(live_children(srv)) == 4 and live_children(srv), 10,
+                          message="3 session processes and a spare")
         mark = srv.mark()
         os.kill(srv.pid, signal.SIGKILL)
         killed = time.monotonic()
@@ -578,3 +580,31 @@ def test_port_in_use_fails_clearly(server, tmp_path):
     assert "Traceback" not in result.stderr
     c = connect(server, "unharmed")  # the first server is not disturbed
     c.close()
+
+
+def test_spare_children_are_counted_reaped_and_stopped(tmp_path, clients):
+    srv = ServerProcess(tmp_path, {**FAST, "server": {"spare_children": 2}}).start()
+    try:
+        spares = wait_until(lambda: len(live_children(srv)) == 2 and live_children(srv), 10,
+                            message="2 idle spares")
+        users = [new(srv, clients, f"user{i}") for i in range(3)]
+        for u in users:
+            u.join("#spare")
+        serving = {session_pid(srv, u.received[0]["session"]) for u in users}
+        assert set(spares) <= serving  # the spares took the first clients
+        wait_until(lambda: len(live_children(srv)) == 5, 10, message="3 sessions + 2 spares")
+        ack = users[0].say("#spare", "hi")
+        assert users[2].wait_type("message", id=ack["id"])["from"] == "user0"
+        for u in users:
+            u.close()
+        wait_until(lambda: len(srv.children()) == 2 and len(live_children(srv)) == 2, 10,
+                   message="back to 2 spares, zero zombies")
+        assert_gone(sorted(serving))
+        last = new(srv, clients, "last")
+        idle = live_children(srv)
+        srv.signal(signal.SIGTERM)
+        assert fatal_error(last)["code"] == "shutting_down"
+        assert srv.wait_exit(10) == 0
+        assert_gone(idle)
+    finally:
+        srv.stop()
