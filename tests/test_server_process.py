@@ -608,3 +608,59 @@ def test_spare_children_are_counted_reaped_and_stopped(tmp_path, clients):
         assert_gone(idle)
     finally:
         srv.stop()
+
+
+def test_parent_kick_of_a_stuck_session_tells_the_room_at_once(tmp_path, clients):
+    """A session process that stops reading its channel (here: SIGSTOP) overflows the
+    parent's child_queue; the parent ends it, and its rooms hear "slow consumer" right
+    away, not whenever some later event happens to wake the parent."""
+    srv = ServerProcess(tmp_path, {**FAST, "queues": {"child_queue": 65536},
+                                   "limits": {"max_text": 60000}}).start()
+    stuck_pid = 0
+    try:
+        a, b, c = (new(srv, clients, n) for n in ("alice", "bob", "stuck"))
+        for x in (a, b, c):
+            x.join("#q")
+        stuck_pid = session_pid(srv, c.received[0]["session"])
+        os.kill(stuck_pid, signal.SIGSTOP)
+        wait_until(lambda: (proc_stat(stuck_pid) or ("?",))[0] == "T", 10,
+                   message="the session process to stop")
+        mark = srv.mark()
+        kicked = rf"ending session \S+ \(pid {stuck_pid}\): queue_limit"
+        for i in range(100):  # until the channel's socket buffer, then child_queue, overflow
+            a.say("#q", f"{i} " + "p" * 50000)
+            try:  # one message at a time: nothing else may wake the parent after the kick
+                srv.wait_for_log(kicked, timeout=0.3, start=mark)
+                break
+            except AssertionError:
+                continue
+        srv.wait_for_log(kicked, timeout=1, start=mark)
+        # Nobody sends anything more: the notice must come by itself.
+        note = b.wait_type("quit", nick="stuck", timeout=5)
+        assert (note["room"], note["reason"]) == ("#q", "slow consumer"), note
+        assert a.wait_type("quit", nick="stuck", timeout=5)["reason"] == "slow consumer"
+        os.kill(stuck_pid, signal.SIGCONT)
+        frames = c.wait_closed(timeout=10)
+        assert frames[-1]["code"] == "slow_consumer" and frames[-1]["fatal"], frames[-3:]
+    finally:
+        if stuck_pid:
+            kill_quietly(stuck_pid, signal.SIGCONT)
+        assert srv.stop() == 0
+
+
+def test_one_delivery_bigger_than_child_queue_is_not_a_slow_consumer(tmp_path, clients):
+    """child_queue bounds what the parent holds *unsent* for a session; a healthy session
+    that is sent one frame bigger than that (a long message, a history page) keeps going."""
+    srv = ServerProcess(tmp_path, {**FAST, "queues": {"child_queue": 4096},
+                                   "limits": {"max_text": 8000}}).start()
+    try:
+        a, b = new(srv, clients, "alice"), new(srv, clients, "bob")
+        a.join("#big")
+        b.join("#big")
+        ack = a.say("#big", "w" * 8000)
+        assert b.wait_type("message", id=ack["id"])["text"] == "w" * 8000
+        _, hist = b.join("#big")
+        assert [m["id"] for m in hist["messages"]] == [ack["id"]]
+        assert not [ln for ln in srv.lines if "queue_limit" in ln]
+    finally:
+        assert srv.stop() == 0

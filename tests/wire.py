@@ -72,8 +72,8 @@ class Client:
                     return self.backlog.pop(i)
             if self.closed or not self._read_more(deadline):
                 if self.closed:
-                    raise ConnectionError(f"closed; backlog: {self.backlog[-5:]}")
-                raise TimeoutError(f"no matching frame; backlog: {self.backlog[-5:]}")
+                    raise ConnectionError(f"closed; backlog: {_short(self.backlog[-5:])}")
+                raise TimeoutError(f"no matching frame; backlog: {_short(self.backlog[-5:])}")
 
     def wait_type(self, ftype: str, timeout: float | None = None, **fields: Any) -> Frame:
         return self.wait(lambda f: f.get("type") == ftype
@@ -154,6 +154,12 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _short(frames: list[Frame], width: int = 300) -> str:
+    """Frames for an error message, each cut to `width` characters."""
+    return "[" + ", ".join(r if len(r := repr(f)) <= width else r[:width] + "...}"
+                           for f in frames) + "]"
 
 
 def connect(server: Any, nick: str | None = None) -> Client:
