@@ -1,0 +1,672 @@
+"""Soak test for chatd: many clients chatting and reconnecting for a long time.
+
+Runs in CI time-compressed (tests/test_hardening_soak.py) and for hours by hand:
+
+    python tests/soak.py --duration 7200 --clients 50
+
+By default it starts its own `chatd serve` (loopback, ephemeral port, a temporary data
+directory, keepalive intervals shortened so pings happen all the time); with --host/--port
+it drives a server you started (add --server-pid to get the process checks too).
+
+Every client joins a few rooms, sends messages at random intervals, answers pings, goes
+quiet now and then, and reconnects (graceful quit or an abrupt close) with
+`hello.session` set and `join ... after` = the last id it saw, paging with `history` when
+needed. At the end every client must have received every message of its rooms exactly
+once and in id order since its first join (checked by id against the acknowledged ids
+and, when the soak owns the server, the database). Meanwhile the server's parent and
+session processes are sampled from /proc: memory (PSS, from smaps_rollup) and open fds
+must stay flat, and no zombie may linger. Exit status 0 when every check passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import random
+import re
+import sqlite3
+import statistics
+import struct
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `chatd` and `tests` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import msgpack  # noqa: E402
+
+from tests.serverproc import ServerProcess, child_states  # noqa: E402
+
+HEADER = struct.Struct(">I")
+SESSION_PID_RE = re.compile(r"session (\S+) from \S+: pid (\d+)")
+
+
+# ---- /proc observation (also used by the hardening tests) ----
+
+
+def smaps_kb(pid: int) -> dict[str, int] | None:
+    """The smaps_rollup counters of a process in kB (None if it is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    out = {}
+    for line in text.splitlines()[1:]:
+        name, _, rest = line.partition(":")
+        with contextlib.suppress(ValueError, IndexError):
+            out[name] = int(rest.split()[0])
+    return out
+
+
+def pss_kb(pid: int) -> int | None:
+    rollup = smaps_kb(pid)
+    return None if rollup is None else rollup.get("Pss")
+
+
+def uss_kb(pid: int) -> int | None:
+    rollup = smaps_kb(pid)
+    if rollup is None:
+        return None
+    return rollup.get("Private_Clean", 0) + rollup.get("Private_Dirty", 0)
+
+
+def fd_count(pid: int) -> int | None:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+
+
+@dataclass
+class Sample:
+    t: float
+    parent_pss: int
+    parent_uss: int
+    parent_fds: int
+    children: int
+    zombies: list[int]
+    child_pss: dict[int, int]
+    child_fds: dict[int, int]
+
+
+def sample(server_pid: int, t: float) -> Sample | None:
+    parent_pss, parent_uss = pss_kb(server_pid), uss_kb(server_pid)
+    parent_fds = fd_count(server_pid)
+    if parent_pss is None or parent_uss is None or parent_fds is None:
+        return None
+    states = child_states(server_pid)
+    child_pss, child_fds = {}, {}
+    for pid, state in states:
+        if state == "Z":
+            continue
+        pss, fds = pss_kb(pid), fd_count(pid)
+        if pss is not None and fds is not None:
+            child_pss[pid], child_fds[pid] = pss, fds
+    return Sample(t, parent_pss, parent_uss, parent_fds, len(states),
+                  [pid for pid, state in states if state == "Z"], child_pss, child_fds)
+
+
+# ---- the clients ----
+
+
+class Disconnected(Exception):
+    pass
+
+
+@dataclass
+class RoomLog:
+    baseline: int | None = None  # ids up to this came before our first join
+    ids: list[int] = field(default_factory=list)  # in arrival order
+    seen: set[int] = field(default_factory=set)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def last(self) -> int:
+        return self.ids[-1] if self.ids else (self.baseline or 0)
+
+    def add(self, msg_id: int, how: str) -> None:
+        if msg_id in self.seen:
+            self.problems.append(f"duplicate id {msg_id} ({how})")
+            return
+        if self.ids and msg_id < self.ids[-1]:
+            self.problems.append(f"id {msg_id} after {self.ids[-1]} ({how})")
+        self.ids.append(msg_id)
+        self.seen.add(msg_id)
+
+
+@dataclass
+class Stats:
+    sent: int = 0
+    acked: dict[str, set[int]] = field(default_factory=dict)
+    connects: int = 0
+    quits: int = 0
+    aborts: int = 0
+    idles: int = 0
+    pings_answered: int = 0
+    nick_retries: int = 0
+    pages: int = 0
+    server_ended: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+class SoakClient:
+    def __init__(self, soak: Soak, index: int, rooms: list[str], stayer: bool) -> None:
+        self.soak = soak
+        self.nick = f"soak{index}"
+        self.rooms = rooms
+        self.stayer = stayer
+        self.rng = random.Random(soak.args.seed * 1000 + index)
+        self.logs = {room: RoomLog() for room in rooms}
+        self.session: str | None = None
+        self.labels = itertools.count(1)
+        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.writer: asyncio.StreamWriter | None = None
+        self.reader_task: asyncio.Task[None] | None = None
+        self.live_since_join: dict[str, int | None] = {}
+        self.closing = False
+        self.end_code: str | None = None  # fatal error code the server sent, if any
+        self.how_we_left: str | None = None  # what welcome.previous should say next time
+
+    # -- wire --
+
+    def send(self, frame: dict[str, Any]) -> None:
+        assert self.writer is not None
+        payload = msgpack.packb(frame, use_bin_type=True)
+        self.writer.write(HEADER.pack(len(payload)) + payload)
+
+    async def call(self, frame: dict[str, Any], replies: int = 1,
+                   timeout: float = 30.0) -> list[dict[str, Any]]:
+        """Send a labelled request; returns its `replies` replies."""
+        label = next(self.labels)
+        futures = []
+        for i in range(replies):
+            fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            self.pending[label * 10 + i] = fut
+            futures.append(fut)
+        self.send({**frame, "label": label})
+        try:
+            return [await asyncio.wait_for(asyncio.shield(f), timeout) for f in futures]
+        finally:
+            for i in range(replies):
+                self.pending.pop(label * 10 + i, None)
+
+    async def read_loop(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                (size,) = HEADER.unpack(await reader.readexactly(4))
+                frame = msgpack.unpackb(await reader.readexactly(size), raw=False)
+                self.on_frame(frame)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        finally:
+            for fut in self.pending.values():
+                if not fut.done():
+                    fut.set_exception(Disconnected(self.end_code or "closed"))
+
+    def on_frame(self, frame: dict[str, Any]) -> None:
+        ftype = frame.get("type")
+        if ftype == "ping":
+            self.send({"type": "pong", "token": frame.get("token")})
+            self.soak.stats.pings_answered += 1
+            return
+        if ftype == "message" and "room" in frame and "label" not in frame:
+            room = frame["room"]
+            log = self.logs.get(room)
+            if log is not None and log.baseline is not None:
+                if self.live_since_join.get(room) is None:
+                    self.live_since_join[room] = frame["id"]
+                log.add(frame["id"], "live")
+            return
+        if ftype == "history" and frame.get("room") in self.logs:
+            # Handled here, in arrival order, so no live message can overtake it.
+            room = frame["room"]
+            if self.logs[room].baseline is None:  # the reply to our first, plain join
+                self.logs[room].baseline = max((m["id"] for m in frame["messages"]),
+                                               default=0)
+            else:
+                self.take_page(room, frame)
+        if ftype == "error" and frame.get("fatal"):
+            self.end_code = frame["code"]
+        label = frame.get("label")
+        if isinstance(label, int):
+            for i in range(4):
+                fut = self.pending.get(label * 10 + i)
+                if fut is not None and not fut.done():
+                    fut.set_result(frame)
+                    return
+        if ftype == "error":
+            self.soak.stats.errors.append(f"{self.nick}: unexpected {frame}")
+
+    # -- one connection --
+
+    async def connect(self) -> None:
+        args = self.soak.args
+        for attempt in range(200):
+            reader, writer = await asyncio.open_connection(args.host, args.port)
+            self.writer, self.closing, self.end_code = writer, False, None
+            self.reader_task = asyncio.create_task(self.read_loop(reader))
+            hello = {"type": "hello", "version": 1, "nick": self.nick, "client": "soak"}
+            if self.session:
+                hello["session"] = self.session
+            (reply,) = await self.call(hello)
+            if reply["type"] == "welcome":
+                self.check_previous(reply.get("previous"))
+                self.session = reply["session"]
+                self.soak.stats.connects += 1
+                return
+            if reply.get("code") != "nick_taken":  # our old session is still leaving
+                raise AssertionError(f"{self.nick}: hello refused: {reply}")
+            self.soak.stats.nick_retries += 1
+            await self.close(abort=True)
+            await asyncio.sleep(0.02 * (attempt + 1))
+        raise AssertionError(f"{self.nick}: nick never became free")
+
+    def check_previous(self, previous: dict[str, Any] | None) -> None:
+        expected = self.how_we_left
+        if expected is None:
+            return
+        got = previous.get("code") if previous else None
+        if got != expected:
+            self.soak.stats.errors.append(f"{self.nick}: previous.code {got!r}, "
+                                          f"expected {expected!r}")
+
+    async def join_all(self) -> None:
+        for room in self.rooms:
+            log = self.logs[room]
+            self.live_since_join[room] = None
+            if log.baseline is None:
+                await self.call({"type": "join", "room": room}, replies=2)
+                continue
+            joined, history = await self.call({"type": "join", "room": room,
+                                               "after": log.last}, replies=2)
+            assert joined["type"] == "joined", joined
+            while history["more"] and not self.page_reached_live(room, history):
+                self.soak.stats.pages += 1
+                (history,) = await self.call({"type": "history", "room": room,
+                                              "after": log.last})
+
+    def take_page(self, room: str, history: dict[str, Any]) -> None:
+        assert history["type"] == "history", history
+        live = self.live_since_join.get(room)
+        for msg in history["messages"]:
+            if live is not None and msg["id"] >= live:
+                break  # from here on we got it live already (paging overlap)
+            self.logs[room].add(msg["id"], "catch-up")
+
+    def page_reached_live(self, room: str, history: dict[str, Any]) -> bool:
+        live = self.live_since_join.get(room)
+        return live is not None and any(m["id"] >= live for m in history["messages"])
+
+    async def close(self, abort: bool) -> None:
+        if self.writer is None:
+            return
+        self.closing = True
+        if abort:
+            self.writer.transport.abort()
+        else:
+            self.writer.close()
+            with contextlib.suppress(OSError):
+                await self.writer.wait_closed()
+        if self.reader_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.reader_task
+        self.writer = None
+
+    # -- behaviour --
+
+    async def chat_for(self, seconds: float) -> None:
+        args = self.soak.args
+        end = min(time.monotonic() + seconds, self.soak.deadline)
+        while time.monotonic() < end:
+            if self.end_code is not None or self.writer is None or self.reader_task is None \
+                    or self.reader_task.done():
+                raise Disconnected(self.end_code or "closed")
+            if self.rng.random() < args.idle_chance:
+                self.soak.stats.idles += 1  # quiet: only pongs for a few ping intervals
+                await asyncio.sleep(min(end - time.monotonic(), args.ping_interval * 3))
+                continue
+            room = self.rng.choice(self.rooms)
+            text = f"{self.nick} says {self.rng.random():.6f}"
+            (ack,) = await self.call({"type": "msg", "room": room, "text": text})
+            if ack["type"] != "ack":
+                raise AssertionError(f"{self.nick}: msg refused: {ack}")
+            self.soak.stats.sent += 1
+            self.soak.stats.acked.setdefault(room, set()).add(ack["id"])
+            await asyncio.sleep(self.rng.expovariate(1.0 / args.msg_interval))
+
+    async def run(self) -> None:
+        args = self.soak.args
+        await asyncio.sleep(self.rng.random() * 2.0)  # do not all arrive at once
+        while True:
+            await self.connect()
+            await self.join_all()
+            if time.monotonic() >= self.soak.deadline:
+                return  # stay connected for the final check
+            life = float("inf") if self.stayer else self.rng.expovariate(
+                1.0 / args.reconnect_every)
+            try:
+                await self.chat_for(life)
+            except Disconnected as exc:
+                self.soak.stats.server_ended.append(f"{self.nick}: {exc}")
+                self.how_we_left = str(exc) if str(exc) != "closed" else None
+                await self.close(abort=True)
+                continue
+            if time.monotonic() >= self.soak.deadline:
+                return
+            if self.rng.random() < 0.5:
+                self.soak.stats.quits += 1
+                self.how_we_left = "quit"
+                self.send({"type": "quit", "reason": "soak reconnect"})
+                await self.close(abort=False)
+            else:
+                self.soak.stats.aborts += 1
+                self.how_we_left = "closed"
+                await self.close(abort=True)
+            if self.rng.random() < 0.5:  # away for a while: catch-up will need pages
+                await asyncio.sleep(self.rng.random() * args.away)
+
+    async def leave(self) -> None:
+        if self.writer is not None:
+            self.send({"type": "quit", "reason": "soak over"})
+            await self.close(abort=False)
+
+
+# ---- the run ----
+
+
+class Soak:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.stats = Stats()
+        self.samples: list[Sample] = []
+        self.deadline = float("inf")
+        self.server: ServerProcess | None = None
+        self.session_pids: dict[str, int] = {}
+
+    async def sampler(self, server_pid: int, started: float) -> None:
+        while True:
+            got = sample(server_pid, time.monotonic() - started)
+            if got is not None:
+                self.samples.append(got)
+            await asyncio.sleep(self.args.sample_every)
+
+    async def run(self) -> dict[str, Any]:
+        args = self.args
+        rng = random.Random(args.seed)
+        all_rooms = [f"#soak{i}" for i in range(args.rooms)]
+        clients = []
+        for i in range(args.clients):
+            rooms = rng.sample(all_rooms, k=min(args.rooms_per_client, len(all_rooms)))
+            clients.append(SoakClient(self, i, rooms, stayer=i % 4 == 0))
+        started = time.monotonic()
+        self.deadline = started + args.duration
+        sampler = (asyncio.create_task(self.sampler(args.server_pid, started))
+                   if args.server_pid else None)
+        tasks = [asyncio.create_task(c.run()) for c in clients]
+        done, _pending = await asyncio.wait(tasks, timeout=args.duration + 120,
+                                            return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if task.exception() is not None:
+                for other in tasks:
+                    other.cancel()
+                raise task.exception()  # type: ignore[misc]
+        if len(done) != len(tasks):
+            raise AssertionError("clients did not finish their last cycle in time")
+        ran = time.monotonic() - started
+        problems = await self.settle(clients)
+        if sampler is not None:
+            # a last sample with everyone still connected, then stop sampling
+            last = sample(args.server_pid, time.monotonic() - started)
+            if last is not None:
+                self.samples.append(last)
+            sampler.cancel()
+        for c in clients:
+            await c.leave()
+        report = self.report(clients, problems, ran)
+        return report
+
+    async def settle(self, clients: list[SoakClient]) -> list[str]:
+        """Wait until every client has every acknowledged message of its rooms."""
+        acked = self.stats.acked
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            missing = sum(len(self.expected(c, room) - c.logs[room].seen)
+                          for c in clients for room in c.rooms)
+            if not missing:
+                break
+            await asyncio.sleep(0.1)
+        problems = []
+        stored = self.database_truth()
+        truth = stored if stored is not None else acked
+        for c in clients:
+            for room in c.rooms:
+                log = c.logs[room]
+                problems += [f"{c.nick} {room}: {p}" for p in log.problems]
+                lost = sorted(self.expected(c, room, truth) - log.seen)
+                if lost:
+                    problems.append(f"{c.nick} {room}: {len(lost)} lost, e.g. {lost[:5]}")
+                phantom = sorted(log.seen - truth.get(room, set()))
+                if phantom:
+                    problems.append(f"{c.nick} {room}: unknown ids {phantom[:5]}")
+        if stored is not None:
+            for room, ids in stored.items():
+                unacked = ids - acked.get(room, set())
+                if unacked:
+                    problems.append(f"{room}: stored but never acknowledged: "
+                                    f"{sorted(unacked)[:5]}")
+        return problems
+
+    def expected(self, c: SoakClient, room: str,
+                 truth: dict[str, set[int]] | None = None) -> set[int]:
+        base = c.logs[room].baseline or 0
+        ids = (truth or self.stats.acked).get(room, set())
+        return {i for i in ids if i > base}
+
+    def database_truth(self) -> dict[str, set[int]] | None:
+        if self.server is None:
+            return None
+        db = sqlite3.connect(f"file:{self.server.data_dir / 'history.sqlite3'}?mode=ro",
+                             uri=True)
+        try:
+            rows = db.execute("SELECT room, id FROM messages WHERE room LIKE '#soak%'")
+            truth: dict[str, set[int]] = {}
+            for room, msg_id in rows:
+                truth.setdefault(room, set()).add(msg_id)
+            return truth
+        finally:
+            db.close()
+
+    # ---- verdict ----
+
+    def report(self, clients: list[SoakClient], problems: list[str],
+               ran: float) -> dict[str, Any]:
+        st = self.stats
+        delivered = sum(len(c.logs[r].ids) for c in clients for r in c.rooms)
+        report: dict[str, Any] = {
+            "seconds": round(ran, 1), "clients": len(clients), "sent": st.sent,
+            "delivered": delivered, "connects": st.connects, "quits": st.quits,
+            "aborts": st.aborts, "idle_periods": st.idles, "pongs": st.pings_answered,
+            "nick_retries": st.nick_retries, "history_pages": st.pages,
+            "server_ended_sessions": st.server_ended[:10],
+            "problems": problems[:20] + st.errors[:20],
+        }
+        if self.samples:
+            report["process"] = self.process_verdict(report["problems"])
+        report["ok"] = not report["problems"]
+        return report
+
+    def process_verdict(self, problems: list[str]) -> dict[str, Any]:
+        args = self.args
+        samples = self.samples
+        warm = [s for s in samples if s.t >= args.warmup]
+        if len(warm) < 6:
+            problems.append(f"too few samples after warm-up ({len(warm)})")
+            return {}
+        third = max(2, len(warm) // 3)
+        head, tail = warm[:third], warm[-third:]
+
+        def growth(values: list[list[int]]) -> float:
+            return statistics.median(values[1]) - statistics.median(values[0])
+
+        parent_pss = growth([[s.parent_pss for s in head], [s.parent_pss for s in tail]])
+        parent_uss = growth([[s.parent_uss for s in head], [s.parent_uss for s in tail]])
+        # The parent holds one channel per session process: fds minus children is flat
+        # (a sample can catch a session between its exit and the parent closing its
+        # channel, so single samples may be off by a few; the trend may not move).
+        overhead = [s.parent_fds - s.children for s in warm]
+        overhead_trend = statistics.median(overhead[-third:]) - statistics.median(
+            overhead[:third])
+        # A session process's fds: the same count in every session, at every time (the
+        # mode per sample; one caught mid-fork, before it closed what it inherited, is
+        # not the mode).
+        modes = sorted({statistics.mode(s.child_fds.values()) for s in warm if s.child_fds})
+        child_fds = sorted({n for s in warm for n in s.child_fds.values()})
+        child_pss_med = growth([[statistics.median(s.child_pss.values()) for s in head
+                                 if s.child_pss],
+                                [statistics.median(s.child_pss.values()) for s in tail
+                                 if s.child_pss]])
+        # Long-lived session processes (the stayers') individually.
+        stayer_growth = {}
+        for pid in set(head[0].child_pss) & set(tail[-1].child_pss):
+            first = [s.child_pss[pid] for s in head if pid in s.child_pss]
+            last = [s.child_pss[pid] for s in tail if pid in s.child_pss]
+            if first and last:
+                stayer_growth[pid] = statistics.median(last) - statistics.median(first)
+        lingering = set.intersection(*(set(s.zombies) for s in samples[-3:])) \
+            if len(samples) >= 3 else set()
+        zombie_streak = any(set(a.zombies) & set(b.zombies) & set(c.zombies)
+                            for a, b, c in zip(samples, samples[1:], samples[2:],
+                                               strict=False))
+        verdict = {
+            "samples": len(samples),
+            "parent_pss_kb": [warm[0].parent_pss, warm[-1].parent_pss],
+            "parent_pss_growth_kb": parent_pss, "parent_uss_growth_kb": parent_uss,
+            "parent_fds": [min(s.parent_fds for s in warm), max(s.parent_fds for s in warm)],
+            "parent_fd_overhead": [min(overhead), max(overhead)],
+            "children": [min(s.children for s in warm), max(s.children for s in warm)],
+            "child_fd_counts": child_fds, "child_fd_modes": modes,
+            "parent_fd_overhead_trend": overhead_trend,
+            "child_pss_median_kb": [statistics.median(warm[0].child_pss.values()),
+                                    statistics.median(warm[-1].child_pss.values())],
+            "child_pss_median_growth_kb": child_pss_med,
+            "long_lived_children": len(stayer_growth),
+            "long_lived_child_pss_growth_kb_max": max(stayer_growth.values(), default=0),
+            "zombie_samples": sum(1 for s in samples if s.zombies),
+        }
+        if parent_pss > args.max_parent_growth_kb:
+            problems.append(f"parent PSS grew {parent_pss} kB")
+        if overhead_trend > 1 or max(overhead) - min(overhead) > 8:
+            problems.append(f"parent fds not flat: overhead {min(overhead)}..{max(overhead)}"
+                            f", trend {overhead_trend}")
+        if len(modes) != 1:
+            problems.append(f"session fd counts vary or grow: modes {modes}")
+        if child_pss_med > args.max_child_growth_kb:
+            problems.append(f"session PSS median grew {child_pss_med} kB")
+        if stayer_growth and max(stayer_growth.values()) > args.max_child_growth_kb:
+            problems.append(f"a long-lived session's PSS grew "
+                            f"{max(stayer_growth.values())} kB")
+        if zombie_streak or lingering:
+            problems.append("a zombie lingered over three samples")
+        return verdict
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, default=150.0, help="seconds of chatting")
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--rooms", type=int, default=4)
+    ap.add_argument("--rooms-per-client", type=int, default=2)
+    ap.add_argument("--msg-interval", type=float, default=2.0,
+                    help="mean seconds between one client's messages")
+    ap.add_argument("--reconnect-every", type=float, default=20.0,
+                    help="mean seconds a (non-stayer) client stays connected")
+    ap.add_argument("--idle-chance", type=float, default=0.05)
+    ap.add_argument("--away", type=float, default=3.0,
+                    help="most seconds a reconnecting client stays away")
+    ap.add_argument("--history-page", type=int, default=10,
+                    help="server history.page for the server the soak starts (small, so "
+                    "catch-up after a reconnect pages)")
+    ap.add_argument("--ping-interval", type=float, default=1.0,
+                    help="server keepalive.ping_interval for the server the soak starts")
+    ap.add_argument("--ping-timeout", type=float, default=3.0)
+    ap.add_argument("--sample-every", type=float, default=1.0,
+                    help="seconds between /proc samples of the server processes")
+    ap.add_argument("--warmup", type=float, default=None,
+                    help="seconds ignored by the flatness checks (default: a fifth)")
+    ap.add_argument("--max-parent-growth-kb", type=int, default=4096)
+    ap.add_argument("--max-child-growth-kb", type=int, default=1024)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--host", default=None, help="drive this server instead of starting one")
+    ap.add_argument("--port", type=int, default=7777)
+    ap.add_argument("--server-pid", type=int, default=None,
+                    help="with --host: the server's pid, for the process checks")
+    ap.add_argument("--data-dir", type=Path, default=None,
+                    help="data directory for the server the soak starts (default: temp)")
+    ap.add_argument("--json", action="store_true", help="print the report as JSON")
+    return ap
+
+
+def server_config(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "keepalive": {"ping_interval": args.ping_interval, "ping_timeout": args.ping_timeout,
+                      "handshake_timeout": 10.0},
+        "limits": {"max_sessions": max(1000, args.clients * 3),
+                   "max_sessions_per_ip": args.clients * 3},
+        "history": {"page": args.history_page},
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.warmup is None:
+        args.warmup = args.duration / 5
+    soak = Soak(args)
+    if args.host is None:
+        with contextlib.ExitStack() as stack:
+            data = args.data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            server = ServerProcess(data, server_config(args)).start()
+            stack.callback(server.stop)
+            soak.server = server
+            args.host, args.port, args.server_pid = server.host, server.port, server.pid
+            report = asyncio.run(soak.run())
+            final_process_checks(server, report)
+            return report
+    return asyncio.run(soak.run())
+
+
+def final_process_checks(server: ServerProcess, report: dict[str, Any]) -> None:
+    """After everyone left: every session process gone and reaped, the parent alive."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and child_states(server.pid):
+        time.sleep(0.05)
+    left = child_states(server.pid)
+    if left:
+        report["problems"].append(f"session processes left after everyone quit: {left}")
+    if server.proc is None or server.proc.poll() is not None:
+        report["problems"].append("the server died")
+    bad = [line for line in server.lines if "Traceback" in line or "crashed" in line]
+    if bad:
+        report["problems"].append(f"server log: {bad[:3]}")
+    report["ok"] = not report["problems"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    report = run(args)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        for key, value in report.items():
+            print(f"{key}: {value}")
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
