@@ -132,6 +132,8 @@ def test_rapid_connect_close_leaves_no_zombie(tmp_path, clients):
         started = re.findall(r"session \S+ from \S+: pid (\d+)", "\n".join(srv.lines))
         assert len(started) == 201
         assert_gone([int(pid) for pid in started if int(pid) != watcher_pid])
+        watcher.close()
+        wait_until(lambda: srv.children() == [], 10, message="the child count back to 0")
     finally:
         assert srv.stop() == 0
     assert srv.children() == []
