@@ -369,8 +369,26 @@ def test_sighup_reload_reaches_running_sessions(tmp_path, clients):
 
 
 def run_chatd(args: list[str], timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "chatd", *args], capture_output=True,
-                          text=True, timeout=timeout, env=dict(os.environ))
+    """Run a `chatd` that is expected to fail at start-up. Should it start serving instead
+    (its "listening on" line), it is stopped at once and reported as exit status None."""
+    proc = subprocess.Popen([sys.executable, "-m", "chatd", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    assert proc.stderr
+    lines = []
+    try:
+        for line in proc.stderr:  # EOF when it exits
+            lines.append(line)
+            if "listening on" in line:
+                proc.terminate()
+                proc.wait(timeout)
+                return subprocess.CompletedProcess(proc.args, None, "",  # type: ignore
+                                                   "".join(lines))
+        code = proc.wait(timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return subprocess.CompletedProcess(proc.args, code, "", "".join(lines))
 
 
 @pytest.mark.parametrize(("toml", "message"), [
