@@ -684,3 +684,17 @@ def test_one_delivery_bigger_than_child_queue_is_not_a_slow_consumer(tmp_path, c
         assert not [ln for ln in srv.lines if "queue_limit" in ln]
     finally:
         assert srv.stop() == 0
+
+
+def test_data_dir_is_created_and_holds_the_history(tmp_path, clients):
+    data = tmp_path / "not" / "yet" / "there"
+    srv = ServerProcess(tmp_path, FAST, extra_args=["--data-dir", str(data)]).start()
+    try:
+        a = new(srv, clients, "alice")
+        a.join("#d")
+        a.say("#d", "stored")
+        assert data.is_dir()
+        assert any(p.name.startswith("history") for p in data.iterdir()), list(data.iterdir())
+    finally:
+        assert srv.stop() == 0
+    assert not any(p.name.startswith("history") for p in tmp_path.iterdir())
