@@ -57,6 +57,12 @@ class EnvelopeReader:
     def receive_data(self, data: bytes) -> None:
         self._buf += data
 
+    def leftover(self) -> bytes:
+        """Bytes not yet returned as envelopes (taken out of the reader)."""
+        out = bytes(self._buf)
+        self._buf.clear()
+        return out
+
     def envelopes(self) -> Iterator[tuple[int, bytes]]:
         buf = self._buf
         pos = 0

@@ -73,7 +73,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("resources", "max_cpu_seconds", 86400, "CPU-time limit of a session process "
             "(0: none)", 0, 1 << 31),
     Setting("server", "spare_children", 0,
-            "pre-forked idle children waiting for connections (0: fork on accept)", 0, 256),
+            "pre-forked idle children waiting for connections (0: fork on accept)", 0, 65536),
 )
 BY_KEY = {f"{s.section}.{s.name}": s for s in SETTINGS}
 

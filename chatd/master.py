@@ -21,7 +21,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from chatd import channel, child
+from chatd import channel, child, logsetup
 from chatd.broker import Broker
 from chatd.config import Config, ConfigError, diff, load_file
 from chatd.protocol import FrameDecoder, ProtocolError, error_frame
@@ -31,6 +31,7 @@ log = logging.getLogger("chatd.master")
 SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 SHUTDOWN_GRACE = 8.0  # seconds before a session process that will not stop is killed
 ACCEPT_BATCH = 64
+REFILL_QUIET = 0.05  # seconds without a new client before spare processes are forked
 FD_RESERVE = 64  # listeners, database, wakeup pipe, logs, and room to breathe
 
 
@@ -61,6 +62,10 @@ class Master:
         self.sel = selectors.DefaultSelector()
         self.listeners: list[socket.socket] = []
         self.children: dict[int, Child] = {}  # by pid
+        # Pre-forked session processes waiting for a client: pid -> their channel.
+        self.spares: dict[int, socket.socket] = {}
+        self.retiring: set[int] = set()  # spares told to exit, not yet reaped
+        self.last_accept = 0.0
         self.by_sid: dict[int, Child] = {}
         self.per_ip: dict[str, int] = {}
         self.next_sid = 1
@@ -122,11 +127,20 @@ class Master:
         self.sel.register(self.wake_r, selectors.EVENT_READ, self._signals)
         gc.freeze()  # what exists now is shared with every child; keep its pages clean
         log.info("chatd %d ready (max_sessions=%d)", os.getpid(), self.config.max_sessions)
-        while not (self.stopping_since is not None and not self.children):
-            timeout = None if self.stopping_since is None else 0.25
-            for key, mask in self.sel.select(timeout):
+        while not (self.stopping_since is not None and not self.children and not self.spares
+                   and not self.retiring):
+            refill = self.stopping_since is None and len(self.spares) < self.config.spare_children
+            quiet = time.monotonic() - self.last_accept
+            timeout = (max(0.0, REFILL_QUIET - quiet) if refill
+                       else None if self.stopping_since is None else 0.25)
+            events = self.sel.select(timeout)
+            for key, mask in events:
                 key.data(key.fileobj, mask)
             self._route()
+            # Only when idle: a fork stalls this loop for milliseconds, and a burst of
+            # clients is better served by the spares left plus forking on accept.
+            if refill and not events and quiet >= REFILL_QUIET:
+                self._fork_spare()
             if self.stopping_since is not None:
                 self._escalate()
         self.store.close()
@@ -197,6 +211,7 @@ class Master:
 
     def _admit(self, conn: socket.socket, ip: str) -> None:
         cfg = self.config
+        self.last_accept = time.monotonic()
         refusal = None
         if len(self.children) >= cfg.max_sessions:
             refusal = error_frame("server_full", f"max_sessions={cfg.max_sessions} reached",
@@ -215,16 +230,72 @@ class Master:
             conn.close()
             return
         try:
-            self._fork(conn, ip)
+            if not self._hand_to_spare(conn, ip):
+                self._fork(conn, ip)
         except OSError as exc:
             log.error("fork failed, dropping %s: %s", ip, exc)
         finally:
             conn.close()
 
+    def _fork_spare(self) -> None:
+        """Fork a session process ahead of time; it waits for a client on its channel."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+            ours.close()
+            theirs.close()
+            log.error("cannot fork a spare session process: %s", exc)
+            return
+        if pid == 0:  # the spare; never returns
+            status = 1
+            try:
+                child.prepare(self.config, {theirs.fileno()}, "spare")
+                handed = child.wait_for_client(theirs)
+                if handed is None:  # the parent retired us or went away
+                    status = 0
+                else:
+                    conn, session, ip, pending = handed
+                    logsetup.set_session(session)
+                    status = child.serve(conn, theirs, self.config, session, ip, pending)
+            except BaseException:
+                logging.getLogger("chatd.session").exception("session crashed")
+            finally:
+                logging.shutdown()
+                os._exit(status)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+        theirs.close()
+        self.spares[pid] = ours
+
+    def _hand_to_spare(self, conn: socket.socket, ip: str) -> bool:
+        """Pass the accepted socket to a pre-forked process (SCM_RIGHTS); False if none."""
+        while self.spares:
+            pid, chan = self.spares.popitem()
+            session = secrets.token_hex(8)
+            hello = channel.control({"c": "client", "session": session, "ip": ip})
+            try:
+                socket.send_fds(chan, [hello], [conn.fileno()])
+            except OSError as exc:  # it died, or its channel is full: retire it
+                log.warning("spare pid %d unusable: %s", pid, exc)
+                chan.close()
+                continue
+            chan.setblocking(False)
+            self._register(pid, chan, session, ip)
+            return True
+        return False
+
+    def _retire_spares(self) -> None:
+        """Close the spares' channels: each exits (e.g. after a reload, or at shutdown)."""
+        for pid, chan in self.spares.items():
+            chan.close()
+            self.retiring.add(pid)
+        self.spares.clear()
+
     def _fork(self, conn: socket.socket, ip: str) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         session = secrets.token_hex(8)
-        sid = self.next_sid
         # Block signals over fork so the child cannot run our handler before it resets it.
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         try:
@@ -246,8 +317,12 @@ class Master:
                 os._exit(status)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         theirs.close()
-        self.next_sid += 1
         ours.setblocking(False)
+        self._register(pid, ours, session, ip)
+
+    def _register(self, pid: int, ours: socket.socket, session: str, ip: str) -> None:
+        sid = self.next_sid
+        self.next_sid += 1
         kid = Child(pid, sid, ours, session, ip, FrameDecoder(self.config.max_frame))
         self.children[pid] = kid
         self.by_sid[sid] = kid
@@ -308,6 +383,11 @@ class Master:
                 return
             kid = self.children.pop(pid, None)
             if kid is None:
+                self.retiring.discard(pid)
+                spare = self.spares.pop(pid, None)
+                if spare is not None:
+                    log.warning("spare pid %d ended before it had a client", pid)
+                    spare.close()
                 continue
             how = (f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
                    if os.WIFSIGNALED(status) else f"exit status {os.WEXITSTATUS(status)}")
@@ -327,6 +407,7 @@ class Master:
             self.sel.unregister(listener)
             listener.close()
         self.listeners.clear()
+        self._retire_spares()
         for kid in list(self.by_sid.values()):
             kid.attached = False  # no quit notices: everyone is leaving
             self.broker.detach(kid.sid, "server shutting down", now_ms(), code="shutting_down")
@@ -350,6 +431,7 @@ class Master:
         self.broker.config = self.config
         log.info("SIGHUP: reloaded %s: %s", path, "; ".join(changes) or "no changes")
         if changes:
+            self._retire_spares()  # forked with the old settings; the loop forks new ones
             for kid in self.by_sid.values():
                 if not kid.closing:
                     kid.out.add(channel.control({"c": "config", "values": values}))
@@ -359,7 +441,7 @@ class Master:
         assert self.stopping_since is not None
         if time.monotonic() - self.stopping_since < SHUTDOWN_GRACE:
             return
-        for pid in list(self.children):
+        for pid in [*self.children, *self.retiring]:
             log.warning("pid %d did not stop; killing it", pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

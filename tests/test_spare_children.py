@@ -1,0 +1,75 @@
+"""Pre-forked spare session processes (`server.spare_children`).
+
+A spare is forked ahead of time and handed the accepted socket over its channel
+(SCM_RIGHTS); each client still gets its own long-lived process. Only processes this
+test started are signalled, always by PID.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from serverproc import ServerProcess, kill_quietly, wait_until
+from wire import Client, connect
+
+SPARE = 3
+CONFIG = {"server": {"spare_children": SPARE}}
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    srv = ServerProcess(tmp_path, CONFIG).start()
+    yield srv
+    assert srv.stop() == 0
+    assert srv.children() == []
+
+
+def pool_full(server: ServerProcess, sessions: int) -> list[int]:
+    return wait_until(lambda: len(server.children()) == sessions + SPARE
+                      and server.children(), message=f"{sessions} sessions + {SPARE} spares")
+
+
+def test_clients_are_served_by_spares_and_the_pool_refills(server: ServerProcess) -> None:
+    spares = set(pool_full(server, 0))
+    clients: list[Client] = []
+    try:
+        for i in range(SPARE + 2):  # more than the pool: the rest fork on accept
+            clients.append(connect(server, f"u{i}"))
+        clients[0].join("#s")
+        clients[1].join("#s")
+        clients[0].say("#s", "hello")
+        assert clients[1].wait_type("message", text="hello")["from"] == "u0"
+        kids = set(pool_full(server, len(clients)))
+        assert spares <= kids  # the pre-forked processes now serve clients
+    finally:
+        for c in clients:
+            c.close()
+    pool_full(server, 0)
+
+
+def test_a_killed_spare_is_replaced(server: ServerProcess) -> None:
+    victim = pool_full(server, 0)[0]
+    kill_quietly(victim)
+    wait_until(lambda: victim not in server.children()
+               and len(server.children()) == SPARE, message="a new spare")
+    c = connect(server, "alice")
+    try:
+        assert c.call({"type": "rooms"})["type"] == "rooms"
+    finally:
+        c.close()
+
+
+def test_reload_retires_spares(server: ServerProcess) -> None:
+    before = set(pool_full(server, 0))
+    server.config_path.write_text("[server]\nspare_children = 3\nmotd = \"reloaded\"\n")
+    server.signal(signal.SIGHUP)
+    wait_until(lambda: not before & set(server.children())
+               and len(server.children()) == SPARE, message="fresh spares")
+    c = connect(server)
+    try:
+        assert c.hello("bob")["motd"] == "reloaded"  # served by a process forked after it
+    finally:
+        c.close()
