@@ -307,10 +307,15 @@ class SpawnedServer:
                 time.sleep(0.05)
         else:
             raise RuntimeError("chatd serve did not start listening:\n" + self.log_tail())
-        # The probe connection became a session; let it end before measuring.
+        # The probe connection became a session; let it end, and let the pool of spare
+        # session processes fill, before measuring.
         probe = ServerProbe(self.proc.pid)
-        spare = int(self.settings.get("server", {}).get("spare_children", 0))
-        wait_for(lambda: (probe.session_count() or 0) <= spare, 10.0)
+        spare = self.spare
+        wait_for(lambda: (probe.session_count() or 0) == spare, 30.0)
+
+    @property
+    def spare(self) -> int:
+        return int(self.settings.get("server", {}).get("spare_children", 0))
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -540,12 +545,22 @@ def percentiles(samples_ns: list[int]) -> dict[str, float | None]:
 
 class Bench:
     def __init__(self, host: str, port: int, probe: ServerProbe, opts: argparse.Namespace,
-                 baseline_sessions: int) -> None:
+                 baseline_sessions: int, spare: int = 0) -> None:
         self.host, self.port, self.probe, self.opts = host, port, probe, opts
         self.tag = "b" + secrets.token_hex(3)
         self.stats = Stats(self.tag + " ")
         self.conns: list[Conn] = []
         self.baseline_sessions = baseline_sessions
+        self.spare = spare
+
+    async def settle(self) -> None:
+        """Wait (bounded) until the server has refilled its pool of spare processes."""
+        if self.probe.pid is None or not self.spare:
+            return
+        want = len(self.conns) + self.spare
+        deadline = time.monotonic() + max(30.0, self.opts.timeout)
+        while (self.probe.session_count() or 0) < want and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
     def room_of(self, i: int, clients: int) -> str | None:
         size = self.opts.room_size
@@ -726,6 +741,7 @@ class Bench:
         try:
             if scenario == "connect":
                 for inflight in opts.inflight:
+                    await self.settle()
                     phases.append(await self.connect(opts.clients, inflight,
                                                      f"connect x{inflight}"))
                     memory = self.probe.memory()
@@ -733,6 +749,7 @@ class Bench:
             else:
                 phases.append(await self.connect(opts.clients, opts.inflight[0], "connect"))
                 await self.quiesce()
+                await self.settle()
                 if scenario in ("burst", "steady"):
                     phases.append(await self.deliver())
                 else:
@@ -939,7 +956,7 @@ def main(argv: list[str]) -> int:
     gc_was = gc.isenabled()
     gc.disable()  # no collector pauses inside the measured windows
     try:
-        bench = Bench(host, port, probe, opts, baseline)
+        bench = Bench(host, port, probe, opts, baseline, server.spare if server else 0)
         report["description"] = DESCRIPTIONS[opts.scenario].format(
             clients=opts.clients, senders=opts.senders, messages=opts.messages,
             rate=opts.rate, inflight=" and ".join(map(str, opts.inflight)),
