@@ -154,3 +154,23 @@ def test_session_over_its_memory_limit_crashes_alone_and_is_logged(start: Any) -
     assert watcher.wait_type("message", room=room)["id"] == ack["id"]
     wait_until(lambda: proc_stat(pid) is None, message="the crashed process to be reaped")
     assert server.proc is not None and server.proc.poll() is None
+
+
+def test_session_processes_apply_their_resource_limits(start: Any) -> None:
+    server = start({"resources": {"max_memory_mb": 300, "max_files": 40,
+                                  "max_cpu_seconds": 1234}})
+    mark = len(server.lines)
+    client = connect(server, "limited")
+    _session, pid = newest_session(server, mark)
+    limits = Path(f"/proc/{pid}/limits").read_text()
+    soft = {}
+    for row in limits.splitlines()[1:]:
+        name, values = row[:26].strip(), row[26:].split()
+        soft[name] = values[0]
+    assert soft["Max address space"] == str(300 << 20), limits
+    assert soft["Max open files"] == "40", limits
+    assert soft["Max cpu time"] == "1234", limits
+    # ... and they are the session's, not the parent's.
+    parent = Path(f"/proc/{server.pid}/limits").read_text()
+    assert "Max open files            40 " not in parent
+    assert client.call({"type": "ping", "token": 1})["type"] == "pong"
