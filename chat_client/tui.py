@@ -11,7 +11,6 @@ from prompt_toolkit.application import Application
 from prompt_toolkit.buffer import Buffer as InputBuffer
 from prompt_toolkit.data_structures import Point
 from prompt_toolkit.document import Document
-from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.layout import HSplit, Layout, Window
@@ -115,6 +114,41 @@ class Completion:
         self.state = (new, start, cands, i)
 
 
+class InputHistory:
+    """Up/Down recall of sent lines. Synchronous, unlike prompt_toolkit's buffer history,
+    which reloads in a background task after every Enter, so a quick Up could find it
+    empty."""
+
+    def __init__(self, size: int = 1000) -> None:
+        self.items: list[str] = []
+        self.size = size
+        self.pos: int | None = None
+        self.draft = ""
+
+    def add(self, text: str) -> None:
+        if text and (not self.items or self.items[-1] != text):
+            self.items.append(text)
+            del self.items[:-self.size]
+        self.pos = None
+
+    def up(self, current: str) -> str | None:
+        if not self.items or self.pos == 0:
+            return None
+        if self.pos is None:
+            self.draft, self.pos = current, len(self.items)
+        self.pos -= 1
+        return self.items[self.pos]
+
+    def down(self) -> str | None:
+        if self.pos is None:
+            return None
+        self.pos += 1
+        if self.pos >= len(self.items):
+            self.pos = None
+            return self.draft
+        return self.items[self.pos]
+
+
 class ChatUI:
     def __init__(self, core: Core, input: Input | None = None, output: Output | None = None,
                  ) -> None:
@@ -123,8 +157,8 @@ class ChatUI:
         self.conn: Connection | None = None
         self.messages = MessagesControl(self.model)
         self.completion = Completion(self.model)
-        self.input = InputBuffer(multiline=False, history=InMemoryHistory(),
-                                 accept_handler=self._accept)
+        self.history = InputHistory()
+        self.input = InputBuffer(multiline=False, accept_handler=self._accept)
         input_window = Window(
             BufferControl(self.input, input_processors=[
                 BeforeInput(lambda: [("class:prompt", f"[{clean(self.model.cur.name)}] ")])]),
@@ -172,6 +206,7 @@ class ChatUI:
     # Input
     def _accept(self, buf: InputBuffer) -> bool:
         text = buf.text
+        self.history.add(text)
         if text.strip():
             self.core.execute_line(text)
             self.model.cur.scroll_to(None)  # sending jumps back to the bottom
@@ -199,6 +234,22 @@ class ChatUI:
         @kb.add("escape", "enter")
         def _(event: KeyPressEvent) -> None:
             event.current_buffer.insert_text("\n")
+
+        @kb.add("up")
+        def _(event: KeyPressEvent) -> None:
+            buf = event.current_buffer
+            if buf.document.cursor_position_row > 0:
+                buf.cursor_up()
+            elif (text := self.history.up(buf.text)) is not None:
+                buf.document = Document(text, len(text))
+
+        @kb.add("down")
+        def _(event: KeyPressEvent) -> None:
+            buf = event.current_buffer
+            if buf.document.cursor_position_row < buf.document.line_count - 1:
+                buf.cursor_down()
+            elif (text := self.history.down()) is not None:
+                buf.document = Document(text, len(text))
 
         @kb.add("tab")
         def _(event: KeyPressEvent) -> None:

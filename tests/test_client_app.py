@@ -96,7 +96,9 @@ class AppRunner:
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; screen:\n"
+                ui = self.ui
+                raise AssertionError(f"timed out waiting for {what}; input line "
+                                     f"{ui.input.text if ui else None!r}; screen:\n"
                                      + self.screen())
             time.sleep(0.02)
 

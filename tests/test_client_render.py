@@ -92,3 +92,15 @@ def test_visible_rows_fill_from_the_bottom_and_show_the_marker() -> None:
     buf.scroll_to(0)  # the very top: the first page, not a mostly empty screen
     rows = text_of(visible_rows(buf, 60, 10, "me"))
     assert rows[0].endswith("m1") and len(rows) == 10
+
+
+def test_input_history_recall() -> None:
+    from chat_client.tui import InputHistory
+
+    h = InputHistory(size=3)
+    assert h.up("draft") is None
+    for text in ("a", "b", "b", "c", "d"):
+        h.add(text)
+    assert h.items == ["b", "c", "d"]
+    assert [h.up("draft"), h.up("x"), h.up("x"), h.up("x")] == ["d", "c", "b", None]
+    assert [h.down(), h.down(), h.down(), h.down()] == ["c", "d", "draft", None]
