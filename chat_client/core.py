@@ -420,6 +420,7 @@ class Core:
         room = str(f["room"])
         if room in self.wanted_rooms:
             self.wanted_rooms.remove(room)
+        self.saved_last.pop(room, None)  # a later /join starts afresh, not from here
         self.model.close(room)
         self.model.note(self.model.get(SERVER), f"you left {room}", "notice")
 

@@ -409,3 +409,31 @@ def test_fuzzed_server_frames_never_raise(ftype: str, fields: dict[str, Any],
     core.receive(frame)
     core.receive(msg(2))  # and it keeps working afterwards
     assert 2 in core.model.get("#a").ids  # type: ignore[union-attr]
+
+
+def test_reconnect_catches_up_direct_messages_too() -> None:
+    core = Core("alice", [])
+    welcome(core)
+    core.receive({"type": "message", "id": 5, "ts": 1, "to": "alice", "from": "Bob",
+                  "text": "one", "action": False})
+    core.disconnected("lost")
+    out = welcome(core)
+    assert out == [{"type": "history", "with": "Bob", "after": 5, "label": out[0]["label"]}]
+    core.receive({"type": "history", "with": "Bob", "more": False, "label": out[0]["label"],
+                  "messages": [{"type": "message", "id": 8, "ts": 2, "to": "alice",
+                                "from": "Bob", "text": "two", "action": False}]})
+    assert ids(core.model.get("bob")) == [5, 8]  # type: ignore[arg-type]
+
+
+def test_rejoin_after_part_is_a_plain_join() -> None:
+    core = Core("alice", ["#a"], last_seen={"#a": 7})
+    (join,) = welcome(core)
+    assert join["after"] == 7
+    join_reply(core, join, [])
+    core.take_outbox()
+    core.execute_line("/part")
+    (part,) = core.take_outbox()
+    core.receive({"type": "parted", "room": "#a", "label": part["label"]})
+    core.execute_line("/join #a")
+    (again,) = core.take_outbox()
+    assert "after" not in again
