@@ -338,6 +338,8 @@ class SpawnedServer:
                         os.kill(pid, signal.SIGKILL)
                 proc.kill()
                 proc.wait(5)
+            # Sessions exit after the parent; their teardown would bleed into the next run.
+            wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in kids), 30.0)
         return proc.returncode
 
     def cleanup(self) -> None:
