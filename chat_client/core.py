@@ -390,8 +390,10 @@ class Core:
         m = self.model
         buf = m.room(str(f["room"])) if "room" in f else m.dm(str(f["with"]))
         got = 0
+        # Messages missed while away are news; backlog shown on a plain join is not.
+        new = req is not None and (req.kind == "catchup" or bool(req.extra.get("after")))
         for msg in f.get("messages", []):
-            if isinstance(msg, dict) and m.add(buf, self._message_line(msg)):
+            if isinstance(msg, dict) and m.add(buf, self._message_line(msg), new):
                 got += 1
         if got and buf.kind == "room":
             self.dirty = True

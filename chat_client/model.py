@@ -210,14 +210,16 @@ class Model:
             self.switch(keys[max(0, pos - 1)])
 
     # Lines
-    def add(self, buf: Buffer, line: Line) -> bool:
+    def add(self, buf: Buffer, line: Line, new: bool = True) -> bool:
+        """Add a line; `new=False` (backlog shown on join, older history) marks mentions
+        but neither counts it as unread nor rings the bell."""
         if not buf.add(line):
             return False
         if line.kind in ("message", "action") and not line.own:
             if buf.kind == "dm" or self.mentions_me(line.text):
                 line.mention = True
-                self.alerts += 1
-            if buf.key != self.current:
+                self.alerts += int(new)
+            if buf.key != self.current and new:
                 buf.unread += 1
                 if line.mention:
                     buf.mentions += 1

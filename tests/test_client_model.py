@@ -437,3 +437,18 @@ def test_rejoin_after_part_is_a_plain_join() -> None:
     core.execute_line("/join #a")
     (again,) = core.take_outbox()
     assert "after" not in again
+
+
+def test_backlog_is_not_unread_but_missed_messages_are() -> None:
+    core = Core("alice", ["#a", "#b"])
+    join_a, join_b = welcome(core)
+    join_reply(core, join_a, [msg(1, "alice: old mention")])
+    join_reply(core, join_b, [msg(2, "backlog", room="#b")])
+    b = core.model.get("#b")
+    assert b is not None and b.unread == 0 and core.model.alerts == 0
+    assert core.model.get("#a").lines[0].mention  # type: ignore[union-attr]
+    core.disconnected("lost")
+    out = welcome(core)
+    rejoin_b = next(f for f in out if f["room"] == "#b")
+    join_reply(core, rejoin_b, [msg(3, "missed, alice", room="#b")])
+    assert (b.unread, b.mentions, core.model.alerts) == (1, 1, 1)
