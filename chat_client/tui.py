@@ -41,6 +41,8 @@ STYLE = Style.from_dict({
     "status.ok": "bg:ansiblue fg:ansibrightgreen bold",
     "status.bad": "bg:ansiblue fg:ansibrightyellow bold",
     "status.act": "bg:ansiblue fg:ansiwhite bold",
+    "status.cur": "bg:ansiwhite fg:ansiblue bold",
+    "status.dim": "bg:ansiblue fg:ansigray",
     "status.hot": "bg:ansired fg:ansiwhite bold",
     "prompt": "bold",
 })
@@ -187,20 +189,25 @@ class ChatUI:
         else:
             out.append(("class:status.bad", m.conn_state + "…"))
         out.append(("class:status", f" │ {clean(m.nick)} │ "))
-        order = m.order()
-        here = next(i for i, b in enumerate(order) if b.key == m.current)
-        out.append(("class:status.act", f"{here + 1}:{clean(m.cur.name)}"))
-        for i, b in enumerate(order):
-            if b.key != m.current and b.unread:
+        # Every buffer with its Alt+N number: the current one bold, others with their
+        # unread count; a mention or direct message turns the entry red with a '!'.
+        for i, b in enumerate(m.order()):
+            if b.kind == "server" and b.key != m.current and not b.unread:
+                continue
+            if b.key == m.current:
+                out.append(("class:status.cur", f"[{i + 1}:{clean(b.name)}]"))
+            elif b.unread:
                 hot = b.mentions > 0
                 mark = f"{b.unread}!" if hot else str(b.unread)
-                out.append(("class:status", " "))
                 out.append(("class:status.hot" if hot else "class:status.act",
                             f"{i + 1}:{clean(b.name)}({mark})"))
-        if m.cur.kind == "room" and m.cur.topic:
-            out.append(("class:status", f" │ {clean(m.cur.topic)}"))
-        elif m.cur.kind == "room" and not m.cur.joined:
-            out.append(("class:status", " │ (not joined)"))
+            else:
+                out.append(("class:status.dim", f"{i + 1}:{clean(b.name)}"))
+            out.append(("class:status", " "))
+        if m.cur.kind == "room" and not m.cur.joined:
+            out.append(("class:status", "│ (not joined)"))
+        elif m.cur.kind == "room" and m.cur.topic:
+            out.append(("class:status", f"│ {clean(m.cur.topic)}"))
         return out
 
     # Input

@@ -181,7 +181,8 @@ def test_join_switches_to_the_room(app: AppRunner, bob: Client) -> None:
     assert "alice" in joined["members"]
     app.type("in rust" + ENTER)
     bob.wait_type("message", room="#rust", text="in rust")
-    assert "2:#general" in app.status() or "#rust" in app.status()
+    status = app.status()
+    assert "[3:#rust]" in status and "2:#general " in status  # current one in brackets
 
 
 def test_msg_opens_a_direct_buffer(app: AppRunner, bob: Client) -> None:
