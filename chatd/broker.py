@@ -152,7 +152,9 @@ class Broker:
         # The session process adds `code` when it ends the session itself.
         code = req.get("code")
         self._leave_all(member, reason, now)
-        self._remember(member.session, code if code in p.ERRORS else "quit", reason)
+        # "closed": the client vanished without a quit (what detach() records too).
+        known = isinstance(code, str) and (code in p.ERRORS or code == "closed")
+        self._remember(member.session, code if known else "quit", reason)
         member.gone = True
 
     def _room(self, name: str) -> Room:
@@ -187,8 +189,8 @@ class Broker:
         after = req.get("after")
         limit = self.config.history_page if after is not None else self.config.history_on_join
         rows, more = self.store.history(room=name, after=after, limit=limit)
-        self._reply(member, {"type": "history", "room": name,
-                             "messages": [message_map(r) for r in rows], "more": more}, label)
+        self._history_reply(member, {"room": name}, rows, more, label,
+                            keep_oldest=after is not None)
 
     def _part(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
         room = self._my_room(member, req["room"])
@@ -276,8 +278,31 @@ class Broker:
             where, reply = {"dm": dm_key(member.nick or "", other)}, {"with": other}
         rows, more = self.store.history(**where, before=req.get("before"),
                                         after=req.get("after"), limit=limit)
-        self._reply(member, {"type": "history", **reply,
-                             "messages": [message_map(r) for r in rows], "more": more}, label)
+        self._history_reply(member, reply, rows, more, label, keep_oldest="after" in req)
+
+    def _history_reply(self, member: Member, where: dict[str, Any], rows: list[Any],
+                       more: bool, label: Any, keep_oldest: bool) -> None:
+        """A `history` reply that fits in max_frame (the limit holds in both directions):
+        drop messages from the far end of the page and say `more` (the client pages on
+        from the last or first id it got). At least one message goes, so paging advances."""
+        msgs = [message_map(r) for r in rows]
+        frame: dict[str, Any] = {"type": "history", **where, "messages": [], "more": True}
+        if label is not None:
+            frame["label"] = label
+        # payload of the empty reply, plus room for the array header to grow (1 -> 5 bytes)
+        budget = self.config.max_frame - (len(pack(frame)) - p.HEADER.size) - 4
+        order = msgs if keep_oldest else msgs[::-1]
+        kept = 0
+        for msg in order:
+            budget -= len(pack(msg)) - p.HEADER.size
+            if budget < 0 and kept:
+                break
+            kept += 1
+        if kept < len(msgs):
+            msgs = msgs[:kept] if keep_oldest else msgs[len(msgs) - kept:]
+            more = True
+        frame.update(messages=msgs, more=more)
+        self.outbox[member.sid].append(pack(frame))
 
     # ---- helpers ----
 

@@ -71,6 +71,9 @@ def prepare(config: Config, keep: set[int], session_id: str) -> None:
 def tune_client_socket(sock: socket.socket, config: Config) -> None:
     sock.setblocking(False)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # The kernel's send buffer is a queue towards the client too: bound it like ours
+    # (autotuning would otherwise let megabytes pile up for a client that stopped reading).
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.client_queue)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     idle = int(config.tcp_keepalive)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
@@ -163,8 +166,9 @@ def serve(sock: socket.socket, chan: socket.socket, config: Config, session_id: 
     client_open = broker_open = True
     log.info("serving %s", peer)
     while not session.ended:
-        # Backpressure: stop taking from the parent while the client is behind.
-        want_chan = selectors.EVENT_READ if to_client.size < config.client_queue else 0
+        # Always read the parent: its controls (a close order above all) must get through.
+        # What piles up for a client that does not read is bounded below (client_queue).
+        want_chan = selectors.EVENT_READ
         if to_broker.chunks:
             want_chan |= selectors.EVENT_WRITE
         if broker_open:
@@ -212,6 +216,10 @@ def serve(sock: socket.socket, chan: socket.socket, config: Config, session_id: 
         if to_client.chunks and client_open and not _send(to_client, sock):
             client_open = False
             session.client_closed()
+        if to_client.size > config.client_queue and not session.ended:
+            session.fail("slow_consumer", f"over client_queue={config.client_queue} bytes "
+                         "unread", limit="client_queue")
+            session.drop_pending = True  # the error frame goes next, not after the backlog
     _finish(sock, chan if broker_open else None, session, to_client, to_broker, client_open)
     log.info("session ended: %s", session.ended)
     return 0

@@ -65,8 +65,8 @@ SETTINGS: tuple[Setting, ...] = (
             "bytes the parent buffers for one session before it is a slow consumer",
             4096, 1 << 30),
     Setting("queues", "client_queue", 1 << 20,
-            "bytes a session buffers towards its client before it stops reading", 4096,
-            1 << 30),
+            "bytes a session buffers towards its client (its socket send buffer too) "
+            "before it is a slow consumer", 4096, 1 << 30),
     Setting("resources", "max_memory_mb", 256, "address-space limit of a session process "
             "(0: none)", 0, 1 << 20),
     Setting("resources", "max_files", 64, "open-file limit of a session process", 16, 65536),
@@ -76,6 +76,7 @@ SETTINGS: tuple[Setting, ...] = (
             "pre-forked idle children waiting for connections (0: fork on accept)", 0, 65536),
 )
 BY_KEY = {f"{s.section}.{s.name}": s for s in SETTINGS}
+FRAME_OVERHEAD = 512  # bytes of a msg/message frame besides its text, with room to spare
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,10 @@ def parse_settings(doc: dict[str, Any]) -> dict[str, Any]:
             else:
                 values[setting.key] = float(value) if isinstance(setting.default, float) \
                     else value
+    if not errors and values["max_text"] + FRAME_OVERHEAD > values["max_frame"]:
+        # A message of max_text bytes must fit in one frame, both ways (with room, label...).
+        errors.append(f"limits.max_text ({values['max_text']}) must be at least "
+                      f"{FRAME_OVERHEAD} bytes below limits.max_frame ({values['max_frame']})")
     if errors:
         raise ConfigError("; ".join(errors))
     return values

@@ -81,11 +81,13 @@ class Master:
                                    flags=socket.AI_PASSIVE)
         bound: list[tuple[str, int]] = []
         port = cfg.port
+        # IPv6-only when an IPv4 listener shares the port; else `::` also takes IPv4 clients.
+        v6only = int(any(info[0] == socket.AF_INET for info in infos))
         for family, stype, proto, _name, addr in infos:
             sock = socket.socket(family, stype, proto)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
             try:
                 sock.bind((addr[0], port, *addr[2:]))
             except OSError as exc:
@@ -157,20 +159,26 @@ class Master:
             getattr(self, f"handle_{name.lower()}")()
 
     def _route(self) -> None:
-        """Commit history, then hand the broker's output to the session channels."""
-        outbox = self.broker.drain()
-        if not outbox:
-            return
-        self.store.flush()  # stored before anyone hears of it
-        limit = self.config.child_queue
-        for sid, items in outbox.items():
-            kid = self.by_sid.get(sid)
-            if kid is None or kid.closing:
-                continue
-            kid.out.add(channel.encode_items(items))
-            if kid.out.size > limit:
-                self._kick(kid, "slow_consumer", "queue_limit", limit="child_queue")
-            self._flush(kid)
+        """Commit history, then hand the broker's output to the session channels.
+
+        Kicking a slow session makes it leave its rooms, which queues quit notices for
+        the others: route again until the broker has nothing more to say.
+        """
+        while True:
+            outbox = self.broker.drain()
+            if not outbox:
+                return
+            self.store.flush()  # stored before anyone hears of it
+            limit = self.config.child_queue
+            for sid, items in outbox.items():
+                kid = self.by_sid.get(sid)
+                if kid is None or kid.closing:
+                    continue
+                kid.out.add(channel.encode_items(items))
+                self._flush(kid)  # child_queue bounds what stays queued, not one delivery
+                if kid.out.size > limit:
+                    self._kick(kid, "slow_consumer", "queue_limit", limit="child_queue")
+                    self._flush(kid)
 
     def _flush(self, kid: Child) -> None:
         try:
@@ -433,6 +441,9 @@ class Master:
         if changes:
             self._retire_spares()  # forked with the old settings; the loop forks new ones
             for kid in self.by_sid.values():
+                # A session's canonical frames are at most its own max_frame, which may be
+                # the old or the new one until it has read this control: accept both.
+                kid.decoder.max_frame = max(kid.decoder.max_frame, self.config.max_frame)
                 if not kid.closing:
                     kid.out.add(channel.control({"c": "config", "values": values}))
                     self._flush(kid)

@@ -206,6 +206,8 @@ def validate_request(obj: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             names = "/".join(t.__name__ for t in types)
             raise ProtocolError("wrong_type", f"{rtype}: field {field!r} must be {names}")
+        if types is _INT and not -(2**63) <= value < 2**63:  # ids, limits: SQLite's range
+            raise ProtocolError("invalid_value", f"{rtype}: field {field!r} is out of range")
     if rtype == "msg" and ("room" in obj) == ("to" in obj):
         raise ProtocolError("invalid_value", "msg: give exactly one of 'room' or 'to'")
     if rtype == "history":

@@ -193,6 +193,8 @@ class Session:
     def fail(self, code: str, message: str = "", *, limit: str | None = None,
              tell_broker: bool = True) -> None:
         """End the session with a fatal error frame to the client."""
+        if self.ended:  # one ending only: a fatal error is always the last frame
+            return
         extra = {"limit": limit} if limit else {}
         self.to_client.append(p.error_frame(code, message, **extra))
         if tell_broker:

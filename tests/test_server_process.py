@@ -398,11 +398,8 @@ def run_chatd(args: list[str], timeout: float = 20) -> subprocess.CompletedProce
     ("[limits]\nmax_text = 'ten'\n", r"limits\.max_text: expected int, got str"),
     ("[keepalive]\nping_interval = 0\n", r"keepalive\.ping_interval: 0(\.0)? is below the minimum"),
     ("[limits\n", r"not valid TOML"),
-    # Each value is fine alone, but a max_text message would not fit in a frame: a client
-    # that keeps to max_text gets a fatal frame_too_large. Known bug, not fixed yet.
-    pytest.param("[limits]\nmax_frame = 2048\n", r"limits\.max_text .*limits\.max_frame",
-                 marks=pytest.mark.xfail(strict=True, reason="config accepts max_text that "
-                                         "cannot fit in max_frame")),
+    # Each value is fine alone, but a max_text message would not fit in a frame.
+    ("[limits]\nmax_frame = 2048\n", r"limits\.max_text .*limits\.max_frame"),
 ], ids=["unknown-key", "unknown-section", "top-level", "wrong-type", "out-of-range",
         "bad-toml", "text-over-frame"])
 def test_bad_config_at_startup_exits_2_with_a_clear_message(tmp_path, toml, message):
