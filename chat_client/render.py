@@ -173,7 +173,14 @@ def scroll_target(buf: Buffer, width: int, height: int, mine: str, pages: int) -
         while index > buf.trimmed and rows < step:
             rows += len(rows_for(buf, index, width, mine))
             index -= 1
-        # Keep at least a screenful above the bottom line where possible.
+        # Near the top, stop where the first screenful ends, so the bottom line shown is
+        # whole and the "below" count is right.
+        above = sum(len(rows_for(buf, i, width, mine)) for i in range(buf.trimmed, index + 1))
+        while above < height - 1 and index < buf.end - 1:
+            index += 1
+            above += len(rows_for(buf, index, width, mine))
+        if above > height - 1 and index > buf.trimmed and index < buf.bottom():
+            index -= 1  # that line would not fit whole
         return index
     while index < buf.end - 1 and rows < step:
         index += 1

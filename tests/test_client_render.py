@@ -104,3 +104,21 @@ def test_input_history_recall() -> None:
     assert h.items == ["b", "c", "d"]
     assert [h.up("draft"), h.up("x"), h.up("x"), h.up("x")] == ["d", "c", "b", None]
     assert [h.down(), h.down(), h.down(), h.down()] == ["c", "d", "draft", None]
+
+
+def test_page_up_near_the_top_ends_on_a_whole_line() -> None:
+    from chat_client.render import scroll_target
+
+    buf = Buffer("#a", "#a", "room")
+    for i in range(5):
+        buf.add(Line("message", ts(21), f"m{i}", nick="x", id=i + 1))
+    buf.add(Line("error", ts(21), "word " * 30))  # three rows at width 60
+    for i in range(5, 20):
+        buf.add(Line("message", ts(21), f"m{i}", nick="x", id=i + 1))
+    buf.scroll_to(scroll_target(buf, 60, 10, "me", -1))
+    buf.scroll_to(scroll_target(buf, 60, 10, "me", -1))
+    rows = text_of(visible_rows(buf, 60, 10, "me"))
+    assert rows[0].endswith("m0")
+    last_rows = text_of(rows_for(buf, buf.bottom(), 60, "me"))
+    assert rows[-1 - len(last_rows):-1] == last_rows  # the bottom line is shown whole
+    assert f"({buf.end - 1 - buf.bottom()} lines" in rows[-1]
