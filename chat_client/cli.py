@@ -68,8 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nick", default=None,
                    help="your nick (default: your login name, made valid)")
     p.add_argument("--room", dest="rooms", action="extend", nargs="+", metavar="ROOM",
-                   help=f"room(s) to join; repeatable (default: {DEFAULT_ROOM}); the first "
-                        "is where plain lines go")
+                   help=f"room(s) to join (default: {DEFAULT_ROOM}); the '#' is optional, "
+                        "which saves quoting it from the shell; the first room is where "
+                        "plain lines go; give HOST:PORT before --room (or end the list "
+                        "with --)")
     p.add_argument("--plain", action="store_true",
                    help="line mode even on a terminal")
     p.add_argument("--scrollback", type=int, default=5000, metavar="N",
