@@ -452,3 +452,16 @@ def test_backlog_is_not_unread_but_missed_messages_are() -> None:
     rejoin_b = next(f for f in out if f["room"] == "#b")
     join_reply(core, rejoin_b, [msg(3, "missed, alice", room="#b")])
     assert (b.unread, b.mentions, core.model.alerts) == (1, 1, 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 60), max_size=120), st.integers(10, 40))
+def test_buffer_ids_stay_sorted_unique_and_bounded(arrivals: list[int], size: int) -> None:
+    # Any arrival order with any duplicates (live, catch-up pages, older history).
+    buf = Buffer("#a", "#a", "room", scrollback=size)
+    for mid in arrivals:
+        buf.add(Line("message", float(mid), "t", id=mid))
+    got = ids(buf)
+    assert got == sorted(set(got)) and len(buf.lines) <= size
+    assert buf.last_id == max(arrivals, default=0)
+    assert set(got) <= set(arrivals)

@@ -263,3 +263,18 @@ def test_ipv6_bracket_address(tmp_path: Path) -> None:
         watcher.close()
     finally:
         srv.stop()
+
+
+def test_plain_format_is_one_line_per_event() -> None:
+    from chat_client.model import Buffer, Line
+    from chat_client.plain import format_line
+
+    room, dm = Buffer("#a", "#a", "room"), Buffer("bob", "Bob", "dm")
+    stamp = time.strftime("%H:%M:%S", time.localtime(1000.0))
+    assert format_line(room, Line("message", 1000.0, "two\nlines\x1b[2J", nick="bob")) == \
+        f"{stamp} #a <bob> two\\nlines\ufffd[2J"
+    assert format_line(room, Line("action", 1000.0, "waves", nick="bob")) == \
+        f"{stamp} #a * bob waves"
+    assert format_line(dm, Line("message", 1000.0, "hi", nick="Bob")) == f"{stamp} @Bob <Bob> hi"
+    assert format_line(room, Line("notice", 1000.0, "bob joined #a")) == \
+        f"{stamp} #a -- bob joined #a"
