@@ -148,7 +148,10 @@ class Broker:
         return nick
 
     def _quit(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
-        reason = p.check_line(req.get("reason", ""), "reason", p.MAX_REASON) or "quit"
+        try:
+            reason = p.check_line(req.get("reason", ""), "reason", p.MAX_REASON) or "quit"
+        except ProtocolError:  # the session ends anyway: a bad reason must not hide that
+            reason = "quit"
         # The session process adds `code` when it ends the session itself.
         code = req.get("code")
         self._leave_all(member, reason, now)
@@ -179,6 +182,7 @@ class Broker:
                                     f"{self.config.max_rooms} rooms", limit="max_rooms")
             if room is None:
                 room = self.rooms[name] = Room(name, *self.store.topic(name))
+            log.debug("%s joins %s", member.nick, name)
             self._fanout(room, pack({"type": "join", "room": name, "nick": member.nick,
                                      "ts": now}))
             room.members[member.sid] = member
@@ -229,6 +233,9 @@ class Broker:
         old = member.nick
         assert old is not None
         new = self._free_nick(member, req["nick"])
+        if new == old:  # nothing changes: answer, but do not tell the rooms
+            self._reply(member, {"type": "nick", "old": old, "new": new, "ts": now}, label)
+            return
         del self.nicks[p.nick_key(old)]
         member.nick = new
         self.nicks[p.nick_key(new)] = member

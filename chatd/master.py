@@ -106,13 +106,15 @@ class Master:
             bound.append((host, port))
         return bound
 
-    def _raise_fd_limit(self) -> None:
-        need = self.config.max_sessions + self.config.spare_children + FD_RESERVE
+    def _raise_fd_limit(self, config: Config | None = None) -> None:
+        """One parent fd per session: make room for the cap, or refuse (SystemExit)."""
+        config = config or self.config
+        need = config.max_sessions + config.spare_children + FD_RESERVE
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft >= need:
             return
         if hard != resource.RLIM_INFINITY and hard < need:
-            raise SystemExit(f"chatd: max_sessions={self.config.max_sessions} needs {need} open "
+            raise SystemExit(f"chatd: max_sessions={config.max_sessions} needs {need} open "
                              f"files but the hard limit is {hard}; lower limits.max_sessions "
                              f"or raise the limit (ulimit -Hn)")
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
@@ -435,6 +437,11 @@ class Master:
             log.error("SIGHUP: keeping the old configuration: %s", exc)
             return
         changes = diff(self.config.values, values)
+        try:
+            self._raise_fd_limit(self.config.with_values(values))
+        except SystemExit as exc:
+            log.error("SIGHUP: keeping the old configuration: %s", exc)
+            return
         self.config = self.config.with_values(values)
         self.broker.config = self.config
         log.info("SIGHUP: reloaded %s: %s", path, "; ".join(changes) or "no changes")

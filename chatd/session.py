@@ -10,6 +10,7 @@ Room and nick semantics belong to the broker.
 from __future__ import annotations
 
 import itertools
+import logging
 from typing import Any
 
 from chatd import protocol as p
@@ -17,6 +18,7 @@ from chatd.config import Config
 from chatd.protocol import ProtocolError, pack
 from chatd.ratelimit import TokenBucket
 
+log = logging.getLogger("chatd.session")
 FLOOD_PAUSE = 10.0
 BUCKET_OF = {"msg": "msg", "join": "history", "history": "history"}
 QUIT_REASONS = {
@@ -91,6 +93,7 @@ class Session:
                 self.hello_sent = True
             elif not self.hello_sent and rtype not in p.PRE_WELCOME:
                 raise ProtocolError("not_registered")
+            log.debug("request %s", rtype)
             self.to_broker.append(self._canonical(req, rtype))
             if rtype == "quit":
                 self.ended = "quit"
