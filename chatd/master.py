@@ -19,6 +19,7 @@ import selectors
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from chatd import channel, child, logsetup
@@ -247,29 +248,25 @@ class Master:
         finally:
             conn.close()
 
-    def _fork_spare(self) -> None:
-        """Fork a session process ahead of time; it waits for a client on its channel."""
+    def _spawn(self, run: Callable[[socket.socket], int]) -> tuple[int, socket.socket]:
+        """Fork a session process that runs `run(its channel end)` and then exits.
+
+        Signals stay blocked across fork() so the new process cannot run our handlers
+        before child.prepare() resets them. Returns (pid, our end of the channel).
+        """
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         try:
             pid = os.fork()
-        except OSError as exc:
+        except OSError:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
             ours.close()
             theirs.close()
-            log.error("cannot fork a spare session process: %s", exc)
-            return
-        if pid == 0:  # the spare; never returns
+            raise
+        if pid == 0:  # the session process; never returns
             status = 1
             try:
-                child.prepare(self.config, {theirs.fileno()}, "spare")
-                handed = child.wait_for_client(theirs)
-                if handed is None:  # the parent retired us or went away
-                    status = 0
-                else:
-                    conn, session, ip, pending = handed
-                    logsetup.set_session(session)
-                    status = child.serve(conn, theirs, self.config, session, ip, pending)
+                status = run(theirs)
             except BaseException:
                 logging.getLogger("chatd.session").exception("session crashed")
             finally:
@@ -277,6 +274,25 @@ class Master:
                 os._exit(status)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         theirs.close()
+        return pid, ours
+
+    def _fork_spare(self) -> None:
+        """Fork a session process ahead of time; it waits for a client on its channel."""
+
+        def run(theirs: socket.socket) -> int:
+            child.prepare(self.config, {theirs.fileno()}, "spare")
+            handed = child.wait_for_client(theirs)
+            if handed is None:  # the parent retired us or went away
+                return 0
+            conn, session, ip, pending = handed
+            logsetup.set_session(session)
+            return child.serve(conn, theirs, self.config, session, ip, pending)
+
+        try:
+            pid, ours = self._spawn(run)
+        except OSError as exc:
+            log.error("cannot fork a spare session process: %s", exc)
+            return
         self.spares[pid] = ours
 
     def _hand_to_spare(self, conn: socket.socket, ip: str) -> bool:
@@ -304,29 +320,13 @@ class Master:
         self.spares.clear()
 
     def _fork(self, conn: socket.socket, ip: str) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         session = secrets.token_hex(8)
-        # Block signals over fork so the child cannot run our handler before it resets it.
-        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-        try:
-            pid = os.fork()
-        except OSError:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
-            ours.close()
-            theirs.close()
-            raise
-        if pid == 0:  # the session process; never returns
-            status = 1
-            try:
-                child.prepare(self.config, {conn.fileno(), theirs.fileno()}, session)
-                status = child.serve(conn, theirs, self.config, session, ip)
-            except BaseException:
-                logging.getLogger("chatd.session").exception("session crashed")
-            finally:
-                logging.shutdown()
-                os._exit(status)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
-        theirs.close()
+
+        def run(theirs: socket.socket) -> int:
+            child.prepare(self.config, {conn.fileno(), theirs.fileno()}, session)
+            return child.serve(conn, theirs, self.config, session, ip)
+
+        pid, ours = self._spawn(run)
         ours.setblocking(False)
         self._register(pid, ours, session, ip)
 
