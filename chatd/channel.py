@@ -57,6 +57,10 @@ class EnvelopeReader:
     def receive_data(self, data: bytes) -> None:
         self._buf += data
 
+    def buffered(self) -> bool:
+        """Whether bytes of a partial envelope are waiting for more."""
+        return bool(self._buf)
+
     def leftover(self) -> bytes:
         """Bytes not yet returned as envelopes (taken out of the reader)."""
         out = bytes(self._buf)

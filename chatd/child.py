@@ -13,7 +13,6 @@ import logging
 import os
 import resource
 import select
-import selectors
 import signal
 import socket
 import time
@@ -26,6 +25,9 @@ from chatd.session import Session
 log = logging.getLogger("chatd.session")
 READ_SIZE = 262144
 IOV_MAX = 512
+EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
+HEADER = ENVELOPE.size
+unpack_header = ENVELOPE.unpack_from
 FINAL_FLUSH = 2.0  # seconds to deliver the last frames to a client before closing
 
 
@@ -85,11 +87,11 @@ class Outbox:
     """Chunks of whole frames waiting for a socket; tracks a partly sent head."""
 
     def __init__(self) -> None:
-        self.chunks: list[bytes] = []
+        self.chunks: list[bytes | memoryview] = []
         self.offset = 0
         self.size = 0
 
-    def add(self, chunk: bytes) -> None:
+    def add(self, chunk: bytes | memoryview) -> None:
         if chunk:
             self.chunks.append(chunk)
             self.size += len(chunk)
@@ -102,20 +104,27 @@ class Outbox:
 
     def send(self, sock: socket.socket) -> None:
         while self.chunks:
-            bufs: list[bytes | memoryview] = list(self.chunks[:IOV_MAX])
-            if self.offset:
-                bufs[0] = memoryview(bufs[0])[self.offset :]
+            chunks = self.chunks
             try:
-                sent = sock.sendmsg(bufs)
+                if len(chunks) == 1:  # the usual case: one send(), no iovec list
+                    head = chunks[0]
+                    sent = sock.send(memoryview(head)[self.offset :] if self.offset else head)
+                else:
+                    bufs = chunks[:IOV_MAX]
+                    if self.offset:
+                        bufs[0] = memoryview(bufs[0])[self.offset :]
+                    sent = sock.sendmsg(bufs)
             except (BlockingIOError, InterruptedError):
                 return
             self.size -= sent
             sent += self.offset
-            self.offset = 0
-            while self.chunks and sent >= len(self.chunks[0]):
-                sent -= len(self.chunks.pop(0))
+            done = 0
+            while done < len(chunks) and sent >= len(chunks[done]):
+                sent -= len(chunks[done])
+                done += 1
+            del chunks[:done]
             self.offset = sent
-            if self.offset:
+            if sent:
                 return
 
 
@@ -153,87 +162,143 @@ def wait_for_client(chan: socket.socket) -> tuple[socket.socket, str, str, bytes
 
 def serve(sock: socket.socket, chan: socket.socket, config: Config, session_id: str,
           peer: str, pending: bytes = b"") -> int:
-    """Serve one client until the session ends; returns the exit status."""
+    """Serve one client until the session ends; returns the exit status.
+
+    The common wakeup is the parent forwarding RAW frames while the client is quiet:
+    that path makes no Session call, no selector change and no bytes copy (memoryview
+    slices of the received block go to the client with one send). The Session is
+    ticked only when it was fed something or its next deadline has come.
+    """
     tune_client_socket(sock, config)
     chan.setblocking(False)
-    session = Session(config, time.monotonic())
+    monotonic = time.monotonic
+    session = Session(config, monotonic())
     reader = EnvelopeReader()
     reader.receive_data(pending)
+    buffered = bool(pending)  # the reader holds bytes: new channel data goes through it
     to_client, to_broker = Outbox(), Outbox()
-    sel = selectors.DefaultSelector()
-    sel.register(sock, selectors.EVENT_READ)
-    sel.register(chan, selectors.EVENT_READ)
+    sfd, cfd = sock.fileno(), chan.fileno()
+    ep = select.epoll(2)
+    ep.register(sfd, EPOLLIN)
+    ep.register(cfd, EPOLLIN)
+    sock_mask = chan_mask = EPOLLIN
     client_open = broker_open = True
+    deadline = session.next_deadline()
+    client_queue = session.config.client_queue
     log.info("serving %s", peer)
     while not session.ended:
         # Always read the parent: its controls (a close order above all) must get through.
         # What piles up for a client that does not read is bounded below (client_queue).
-        want_chan = selectors.EVENT_READ
-        if to_broker.chunks:
-            want_chan |= selectors.EVENT_WRITE
         if broker_open:
-            _interest(sel, chan, want_chan)
-        _interest(sel, sock, selectors.EVENT_READ
-                  | (selectors.EVENT_WRITE if to_client.chunks else 0))
-        timeout = max(0.0, session.next_deadline() - time.monotonic())
-        for key, mask in sel.select(min(timeout, 3600.0)):
-            now = time.monotonic()
-            if key.fileobj is sock:
-                if mask & selectors.EVENT_WRITE and not _send(to_client, sock):
+            want = EPOLLIN | EPOLLOUT if to_broker.chunks else EPOLLIN
+            if want != chan_mask:
+                ep.modify(cfd, want)
+                chan_mask = want
+        want = EPOLLIN | EPOLLOUT if to_client.chunks else EPOLLIN
+        if want != sock_mask:
+            ep.modify(sfd, want)
+            sock_mask = want
+        timeout = deadline - monotonic()
+        events = ep.poll(3600.0 if timeout > 3600.0 else timeout if timeout > 0.0 else 0.0)
+        now = monotonic()
+        fed = now >= deadline  # the Session has something to do (or to be told)
+        for fd, ev in events:
+            if fd == sfd:
+                if sock_mask & EPOLLOUT and ev & ~EPOLLIN and not _send(to_client, sock):
                     client_open = False
                     session.client_closed()
-                if mask & selectors.EVENT_READ and client_open:
+                    fed = True
+                if ev & ~EPOLLOUT and client_open:
                     data = _recv(sock)
                     if data:
                         session.receive_data(data, now)
+                        fed = True
                     elif data is not None:
                         client_open = False
                         session.client_closed()
-            elif mask & selectors.EVENT_READ:
-                data = _recv(chan)
-                if data is None:
-                    continue
-                if not data:
+                        fed = True
+            elif fd == cfd:
+                if ev & ~EPOLLOUT:
+                    data = _recv(chan)
+                    if data is None:
+                        pass
+                    elif not data:
+                        broker_open = False
+                        ep.unregister(cfd)
+                        log.warning("broker gone; waiting %.0fs for it", config.broker_grace)
+                        session.broker_lost(now)
+                        fed = True
+                        continue
+                    elif buffered:
+                        reader.receive_data(data)
+                        for kind, body in reader.envelopes():
+                            if kind == RAW:
+                                to_client.add(body)
+                            elif kind == CTRL:
+                                session.control(decode_control(body))
+                                fed = True
+                        buffered = reader.buffered()
+                    else:
+                        rest = _split(data, to_client)
+                        while rest is not None:
+                            kind, body, tail = rest
+                            if body is None:  # a partial envelope: the reader keeps it
+                                reader.receive_data(tail)
+                                buffered = True
+                                break
+                            if kind == CTRL:
+                                session.control(decode_control(body))
+                                fed = True
+                            rest = _split(tail, to_client)
+                if (chan_mask & EPOLLOUT and ev & ~EPOLLIN and broker_open
+                        and not _send(to_broker, chan)):
                     broker_open = False
-                    sel.unregister(chan)
-                    log.warning("broker gone; waiting %.0fs for it", config.broker_grace)
+                    ep.unregister(cfd)
                     session.broker_lost(now)
-                    continue
-                reader.receive_data(data)
-                for kind, body in reader.envelopes():
-                    if kind == RAW:
-                        to_client.add(body)
-                    elif kind == CTRL:
-                        session.control(decode_control(body))
-            if (mask & selectors.EVENT_WRITE and key.fileobj is chan and broker_open
-                    and not _send(to_broker, chan)):
-                broker_open = False
-                sel.unregister(chan)
-                session.broker_lost(now)
-        session.tick(time.monotonic())
-        config = session.config
-        _drain_session(session, to_client, to_broker)
+                    fed = True
+        if fed:
+            session.tick(monotonic())
+            config = session.config
+            client_queue = config.client_queue
+            _drain_session(session, to_client, to_broker)
+            deadline = session.next_deadline()
         if to_client.chunks and client_open and not _send(to_client, sock):
             client_open = False
             session.client_closed()
-        if to_client.size > config.client_queue and not session.ended:
-            session.fail("slow_consumer", f"over client_queue={config.client_queue} bytes "
+            deadline = session.next_deadline()
+        if to_client.size > client_queue and not session.ended:
+            session.fail("slow_consumer", f"over client_queue={client_queue} bytes "
                          "unread", limit="client_queue")
             session.drop_pending = True  # the error frame goes next, not after the backlog
+    ep.close()
     _finish(sock, chan if broker_open else None, session, to_client, to_broker, client_open)
     log.info("session ended: %s", session.ended)
     return 0
 
 
-def _interest(sel: selectors.BaseSelector, sock: socket.socket, events: int) -> None:
-    key = sel.get_map().get(sock)
-    if not events:
-        if key is not None:
-            sel.unregister(sock)
-    elif key is None:
-        sel.register(sock, events)
-    elif key.events != events:
-        sel.modify(sock, events)
+def _split(data: bytes | memoryview, out: Outbox
+           ) -> tuple[int, memoryview | None, memoryview] | None:
+    """Queue the leading whole RAW envelopes of `data` for the client, uncopied.
+
+    Returns None when that was all of it; else (kind, body, the rest) at the first
+    other whole envelope, or (RAW, None, the rest) at a partial one.
+    """
+    view = memoryview(data)
+    size = len(view)
+    pos = 0
+    while size - pos >= HEADER:
+        kind, length = unpack_header(view, pos)
+        end = pos + HEADER + length
+        if end > size:
+            break
+        if kind == RAW:
+            out.add(view[pos + HEADER : end])
+        else:
+            return kind, view[pos + HEADER : end], view[end:]
+        pos = end
+    if pos == size:
+        return None
+    return RAW, None, view[pos:]
 
 
 def _recv(sock: socket.socket) -> bytes | None:
