@@ -494,6 +494,9 @@ class Core:
             buf.members.pop(nick_key(old), None)
             buf.members[nick_key(new)] = new
             m.note(buf, f"{old} is now known as {new}", "notice", self._ts(f))
+        dm = m.rename_dm(old, new)  # one event per shared room: only the first renames
+        if dm is not None:
+            m.note(dm, f"{old} is now known as {new}", "notice", self._ts(f))
 
     def _on_ping(self, f: Frame, req: Req | None) -> None:
         frame: Frame = {"type": "pong"}

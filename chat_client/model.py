@@ -166,6 +166,22 @@ class Model:
     def get(self, key: str) -> Buffer | None:
         return self.buffers.get(key)
 
+    def rename_dm(self, old: str, new: str) -> Buffer | None:
+        """Follow a peer's nick change: its DM buffer takes the new name in place.
+
+        Left alone (None) when there is no such buffer, or the new nick has one already.
+        """
+        old_key, new_key = nick_key(old), nick_key(new)
+        buf = self.buffers.get(old_key)
+        if buf is None or buf.kind != "dm" or (new_key != old_key and new_key in self.buffers):
+            return None
+        buf.key, buf.name = new_key, new
+        # Rebuild to keep the buffer's place (its Alt+N number).
+        self.buffers = {(new_key if k == old_key else k): b for k, b in self.buffers.items()}
+        if self.current == old_key:
+            self.current = new_key
+        return buf
+
     @property
     def cur(self) -> Buffer:
         return self.buffers[self.current]

@@ -465,3 +465,21 @@ def test_buffer_ids_stay_sorted_unique_and_bounded(arrivals: list[int], size: in
     assert got == sorted(set(got)) and len(buf.lines) <= size
     assert buf.last_id == max(arrivals, default=0)
     assert set(got) <= set(arrivals)
+
+
+def test_a_peers_nick_change_renames_its_dm_buffer_in_place() -> None:
+    core = Core("alice", ["#a"])
+    join_reply(core, welcome(core)[0], [])
+    core.receive({"type": "message", "id": 5, "ts": 1000, "to": "alice", "from": "bob",
+                  "text": "psst", "action": False})
+    order = [b.key for b in core.model.order()]
+    for room in ("#a", "#b"):  # one event per shared room: renamed once, noted once
+        core.receive({"type": "nick", "room": room, "old": "bob", "new": "Bobby", "ts": 2000})
+    assert core.model.get("bob") is None
+    dm = core.model.get("bobby")
+    assert dm is not None and dm.name == "Bobby" and ids(dm) == [5]
+    assert [line.text for line in dm.lines].count("bob is now known as Bobby") == 1
+    assert [b.key for b in core.model.order()] == [k if k != "bob" else "bobby" for k in order]
+    core.execute_line("/switch Bobby")
+    core.execute_line("again")
+    assert core.take_outbox()[-1]["to"] == "Bobby"
