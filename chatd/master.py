@@ -48,6 +48,7 @@ class Child:
     closing: bool = False  # told to close: it gets nothing more from the broker
     attached: bool = True
     handler: object = None  # the selector callback bound to this child
+    writing: bool = False  # its channel is registered for EVENT_WRITE too
 
 
 def now_ms() -> int:
@@ -173,11 +174,20 @@ class Master:
                 return
             self.store.flush()  # stored before anyone hears of it
             limit = self.config.child_queue
+            # A room's members get the same frames: encode each distinct queue once.
+            encoded: dict[object, bytes] = {}
             for sid, items in outbox.items():
                 kid = self.by_sid.get(sid)
                 if kid is None or kid.closing:
                     continue
-                kid.out.add(channel.encode_items(items))
+                try:  # a queue holding a control (a dict) is unhashable: encode it alone
+                    key = items[0] if len(items) == 1 else tuple(items)
+                    data = encoded.get(key)
+                    if data is None:
+                        data = encoded[key] = channel.encode_items(items)
+                except TypeError:
+                    data = channel.encode_items(items)
+                kid.out.add(data)
                 self._flush(kid)  # child_queue bounds what stays queued, not one delivery
                 if kid.out.size > limit:
                     self._kick(kid, "slow_consumer", "queue_limit", limit="child_queue")
@@ -189,9 +199,11 @@ class Master:
         except OSError:
             kid.out.discard()
             return
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if kid.out.chunks else 0)
-        if self.sel.get_key(kid.chan).events != events:
+        writing = bool(kid.out.chunks)
+        if writing != kid.writing:
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0)
             self.sel.modify(kid.chan, events, kid.handler)
+            kid.writing = writing
 
     def _kick(self, kid: Child, code: str, why: str, limit: str | None = None) -> None:
         """Tell a session process to end with `code`; it gets nothing else from us."""
