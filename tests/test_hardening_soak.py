@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 from pathlib import Path
 
 import pytest
 
+from chatd.protocol import pack
 from tests import soak
+from tests.serverproc import ServerProcess
+from tests.wire import connect
 
 SECONDS = float(os.environ.get("CHATD_SOAK_SECONDS", "120"))
 
@@ -39,3 +44,39 @@ def test_soak_time_compressed(tmp_path: Path) -> None:
     process = report["process"]
     assert process["long_lived_children"] >= 5
     assert process["samples"] >= SECONDS * 0.8
+
+
+def test_a_session_does_not_creep_up_in_memory_over_many_small_reads(tmp_path: Path) -> None:
+    """Hours of a chatty client, compressed: 40,000 small frames, each its own TCP segment.
+
+    The session process's RSS must stay flat (it crept up ~70 kB per 3,000 frames, without
+    end, while every read allocated READ_SIZE and shrank it).
+    """
+    server = ServerProcess(tmp_path, {"keepalive": {"ping_interval": 600.0}}).start()
+    try:
+        mark = len(server.lines)
+        client = connect(server, "chatty")
+        client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        match = re.search(r"pid (\d+)", server.wait_for_log(r"session \S+ from \S+: pid",
+                                                             start=mark))
+        assert match
+        pid = int(match.group(1))
+
+        def chat(frames: int) -> None:
+            for i in range(frames):
+                client.send_raw(pack({"type": "ping", "token": i}))
+                if i % 500 == 499:  # read the pongs now and then
+                    assert client.call({"type": "ping", "token": "sync"})["type"] == "pong"
+                    client.backlog.clear()
+
+        chat(4000)  # warm-up: allocator pools, buffers at their working size
+        before = soak.smaps_kb(pid)
+        chat(40000)
+        after = soak.smaps_kb(pid)
+        assert before is not None and after is not None
+        growth = after["Rss"] - before["Rss"]
+        print(f"\nsession RSS {before['Rss']} -> {after['Rss']} kB over 40,000 frames "
+              f"(PSS {before['Pss']} -> {after['Pss']} kB)")
+        assert growth < 400, growth
+    finally:
+        server.stop()
