@@ -216,7 +216,7 @@ def test_flood_is_throttled_then_disconnected_and_others_carry_on(start: Any) ->
                 per_flooder[m["from"]] = per_flooder.get(m["from"], 0) + 1
         msg_rounds = {r["nick"] for r in rounds if r["kind"] == "msg"}
         assert set(per_flooder) == msg_rounds, (per_flooder, msg_rounds)
-        assert all(20 <= n <= 30 for n in per_flooder.values()), per_flooder
+        assert all(20 <= n <= 40 for n in per_flooder.values()), per_flooder
         streams.append(ids)
     assert streams[0] == streams[1], "two members of one room saw different streams"
     print(f"\nping RTT before flood: median {statistics.median(quiet) * 1e3:.2f} ms, "
