@@ -26,6 +26,7 @@ log = logging.getLogger("chatd.session")
 READ_SIZE = 262144  # from the parent: a burst of deliveries in one call
 CLIENT_READ_SIZE = 16384  # from the client: requests are small
 IOV_MAX = 512
+CPU_GRACE = 5  # CPU seconds between SIGXCPU and the kernel's SIGKILL
 EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
 HEADER = ENVELOPE.size
 unpack_header = ENVELOPE.unpack_from
@@ -46,6 +47,20 @@ def close_inherited(keep: set[int]) -> None:
     os.closerange(low, max(low, resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
 
 
+class ResourceLimit(Exception):
+    """The session process hit a resource limit; `limit` names the setting."""
+
+    def __init__(self, limit: str) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+
+def _on_sigxcpu(signum: int, frame: object) -> None:
+    # Raising (not recording) is deliberate: a process over its CPU budget may be stuck
+    # in a loop that never returns to ours. The hard limit still kills it if this fails.
+    raise ResourceLimit("max_cpu_seconds")
+
+
 def prepare(config: Config, keep: set[int], session_id: str) -> None:
     """Fork hygiene, done first thing in the new process."""
     # Whatever the parent built is ours only to read: keep the collector off its pages.
@@ -62,13 +77,21 @@ def prepare(config: Config, keep: set[int], session_id: str) -> None:
     limits = [(resource.RLIMIT_NOFILE, config.max_files)]
     if config.max_memory_mb:
         limits.append((resource.RLIMIT_AS, config.max_memory_mb << 20))
-    if config.max_cpu_seconds:
-        limits.append((resource.RLIMIT_CPU, config.max_cpu_seconds))
     for which, value in limits:
         _soft, hard = resource.getrlimit(which)
         if hard != resource.RLIM_INFINITY:
             value = min(value, hard)
         resource.setrlimit(which, (value, hard))
+    if config.max_cpu_seconds:
+        # The soft limit sends SIGXCPU, which ends the session with an error frame; the
+        # kernel kills at the hard limit, CPU_GRACE seconds later, if that does not work.
+        _soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        soft = config.max_cpu_seconds
+        cap = soft + CPU_GRACE
+        if hard != resource.RLIM_INFINITY:
+            soft, cap = min(soft, hard), min(cap, hard)
+        signal.signal(signal.SIGXCPU, _on_sigxcpu)
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, cap))
 
 
 def tune_client_socket(sock: socket.socket, config: Config) -> None:
@@ -187,94 +210,105 @@ def serve(sock: socket.socket, chan: socket.socket, config: Config, session_id: 
     deadline = session.next_deadline()
     client_queue = session.config.client_queue
     log.info("serving %s", peer)
-    while not session.ended:
-        # Always read the parent: its controls (a close order above all) must get through.
-        # What piles up for a client that does not read is bounded below (client_queue).
-        if broker_open:
-            want = EPOLLIN | EPOLLOUT if to_broker.chunks else EPOLLIN
-            if want != chan_mask:
-                ep.modify(cfd, want)
-                chan_mask = want
-        want = EPOLLIN | EPOLLOUT if to_client.chunks else EPOLLIN
-        if want != sock_mask:
-            ep.modify(sfd, want)
-            sock_mask = want
-        timeout = deadline - monotonic()
-        events = ep.poll(3600.0 if timeout > 3600.0 else timeout if timeout > 0.0 else 0.0)
-        now = monotonic()
-        fed = now >= deadline  # the Session has something to do (or to be told)
-        for fd, ev in events:
-            if fd == sfd:
-                if sock_mask & EPOLLOUT and ev & ~EPOLLIN and not _send(to_client, sock):
-                    client_open = False
-                    session.client_closed()
-                    fed = True
-                if ev & ~EPOLLOUT and client_open:
-                    data = _recv_client(sock)
-                    if data:
-                        session.receive_data(data, now)
-                        fed = True
-                    elif data is not None:
+    status = 0
+    try:
+        while not session.ended:
+            # Always read the parent: its controls (a close order above all) must get through.
+            # What piles up for a client that does not read is bounded below (client_queue).
+            if broker_open:
+                want = EPOLLIN | EPOLLOUT if to_broker.chunks else EPOLLIN
+                if want != chan_mask:
+                    ep.modify(cfd, want)
+                    chan_mask = want
+            want = EPOLLIN | EPOLLOUT if to_client.chunks else EPOLLIN
+            if want != sock_mask:
+                ep.modify(sfd, want)
+                sock_mask = want
+            timeout = deadline - monotonic()
+            events = ep.poll(3600.0 if timeout > 3600.0 else timeout if timeout > 0.0 else 0.0)
+            now = monotonic()
+            fed = now >= deadline  # the Session has something to do (or to be told)
+            for fd, ev in events:
+                if fd == sfd:
+                    if sock_mask & EPOLLOUT and ev & ~EPOLLIN and not _send(to_client, sock):
                         client_open = False
                         session.client_closed()
                         fed = True
-            elif fd == cfd:
-                if ev & ~EPOLLOUT:
-                    data = _recv(chan)
-                    if data is None:
-                        pass
-                    elif not data:
+                    if ev & ~EPOLLOUT and client_open:
+                        data = _recv_client(sock)
+                        if data:
+                            session.receive_data(data, now)
+                            fed = True
+                        elif data is not None:
+                            client_open = False
+                            session.client_closed()
+                            fed = True
+                elif fd == cfd:
+                    if ev & ~EPOLLOUT:
+                        data = _recv(chan)
+                        if data is None:
+                            pass
+                        elif not data:
+                            broker_open = False
+                            ep.unregister(cfd)
+                            log.warning("broker gone; waiting %.0fs for it", config.broker_grace)
+                            session.broker_lost(now)
+                            fed = True
+                            continue
+                        elif buffered:
+                            reader.receive_data(data)
+                            for kind, body in reader.envelopes():
+                                if kind == RAW:
+                                    to_client.add(body)
+                                elif kind == CTRL:
+                                    session.control(decode_control(body))
+                                    fed = True
+                            buffered = reader.buffered()
+                        else:
+                            rest = _split(data, to_client)
+                            while rest is not None:
+                                kind, body, tail = rest
+                                if body is None:  # a partial envelope: the reader keeps it
+                                    reader.receive_data(tail)
+                                    buffered = True
+                                    break
+                                if kind == CTRL:
+                                    session.control(decode_control(body))
+                                    fed = True
+                                rest = _split(tail, to_client)
+                    if (chan_mask & EPOLLOUT and ev & ~EPOLLIN and broker_open
+                            and not _send(to_broker, chan)):
                         broker_open = False
                         ep.unregister(cfd)
-                        log.warning("broker gone; waiting %.0fs for it", config.broker_grace)
                         session.broker_lost(now)
                         fed = True
-                        continue
-                    elif buffered:
-                        reader.receive_data(data)
-                        for kind, body in reader.envelopes():
-                            if kind == RAW:
-                                to_client.add(body)
-                            elif kind == CTRL:
-                                session.control(decode_control(body))
-                                fed = True
-                        buffered = reader.buffered()
-                    else:
-                        rest = _split(data, to_client)
-                        while rest is not None:
-                            kind, body, tail = rest
-                            if body is None:  # a partial envelope: the reader keeps it
-                                reader.receive_data(tail)
-                                buffered = True
-                                break
-                            if kind == CTRL:
-                                session.control(decode_control(body))
-                                fed = True
-                            rest = _split(tail, to_client)
-                if (chan_mask & EPOLLOUT and ev & ~EPOLLIN and broker_open
-                        and not _send(to_broker, chan)):
-                    broker_open = False
-                    ep.unregister(cfd)
-                    session.broker_lost(now)
-                    fed = True
-        if fed:
-            session.tick(monotonic())
-            config = session.config
-            client_queue = config.client_queue
-            _drain_session(session, to_client, to_broker)
-            deadline = session.next_deadline()
-        if to_client.chunks and client_open and not _send(to_client, sock):
-            client_open = False
-            session.client_closed()
-            deadline = session.next_deadline()
-        if to_client.size > client_queue and not session.ended:
-            session.fail("slow_consumer", f"over client_queue={client_queue} bytes "
-                         "unread", limit="client_queue")
-            session.drop_pending = True  # the error frame goes next, not after the backlog
+            if fed:
+                session.tick(monotonic())
+                config = session.config
+                client_queue = config.client_queue
+                _drain_session(session, to_client, to_broker)
+                deadline = session.next_deadline()
+            if to_client.chunks and client_open and not _send(to_client, sock):
+                client_open = False
+                session.client_closed()
+                deadline = session.next_deadline()
+            if to_client.size > client_queue and not session.ended:
+                session.fail("slow_consumer", f"over client_queue={client_queue} bytes "
+                             "unread", limit="client_queue")
+                session.drop_pending = True  # the error frame goes next, not after the backlog
+    except (MemoryError, ResourceLimit) as exc:
+        # Over a limit this process alone dies of: free what we can and tell the client.
+        limit = exc.limit if isinstance(exc, ResourceLimit) else "max_memory_mb"
+        session.decoder.clear()
+        to_client.discard()
+        session.to_client.clear()
+        log.error("session over its %s", limit, exc_info=isinstance(exc, MemoryError))
+        session.fail("resource_limit", f"the session process hit its {limit}", limit=limit)
+        status = 1
     ep.close()
     _finish(sock, chan if broker_open else None, session, to_client, to_broker, client_open)
     log.info("session ended: %s", session.ended)
-    return 0
+    return status
 
 
 def _split(data: bytes | memoryview, out: Outbox

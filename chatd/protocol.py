@@ -56,6 +56,7 @@ ERRORS: dict[str, tuple[bool, str]] = {
     "flood": (True, "rate limits exceeded for too long"),
     "shutting_down": (True, "the server is stopping"),
     "server_gone": (True, "the server's broker vanished and did not return"),
+    "resource_limit": (True, "the session process hit a resource limit ('limit' names it)"),
     "internal": (True, "a server bug; the session ends"),
 }
 
@@ -112,6 +113,10 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         return len(self._buf)
+
+    def clear(self) -> None:
+        """Drop what is buffered (the session is ending: free the memory now)."""
+        self._buf = bytearray()
 
     def payloads(self) -> Iterator[bytes]:
         """Yield complete payloads; raise ProtocolError on an oversize header."""

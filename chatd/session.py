@@ -25,7 +25,7 @@ QUIT_REASONS = {
     "ping_timeout": "ping timeout", "handshake_timeout": "handshake timeout",
     "slow_consumer": "slow consumer", "flood": "flooding", "frame_too_large": "bad frame",
     "shutting_down": "server shutting down", "server_gone": "server gone",
-    "internal": "internal error",
+    "resource_limit": "resource limit", "internal": "internal error",
 }
 
 
