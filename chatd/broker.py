@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chatd import protocol as p
+from chatd.channel import CATCHUP, DONE
 from chatd.config import Config
 from chatd.protocol import ProtocolError, pack
 from chatd.store import Store, dm_key, message_map
@@ -88,9 +89,11 @@ class Broker:
         if member is None or member.gone:
             return
         label = None
+        rtype = None
         try:
             req = p.decode_payload(payload)
             label = p.label_of(req)
+            rtype = req["type"]
             p.validate_request(req)
             if member.nick is None and req["type"] not in p.PRE_WELCOME:
                 raise ProtocolError("not_registered")
@@ -102,6 +105,8 @@ class Broker:
             log.exception("broker failed on a request from session %s", member.session)
             self.outbox[sid].append(p.error_frame("internal", label=label))
             self.outbox[sid].append({"c": "close", "code": "internal"})
+        if rtype in CATCHUP:  # answered, whatever the outcome: the session may send more
+            self.outbox[sid].append(DONE)
 
     def _reply(self, member: Member, frame: dict[str, Any], label: Any) -> None:
         if label is not None:

@@ -19,6 +19,10 @@ import msgpack
 
 ENVELOPE = struct.Struct(">BI")
 RAW, CTRL = 0, 1
+# Requests whose replies can be large. The broker follows its answer to each (reply or
+# error) with the DONE control, so a session can keep few of them in flight.
+CATCHUP = frozenset({"join", "history"})
+DONE: dict[str, Any] = {"c": "done"}
 
 
 def encode_items(items: Iterable[bytes | dict[str, Any]]) -> bytes:

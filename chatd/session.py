@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections import deque
 from typing import Any
 
 from chatd import protocol as p
+from chatd.channel import CATCHUP
 from chatd.config import Config
 from chatd.protocol import ProtocolError, pack
 from chatd.ratelimit import TokenBucket
 
 log = logging.getLogger("chatd.session")
 FLOOD_PAUSE = 10.0
+# join/history replies can each be up to max_frame; with this many in flight at most, a
+# reconnect that re-joins 50 busy rooms at once cannot flood its own queues (and be
+# ended as a slow consumer for it). The broker answers each with a `done` control.
+CATCHUP_WINDOW = 4
 BUCKET_OF = {"msg": "msg", "join": "history", "history": "history"}
 QUIT_REASONS = {
     "ping_timeout": "ping timeout", "handshake_timeout": "handshake timeout",
@@ -49,6 +55,10 @@ class Session:
             "history": TokenBucket(config.history_rate, config.history_burst, now),
             "cmd": TokenBucket(config.cmd_rate, config.cmd_burst, now),
         }
+        self.catchup_inflight = 0
+        self.held: deque[tuple[str, bytes]] = deque()  # requests waiting, in order
+        self.catchup_inflight = 0
+        self.held: deque[tuple[str, bytes]] = deque()  # requests waiting, in order
         self.strikes = 0
         self.last_strike = 0.0
         self.handshake_deadline: float | None = now + config.handshake_timeout
@@ -94,9 +104,10 @@ class Session:
             elif not self.hello_sent and rtype not in p.PRE_WELCOME:
                 raise ProtocolError("not_registered")
             log.debug("request %s", rtype)
-            self.to_broker.append(self._canonical(req, rtype))
-            if rtype == "quit":
+            if rtype == "quit":  # leaving: what still waits will never be answered
+                self.held.clear()
                 self.ended = "quit"
+            self._forward(rtype, self._canonical(req, rtype))
         except ProtocolError as exc:
             if self._allow("cmd", label, now):
                 self.to_client.append(p.error_from(exc, label))
@@ -109,6 +120,26 @@ class Session:
         if label is not None:
             pong["label"] = label
         self.to_client.append(pack(pong))
+
+    def _forward(self, rtype: str, data: bytes) -> None:
+        """To the broker, unless catch-up is at its window: then wait, keeping order."""
+        if self.held or (rtype in CATCHUP and self.catchup_inflight >= CATCHUP_WINDOW):
+            self.held.append((rtype, data))
+            return
+        self._to_broker(rtype, data)
+
+    def _to_broker(self, rtype: str, data: bytes) -> None:
+        if rtype in CATCHUP:
+            self.catchup_inflight += 1
+        self.to_broker.append(data)
+
+    def _release(self) -> None:
+        while self.held:
+            rtype, data = self.held[0]
+            if rtype in CATCHUP and self.catchup_inflight >= CATCHUP_WINDOW:
+                return
+            self.held.popleft()
+            self._to_broker(rtype, data)
 
     @staticmethod
     def _canonical(req: dict[str, Any], rtype: str) -> bytes:
@@ -153,6 +184,10 @@ class Session:
                       limit=ctrl.get("limit"), tell_broker=False)
         elif kind == "config":
             self.reconfigure(self.config.with_values(ctrl["values"]))
+        elif kind == "done":
+            self.catchup_inflight = max(0, self.catchup_inflight - 1)
+            if not self.ended:
+                self._release()
 
     def reconfigure(self, config: Config) -> None:
         self.config = config

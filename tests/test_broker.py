@@ -286,3 +286,13 @@ def test_a_bug_costs_one_session(h: Harness, monkeypatch: pytest.MonkeyPatch) ->
     assert {"c": "close", "code": "internal"} in h.controls[1]
     h.send(2, type="who", room="#x")
     assert h.take(2)[0]["code"] == "no_such_room"
+
+
+def test_every_catch_up_request_is_marked_done_whatever_its_outcome(h: Harness) -> None:
+    h.connect(1, "a")
+    h.send(1, type="join", room="#r")
+    h.send(1, type="join", room="bad name")
+    h.send(1, type="history", room="#none")
+    h.send(1, type="msg", room="#r", text="x")
+    h.send(1, type="rooms")
+    assert [c for c in h.controls[1] if c["c"] == "done"] == [{"c": "done"}] * 3

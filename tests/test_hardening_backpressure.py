@@ -173,3 +173,31 @@ def test_parent_never_blocks_on_a_stopped_session_process(start: Any) -> None:
     wait_until(lambda: proc_stat(pid) is None, timeout=10, message="the resumed process to end")
     frames = victim.wait_closed(timeout=10)
     assert any(f.get("code") == "slow_consumer" and f.get("fatal") for f in frames), frames[-3:]
+
+
+def test_reconnect_catch_up_into_many_busy_rooms_is_not_a_slow_consumer(start: Any) -> None:
+    """A client re-joining 20 rooms with `after` at once gets every history page, even
+    though together they are many times the queue bounds: the session keeps only a few
+    catch-up requests in flight, so only a client that does not read is a slow consumer."""
+    server = start({"limits": {"max_frame": 16384, "max_text": 2000},
+                    "queues": {"child_queue": 65536, "client_queue": 65536},
+                    "rate": {"msg_rate": 1000.0, "msg_burst": 1000}})
+    rooms = [f"#busy{i}" for i in range(20)]
+    writer = connect(server, "writer")
+    for room in rooms:
+        writer.join(room)
+        for n in range(12):
+            writer.say(room, f"{room} {n} " + "x" * 1500)
+    reader = Client(server.host, server.port)
+    reader.hello("reader")
+    labels = [reader.request({"type": "join", "room": room, "after": 0}) for room in rooms]
+    total = 0
+    for label in labels:
+        assert reader.reply(label)["type"] == "joined"
+        page = reader.reply(label)
+        assert page["type"] == "history", page
+        total += len(page["messages"])
+    assert total > 20  # pages cut to max_frame: the rest is fetched with history after
+    ack = writer.say(rooms[0], "still here?")
+    assert reader.wait_type("message", id=ack["id"])["text"] == "still here?"
+    assert not [f for f in reader.backlog if f.get("type") == "error"]

@@ -9,7 +9,7 @@ from frames import decode_all
 
 from chatd.config import Config, parse_settings
 from chatd.protocol import pack
-from chatd.session import Session
+from chatd.session import CATCHUP_WINDOW, Session
 
 
 def make(now: float = 0.0, **settings: Any) -> Session:
@@ -140,7 +140,29 @@ def test_budgets_are_separate_so_catch_up_is_not_throttled() -> None:
     feed(s, type="msg", room="#a", text="x")
     for i in range(50):
         feed(s, type="join", room=f"#r{i}", after=0)
-    assert len(forwarded(s)) == 51 and out(s) == []
+    assert out(s) == []  # no join was refused
+    sent = forwarded(s)
+    while len(sent) < 51:  # the broker answers each join; the next ones follow
+        s.control({"c": "done"})
+        sent += forwarded(s)
+    assert [f["room"] for f in sent[1:]] == [f"#r{i}" for i in range(50)]
+
+
+def test_catch_up_in_flight_is_bounded_and_order_kept() -> None:
+    s = make()
+    welcome(s)
+    for i in range(6):
+        feed(s, type="join", room=f"#r{i}", after=0)
+    feed(s, type="msg", room="#r5", text="after my join")  # must not overtake it
+    feed(s, type="ping", token=1)  # answered locally, never held
+    assert [f["type"] for f in forwarded(s)] == ["join"] * CATCHUP_WINDOW
+    assert out(s) == [{"type": "pong", "token": 1}]
+    s.control({"c": "done"})
+    assert [f.get("room") for f in forwarded(s)] == ["#r4"]
+    s.control({"c": "done"})
+    assert [(f["type"], f["room"]) for f in forwarded(s)] == [("join", "#r5"), ("msg", "#r5")]
+    feed(s, type="quit")  # leaving drops what still waits and goes at once
+    assert forwarded(s) == [{"type": "quit"}]
 
 
 def test_strikes_reset_after_a_pause() -> None:
