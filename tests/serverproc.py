@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 LISTEN_RE = re.compile(r"listening on (\S+):(\d+)")
+SESSION_RE = re.compile(r"session (\S+) from \S+: pid (\d+)")
 
 
 def toml_value(value: Any) -> str:
@@ -222,3 +223,10 @@ def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {message}")
         time.sleep(interval)
+
+
+def newest_session(server: ServerProcess, start: int) -> tuple[str, int]:
+    """(session id, pid) of the first session forked after log line `start`."""
+    match = SESSION_RE.search(server.wait_for_log(SESSION_RE, start=start))
+    assert match
+    return match.group(1), int(match.group(2))

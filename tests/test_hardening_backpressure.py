@@ -13,11 +13,8 @@ from __future__ import annotations
 import re
 import signal
 import socket
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
-
-import pytest
 
 from chatd.protocol import FrameDecoder, decode_payload, pack
 from tests.serverproc import ServerProcess, kill_quietly, proc_stat, wait_until
@@ -26,21 +23,6 @@ from tests.wire import Client, connect
 PAD = "x" * 3000
 SMALL_QUEUES = {"queues": {"child_queue": 4096, "client_queue": 4096},
                 "rate": {"msg_rate": 10000.0, "msg_burst": 10000}}
-
-
-@pytest.fixture
-def start(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    servers: list[ServerProcess] = []
-
-    def start_server(config: dict[str, Any]) -> ServerProcess:
-        data = tmp_path / f"srv{len(servers)}"
-        data.mkdir()
-        servers.append(ServerProcess(data, config).start())
-        return servers[-1]
-
-    yield start_server
-    for server in servers:
-        server.stop()
 
 
 def session_pid(server: ServerProcess, session: str) -> int:

@@ -11,38 +11,14 @@ import select
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from chatd.protocol import FrameDecoder, decode_payload, pack
-from tests.serverproc import ServerProcess, proc_stat, wait_until, write_config
+from tests.serverproc import ServerProcess, newest_session, proc_stat, wait_until, write_config
 from tests.wire import connect
 
 PID_RE = re.compile(r"session (\S+) from \S+: pid (\d+)")
-
-
-@pytest.fixture
-def start(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    servers: list[ServerProcess] = []
-
-    def start_server(config: dict[str, Any]) -> ServerProcess:
-        data = tmp_path / f"srv{len(servers)}"
-        data.mkdir()
-        servers.append(ServerProcess(data, config).start())
-        return servers[-1]
-
-    yield start_server
-    for server in servers:
-        server.stop()
-
-
-def newest_session(server: ServerProcess, start: int) -> tuple[str, int]:
-    match = PID_RE.search(server.wait_for_log(PID_RE, start=start))
-    assert match
-    return match.group(1), int(match.group(2))
 
 
 def hello_and_join(server: ServerProcess, nick: str, room: str) -> socket.socket:

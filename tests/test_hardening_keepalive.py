@@ -16,39 +16,16 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.serverproc import ServerProcess, kill_quietly, proc_stat, wait_until
+from tests.serverproc import ServerProcess, kill_quietly, newest_session, proc_stat, wait_until
 from tests.wire import Client, connect
 
 PING = {"keepalive": {"ping_interval": 0.3, "ping_timeout": 0.3}}
 PID_RE = re.compile(r"session (\S+) from \S+: pid (\d+)")
-
-
-@pytest.fixture
-def start(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    servers: list[ServerProcess] = []
-
-    def start_server(config: dict[str, Any]) -> ServerProcess:
-        data = tmp_path / f"srv{len(servers)}"
-        data.mkdir()
-        servers.append(ServerProcess(data, config).start())
-        return servers[-1]
-
-    yield start_server
-    for server in servers:
-        server.stop()
-
-
-def newest_session(server: ServerProcess, start: int) -> tuple[str, int]:
-    """(session id, pid) of the first session forked after log line `start`."""
-    match = PID_RE.search(server.wait_for_log(PID_RE, start=start))
-    assert match
-    return match.group(1), int(match.group(2))
 
 
 def session_of(server: ServerProcess, session: str) -> int:

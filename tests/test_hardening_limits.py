@@ -17,29 +17,12 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.serverproc import ServerProcess, kill_quietly, wait_until, write_config
 from tests.wire import Client, connect
-
-
-@pytest.fixture
-def start(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    servers: list[ServerProcess] = []
-
-    def start_server(config: dict[str, Any]) -> ServerProcess:
-        data = tmp_path / f"srv{len(servers)}"
-        data.mkdir()
-        servers.append(ServerProcess(data, config).start())
-        return servers[-1]
-
-    yield start_server
-    for server in servers:
-        server.stop()
 
 
 def refused(server: ServerProcess, source: str) -> dict[str, Any]:
