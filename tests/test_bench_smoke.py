@@ -88,3 +88,15 @@ def test_human_report_and_text_output() -> None:
     for word in ("deliveries", "latency p50", "server CPU", "loadgen CPU", "memory",
                  "parent fds", "result         OK"):
         assert word in done.stdout
+
+
+def test_targets_say_met_or_by_how_much_and_why() -> None:
+    from chatd.bench import targets
+
+    phase = {"phase": "deliver", "lost": 0, "duplicates": 0, "deliveries_per_second": 500_000,
+             "server_cpu_us_per_delivery": 0.3, "latency_ms": {"p99": 6.0}}
+    cpu, rate = targets({"scenario": "burst", "phases": [phase], "memory": None})
+    assert cpu["met"] and "why" not in cpu
+    assert not rate["met"] and rate["missed_by"] == 2.0 and rate["why"]
+    (p99,) = targets({"scenario": "steady", "phases": [phase], "memory": None})
+    assert not p99["met"] and p99["missed_by"] == 2.0
