@@ -89,12 +89,12 @@ class Session:
             req = p.decode_payload(payload)
             label = p.label_of(req)
             rtype = req["type"]
+            p.validate_request(req)  # also for ping/pong: a bad label or token is an error
             if rtype == "ping":
                 self._send_pong(req, label)
                 return
             if rtype == "pong":
                 return
-            p.validate_request(req)
             if not self._allow(BUCKET_OF.get(rtype, "cmd"), label, now):
                 return
             if rtype == "hello":
@@ -114,9 +114,8 @@ class Session:
 
     def _send_pong(self, req: dict[str, Any], label: Any) -> None:
         pong: dict[str, Any] = {"type": "pong"}
-        token = req.get("token")
-        if isinstance(token, str | int | bytes) and not isinstance(token, bool):
-            pong["token"] = token
+        if "token" in req:  # validated: str, int or bin
+            pong["token"] = req["token"]
         if label is not None:
             pong["label"] = label
         self.to_client.append(pack(pong))

@@ -115,3 +115,10 @@ def test_every_request_type_is_documented() -> None:
     documented = set(re.findall(r"^\| `(\w+)` \| ", doc.split("## 5.")[0].split("## 4.")[1],
                                 re.M))
     assert documented == set(p.SCHEMAS)
+
+
+def test_the_documented_nick_rule_is_the_code_s() -> None:
+    doc = (Path(__file__).parent.parent / "protocol.md").read_text()
+    documented = re.search(r"``(\[A-Za-z_.*?\{0,29\})``", doc)
+    assert documented is not None
+    assert documented.group(1) + r"\Z" == p.NICK_RE.pattern

@@ -212,3 +212,10 @@ def test_garbage_stream_never_raises() -> None:
     for chunk in (b"\x00\x00\x00\x05" + msgpack.packb([1, 2]) + b"\xff", b"\x00" * 9):
         s.receive_data(chunk, 0.0)
     assert all(f["type"] == "error" for f in out(s))
+
+
+def test_ping_with_a_bad_label_or_token_is_an_error_like_any_request() -> None:
+    s = make()
+    feed(s, type="ping", token=1.5)
+    feed(s, type="ping", token=1, label=[1])
+    assert [f["code"] for f in out(s)] == ["wrong_type", "wrong_type"]
