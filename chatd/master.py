@@ -26,6 +26,7 @@ from chatd import channel, child, logsetup
 from chatd.broker import Broker
 from chatd.config import Config, ConfigError, diff, load_file
 from chatd.protocol import FrameDecoder, ProtocolError, error_frame
+from chatd.session import QUIT_REASONS
 from chatd.store import Store
 
 log = logging.getLogger("chatd.master")
@@ -208,8 +209,8 @@ class Master:
     def _kick(self, kid: Child, code: str, why: str, limit: str | None = None) -> None:
         """Tell a session process to end with `code`; it gets nothing else from us."""
         log.warning("ending session %s (pid %d): %s", kid.session, kid.pid, why)
-        reason = code.replace("_", " ")
         if kid.attached:
+            reason = QUIT_REASONS.get(code, code.replace("_", " "))
             self.broker.detach(kid.sid, reason, now_ms(), code=code)
             kid.attached = False
         kid.out.discard()
@@ -431,8 +432,7 @@ class Master:
         self.listeners.clear()
         self._retire_spares()
         for kid in list(self.by_sid.values()):
-            kid.attached = False  # no quit notices: everyone is leaving
-            self.broker.detach(kid.sid, "server shutting down", now_ms(), code="shutting_down")
+            # Kicked sessions get nothing more, so nobody hears the others' quit notices.
             self._kick(kid, "shutting_down", "server shutting down")
             self._flush(kid)
 
