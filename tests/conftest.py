@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.serverproc import ServerProcess
+from serverproc import ServerProcess
+from wire import Client, connect
 
 
 @pytest.fixture
@@ -24,3 +24,12 @@ def start(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield start_server
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def bob(server: ServerProcess) -> Iterator[Client]:
+    """A plain protocol client in #general, on the module's `server`."""
+    client = connect(server, "bob")
+    client.join("#general")
+    yield client
+    client.close()

@@ -143,14 +143,6 @@ def app(server: ServerProcess, tmp_path: Path) -> Iterator[AppRunner]:
     runner.close()
 
 
-@pytest.fixture
-def bob(server: ServerProcess) -> Iterator[Client]:
-    client = connect(server, "bob")
-    client.join("#general")
-    yield client
-    client.close()
-
-
 def test_typing_a_message_delivers_it(app: AppRunner, bob: Client) -> None:
     app.type("hello from the app" + ENTER)
     got = bob.wait_type("message", room="#general", text="hello from the app")

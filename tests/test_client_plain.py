@@ -50,14 +50,6 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     srv.stop()
 
 
-@pytest.fixture
-def bob(server: ServerProcess) -> Iterator[Client]:
-    client = connect(server, "bob")
-    client.join("#general")
-    yield client
-    client.close()
-
-
 class LineReader:
     """Collects a subprocess's output lines on a thread; waits with a deadline."""
 

@@ -16,9 +16,10 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from serverproc import ServerProcess, kill_quietly, proc_stat, wait_until
+from wire import Client, connect
+
 from chatd.protocol import FrameDecoder, decode_payload, pack
-from tests.serverproc import ServerProcess, kill_quietly, proc_stat, wait_until
-from tests.wire import Client, connect
 
 PAD = "x" * 3000
 SMALL_QUEUES = {"queues": {"child_queue": 4096, "client_queue": 4096},

@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from serverproc import ServerProcess, newest_session, proc_stat, wait_until, write_config
+from wire import connect
+
 from chatd.protocol import FrameDecoder, decode_payload, pack
-from tests.serverproc import ServerProcess, newest_session, proc_stat, wait_until, write_config
-from tests.wire import connect
 
 PID_RE = re.compile(r"session (\S+) from \S+: pid (\d+)")
 

@@ -20,9 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
-from tests.serverproc import ServerProcess, kill_quietly, newest_session, proc_stat, wait_until
-from tests.wire import Client, connect
+from serverproc import ServerProcess, kill_quietly, newest_session, proc_stat, wait_until
+from wire import Client, connect
 
 PING = {"keepalive": {"ping_interval": 0.3, "ping_timeout": 0.3}}
 PID_RE = re.compile(r"session (\S+) from \S+: pid (\d+)")

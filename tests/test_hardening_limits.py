@@ -21,8 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.serverproc import ServerProcess, kill_quietly, wait_until, write_config
-from tests.wire import Client, connect
+from serverproc import ServerProcess, kill_quietly, wait_until, write_config
+from wire import Client, connect
 
 
 def refused(server: ServerProcess, source: str) -> dict[str, Any]:

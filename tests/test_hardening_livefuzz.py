@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+from serverproc import ServerProcess, wait_until
+from test_fuzz import server_frames
+from wire import connect
 
 from chatd import protocol as p
 from chatd.protocol import HEADER, pack
-from tests.serverproc import ServerProcess, wait_until
-from tests.test_fuzz import server_frames
-from tests.wire import connect
 
 SEED = 20261121
 CONNECTIONS = 8

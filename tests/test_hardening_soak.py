@@ -17,11 +17,11 @@ import socket
 from pathlib import Path
 
 import pytest
+from serverproc import ServerProcess
+from wire import connect
 
 from chatd.protocol import pack
 from tests import soak
-from tests.serverproc import ServerProcess
-from tests.wire import connect
 
 SECONDS = float(os.environ.get("CHATD_SOAK_SECONDS", "120"))
 
