@@ -298,9 +298,14 @@ class Broker:
         drop messages from the far end of the page and say `more` (the client pages on
         from the last or first id it got). At least one message goes, so paging advances."""
         msgs = [message_map(r) for r in rows]
-        frame: dict[str, Any] = {"type": "history", **where, "messages": [], "more": True}
+        frame: dict[str, Any] = {"type": "history", **where, "messages": msgs, "more": more}
         if label is not None:
             frame["label"] = label
+        data = pack(frame)
+        if len(data) - p.HEADER.size <= self.config.max_frame:  # the usual case: it fits
+            self.outbox[member.sid].append(data)
+            return
+        frame.update(messages=[], more=True)
         # payload of the empty reply, plus room for the array header to grow (1 -> 5 bytes)
         budget = self.config.max_frame - (len(pack(frame)) - p.HEADER.size) - 4
         order = msgs if keep_oldest else msgs[::-1]
