@@ -49,6 +49,7 @@ class ServerProcess:
         self.port = 0
         self.lines: list[str] = []
         self._cond = threading.Condition()
+        self._drained = False  # the server closed its stderr (exited)
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self, timeout: float = 15.0, port_from_log: bool = True) -> ServerProcess:
@@ -89,6 +90,9 @@ class ServerProcess:
             with self._cond:
                 self.lines.append(line.rstrip("\n"))
                 self._cond.notify_all()
+        with self._cond:
+            self._drained = True
+            self._cond.notify_all()
 
     def wait_for_log(self, pattern: str | re.Pattern[str], timeout: float = 10.0,
                      start: int = 0) -> str:
@@ -100,14 +104,10 @@ class ServerProcess:
                     if regex.search(line):
                         return line
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self.proc and self.proc.poll() is not None
-                                      and not self._more_coming()):
+                if remaining <= 0 or self._drained:  # the log ended: no line will come
                     raise AssertionError(f"no log line matching {regex.pattern!r}; log:\n"
                                          + "\n".join(self.lines[-60:]))
                 self._cond.wait(min(remaining, 0.2))
-
-    def _more_coming(self) -> bool:
-        return False
 
     @property
     def pid(self) -> int:
