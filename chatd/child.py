@@ -120,6 +120,10 @@ class Outbox:
             self.chunks.append(chunk)
             self.size += len(chunk)
 
+    def clear(self) -> None:
+        """Drop everything (the peer is gone)."""
+        self.chunks, self.offset, self.size = [], 0, 0
+
     def discard(self) -> None:
         """Drop all but a partly sent head, so the stream stays frame-aligned."""
         keep = self.chunks[:1] if self.offset else []
@@ -374,7 +378,7 @@ def _send(box: Outbox, sock: socket.socket) -> bool:
         box.send(sock)
         return True
     except OSError:
-        box.chunks, box.size, box.offset = [], 0, 0
+        box.clear()
         return False
 
 

@@ -197,8 +197,8 @@ class Master:
     def _flush(self, kid: Child) -> None:
         try:
             kid.out.send(kid.chan)
-        except OSError:
-            kid.out.discard()
+        except OSError:  # the session process is gone; its channel's EOF cleans up
+            kid.out.clear()
             return
         writing = bool(kid.out.chunks)
         if writing != kid.writing:
