@@ -299,7 +299,6 @@ def serve(sock: socket.socket, chan: socket.socket, config: Config, session_id: 
             if to_client.size > client_queue and not session.ended:
                 session.fail("slow_consumer", f"over client_queue={client_queue} bytes "
                              "unread", limit="client_queue")
-                session.drop_pending = True  # the error frame goes next, not after the backlog
     except (MemoryError, ResourceLimit) as exc:
         # Over a limit this process alone dies of: free what we can and tell the client.
         limit = exc.limit if isinstance(exc, ResourceLimit) else "max_memory_mb"

@@ -177,8 +177,6 @@ class Session:
             self.nick, self.rooms = ctrl.get("nick"), list(ctrl.get("rooms", []))
         elif kind == "close":
             code = ctrl.get("code", "internal")
-            if code == "slow_consumer":
-                self.drop_pending = True
             self.fail(code if code in p.ERRORS else "internal", ctrl.get("message", ""),
                       limit=ctrl.get("limit"), tell_broker=False)
         elif kind == "config":
@@ -233,6 +231,8 @@ class Session:
         if self.ended:  # one ending only: a fatal error is always the last frame
             return
         extra = {"limit": limit} if limit else {}
+        if code == "slow_consumer":  # the client is behind: the error goes next, not last
+            self.drop_pending = True
         self.to_client.append(p.error_frame(code, message, **extra))
         if tell_broker:
             self._end(code, QUIT_REASONS.get(code, code.replace("_", " ")))
