@@ -74,9 +74,6 @@ class Broker:
             self._leave_all(member, reason, now)
             self._remember(member.session, code or "closed", reason)
 
-    def sessions_from(self, ip: str) -> int:
-        return sum(1 for m in self.members.values() if m.ip == ip)
-
     def drain(self) -> defaultdict[int, list[Item]]:
         out, self.outbox = self.outbox, defaultdict(list)
         return out
