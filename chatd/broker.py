@@ -30,7 +30,6 @@ REMEMBERED_ENDINGS = 4096
 class Member:
     sid: int
     session: str
-    ip: str
     nick: str | None = None
     rooms: set[str] = field(default_factory=set)
     gone: bool = False
@@ -63,8 +62,8 @@ class Broker:
 
     # ---- session lifetime (called by the parent's loop) ----
 
-    def attach(self, sid: int, session: str, ip: str) -> None:
-        self.members[sid] = Member(sid, session, ip)
+    def attach(self, sid: int, session: str) -> None:
+        self.members[sid] = Member(sid, session)
 
     def detach(self, sid: int, reason: str, now: int, code: str = "") -> None:
         """The session's channel is gone: leave everything, tell the rooms."""

@@ -352,7 +352,7 @@ class Master:
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         kid.handler = lambda _chan, mask: self._channel(kid, mask)
         self.sel.register(ours, selectors.EVENT_READ, kid.handler)
-        self.broker.attach(sid, session, ip)
+        self.broker.attach(sid, session)
         log.info("session %s from %s: pid %d (%d sessions)", session, ip, pid,
                  len(self.children))
 

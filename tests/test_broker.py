@@ -21,8 +21,8 @@ class Harness:
         self.frames: dict[int, list[dict[str, Any]]] = {}
         self.controls: dict[int, list[dict[str, Any]]] = {}
 
-    def connect(self, sid: int, nick: str | None = None, ip: str = "10.0.0.1") -> None:
-        self.broker.attach(sid, f"sess{sid}", ip)
+    def connect(self, sid: int, nick: str | None = None) -> None:
+        self.broker.attach(sid, f"sess{sid}")
         if nick:
             self.send(sid, type="hello", version=1, nick=nick)
             assert self.take(sid)[-1]["type"] == "welcome"

@@ -367,7 +367,7 @@ def run_broker_ops(ops: list[tuple[str, int, Any]]) -> None:
     fx = BrokerFixture()
     broker = fx.broker
     for sid in (1, 2):
-        broker.attach(sid, f"s{sid}", "127.0.0.1")
+        broker.attach(sid, f"s{sid}")
         broker.receive(sid, packable({"type": "hello", "version": 1, "nick": f"u{sid}"}), fx.now)
         broker.receive(sid, packable({"type": "join", "room": "#a"}), fx.now)
     for kind, sid, arg in ops:
@@ -375,7 +375,7 @@ def run_broker_ops(ops: list[tuple[str, int, Any]]) -> None:
         if kind in ("req", "raw"):
             broker.receive(sid, arg, fx.now)
         elif kind == "attach" and sid not in broker.members:
-            broker.attach(sid, f"s{sid}-{fx.now}", "127.0.0.1")
+            broker.attach(sid, f"s{sid}-{fx.now}")
         elif kind == "detach":
             broker.detach(sid, "connection lost", fx.now)
         check_broker_consistency(broker)
