@@ -7,13 +7,13 @@ The connection feeds every decoded frame to `Core.receive()` and sends whatever 
 from __future__ import annotations
 
 import itertools
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from chatd.protocol import VERSION, ProtocolError, check_text, nick_key
 
 from . import commands as cmd
+from .clock import SYSTEM, Clock
 from .model import SERVER, Buffer, Line, Model
 
 Frame = dict[str, Any]
@@ -31,8 +31,9 @@ class Req:
 
 class Core:
     def __init__(self, nick: str, rooms: list[str], last_seen: dict[str, int] | None = None,
-                 scrollback: int = 5000, client_name: str = "chat-client") -> None:
-        self.model = Model(nick, scrollback)
+                 scrollback: int = 5000, client_name: str = "chat-client",
+                 clock: Clock = SYSTEM) -> None:
+        self.model = Model(nick, scrollback, clock)
         self.want_nick = nick
         self.wanted_rooms: list[str] = list(dict.fromkeys(rooms))
         self.saved_last: dict[str, int] = dict(last_seen or {})  # from the state file
@@ -216,7 +217,7 @@ class Core:
         if action:
             frame["action"] = True
         label = self.request(frame, "msg", buf.key)
-        line = Line("action" if action else "message", time.time(), text,
+        line = Line("action" if action else "message", self.model.clock.now(), text,
                     nick=self.model.nick, label=label, state="pending", own=True)
         self.model.add(buf, line)
         if echo:

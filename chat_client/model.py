@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from chatd.protocol import nick_key
+
+from .clock import SYSTEM, Clock
 
 SERVER = "*server*"  # key of the buffer for messages that belong to no room
 DEFAULT_SCROLLBACK = 5000
@@ -134,8 +135,10 @@ def _after(prev: Line, new: Line) -> bool:
 class Model:
     """All buffers plus connection state for the status bar."""
 
-    def __init__(self, nick: str, scrollback: int = DEFAULT_SCROLLBACK) -> None:
+    def __init__(self, nick: str, scrollback: int = DEFAULT_SCROLLBACK,
+                 clock: Clock = SYSTEM) -> None:
         self.nick = nick
+        self.clock = clock  # wall-clock time and zone for stamps and day lines
         self.scrollback = scrollback
         self.buffers: dict[str, Buffer] = {}
         self.current = SERVER
@@ -246,7 +249,7 @@ class Model:
     def note(self, buf: Buffer | None, text: str, kind: str = "info",
              ts: float | None = None) -> Line:
         """A local line (notice, info or error) in buf, default the current buffer."""
-        line = Line(kind, ts if ts is not None else time.time(), text)
+        line = Line(kind, ts if ts is not None else self.clock.now(), text)
         self.add(buf or self.cur, line)
         return line
 

@@ -12,6 +12,7 @@ import threading
 import time
 from typing import TextIO
 
+from .clock import Clock
 from .connection import ConnectFailed, Connection
 from .core import Core
 from .model import Buffer, Line, clean
@@ -19,9 +20,9 @@ from .model import Buffer, Line, clean
 REPLY_TIMEOUT = 30.0  # at end of input, give up waiting for replies after this long
 
 
-def format_line(buf: Buffer, line: Line) -> str:
+def format_line(buf: Buffer, line: Line, clock: Clock) -> str:
     """`HH:MM:SS TARGET BODY`; TARGET is a room, @nick for direct messages, or '*'."""
-    stamp = time.strftime("%H:%M:%S", time.localtime(line.ts))
+    stamp = clock.hms(line.ts)
     target = buf.name if buf.kind == "room" else f"@{buf.name}" if buf.kind == "dm" else "*"
     text = clean(line.text).replace("\n", "\\n")
     if line.kind == "message":
@@ -92,7 +93,7 @@ async def run_plain(core: Core, conn: Connection, stdin: TextIO = sys.stdin,
             what = "not delivered: " if line.state == "failed" else ""
             print(f"chat-client: {what}{clean(line.text)}", file=stderr, flush=True)
         else:
-            print(format_line(buf, line), file=stdout, flush=True)
+            print(format_line(buf, line, core.model.clock), file=stdout, flush=True)
 
     core.model.listeners.append(show)
     conn_task = asyncio.create_task(conn.run())

@@ -5,7 +5,6 @@ Pure functions over the model, so the screen layout is unit-tested without a ter
 
 from __future__ import annotations
 
-import time
 import zlib
 from collections.abc import Iterator
 
@@ -13,6 +12,7 @@ from prompt_toolkit.utils import get_cwidth
 
 from chatd.protocol import nick_key
 
+from .clock import Clock
 from .model import Buffer, Line, clean
 
 Fragments = list[tuple[str, str]]
@@ -27,19 +27,15 @@ def nick_style(nick: str) -> str:
     return "fg:" + PALETTE[zlib.crc32(nick_key(nick).encode()) % len(PALETTE)]
 
 
-def _day(ts: float) -> str:
-    return time.strftime("%a %d %b %Y", time.localtime(ts))
-
-
-def day_row(ts: float, width: int) -> Fragments:
-    label = f" {_day(ts)} "
+def day_row(ts: float, width: int, clock: Clock) -> Fragments:
+    label = f" {clock.day(ts)} "
     side = max(2, (width - get_cwidth(label)) // 2)
     return [("class:day", ("─" * side + label + "─" * side)[: max(width, 1)])]
 
 
-def line_parts(line: Line, mine: str) -> tuple[Fragments, Fragments]:
+def line_parts(line: Line, mine: str, clock: Clock) -> tuple[Fragments, Fragments]:
     """(prefix, body) of one line; continuation rows are indented by the prefix."""
-    stamp = time.strftime("%H:%M", time.localtime(line.ts))
+    stamp = clock.hm(line.ts)
     text = clean(line.text)
     nick = clean(line.nick)
     prefix: Fragments = [("class:time", stamp + " ")]
@@ -127,18 +123,20 @@ def _words(text: str) -> Iterator[str]:
         yield word
 
 
-def rows_for(buf: Buffer, index: int, width: int, mine: str) -> list[Fragments]:
+def rows_for(buf: Buffer, index: int, width: int, mine: str, clock: Clock) -> list[Fragments]:
     """Screen rows for the line at absolute index, including a day-change row above it."""
     pos = index - buf.trimmed
     line = buf.lines[pos]
-    rows = wrap(*line_parts(line, mine), width)
-    before = buf.lines[pos - 1].ts if pos > 0 else time.time()  # top line: vs today
-    if _day(before) != _day(line.ts):
-        rows.insert(0, day_row(line.ts, width))
+    rows = wrap(*line_parts(line, mine, clock), width)
+    # The top line is compared with today: a buffer that starts on another day says so.
+    before = clock.day(buf.lines[pos - 1].ts) if pos > 0 else clock.today()
+    if before != clock.day(line.ts):
+        rows.insert(0, day_row(line.ts, width, clock))
     return rows
 
 
-def visible_rows(buf: Buffer, width: int, height: int, mine: str) -> list[Fragments]:
+def visible_rows(buf: Buffer, width: int, height: int, mine: str,
+                 clock: Clock) -> list[Fragments]:
     """The rows shown: ending at the buffer's bottom line, plus a marker when scrolled."""
     if height <= 0:
         return []
@@ -151,11 +149,11 @@ def visible_rows(buf: Buffer, width: int, height: int, mine: str) -> list[Fragme
     rows: list[Fragments] = []
     index = buf.bottom()
     while index >= buf.trimmed and len(rows) < height:
-        rows[:0] = rows_for(buf, index, width, mine)
+        rows[:0] = rows_for(buf, index, width, mine, clock)
         index -= 1
     below_index = buf.bottom() + 1
     while len(rows) < height and below_index < buf.end:  # scrolled to the very top
-        rows += rows_for(buf, below_index, width, mine)
+        rows += rows_for(buf, below_index, width, mine, clock)
         below_index += 1
     rows = rows[-height:] if len(rows) > height and below_index == buf.bottom() + 1 \
         else rows[:height]
@@ -164,25 +162,27 @@ def visible_rows(buf: Buffer, width: int, height: int, mine: str) -> list[Fragme
     return rows
 
 
-def scroll_target(buf: Buffer, width: int, height: int, mine: str, pages: int) -> int:
+def scroll_target(buf: Buffer, width: int, height: int, mine: str, pages: int,
+                  clock: Clock) -> int:
     """Absolute index of the bottom line one page up (pages < 0) or down (pages > 0)."""
     step = max(1, height - 2)
     index = buf.bottom()
     rows = 0
     if pages < 0:
         while index > buf.trimmed and rows < step:
-            rows += len(rows_for(buf, index, width, mine))
+            rows += len(rows_for(buf, index, width, mine, clock))
             index -= 1
         # Near the top, stop where the first screenful ends, so the bottom line shown is
         # whole and the "below" count is right.
-        above = sum(len(rows_for(buf, i, width, mine)) for i in range(buf.trimmed, index + 1))
+        above = sum(len(rows_for(buf, i, width, mine, clock))
+                    for i in range(buf.trimmed, index + 1))
         while above < height - 1 and index < buf.end - 1:
             index += 1
-            above += len(rows_for(buf, index, width, mine))
+            above += len(rows_for(buf, index, width, mine, clock))
         if above > height - 1 and index > buf.trimmed and index < buf.bottom():
             index -= 1  # that line would not fit whole
         return index
     while index < buf.end - 1 and rows < step:
         index += 1
-        rows += len(rows_for(buf, index, width, mine))
+        rows += len(rows_for(buf, index, width, mine, clock))
     return index

@@ -58,7 +58,7 @@ class MessagesControl(UIControl):
     def create_content(self, width: int, height: int) -> UIContent:
         self.width, self.height = width, height
         try:
-            rows = visible_rows(self.model.cur, width, height, self.model.nick)
+            rows = visible_rows(self.model.cur, width, height, self.model.nick, self.model.clock)
         except Exception as exc:  # a rendering bug must not kill the session
             rows = [[("class:error", f"render error: {type(exc).__name__}: {exc}")]]
         rows = [[] for _ in range(height - len(rows))] + rows  # stick to the bottom
@@ -74,7 +74,8 @@ class MessagesControl(UIControl):
 
     def scroll(self, pages: int) -> None:
         buf = self.model.cur
-        target = scroll_target(buf, self.width, self.height, self.model.nick, pages)
+        target = scroll_target(buf, self.width, self.height, self.model.nick, pages,
+                               self.model.clock)
         buf.scroll_to(target)
 
 
@@ -305,7 +306,7 @@ class ChatUI:
 
     def screen_text(self, width: int = 80, height: int = 24) -> str:
         """The message pane as plain text (for tests and debugging)."""
-        rows = visible_rows(self.model.cur, width, height, self.model.nick)
+        rows = visible_rows(self.model.cur, width, height, self.model.nick, self.model.clock)
         return "\n".join("".join(t for _, t in row).rstrip() for row in rows)
 
 

@@ -258,15 +258,20 @@ def test_ipv6_bracket_address(tmp_path: Path) -> None:
 
 
 def test_plain_format_is_one_line_per_event() -> None:
+    from datetime import UTC
+
+    from chat_client.clock import Clock
     from chat_client.model import Buffer, Line
     from chat_client.plain import format_line
 
+    clock = Clock(zone=UTC)
     room, dm = Buffer("#a", "#a", "room"), Buffer("bob", "Bob", "dm")
-    stamp = time.strftime("%H:%M:%S", time.localtime(1000.0))
-    assert format_line(room, Line("message", 1000.0, "two\nlines\x1b[2J", nick="bob")) == \
+    stamp = "00:16:40"  # 1000 s after the epoch, in UTC
+    assert format_line(room, Line("message", 1000.0, "two\nlines\x1b[2J", nick="bob"), clock) == \
         f"{stamp} #a <bob> two\\nlines\ufffd[2J"
-    assert format_line(room, Line("action", 1000.0, "waves", nick="bob")) == \
+    assert format_line(room, Line("action", 1000.0, "waves", nick="bob"), clock) == \
         f"{stamp} #a * bob waves"
-    assert format_line(dm, Line("message", 1000.0, "hi", nick="Bob")) == f"{stamp} @Bob <Bob> hi"
-    assert format_line(room, Line("notice", 1000.0, "bob joined #a")) == \
+    assert format_line(dm, Line("message", 1000.0, "hi", nick="Bob"), clock) == \
+        f"{stamp} @Bob <Bob> hi"
+    assert format_line(room, Line("notice", 1000.0, "bob joined #a"), clock) == \
         f"{stamp} #a -- bob joined #a"
