@@ -259,9 +259,10 @@ class Model:
             listener(buf, line)
 
     def mentions_me(self, text: str) -> bool:
-        pattern = r"(?<![A-Za-z0-9_\-\[\]\\^{}|`])" + re.escape(self.nick) + \
-            r"(?![A-Za-z0-9_\-\[\]\\^{}|`])"
-        return re.search(pattern, text, re.IGNORECASE) is not None
+        """Does a word of `text` (a run of nick characters) name me? By nick_key, so a
+        look-alike spelling of my nick is a mention too."""
+        me = nick_key(self.nick)
+        return any(nick_key(word) == me for word in _NICK_WORD.findall(text))
 
     def last_seen(self) -> dict[str, dict[str, int]]:
         """Catch-up points to persist: highest id per room and per direct-message peer."""
@@ -274,6 +275,7 @@ class Model:
                 if line.state == "pending"]
 
 
+_NICK_WORD = re.compile(r"[A-Za-z0-9_\-\[\]\\^{}|`]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 

@@ -233,9 +233,18 @@ def check_nick(nick: str) -> str:
     return nick
 
 
+# Look-alike nicks are one nick (protocol.md §3). Unicode TR39's confusables.txt maps these
+# characters of the nick alphabet to a prototype: 0 -> O, 1 I | -> l, m -> rn (no other
+# character of the alphabet has an entry). Nicks are also case-insensitive, and a key must
+# be one equivalence: I is both i (by case) and l (by look), so i and L join that class,
+# and o joins 0/O. The key lower-cases first, then folds each class to one member.
+_SKELETON = str.maketrans({"0": "o", "1": "l", "i": "l", "|": "l", "m": "rn"})
+
+
 def nick_key(nick: str) -> str:
-    """Case-insensitive identity of a nick (nicks are ASCII)."""
-    return nick.lower()
+    """The identity of a nick: nicks with the same key are the same nick for uniqueness,
+    lookup and direct-message history; only the spelling shown differs."""
+    return nick.lower().translate(_SKELETON)
 
 
 def check_room(room: str) -> str:

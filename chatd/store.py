@@ -11,12 +11,14 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from chatd.protocol import nick_key
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id     INTEGER PRIMARY KEY AUTOINCREMENT,
     ts     INTEGER NOT NULL,
     room   TEXT,             -- '#name', or NULL for a direct message
-    dm     TEXT,             -- 'nick1 nick2' (lower-case, sorted) for a direct message
+    dm     TEXT,             -- dm_key(sender, target) for a direct message
     sender TEXT NOT NULL,
     target TEXT,             -- recipient nick of a direct message
     text   TEXT NOT NULL,
@@ -36,8 +38,14 @@ Row = tuple[int, int, str | None, str, str | None, str, int]
 _COLUMNS = "id, ts, room, sender, target, text, action"
 
 
+# PRAGMA user_version: 1 = the dm column holds dm_key() of nick_key() skeletons (before:
+# plain lower case). A change to nick_key needs a step here that re-keys the rows.
+DM_KEYS_VERSION = 1
+
+
 def dm_key(nick_a: str, nick_b: str) -> str:
-    return " ".join(sorted((nick_a.lower(), nick_b.lower())))
+    """The conversation of two nicks, by their keys: look-alike nicks are the same nick."""
+    return " ".join(sorted((nick_key(nick_a), nick_key(nick_b))))
 
 
 def message_map(row: Row) -> dict[str, Any]:
@@ -60,7 +68,21 @@ class Store:
         # fsync per message; the parent commits once per loop iteration.
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        self._rekey_direct_messages()
         self._in_tx = False
+
+    def _rekey_direct_messages(self) -> None:
+        """Re-key direct messages stored under an older nick rule, so no history is lost."""
+        (version,) = self.db.execute("PRAGMA user_version").fetchone()
+        if version >= DM_KEYS_VERSION:
+            return
+        self.db.create_function("dm_key", 2, lambda a, b: dm_key(a or "", b or ""),
+                                deterministic=True)
+        with self.db:  # one transaction: the rows and the version change together
+            self.db.execute("BEGIN")
+            self.db.execute("UPDATE messages SET dm = dm_key(sender, target) "
+                            "WHERE dm IS NOT NULL")
+            self.db.execute(f"PRAGMA user_version = {DM_KEYS_VERSION}")
 
     def _begin(self) -> None:
         if not self._in_tx:
