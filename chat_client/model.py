@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from chatd.protocol import nick_key
+from chatd.protocol import nick_key, safe_text
 
 from .clock import SYSTEM, Clock
 
@@ -276,10 +276,18 @@ class Model:
 
 
 _NICK_WORD = re.compile(r"[A-Za-z0-9_\-\[\]\\^{}|`]+")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
+# The screen must not depend on the server keeping the rules: text from it is shown by
+# the same rule the server enforces (chatd.protocol.safe_text), so a hostile server cannot
+# drive the terminal (escape sequences), reorder a line (bidi controls) or hide text.
 def clean(text: str) -> str:
-    """Text safe to print: control characters (escape sequences) become U+FFFD, a tab a
-    space. The server refuses them too, but the screen must not depend on that."""
-    return _CONTROL.sub("\ufffd", text.replace("\t", "    "))
+    """Message text safe to print: what the rule refuses becomes U+FFFD, a line separator
+    a newline, and a tab four spaces."""
+    return safe_text(text, multiline=True).replace("\t", "    ")
+
+
+def clean_line(text: str) -> str:
+    """A one-line field (nick, room, topic, reason) safe to print: as clean(), and a tab
+    or newline becomes U+FFFD too."""
+    return safe_text(text, multiline=False)

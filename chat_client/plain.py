@@ -15,7 +15,7 @@ from typing import TextIO
 from .clock import Clock
 from .connection import ConnectFailed, Connection
 from .core import Core
-from .model import Buffer, Line, clean
+from .model import Buffer, Line, clean, clean_line
 
 REPLY_TIMEOUT = 30.0  # at end of input, give up waiting for replies after this long
 
@@ -23,12 +23,13 @@ REPLY_TIMEOUT = 30.0  # at end of input, give up waiting for replies after this 
 def format_line(buf: Buffer, line: Line, clock: Clock) -> str:
     """`HH:MM:SS TARGET BODY`; TARGET is a room, @nick for direct messages, or '*'."""
     stamp = clock.hms(line.ts)
-    target = buf.name if buf.kind == "room" else f"@{buf.name}" if buf.kind == "dm" else "*"
+    name, nick = clean_line(buf.name), clean_line(line.nick)  # from the server: untrusted
+    target = name if buf.kind == "room" else f"@{name}" if buf.kind == "dm" else "*"
     text = clean(line.text).replace("\n", "\\n")
     if line.kind == "message":
-        body = f"<{line.nick}> {text}"
+        body = f"<{nick}> {text}"
     elif line.kind == "action":
-        body = f"* {line.nick} {text}"
+        body = f"* {nick} {text}"
     elif line.kind == "error":
         body = f"! {text}"
     else:

@@ -13,7 +13,7 @@ from prompt_toolkit.utils import get_cwidth
 from chatd.protocol import nick_key
 
 from .clock import Clock
-from .model import Buffer, Line, clean
+from .model import Buffer, Line, clean, clean_line
 
 Fragments = list[tuple[str, str]]
 NICK_WIDTH = 12
@@ -37,7 +37,7 @@ def line_parts(line: Line, mine: str, clock: Clock) -> tuple[Fragments, Fragment
     """(prefix, body) of one line; continuation rows are indented by the prefix."""
     stamp = clock.hm(line.ts)
     text = clean(line.text)
-    nick = clean(line.nick)
+    nick = clean_line(line.nick)
     prefix: Fragments = [("class:time", stamp + " ")]
     body: Fragments
     if line.kind == "message":

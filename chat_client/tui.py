@@ -23,7 +23,7 @@ from prompt_toolkit.styles import Style
 from . import commands
 from .connection import Connection, StateStore
 from .core import Core
-from .model import Model, clean
+from .model import Model, clean_line
 from .render import Fragments, scroll_target, visible_rows
 
 STYLE = Style.from_dict({
@@ -164,7 +164,7 @@ class ChatUI:
         self.input = InputBuffer(multiline=False, accept_handler=self._accept)
         input_window = Window(
             BufferControl(self.input, input_processors=[
-                BeforeInput(lambda: [("class:prompt", f"[{clean(self.model.cur.name)}] ")])]),
+                BeforeInput(lambda: [("class:prompt", f"[{clean_line(self.model.cur.name)}] ")])]),
             height=lambda: Dimension(min=1, max=6,
                                      preferred=self.input.document.line_count),
             wrap_lines=True, dont_extend_height=True)
@@ -189,26 +189,26 @@ class ChatUI:
             out.append(("class:status.bad", f"reconnecting in {secs}s"))
         else:
             out.append(("class:status.bad", m.conn_state + "…"))
-        out.append(("class:status", f" │ {clean(m.nick)} │ "))
+        out.append(("class:status", f" │ {clean_line(m.nick)} │ "))
         # Every buffer with its Alt+N number: the current one bold, others with their
         # unread count; a mention or direct message turns the entry red with a '!'.
         for i, b in enumerate(m.order()):
             if b.kind == "server" and b.key != m.current and not b.unread:
                 continue
             if b.key == m.current:
-                out.append(("class:status.cur", f"[{i + 1}:{clean(b.name)}]"))
+                out.append(("class:status.cur", f"[{i + 1}:{clean_line(b.name)}]"))
             elif b.unread:
                 hot = b.mentions > 0
                 mark = f"{b.unread}!" if hot else str(b.unread)
                 out.append(("class:status.hot" if hot else "class:status.act",
-                            f"{i + 1}:{clean(b.name)}({mark})"))
+                            f"{i + 1}:{clean_line(b.name)}({mark})"))
             else:
-                out.append(("class:status.dim", f"{i + 1}:{clean(b.name)}"))
+                out.append(("class:status.dim", f"{i + 1}:{clean_line(b.name)}"))
             out.append(("class:status", " "))
         if m.cur.kind == "room" and not m.cur.joined:
             out.append(("class:status", "│ (not joined)"))
         elif m.cur.kind == "room" and m.cur.topic:
-            out.append(("class:status", f"│ {clean(m.cur.topic)}"))
+            out.append(("class:status", f"│ {clean_line(m.cur.topic)}"))
         return out
 
     # Input

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import struct
+import unicodedata
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,10 +21,6 @@ DEFAULT_MAX_FRAME = 65536
 
 NICK_RE = re.compile(r"[A-Za-z_\[\]\\^{}|`][A-Za-z0-9_\-\[\]\\^{}|`]{0,29}\Z")
 ROOM_RE = re.compile(r"#[a-z0-9_.\-]{1,49}\Z")
-# C0 controls other than TAB and LF, DEL, and C1 controls: they would let one
-# user rewrite another user's terminal.
-_BAD_TEXT_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_BAD_LINE_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 # code -> (fatal, meaning). Fatal errors are followed by the server closing.
 ERRORS: dict[str, tuple[bool, str]] = {
@@ -258,21 +255,121 @@ def check_room(room: str) -> str:
 
 
 def check_text(text: str, max_text: int) -> str:
+    """Message text as the server stores and sends it (line separators become newlines)."""
     if not text.strip():
         raise ProtocolError("text_empty")
     if len(text.encode("utf-8", "surrogatepass")) > max_text:
         raise ProtocolError("text_too_long", f"text is over max_text={max_text} bytes",
                             limit="max_text")
-    if _BAD_TEXT_RE.search(text):
-        raise ProtocolError("invalid_value", "text may not contain control characters "
-                            "other than tab and newline")
+    text = as_newlines(text)
+    refuse_unsafe(text, "text", multiline=True)
     return text
 
 
 def check_line(value: str, field: str, limit: int) -> str:
-    """A single-line free-text field such as a topic or reason."""
+    """A one-line free-text field such as a topic or reason."""
     if len(value) > limit:
         raise ProtocolError("invalid_value", f"{field} is longer than {limit} characters")
-    if _BAD_LINE_RE.search(value.replace("\t", " ")):
-        raise ProtocolError("invalid_value", f"{field} may not contain control characters")
+    refuse_unsafe(value, field, multiline=False)
     return value
+
+
+# ---- Text that cannot fool a reader (protocol.md §3) ----
+# One rule for message text, topics and reasons. The server refuses what breaks it
+# (refuse_unsafe); a client shows it as U+FFFD (safe_text), so a server it does not trust
+# cannot rewrite, reorder or hide anything on its screen either.
+_C0_C1 = "\x00-\x1f\x7f-\x9f"  # control characters: they drive the reader's terminal
+_BIDI = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"  # Bidi_Control: they reorder text
+# Invisible, with no job in text that a reader could see: soft hyphen, Hangul fillers,
+# word joiner and invisible operators, deprecated format controls, BOM, interlinear
+# annotation, shorthand and musical format controls, tags (except in the flags below).
+_INVISIBLE = ("\u00ad\u115f\u1160\u2060-\u2065\u206a-\u206f\u3164\ufeff\uffa0"
+              "\ufff9-\ufffb\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e007f")
+# Zero-width characters that scripts and emoji need between two letters or symbols (ZWNJ
+# in Persian, ZWJ in Indic scripts and emoji sequences, ZWSP between Thai words, CGJ, the
+# Mongolian vowel separator): allowed only between two visible non-ASCII characters.
+_JOINERS = "\u034f\u180e\u200b-\u200d"
+# Variation selectors pick a glyph for the character before them (emoji, CJK): allowed
+# only right after a visible character, so a run of them cannot carry hidden data.
+_SELECTORS = "\u180b-\u180d\u180f\ufe00-\ufe0f\U000e0100-\U000e01ef"
+_SEPARATORS = "\u2028\u2029"  # a line or paragraph separator is a newline
+_HIDDEN = _BIDI + _INVISIBLE + _JOINERS + _SELECTORS + _SEPARATORS
+# The three flags Unicode recommends (RGI) that are spelt with tag characters: U+1F3F4,
+# then the tags of a subdivision code, then CANCEL TAG.
+_FLAG = "\U0001f3f4"
+_FLAG_TAILS = "|".join("".join(chr(0xE0000 + ord(c)) for c in code) + "\U000e007f"
+                       for code in ("gbeng", "gbsct", "gbwls"))
+
+
+def _unsafe_re(controls: str) -> re.Pattern[str]:
+    """Matches each character that breaks the rule, and each tag flag whole (group "flag",
+    not a fault). Every match starts with one character class, so re skips the plain text
+    between them at C speed (this runs on the parent's routing loop for every message)."""
+    refused = f"{controls}{_BIDI}{_INVISIBLE}{_SEPARATORS}"
+    before_joiner = rf"[^\x00-\x9f\s{_BIDI}{_INVISIBLE}{_JOINERS}{_SEPARATORS}]"
+    after_joiner = rf"[^\x00-\x9f\s{_HIDDEN}]"
+    before_selector = rf"[^{_C0_C1}\s{_HIDDEN}]"
+    return re.compile(
+        f"[{refused}{_JOINERS}{_SELECTORS}{_FLAG}](?:"
+        f"(?<={_FLAG})(?P<flag>{_FLAG_TAILS})"  # a flag: its tags are not faults
+        f"|(?<=[{refused}])"
+        f"|(?<=[{_JOINERS}])(?:(?<!{before_joiner}[{_JOINERS}])|(?!{after_joiner}))"
+        f"|(?<!{before_selector}[{_SELECTORS}])(?<=[{_SELECTORS}]))")
+
+
+# Tab and newline are layout in message text (several lines, indentation); a one-line
+# field (topic, reason; nick and room names on a client's screen) takes neither.
+_UNSAFE_TEXT = _unsafe_re(r"\x00-\x08\x0b-\x1f\x7f-\x9f")
+_UNSAFE_LINE = _unsafe_re(_C0_C1)
+# ASCII text (most chat) can only break the rule with a control character: a plain
+# character class finds those several times faster.
+_ASCII_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_ASCII_LINE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _unsafe(text: str, multiline: bool) -> re.Pattern[str]:
+    if text.isascii():
+        return _ASCII_TEXT if multiline else _ASCII_LINE
+    return _UNSAFE_TEXT if multiline else _UNSAFE_LINE
+
+
+_KINDS = ((re.compile(f"[{_C0_C1}]"), "control characters"),
+          (re.compile(f"[{_BIDI}]"), "bidirectional controls (they reorder what readers see)"),
+          (re.compile(f"[{_SEPARATORS}]"), "line separators"),
+          (re.compile(f"[{_INVISIBLE}]"), "invisible characters"),
+          (re.compile(f"[{_JOINERS}]"), "zero-width characters other than between two "
+                                        "visible non-ASCII characters"),
+          (re.compile(f"[{_SELECTORS}]"), "variation selectors other than right after a "
+                                          "visible character"))
+
+
+def as_newlines(text: str) -> str:
+    """Line and paragraph separators as the newline they mean."""
+    return text.replace("\u2028", "\n").replace("\u2029", "\n")
+
+
+def refuse_unsafe(text: str, field: str, *, multiline: bool) -> None:
+    """Raise invalid_value naming the first character that could fool a reader."""
+    for fault in _unsafe(text, multiline).finditer(text):
+        if fault.lastgroup == "flag":
+            continue
+        char = fault.group()
+        kind = next(kind for match, kind in _KINDS if match.match(char))
+        if kind == "control characters":
+            kind += (" other than tab and newline" if multiline else
+                     f", tab and newline included (a {field} is one line)")
+        elif kind == "line separators":
+            kind += f" (a {field} is one line)"
+        name = unicodedata.name(char, "")
+        raise ProtocolError("invalid_value", f"{field} may not contain {kind}: U+"
+                            f"{ord(char):04X}{' ' + name if name else ''} at character "
+                            f"{fault.start() + 1}")
+
+
+def safe_text(text: str, *, multiline: bool) -> str:
+    """What a reader may be shown of untrusted text, by the rule refuse_unsafe enforces:
+    separators as newlines (in multi-line text), every other fault as U+FFFD."""
+    if multiline:
+        text = as_newlines(text)
+    return _unsafe(text, multiline).sub(
+        lambda m: m.group() if m.lastgroup == "flag" else "\ufffd", text)
