@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .protocol import DEFAULT_LIMITS as LIMITS
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -35,30 +37,37 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("limits", "max_sessions", 1000, "sessions in total", 1, 1_000_000),
     Setting("limits", "max_sessions_per_ip", 50, "sessions from one source address", 1,
             1_000_000),
-    Setting("limits", "max_frame", 65536, "largest frame payload in bytes", 1024, 16 << 20),
-    Setting("limits", "max_text", 4000, "largest message text in UTF-8 bytes", 1, 60000),
-    Setting("limits", "max_rooms", 50, "rooms one session may be in", 1, 10000),
-    Setting("history", "page", 200, "most messages per history reply", 1, 5000,
-            attr="history_page"),
-    Setting("history", "on_join", 50, "messages sent after a plain join", 0, 5000,
-            attr="history_on_join"),
-    Setting("keepalive", "ping_interval", 60.0, "seconds of client silence before a ping",
+    Setting("limits", "max_frame", LIMITS["max_frame"], "largest frame payload in bytes",
+            1024, 16 << 20),
+    Setting("limits", "max_text", LIMITS["max_text"], "largest message text in UTF-8 bytes",
+            1, 60000),
+    Setting("limits", "max_rooms", LIMITS["max_rooms"], "rooms one session may be in", 1, 10000),
+    Setting("history", "page", LIMITS["history_page"], "most messages per history reply", 1,
+            5000, attr="history_page"),
+    Setting("history", "on_join", LIMITS["history_on_join"], "messages sent after a plain join",
+            0, 5000, attr="history_on_join"),
+    Setting("keepalive", "ping_interval", LIMITS["ping_interval"],
+            "seconds of client silence before a ping", 0.05, 86400),
+    Setting("keepalive", "ping_timeout", LIMITS["ping_timeout"], "seconds to answer a ping",
             0.05, 86400),
-    Setting("keepalive", "ping_timeout", 30.0, "seconds to answer a ping", 0.05, 86400),
     Setting("keepalive", "handshake_timeout", 10.0, "seconds to a successful hello", 0.05,
             3600),
     Setting("keepalive", "broker_grace", 10.0,
             "seconds a session outlives a vanished parent, waiting for it", 0.0, 3600),
     Setting("keepalive", "tcp_keepalive", 60.0,
             "TCP keepalive idle seconds (probes every third of it, 3 tries)", 1, 86400),
-    Setting("rate", "msg_rate", 5.0, "msg requests per second (steady)", 0.01, 1e9),
-    Setting("rate", "msg_burst", 20, "msg requests in a burst", 1, 1_000_000_000),
-    Setting("rate", "history_rate", 20.0, "join/history requests per second", 0.01, 1e9),
-    Setting("rate", "history_burst", 100, "join/history requests in a burst", 1,
+    Setting("rate", "msg_rate", LIMITS["msg_rate"], "msg requests per second (steady)", 0.01,
+            1e9),
+    Setting("rate", "msg_burst", LIMITS["msg_burst"], "msg requests in a burst", 1,
             1_000_000_000),
-    Setting("rate", "cmd_rate", 5.0, "other requests (and invalid frames) per second",
+    Setting("rate", "history_rate", LIMITS["history_rate"], "join/history requests per second",
             0.01, 1e9),
-    Setting("rate", "cmd_burst", 30, "other requests in a burst", 1, 1_000_000_000),
+    Setting("rate", "history_burst", LIMITS["history_burst"], "join/history requests in a burst",
+            1, 1_000_000_000),
+    Setting("rate", "cmd_rate", LIMITS["cmd_rate"],
+            "other requests (and invalid frames) per second", 0.01, 1e9),
+    Setting("rate", "cmd_burst", LIMITS["cmd_burst"], "other requests in a burst", 1,
+            1_000_000_000),
     Setting("rate", "flood_strikes", 50, "refusals without a 10 s pause before disconnect",
             1, 1_000_000_000),
     Setting("queues", "child_queue", 1 << 20,
@@ -101,18 +110,9 @@ class Config:
         return replace(self, values=values)
 
     def limits(self) -> dict[str, Any]:
-        """The limits a client is told about in welcome."""
+        """The limits a client is told about in welcome (the keys of DEFAULT_LIMITS)."""
         v = self.values
-        return {
-            "max_frame": v["max_frame"], "max_text": v["max_text"],
-            "max_rooms": v["max_rooms"], "history_page": v["history_page"],
-            "history_on_join": v["history_on_join"],
-            "ping_interval": float(v["ping_interval"]),
-            "ping_timeout": float(v["ping_timeout"]),
-            "msg_rate": float(v["msg_rate"]), "msg_burst": v["msg_burst"],
-            "history_rate": float(v["history_rate"]), "history_burst": v["history_burst"],
-            "cmd_rate": float(v["cmd_rate"]), "cmd_burst": v["cmd_burst"],
-        }
+        return {key: type(default)(v[key]) for key, default in LIMITS.items()}
 
 
 class ConfigError(Exception):

@@ -18,8 +18,22 @@ VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 HEADER = struct.Struct(">I")
 DEFAULT_MAX_FRAME = 65536
+# The limits a server states in welcome.limits, with their defaults (protocol.md §7). The
+# server's configuration starts from these; a client falls back on them for any key a
+# server leaves out.
+DEFAULT_LIMITS: dict[str, int | float] = {
+    "max_frame": DEFAULT_MAX_FRAME, "max_text": 4000, "max_rooms": 50, "history_page": 200,
+    "history_on_join": 50, "ping_interval": 60.0, "ping_timeout": 30.0,
+    "msg_rate": 5.0, "msg_burst": 20, "history_rate": 20.0, "history_burst": 100,
+    "cmd_rate": 5.0, "cmd_burst": 30,
+}
 
-NICK_RE = re.compile(r"[A-Za-z_\[\]\\^{}|`][A-Za-z0-9_\-\[\]\\^{}|`]{0,29}\Z")
+# The nick alphabet (regex character classes): any position, and the first (no digit, no
+# '-'). Clients build on these too (mention matching, making a login name a nick).
+NICK_CHARS = r"A-Za-z0-9_\-\[\]\\^{}|`"
+NICK_FIRST = r"A-Za-z_\[\]\\^{}|`"
+MAX_NICK = 30
+NICK_RE = re.compile(rf"[{NICK_FIRST}][{NICK_CHARS}]{{0,{MAX_NICK - 1}}}\Z")
 ROOM_RE = re.compile(r"#[a-z0-9_.\-]{1,49}\Z")
 
 # code -> (fatal, meaning). Fatal errors are followed by the server closing.
