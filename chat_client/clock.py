@@ -1,14 +1,18 @@
-"""The client's one view of wall-clock time: now, and how a timestamp reads locally.
+"""The client's one view of time: wall-clock now and how a timestamp reads locally, plus
+the monotonic clock and the sleep that timers (keepalive, back-off, pacing) run on.
 
 Everything that draws a time or a day line goes through a `Clock`, so tests pin both the
 moment and the zone, and nothing depends on the date the tests run, the machine's time zone
-or its locale (day and month names are the client's own, not strftime's).
+or its locale (day and month names are the client's own, not strftime's). Timers read
+`monotonic()` and wait with `sleep()` from the same object, so a test can run them on a
+fake clock without waiting.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 
@@ -22,10 +26,13 @@ TS_MIN, TS_MAX = 0.0, 253402214400.0 - 86400 * 2  # 1970-01-01 .. 9999-12-29
 
 @dataclass(frozen=True)
 class Clock:
-    """`now()` in seconds since the epoch, and `zone` (None: the system's local zone)."""
+    """`now()` in seconds since the epoch, and `zone` (None: the system's local zone);
+    `monotonic()` and `sleep(seconds)` for timers, which must agree with each other."""
 
     now: Callable[[], float] = field(default=time.time)
     zone: tzinfo | None = None
+    monotonic: Callable[[], float] = field(default=time.monotonic)
+    sleep: Callable[[float], Awaitable[None]] = field(default=asyncio.sleep)
 
     def local(self, ts: float) -> datetime:
         try:
