@@ -8,7 +8,7 @@ import getpass
 import re
 import sys
 
-from chatd.protocol import NICK_RE
+from chatd.protocol import MAX_NICK, NICK_CHARS, NICK_RE
 
 from . import __version__
 from .commands import UsageError, nick_arg, room_arg
@@ -44,9 +44,9 @@ def default_nick() -> str:
         name = getpass.getuser()
     except Exception:
         name = ""
-    nick = re.sub(r"[^A-Za-z0-9_\-\[\]\\^{}|`]", "_", name)[:30]
+    nick = re.sub(f"[^{NICK_CHARS}]", "_", name)[:MAX_NICK]
     if nick and not NICK_RE.match(nick):
-        nick = ("_" + nick)[:30]
+        nick = ("_" + nick)[:MAX_NICK]
     return nick if nick and NICK_RE.match(nick) else "guest"
 
 

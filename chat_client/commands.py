@@ -5,6 +5,7 @@ The /help text is generated from COMMANDS, so usage strings live in one place.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -84,7 +85,9 @@ class Switch:
 Action = Say | Join | Part | Msg | Nick | Topic | Who | Rooms | History | Quit | Help | Switch
 
 DEFAULT_HISTORY = 50
-MAX_HISTORY = 200  # protocol default history_page; the server caps it anyway
+# /history N: the upper bound is the server's history page (welcome.limits), checked by
+# Core; here only the syntax, ASCII digits (int() would take "²" or 5,000 digits and fail).
+_COUNT = re.compile(r"[0-9]{1,9}")
 
 
 def room_arg(arg: str) -> str:
@@ -181,7 +184,7 @@ def _history(rest: str) -> Action:
     words = rest.split()
     if not words:
         return History(DEFAULT_HISTORY)
-    if len(words) != 1 or not words[0].isdigit() or not 1 <= int(words[0]) <= MAX_HISTORY:
+    if len(words) != 1 or not _COUNT.fullmatch(words[0]) or int(words[0]) < 1:
         raise UsageError("usage")
     return History(int(words[0]))
 
@@ -231,7 +234,7 @@ COMMANDS: dict[str, Spec] = {
     "rooms": Spec("/rooms", "list the rooms that have members", _rooms),
     "history": Spec("/history [N]",
                     f"fetch N older messages into this buffer (default {DEFAULT_HISTORY}, "
-                    f"at most {MAX_HISTORY})", _history),
+                    "at most the server's history page)", _history),
     "switch": Spec("/switch ROOM|NICK|N", "switch to a buffer by name or number", _switch),
     "quit": Spec("/quit [REASON]", "disconnect and exit", _quit),
     "help": Spec("/help [COMMAND]", "show this help, or the usage of COMMAND", _help),

@@ -10,14 +10,13 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from chatd.protocol import VERSION, ProtocolError, check_text, nick_key
+from chatd.protocol import DEFAULT_LIMITS, MAX_NICK, VERSION, ProtocolError, check_text, nick_key
 
 from . import commands as cmd
 from .clock import SYSTEM, Clock
 from .model import SERVER, Buffer, Line, Model
 
 Frame = dict[str, Any]
-DEFAULT_LIMITS = {"max_text": 4000, "history_page": 200, "history_on_join": 50}
 
 
 @dataclass
@@ -44,7 +43,7 @@ class Core:
         self._pings: dict[int, float] = {}
         self.registered = False
         self.session: str | None = None
-        self.limits: dict[str, Any] = dict(DEFAULT_LIMITS)
+        self.limits: dict[str, Any] = {}  # welcome.limits as the server last stated them
         self.nick_attempt = 0
         self.stop_reason: str | None = None  # set when retrying cannot help
         self.quitting = False
@@ -52,6 +51,14 @@ class Core:
         self.dirty = False  # last-seen ids changed since the last save
         self.first_room = self.wanted_rooms[0] if self.wanted_rooms else None
         self.hello_nick = nick
+
+    def limit(self, name: str) -> int | float:
+        """A limit from welcome.limits, or the protocol's default when the server did not
+        state it (or stated nonsense)."""
+        value = self.limits.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return value
+        return DEFAULT_LIMITS[name]
 
     # Outgoing
     def request(self, frame: Frame, kind: str, buffer: str | None = None, **extra: Any) -> int:
@@ -189,7 +196,12 @@ class Core:
             case cmd.Rooms():
                 self.request({"type": "rooms"}, "rooms")
             case cmd.History(count):
-                self._older(m.cur, count, quiet=False)
+                page = int(self.limit("history_page"))
+                if count > page:  # the server would cap it silently
+                    self._local_error(f"usage: {cmd.COMMANDS['history'].usage} "
+                                      f"(N at most {page}, the server's history page)")
+                else:
+                    self._older(m.cur, count, quiet=False)
 
     def _local_error(self, text: str) -> None:
         self.model.note(None, text, "error")
@@ -209,7 +221,7 @@ class Core:
         if buf.kind == "room" and not buf.joined:
             return self._local_error(f"not in {buf.key} (/join {buf.key})")
         try:
-            check_text(text, int(self.limits.get("max_text", 4000)))
+            check_text(text, int(self.limit("max_text")))
         except ProtocolError as exc:
             return self._local_error(f"message not sent: {exc.message}")
         frame: Frame = {"type": "msg", "text": text}
@@ -314,7 +326,7 @@ class Core:
                 # Often our own previous session, not yet timed out: take a variant now
                 # and reclaim the wanted nick later (see tick()).
                 self.nick_attempt += 1
-                alt = (self.want_nick[:29 - self.nick_attempt] + "_" * self.nick_attempt)
+                alt = self.want_nick[:MAX_NICK - 1 - self.nick_attempt] + "_" * self.nick_attempt
                 m.note(m.buffers[SERVER], f"nick {self.hello_nick} is taken, trying {alt}",
                        "notice")
                 self._hello(alt)
@@ -413,7 +425,7 @@ class Core:
                 buf.context_fetched = True
                 # A caught-up buffer after a restart shows only what was missed: add a
                 # little older context, like a plain join would.
-                want = int(self.limits.get("history_on_join", 50)) - buf.message_count()
+                want = int(self.limit("history_on_join")) - buf.message_count()
                 if req.extra.get("after") and want > 0:
                     self._older(buf, want, quiet=True)
         elif req.kind == "older" and not req.extra.get("quiet"):

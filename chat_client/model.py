@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from chatd.protocol import nick_key, safe_text
+from chatd.protocol import NICK_CHARS, nick_key, safe_text
 
 from .clock import SYSTEM, Clock
 
@@ -275,7 +275,7 @@ class Model:
                 if line.state == "pending"]
 
 
-_NICK_WORD = re.compile(r"[A-Za-z0-9_\-\[\]\\^{}|`]+")
+_NICK_WORD = re.compile(f"[{NICK_CHARS}]+")
 
 
 # The screen must not depend on the server keeping the rules: text from it is shown by

@@ -51,10 +51,10 @@ class Pacer:
 
     @property
     def burst(self) -> float:
-        return max(1.0, float(self.core.limits.get("msg_burst", 20)) * 0.5)
+        return max(1.0, float(self.core.limit("msg_burst")) * 0.5)
 
     async def wait(self) -> None:
-        rate = (float(self.core.limits.get("msg_rate", 5.0)) or 5.0) * 0.8
+        rate = float(self.core.limit("msg_rate")) * 0.8
         burst = self.burst
         while True:
             now = time.monotonic()

@@ -71,7 +71,8 @@ def test_parse(line: str, action: c.Action) -> None:
         ("/rooms extra", "usage: /rooms"),
         ("/history 0", "usage: /history"),
         ("/history lots", "usage: /history"),
-        ("/history 201", "usage: /history"),
+        ("/history \u00b2", "usage: /history"),  # a digit to isdigit(), not to int()
+        ("/history " + "9" * 5000, "usage: /history"),
         ("/help nope", "no such command"),
         ("/switch", "usage: /switch"),
         ("/topic " + "x" * 301, "longer than 300"),

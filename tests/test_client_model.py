@@ -152,12 +152,13 @@ def test_last_seen_is_the_highest_id_per_room() -> None:
 
 # Core (protocol logic) ----------------------------------------------------------------
 
-def welcome(core: Core, nick: str = "alice") -> list[dict[str, Any]]:
+def welcome(core: Core, nick: str = "alice",
+            limits: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     core.connected()
     hello = core.take_outbox()
     assert hello[0]["type"] == "hello" and hello[0]["version"] == 1
     core.receive({"type": "welcome", "version": 1, "nick": nick, "session": "s1",
-                  "label": hello[0]["label"], "limits": {"max_text": 100}})
+                  "label": hello[0]["label"], "limits": limits or {"max_text": 100}})
     return core.take_outbox()
 
 
@@ -357,6 +358,21 @@ def test_history_command_fetches_older_messages_into_the_buffer() -> None:
                   "more": False, "label": frame["label"]})
     assert ids(core.model.cur) == [3, 7, 10, 20]
     assert core.model.cur.lines[-1].text == "fetched 2 older message(s)"
+
+
+def test_history_count_is_bounded_by_the_servers_page_from_welcome() -> None:
+    core = Core("alice", ["#a"])
+    join_reply(core, welcome(core)[0], [msg(10)])  # welcome.limits without history_page
+    core.execute_line("/history 201")  # over the protocol's default page (200)
+    assert core.take_outbox() == []
+    assert core.model.cur.lines[-1].text.startswith("usage: /history")
+    assert core.failures == 1
+    core.execute_line("/history 200")
+    assert core.take_outbox()[0]["limit"] == 200
+    core.disconnected("restarted with a bigger page")
+    join_reply(core, welcome(core, limits={"history_page": 500})[0], [])
+    core.execute_line("/history 300")
+    assert [(f["type"], f["limit"]) for f in core.take_outbox()] == [("history", 300)]
 
 
 def test_part_closes_the_buffer_and_forgets_the_room() -> None:
