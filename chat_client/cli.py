@@ -12,8 +12,10 @@ from chatd.protocol import MAX_NICK, NICK_CHARS, NICK_RE
 
 from . import __version__
 from .commands import UsageError, nick_arg, room_arg
-from .connection import Connection, StateStore, state_dir
+from .connection import Connection
 from .core import Core
+from .store import StateStore, state_dir
+from .stream import TCPOpener
 
 DEFAULT_PORT = 7777
 DEFAULT_ROOM = "#general"
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         if plain:
             from .plain import run_plain
 
-            conn = Connection(host, port, core, store, first_failure_fatal=True)
+            conn = Connection(TCPOpener(host, port), core, store, first_failure_fatal=True)
             return asyncio.run(run_plain(core, conn))
         from .tui import run_tui
 

@@ -14,6 +14,7 @@ from chatd.protocol import DEFAULT_LIMITS, MAX_NICK, VERSION, ProtocolError, che
 
 from . import commands as cmd
 from .clock import SYSTEM, Clock
+from .lifecycle import HelloRefused
 from .model import SERVER, Buffer, Line, Model
 
 Frame = dict[str, Any]
@@ -45,7 +46,7 @@ class Core:
         self.session: str | None = None
         self.limits: dict[str, Any] = {}  # welcome.limits as the server last stated them
         self.nick_attempt = 0
-        self.stop_reason: str | None = None  # set when retrying cannot help
+        self.refused: HelloRefused | None = None  # set when retrying cannot help
         self.quitting = False
         self.failures = 0  # requests the server refused (plain mode's exit status)
         self.dirty = False  # last-seen ids changed since the last save
@@ -301,8 +302,6 @@ class Core:
         self.session = f.get("session") if isinstance(f.get("session"), str) else None
         if isinstance(f.get("limits"), dict):
             self.limits.update(f["limits"])
-        m.conn_state = "connected"
-        m.retry_at = None
         server = m.buffers[SERVER]
         m.note(server, f"connected as {m.nick}", "notice")
         if f.get("motd"):
@@ -331,7 +330,7 @@ class Core:
                        "notice")
                 self._hello(alt)
                 return
-            self.stop_reason = f"{code}: {text}"
+            self.refused = HelloRefused(code, text)
         buf = m.get(req.buffer) if req else None
         if req is not None and req.kind == "msg":
             line = buf.find_label(f["label"]) if buf else None

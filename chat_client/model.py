@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from chatd.protocol import NICK_CHARS, nick_key, safe_text
 
 from .clock import SYSTEM, Clock
+from .lifecycle import ConnState
 
 SERVER = "*server*"  # key of the buffer for messages that belong to no room
 DEFAULT_SCROLLBACK = 5000
@@ -142,8 +143,8 @@ class Model:
         self.scrollback = scrollback
         self.buffers: dict[str, Buffer] = {}
         self.current = SERVER
-        self.conn_state = "connecting"  # connecting | connected | reconnecting | closed
-        self.retry_at: float | None = None  # time.monotonic() of the next attempt
+        self.conn_state = ConnState.CONNECTING  # the Connection's, for the status bar
+        self.retry_at: float | None = None  # clock.monotonic() of the next attempt
         self.lag_ms: float | None = None
         self.alerts = 0  # bells not rung yet
         self.known_rooms: set[str] = set()

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-import time
+from collections.abc import Callable
 from typing import TextIO
 
 from .clock import Clock
-from .connection import ConnectFailed, Connection
+from .connection import Connection
 from .core import Core
+from .lifecycle import ConnectionEnded
 from .model import Buffer, Line, clean, clean_line
 
 REPLY_TIMEOUT = 30.0  # at end of input, give up waiting for replies after this long
@@ -46,8 +47,9 @@ class Pacer:
 
     def __init__(self, core: Core) -> None:
         self.core = core
+        self.clock = core.model.clock
         self.tokens = self.burst
-        self.stamp = time.monotonic()
+        self.stamp = self.clock.monotonic()
 
     @property
     def burst(self) -> float:
@@ -57,13 +59,13 @@ class Pacer:
         rate = float(self.core.limit("msg_rate")) * 0.8
         burst = self.burst
         while True:
-            now = time.monotonic()
+            now = self.clock.monotonic()
             self.tokens = min(burst, self.tokens + (now - self.stamp) * rate)
             self.stamp = now
             if self.tokens >= 1:
                 self.tokens -= 1
                 return
-            await asyncio.sleep((1 - self.tokens) / rate)
+            await self.clock.sleep((1 - self.tokens) / rate)
 
 
 def _stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None],
@@ -76,12 +78,14 @@ def _stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | Non
         loop.call_soon_threadsafe(queue.put_nowait, None)
 
 
-async def _wait_for(pred: object, conn_task: asyncio.Task[None], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not pred():  # type: ignore[operator]
-        if conn_task.done() or time.monotonic() > deadline:
+async def _wait_for(core: Core, pred: Callable[[], bool], conn_task: asyncio.Task[None],
+                    timeout: float) -> bool:
+    clock = core.model.clock
+    deadline = clock.monotonic() + timeout
+    while not pred():
+        if conn_task.done() or clock.monotonic() > deadline:
             return False
-        await asyncio.sleep(0.02)
+        await clock.sleep(0.02)
     return True
 
 
@@ -115,7 +119,7 @@ async def run_plain(core: Core, conn: Connection, stdin: TextIO = sys.stdin,
             text = raw.rstrip("\r\n")
             if not text.strip():
                 continue
-            if not await _wait_for(lambda: core.ready, conn_task, 3600):
+            if not await _wait_for(core, lambda: core.ready, conn_task, 3600):
                 break
             if not text.startswith("/") or text.startswith("//"):
                 pacer = pacer or Pacer(core)
@@ -125,7 +129,8 @@ async def run_plain(core: Core, conn: Connection, stdin: TextIO = sys.stdin,
             if core.quitting:
                 break
         # Every request answered (messages acknowledged) before we leave.
-        await _wait_for(lambda: core.ready and not core.busy(), conn_task, REPLY_TIMEOUT)
+        await _wait_for(core, lambda: core.ready and not core.busy(), conn_task,
+                        REPLY_TIMEOUT)
         if not conn_task.done():
             if core.busy():
                 core.failures += 1
@@ -136,12 +141,9 @@ async def run_plain(core: Core, conn: Connection, stdin: TextIO = sys.stdin,
             conn_task.cancel()
         try:
             await conn_task
-        except ConnectFailed as exc:
+        except ConnectionEnded as exc:  # never connected, or refused: retrying cannot help
             print(f"chat-client: {exc}", file=stderr, flush=True)
             return 1
         except asyncio.CancelledError:
             pass
-    if core.stop_reason:
-        print(f"chat-client: {core.stop_reason}", file=stderr, flush=True)
-        return 1
     return 1 if core.failures else 0

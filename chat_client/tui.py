@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from typing import Any
 
 from prompt_toolkit.application import Application
@@ -21,10 +20,13 @@ from prompt_toolkit.output import Output
 from prompt_toolkit.styles import Style
 
 from . import commands
-from .connection import Connection, StateStore
+from .connection import Connection
 from .core import Core
+from .lifecycle import ConnState
 from .model import Model, clean_line
 from .render import Fragments, scroll_target, visible_rows
+from .store import StateStore
+from .stream import TCPOpener
 
 STYLE = Style.from_dict({
     "time": "fg:ansibrightblack",
@@ -181,14 +183,15 @@ class ChatUI:
     def status(self) -> Fragments:
         m = self.model
         out: Fragments = [("class:status", " ")]
-        if m.conn_state == "connected":
+        if m.conn_state is ConnState.CONNECTED:
             lag = f" · lag {m.lag_ms:.0f} ms" if m.lag_ms is not None else ""
             out.append(("class:status.ok", "connected" + lag))
-        elif m.conn_state == "reconnecting" and m.retry_at is not None:
-            secs = max(0, round(m.retry_at - time.monotonic()))
+        elif m.conn_state is ConnState.RECONNECTING and m.retry_at is not None:
+            secs = max(0, round(m.retry_at - m.clock.monotonic()))
             out.append(("class:status.bad", f"reconnecting in {secs}s"))
-        else:
-            out.append(("class:status.bad", m.conn_state + "…"))
+        else:  # the handshake is part of connecting, for the user
+            word = "connecting" if m.conn_state is ConnState.HANDSHAKE else m.conn_state.value
+            out.append(("class:status.bad", word + "…"))
         out.append(("class:status", f" │ {clean_line(m.nick)} │ "))
         # Every buffer with its Alt+N number: the current one bold, others with their
         # unread count; a mention or direct message turns the entry red with a '!'.
@@ -315,7 +318,7 @@ async def run_tui(core: Core, host: str, port: int, store: StateStore | None,
                   ui_ready: Any = None, **conn_opts: Any) -> int:
     """Run the full-screen client until /quit, Ctrl-C or Ctrl-D."""
     ui = ChatUI(core, input, output)
-    conn = Connection(host, port, core, store, on_change=ui.changed, **conn_opts)
+    conn = Connection(TCPOpener(host, port), core, store, on_change=ui.changed, **conn_opts)
     ui.conn = conn
     conn_task = asyncio.create_task(conn.run())
     if ui_ready is not None:

@@ -20,8 +20,8 @@ from prompt_toolkit.output import DummyOutput
 from serverproc import ServerProcess
 from wire import Client, connect
 
-from chat_client.connection import StateStore
 from chat_client.core import Core
+from chat_client.store import StateStore
 from chat_client.tui import ChatUI, run_tui
 
 FAST: dict[str, Any] = {"rate": {

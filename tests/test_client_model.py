@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chat_client.core import Core
+from chat_client.lifecycle import HelloRefused
 from chat_client.model import SERVER, Buffer, Line, Model
 
 
@@ -284,7 +285,9 @@ def test_invalid_nick_at_hello_stops() -> None:
     (hello,) = core.take_outbox()
     core.receive({"type": "error", "code": "unsupported_version", "message": "no",
                   "fatal": False, "label": hello["label"], "supported": [2]})
-    assert core.stop_reason and "unsupported_version" in core.stop_reason
+    assert isinstance(core.refused, HelloRefused) and not core.refused.retry
+    assert core.refused.code == "unsupported_version"
+    assert "unsupported_version" in str(core.refused)
 
 
 def test_direct_messages_open_a_buffer_for_the_peer() -> None:

@@ -18,6 +18,8 @@ from serverproc import ServerProcess, kill_quietly
 from test_client_app import AppRunner
 from wire import Client, connect
 
+from chat_client.lifecycle import ConnState
+
 CONFIG: dict[str, Any] = {
     "rate": {"msg_rate": 100000.0, "msg_burst": 100000, "history_rate": 100000.0,
              "history_burst": 100000, "cmd_rate": 100000.0, "cmd_burst": 100000},
@@ -84,9 +86,9 @@ def test_killed_session_catches_up_without_gap_or_duplicate(server: ServerProces
         mine = bob.wait_type("message", text="mine before")["id"]
         (alice_child,) = set(server.children()) - before
         kill_quietly(alice_child, signal.SIGKILL)  # the connection dies with its process
-        app.wait(lambda: app.core.model.conn_state != "connected", "noticed the loss")
+        app.wait(lambda: app.core.model.conn_state is not ConnState.CONNECTED, "noticed the loss")
         gap = send(bob, "#general", [f"during {i}" for i in range(11)])
-        app.wait(lambda: app.core.model.conn_state == "connected" and app.core.ready,
+        app.wait(lambda: app.core.model.conn_state is ConnState.CONNECTED and app.core.ready,
                  "reconnected", timeout=20)
         after = send(bob, "#general", [f"after {i}" for i in range(3)])
         wait_ids(app, first + [mine] + gap + after)
@@ -116,7 +118,8 @@ def test_server_restart_mid_conversation(data_dir: Path, tmp_path: Path) -> None
         wait_ids(app, first_b, "#b")
         bob.close()
         assert srv.stop() == 0
-        app.wait(lambda: app.core.model.conn_state in ("reconnecting", "connecting"),
+        app.wait(lambda: app.core.model.conn_state in (ConnState.RECONNECTING,
+                                                      ConnState.CONNECTING),
                  "disconnected")
         srv = ServerProcess(data_dir, CONFIG, extra_args=["--port", str(port)]).start()
         bob = connect(srv, "bob")
@@ -125,7 +128,7 @@ def test_server_restart_mid_conversation(data_dir: Path, tmp_path: Path) -> None
         # These may land before or after alice is back: either way exactly once.
         gap = send(bob, "#general", [f"two {i}" for i in range(9)])
         gap_b = send(bob, "#b", ["b two", "b three"])
-        app.wait(lambda: app.core.model.conn_state == "connected", "reconnected", 20)
+        app.wait(lambda: app.core.model.conn_state is ConnState.CONNECTED, "reconnected", 20)
         after = send(bob, "#general", ["three"])
         wait_ids(app, first + gap + after)
         wait_ids(app, first_b + gap_b, "#b")
@@ -179,7 +182,7 @@ def test_lag_is_shown_and_a_dead_server_is_detected(server: ServerProcess,
         app.wait(lambda: "no answer from the server" in app.screen(), "dead server noticed")
         kill_quietly(child)
         stopped = None
-        app.wait(lambda: app.core.model.conn_state == "connected" and app.core.ready,
+        app.wait(lambda: app.core.model.conn_state is ConnState.CONNECTED and app.core.ready,
                  "reconnected", timeout=20)
     finally:
         if stopped is not None:
