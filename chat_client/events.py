@@ -1,0 +1,291 @@
+"""Handlers for what the server sends (sans-I/O): one function per frame type.
+
+`receive()` finds the request a frame answers (by label), then calls the handler from
+HANDLERS, which updates the model and may queue follow-up requests (joins after the
+welcome, the next catch-up page). Unknown types are ignored (protocol §1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from chatd.protocol import nick_key
+
+from .lifecycle import HelloRefused
+from .model import SERVER, Line
+from .requests import Frame, Req
+
+if TYPE_CHECKING:
+    from .core import Core
+
+Handler = Callable[["Core", Frame, "Req | None", float], None]
+
+
+def receive(core: Core, frame: Frame, now: float) -> None:
+    """Apply one server frame. Anything malformed becomes an error line, never a crash."""
+    ftype = frame.get("type")
+    handler = HANDLERS.get(ftype) if isinstance(ftype, str) else None
+    req = core.requests.reply_to(frame)
+    if handler is None:
+        return
+    try:
+        handler(core, frame, req, now)
+    except Exception as exc:  # a bad frame must never take the client down
+        core.model.note(core.model.get(SERVER), f"ignored a bad {ftype!r} frame from the "
+                        f"server ({type(exc).__name__}: {exc})", "error")
+
+
+def _ts(f: Frame) -> float | None:
+    ts = f.get("ts")
+    return ts / 1000 if isinstance(ts, int) else None
+
+
+def _message_line(core: Core, f: Frame) -> Line:
+    kind = "action" if f.get("action") is True else "message"
+    sender = str(f["from"])
+    return Line(kind, f["ts"] / 1000, str(f["text"]), nick=sender, id=int(f["id"]),
+                own=nick_key(sender) == nick_key(core.model.nick))
+
+
+def on_welcome(core: Core, f: Frame, req: Req | None, now: float) -> None:
+    m = core.model
+    core.registered = True
+    m.nick = str(f["nick"])
+    core.session = f.get("session") if isinstance(f.get("session"), str) else None
+    if isinstance(f.get("limits"), dict):
+        core.limits.update(f["limits"])
+    server = m.buffers[SERVER]
+    m.note(server, f"connected as {m.nick}", "notice")
+    if f.get("motd"):
+        m.note(server, str(f["motd"]))
+    prev = f.get("previous")
+    if isinstance(prev, dict) and prev.get("code"):
+        m.note(server, f"previous session ended: {prev.get('code')} "
+               f"{prev.get('message', '')}", "notice")
+    for room in core.wanted_rooms:
+        core.join(room, switch=room == core.first_room and m.current == SERVER)
+    for buf in list(m.buffers.values()):
+        if buf.kind == "dm" and buf.last_id:
+            core.request({"type": "history", "with": buf.name, "after": buf.last_id},
+                         "catchup", buf.key)
+
+
+def on_error(core: Core, f: Frame, req: Req | None, now: float) -> None:
+    m = core.model
+    code, text = str(f.get("code")), str(f.get("message", ""))
+    if req is not None and req.kind == "hello":
+        # Often our own previous session, not yet timed out: take a variant now and
+        # reclaim the wanted nick later (see Core.tick()).
+        alt = core.nick_variant() if code == "nick_taken" else None
+        if alt is not None:
+            m.note(m.buffers[SERVER], f"nick {core.hello_nick} is taken, trying {alt}",
+                   "notice")
+            core.hello(alt)
+            return
+        core.refused = HelloRefused(code, text)
+    buf = m.get(req.buffer) if req else None
+    if req is not None and req.kind == "msg":
+        line = buf.find_label(f["label"]) if buf else None
+        if line is not None and buf is not None:
+            line.state = "failed"
+            m.updated(buf, line)
+    if req is not None and req.kind == "join":
+        room = req.extra.get("room")
+        if room in core.wanted_rooms and code in ("invalid_room", "too_many_rooms"):
+            core.wanted_rooms.remove(room)
+    if req is not None and req.kind == "nick" and req.extra.get("quiet"):
+        return  # reclaiming our nick; it is still taken
+    if req is not None:
+        core.failures += 1
+    fatal = " (the server closes the connection)" if f.get("fatal") is True else ""
+    target = buf or (m.buffers[SERVER] if req is None else None)
+    m.note(target, f"error {code}: {text}{fatal}", "error")
+    if fatal and target is not m.cur:
+        m.note(None, f"error {code}: {text}{fatal}", "error")
+
+
+def on_ack(core: Core, f: Frame, req: Req | None, now: float) -> None:
+    if req is None:
+        return
+    buf = core.model.get(req.buffer)
+    line = buf.find_label(f["label"]) if buf else None
+    if buf is None or line is None:
+        return
+    buf.acked(line, int(f["id"]), f["ts"] / 1000)
+    if buf.kind == "room":
+        core.dirty = True
+    core.model.updated(buf, line)
+
+
+def on_message(core: Core, f: Frame, req: Req | None, now: float) -> None:
+    m = core.model
+    if "room" in f:
+        buf = m.room(str(f["room"]))
+    else:
+        sender, to = str(f["from"]), str(f["to"])
+        peer = to if nick_key(sender) == nick_key(m.nick) else sender
+        buf = m.dm(peer)
+    if m.add(buf, _message_line(core, f)) and buf.kind == "room":
+        core.dirty = True
+
+
+def on_joined(core: Core, f: Frame, req: Req | None, now: float) -> None:
+    m = core.model
+    room = str(f["room"])
+    buf = m.room(room)
+    first = not buf.lines
+    buf.joined = True
+    buf.topic = str(f.get("topic") or "")
+    buf.members = {nick_key(n): n for n in f.get("members", []) if isinstance(n, str)}
+    if room not in core.wanted_rooms:
+        core.wanted_rooms.append(room)
+    if first:
+        m.note(buf, f"you joined {room}" + (f"; topic: {buf.topic}" if buf.topic else ""),
+               "notice")
+    else:
+        m.note(buf, f"rejoined {room}", "notice")
+    if req is not None and req.extra.get("switch"):
+        m.switch(room)
+
+
+def on_history(core: Core, f: Frame, req: Req | None, now: float) -> None:
+    m = core.model
+    buf = m.room(str(f["room"])) if "room" in f else m.dm(str(f["with"]))
+    got = 0
+    # Messages missed while away are news; backlog shown on a plain join is not.
+    new = req is not None and (req.kind == "catchup" or bool(req.extra.get("after")))
+    for msg in f.get("messages", []):
+        if isinstance(msg, dict) and m.add(buf, _message_line(core, msg), new):
+            got += 1
+    if got and buf.kind == "room":
+        core.dirty = True
+    if req is None:
+        return
+    if req.kind in ("join", "catchup"):
+        # `more` after a join with `after` (or a catch-up page) means newer messages
+        # wait; after a plain join it only says older ones exist (/history gets them).
+        forward = req.kind == "catchup" or bool(req.extra.get("after"))
+        if forward and f.get("more") is True and f.get("messages"):
+            frame: Frame = {"type": "history", "after": int(f["messages"][-1]["id"])}
+            frame["room" if buf.kind == "room" else "with"] = \
+                buf.key if buf.kind == "room" else buf.name
+            core.request(frame, "catchup", buf.key)
+        elif buf.kind == "room" and not buf.context_fetched:
+            buf.context_fetched = True
+            # A caught-up buffer after a restart shows only what was missed: add a
+            # little older context, like a plain join would.
+            want = int(core.limit("history_on_join")) - buf.message_count()
+            if req.extra.get("after") and want > 0:
+                core.older(buf, want, quiet=True)
+    elif req.kind == "older" and not req.extra.get("quiet"):
+        m.note(buf, f"fetched {got} older message(s)" + ("" if got else ": none left"))
+
+
+def on_parted(core: Core, f: Frame, req: Req | None, now: float) -> None:
+    room = str(f["room"])
+    if room in core.wanted_rooms:
+        core.wanted_rooms.remove(room)
+    core.saved_last.pop(room, None)  # a later /join starts afresh, not from here
+    core.model.close(room)
+    core.model.note(core.model.get(SERVER), f"you left {room}", "notice")
+
+
+def on_rooms(core: Core, f: Frame, req: Req | None, now: float) -> None:
+    m = core.model
+    rooms = [r for r in f.get("rooms", []) if isinstance(r, dict)]
+    m.known_rooms.update(str(r.get("room")) for r in rooms)
+    m.note(None, f"{len(rooms)} room(s):")
+    for r in rooms:
+        topic = f" - {r.get('topic')}" if r.get("topic") else ""
+        m.note(None, f"  {r.get('room')} ({r.get('members')}){topic}")
+
+
+def on_members(core: Core, f: Frame, req: Req | None, now: float) -> None:
+    room, members = str(f["room"]), [str(n) for n in f.get("members", [])]
+    buf = core.model.get(room)
+    if buf is not None and buf.joined:
+        buf.members = {nick_key(n): n for n in members}
+    core.model.note(None, f"{room}: {len(members)} member(s): {', '.join(members)}")
+
+
+def on_topic(core: Core, f: Frame, req: Req | None, now: float) -> None:
+    m = core.model
+    room, topic = str(f["room"]), str(f.get("topic") or "")
+    buf = m.get(room)
+    if buf is not None:
+        buf.topic = topic
+    if req is not None and req.extra.get("query"):
+        by = f" (set by {f['by']})" if f.get("by") else ""
+        m.note(None, f"topic of {room}: {topic or '(none)'}{by}")
+    elif buf is not None:
+        who = f.get("by") or "someone"
+        text = f"{who} set the topic: {topic}" if topic else f"{who} cleared the topic"
+        m.note(buf, text, "notice", _ts(f))
+
+
+def on_join(core: Core, f: Frame, req: Req | None, now: float) -> None:
+    buf = core.model.get(str(f["room"]))
+    if buf is not None:
+        nick = str(f["nick"])
+        buf.members[nick_key(nick)] = nick
+        core.model.note(buf, f"{nick} joined {buf.key}", "notice", _ts(f))
+
+
+def _left(core: Core, f: Frame, verb: str) -> None:
+    buf = core.model.get(str(f["room"]))
+    if buf is not None:
+        nick = str(f["nick"])
+        buf.members.pop(nick_key(nick), None)
+        reason = f" ({f['reason']})" if f.get("reason") else ""
+        core.model.note(buf, f"{nick} {verb} {buf.key}{reason}", "notice", _ts(f))
+
+
+def on_part(core: Core, f: Frame, req: Req | None, now: float) -> None:
+    _left(core, f, "left")
+
+
+def on_quit(core: Core, f: Frame, req: Req | None, now: float) -> None:
+    _left(core, f, "quit")
+
+
+def on_nick(core: Core, f: Frame, req: Req | None, now: float) -> None:
+    m = core.model
+    old, new = str(f["old"]), str(f["new"])
+    if "room" not in f:  # our own change
+        m.nick = new
+        if req is not None and req.kind == "nick":
+            core.want_nick = new
+        for buf in m.buffers.values():
+            if buf.kind != "dm":
+                m.note(buf, f"you are now known as {new}", "notice", _ts(f))
+        return
+    buf = m.get(str(f["room"]))
+    if buf is not None:
+        buf.members.pop(nick_key(old), None)
+        buf.members[nick_key(new)] = new
+        m.note(buf, f"{old} is now known as {new}", "notice", _ts(f))
+    dm = m.rename_dm(old, new)  # one event per shared room: only the first renames
+    if dm is not None:
+        m.note(dm, f"{old} is now known as {new}", "notice", _ts(f))
+
+
+def on_ping(core: Core, f: Frame, req: Req | None, now: float) -> None:
+    frame: Frame = {"type": "pong"}
+    if "token" in f:
+        frame["token"] = f["token"]
+    core.requests.send_unlabelled(frame)
+
+
+def on_pong(core: Core, f: Frame, req: Req | None, now: float) -> None:
+    lag = core.requests.pong(f.get("token"), now)
+    if lag is not None:
+        core.model.lag_ms = lag
+
+
+HANDLERS: dict[str, Handler] = {
+    "welcome": on_welcome, "error": on_error, "ack": on_ack, "message": on_message,
+    "joined": on_joined, "history": on_history, "parted": on_parted, "rooms": on_rooms,
+    "members": on_members, "topic": on_topic, "join": on_join, "part": on_part,
+    "quit": on_quit, "nick": on_nick, "ping": on_ping, "pong": on_pong,
+}
