@@ -55,7 +55,7 @@ def backoff_delay(attempt: int, base: float = BACKOFF_BASE, cap: float = BACKOFF
 
     The jitter spreads out many clients reconnecting to a restarted server.
     """
-    ceiling = min(cap, base * (2 ** min(attempt, 30)))
+    ceiling = min(cap, base * 2.0 ** min(attempt, 30))
     return ceiling / 2 + rand() * ceiling / 2
 
 
@@ -79,6 +79,7 @@ class Connection:
         self.ended: ConnectionEnded | None = None  # why the last connection ended
         self.welcomed_once = False
         self.closed = asyncio.Event()
+        self._started = False
         self._stream: Stream | None = None
         self._saved_at: float | None = None
         self._pinged_at: float | None = None  # our last keepalive ping
@@ -115,8 +116,9 @@ class Connection:
     async def run(self) -> None:
         """Stay connected until the user quits (returns), or until retrying cannot help
         (raises the ConnectionEnded that says why)."""
-        if self.state is not ConnState.CONNECTING:
-            raise BadTransition("run() called twice")
+        if self._started or self.state is ConnState.CLOSED:
+            raise BadTransition("a Connection runs once")
+        self._started = True
         m = self.core.model
         attempt = 0
         try:

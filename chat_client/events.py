@@ -260,11 +260,11 @@ def on_nick(core: Core, f: Frame, req: Req | None, now: float) -> None:
             if buf.kind != "dm":
                 m.note(buf, f"you are now known as {new}", "notice", _ts(f))
         return
-    buf = m.get(str(f["room"]))
-    if buf is not None:
-        buf.members.pop(nick_key(old), None)
-        buf.members[nick_key(new)] = new
-        m.note(buf, f"{old} is now known as {new}", "notice", _ts(f))
+    room = m.get(str(f["room"]))
+    if room is not None:
+        room.members.pop(nick_key(old), None)
+        room.members[nick_key(new)] = new
+        m.note(room, f"{old} is now known as {new}", "notice", _ts(f))
     dm = m.rename_dm(old, new)  # one event per shared room: only the first renames
     if dm is not None:
         m.note(dm, f"{old} is now known as {new}", "notice", _ts(f))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
@@ -37,8 +37,8 @@ from chat_client.tui import ChatUI
 S = ConnState
 
 
-def run(test: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(test())  # type: ignore[arg-type]
+def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(test())
 
 
 class Rig:
@@ -361,7 +361,8 @@ def test_quit_returns_after_a_bounded_wait_when_the_server_never_closes() -> Non
 
 
 def test_map_exceptions_maps_the_first_matching_type_and_passes_the_rest() -> None:
-    table = {TimeoutError: ConnectTimeout, OSError: ConnectError}
+    table: dict[type[BaseException], type[ConnectionEnded]] = {
+        TimeoutError: ConnectTimeout, OSError: ConnectError}
     with pytest.raises(ConnectTimeout, match="^x: timed out$"), map_exceptions(table, "x: "):
         raise TimeoutError  # a subclass of OSError: the first key wins
     with pytest.raises(ConnectError, match="Connection refused") as info, map_exceptions(table):
