@@ -19,7 +19,7 @@ from chatd import protocol as p
 from chatd.channel import CATCHUP, DONE
 from chatd.config import Config
 from chatd.protocol import ProtocolError, pack
-from chatd.store import Store, dm_key, message_map
+from chatd.store import StorageError, Store, dm_key, message_map
 
 log = logging.getLogger("chatd.broker")
 Item = bytes | dict[str, Any]
@@ -53,6 +53,10 @@ class Broker:
         self.rooms: dict[str, Room] = {}
         self.outbox: defaultdict[int, list[Item]] = defaultdict(list)
         self.endings: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        # Messages stored but not committed yet: (label, ack bytes, message bytes), both
+        # still in the outbox. drain() commits before it hands anything out.
+        self._unsettled: list[tuple[Any, bytes, bytes]] = []
+        store.on_rollback = self._unsend
         self._handlers = {
             "hello": self._hello, "quit": self._quit, "join": self._join,
             "part": self._part, "msg": self._msg, "nick": self._nick,
@@ -74,8 +78,21 @@ class Broker:
             self._remember(member.session, code or "closed", reason)
 
     def drain(self) -> defaultdict[int, list[Item]]:
+        """What may be delivered now: the store has committed everything it acknowledges."""
+        self.store.flush()  # a failure has already taken the acks back (_unsend)
+        self._unsettled.clear()
         out, self.outbox = self.outbox, defaultdict(list)
         return out
+
+    def _unsend(self, error: StorageError) -> None:
+        """The store rolled back messages it had not committed: each ack becomes `error`
+        and the message goes from every queue (nobody has it yet: drain commits first)."""
+        errors = {id(ack): p.error_frame(error.code, error.message, label=label)
+                  for label, ack, _data in self._unsettled}
+        dropped = {id(data) for _label, _ack, data in self._unsettled}
+        for sid, items in list(self.outbox.items()):
+            self.outbox[sid] = [errors.get(id(x), x) for x in items if id(x) not in dropped]
+        self._unsettled.clear()
 
     # ---- requests from a session ----
 
@@ -104,10 +121,12 @@ class Broker:
         if rtype in CATCHUP:  # answered, whatever the outcome: the session may send more
             self.outbox[sid].append(DONE)
 
-    def _reply(self, member: Member, frame: dict[str, Any], label: Any) -> None:
+    def _reply(self, member: Member, frame: dict[str, Any], label: Any) -> bytes:
         if label is not None:
             frame["label"] = label
-        self.outbox[member.sid].append(pack(frame))
+        data = pack(frame)
+        self.outbox[member.sid].append(data)
+        return data
 
     def _fanout(self, room: Room, data: bytes, skip: int = -1) -> None:
         outbox = self.outbox
@@ -214,21 +233,24 @@ class Broker:
             room = self._my_room(member, req["room"])
             msg_id = self.store.add_message(now, nick, text, action, room=room.name)
             ack: dict[str, Any] = {"type": "ack", "id": msg_id, "ts": now, "room": room.name}
-            self._reply(member, ack, label)
-            self._fanout(room, pack({"type": "message", "id": msg_id, "ts": now,
-                                     "room": room.name, "from": nick, "text": text,
-                                     "action": action}))
+            ack_data = self._reply(member, ack, label)
+            data = pack({"type": "message", "id": msg_id, "ts": now, "room": room.name,
+                         "from": nick, "text": text, "action": action})
+            self._fanout(room, data)
+            self._unsettled.append((label, ack_data, data))
             return
         target = self.nicks.get(p.nick_key(p.check_nick(req["to"])))
         if target is None or target.nick is None:
             raise ProtocolError("no_such_nick", f"nobody is called {req['to']!r}")
         msg_id = self.store.add_message(now, nick, text, action, target=target.nick)
-        self._reply(member, {"type": "ack", "id": msg_id, "ts": now, "to": target.nick}, label)
+        ack_data = self._reply(member, {"type": "ack", "id": msg_id, "ts": now,
+                                        "to": target.nick}, label)
         data = pack({"type": "message", "id": msg_id, "ts": now, "to": target.nick,
                      "from": nick, "text": text, "action": action})
         self.outbox[member.sid].append(data)
         if target is not member:
             self.outbox[target.sid].append(data)
+        self._unsettled.append((label, ack_data, data))
 
     def _nick(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
         old = member.nick

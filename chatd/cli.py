@@ -45,10 +45,14 @@ def serve(args: argparse.Namespace) -> int:
                     data_dir=args.data_dir or default_data_dir(),
                     config_file=args.config, log_level=args.log_level, values=values)
     from chatd.master import Master
+    from chatd.store import StoreUnusable
 
     try:
         master = Master(config)
         master.listen()
+    except StoreUnusable as exc:  # one line saying what is wrong, no traceback
+        print(f"chatd: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         logging.getLogger("chatd").error("cannot start: %s", exc)
         return 1

@@ -164,7 +164,8 @@ class Master:
             getattr(self, f"handle_{name.lower()}")()
 
     def _route(self) -> None:
-        """Commit history, then hand the broker's output to the session channels.
+        """Hand the broker's output to the session channels (drain() has committed it:
+        stored before anyone hears of it).
 
         Kicking a slow session makes it leave its rooms, which queues quit notices for
         the others: route again until the broker has nothing more to say.
@@ -173,7 +174,6 @@ class Master:
             outbox = self.broker.drain()
             if not outbox:
                 return
-            self.store.flush()  # stored before anyone hears of it
             limit = self.config.child_queue
             # A room's members get the same frames: encode each distinct queue once.
             encoded: dict[object, bytes] = {}

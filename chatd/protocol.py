@@ -59,6 +59,8 @@ ERRORS: dict[str, tuple[bool, str]] = {
     "no_such_nick": (False, "nobody online uses this nick"),
     "too_many_rooms": (False, "joining would exceed max_rooms"),
     "rate_limited": (False, "request dropped: over a rate limit"),
+    "storage_unavailable": (False, "the server could not store or read it (disk full, "
+                            "database read-only or damaged); nothing was stored"),
     "server_full": (True, "max_sessions reached"),
     "too_many_connections": (True, "max_sessions_per_ip reached"),
     "handshake_timeout": (True, "no successful hello within handshake_timeout"),

@@ -1,18 +1,33 @@
 """SQLite history and room topics, owned by the parent process only.
 
-Writes happen inside one open transaction that the parent's loop commits
-(flush) before it hands any delivery to a child, so nothing is delivered
-that is not stored, and an id is never handed out twice.
+Messages go into one open transaction that the broker commits (flush) before it
+hands any delivery out, so nothing is delivered that is not stored, and an id is
+never handed out twice. A topic is committed at once (topics are rare).
+
+Faults are handled here, in one place: no sqlite3.Error leaves this class. A
+failed call becomes a StorageError (a non-fatal `storage_unavailable` for that
+one request); a failed write also rolls back whatever was pending and tells the
+owner (`on_rollback`) so that no ack or delivery of it goes out. Each kind of
+trouble is logged once, with what to do, and again only as a reminder; writes
+are simply tried again, so service resumes by itself when, say, space returns.
+A database that cannot be used at all at start-up raises StoreUnusable.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chatd.protocol import nick_key
+from chatd.protocol import ProtocolError, nick_key
 
+log = logging.getLogger("chatd.store")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id     INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -33,14 +48,61 @@ CREATE TABLE IF NOT EXISTS topics (
     ts    INTEGER
 );
 """
+BUSY_TIMEOUT = 0.25  # seconds a write waits for another program's lock: the loop waits too
+REMIND_EVERY = 600.0  # seconds between log lines about the same ongoing trouble
 
 Row = tuple[int, int, str | None, str, str | None, str, int]
 _COLUMNS = "id, ts, room, sender, target, text, action"
+
+# SQLite primary result codes -> kind of trouble (sqlite_errorcode holds the extended code).
+_KINDS = {13: "full", 8: "readonly", 14: "readonly", 3: "readonly", 23: "readonly",
+          11: "damaged", 26: "damaged", 5: "locked", 6: "locked"}
+# kind -> (what a client is told, what the operator is told to do)
+_TEXTS = {
+    "full": ("the server's disk is full, try again later",
+             "the disk is full. Messages and topics are refused with storage_unavailable "
+             "until space is freed on that filesystem; "
+             "reads go on, and writes resume by themselves"),
+    "readonly": ("the server's database is read-only",
+                 "it cannot be written. Check the permissions of the file and its directory "
+                 "and whether the filesystem went read-only; writes resume by themselves "
+                 "once it is writable"),
+    "damaged": ("the server's database is damaged",
+                "it is damaged; requests that touch the damaged part get storage_unavailable. "
+                "Stop chatd, check the file with sqlite3 FILE 'PRAGMA integrity_check' and "
+                "restore it from a backup (sqlite3's .recover can save what is readable)"),
+    "locked": ("the server's database is busy, try again",
+               "another program holds a lock on it (an open sqlite3 shell?); writes resume "
+               "when it lets go"),
+    "failed": ("the server's storage failed",
+               "check the disk and the system log; writes are tried again with each request"),
+}
+
+
+class StorageError(ProtocolError):
+    """The database failed (not the peer): the request was not carried out."""
+
+    def __init__(self, kind: str, op: str) -> None:
+        what = "not stored" if op == "write" else "not read"
+        super().__init__("storage_unavailable", f"{what}: {_TEXTS[kind][0]}")
+        self.kind = kind
+
+
+class StoreUnusable(Exception):
+    """The database cannot be opened and written at start-up (one line for the operator)."""
+
+
+@dataclass
+class _Trouble:
+    since: float
+    logged: float
+    failures: int = 1
 
 
 # PRAGMA user_version: 1 = the dm column holds dm_key() of nick_key() skeletons (before:
 # plain lower case). A change to nick_key needs a step here that re-keys the rows.
 DM_KEYS_VERSION = 1
+SCHEMA_VERSION = 1  # the newest step, written at every start-up (a real write, see Store)
 
 
 def dm_key(nick_a: str, nick_b: str) -> str:
@@ -60,16 +122,43 @@ def message_map(row: Row) -> dict[str, Any]:
     return out
 
 
+def _kind(exc: sqlite3.Error, path: str) -> str:
+    code = getattr(exc, "sqlite_errorcode", None)
+    kind = _KINDS.get(code & 0xFF, "failed") if isinstance(code, int) else "failed"
+    if kind == "failed" and path != ":memory:":  # an I/O error is often a full disk too
+        try:
+            if os.statvfs(os.path.dirname(os.path.abspath(path))).f_bavail == 0:
+                kind = "full"
+        except OSError:
+            pass
+    return kind
+
+
 class Store:
     def __init__(self, path: Path | str) -> None:
-        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # WAL + NORMAL survives a crash of the process (not of the machine) without an
-        # fsync per message; the parent commits once per loop iteration.
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
-        self._rekey_direct_messages()
-        self._in_tx = False
+        self.path = str(path)
+        # Called with the error when writes that were not committed yet are rolled back.
+        self.on_rollback: Callable[[StorageError], None] | None = None
+        self._dirty = False  # the open transaction holds writes
+        self._trouble: dict[str, _Trouble] = {}
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None,
+                                      check_same_thread=False, timeout=BUSY_TIMEOUT)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL survives a crash of the process (not of the machine) without an
+            # fsync per message; the broker commits once per loop iteration.
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+            self._rekey_direct_messages()
+            (version,) = self.db.execute("PRAGMA user_version").fetchone()
+        except sqlite3.Error as exc:
+            raise self._unusable(exc) from None
+        try:  # a real write: a read-only file opens without complaint, then refuses
+            self.db.execute(f"PRAGMA user_version = {max(version, SCHEMA_VERSION)}")
+        except sqlite3.Error as exc:
+            if _kind(exc, self.path) != "full":
+                raise self._unusable(exc) from None
+            self._fail(exc, "write")  # a full disk may pass: start, refuse writes, say so
 
     def _rekey_direct_messages(self) -> None:
         """Re-key direct messages stored under an older nick rule, so no history is lost."""
@@ -84,21 +173,93 @@ class Store:
                             "WHERE dm IS NOT NULL")
             self.db.execute(f"PRAGMA user_version = {DM_KEYS_VERSION}")
 
-    def _begin(self) -> None:
-        if not self._in_tx:
-            self.db.execute("BEGIN")
-            self._in_tx = True
+    def _unusable(self, exc: sqlite3.Error) -> StoreUnusable:
+        with_hint = {"full": "the disk is full", "readonly": "is it (or its directory) "
+                     "read-only?", "damaged": "it is damaged or not a chatd database: restore "
+                     "it from a backup or move it away to start with empty history",
+                     "locked": "another program holds a lock on it"}
+        hint = with_hint.get(_kind(exc, self.path), "check the file and the disk")
+        return StoreUnusable(f"cannot use the history database {self.path}: {exc} ({hint})")
 
-    def flush(self) -> None:
-        if self._in_tx:
+    # ---- faults ----
+
+    def _fail(self, exc: sqlite3.Error, op: str) -> StorageError:
+        """Roll back what is pending, tell the owner, log once; returns the error to raise."""
+        lost = self._dirty
+        self._dirty = False
+        if self.db.in_transaction:  # SQLite may have rolled back already (disk full, I/O)
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+        error = StorageError(_kind(exc, self.path), op)
+        self._report(error.kind, exc)
+        if lost and self.on_rollback is not None:
+            self.on_rollback(error)
+        return error
+
+    def _report(self, kind: str, exc: sqlite3.Error) -> None:
+        now = time.monotonic()
+        trouble = self._trouble.get(kind)
+        if trouble is None:
+            self._trouble[kind] = _Trouble(now, now)
+            log.error("history database %s: %s: %s", self.path, exc, _TEXTS[kind][1])
+            return
+        trouble.failures += 1
+        if now - trouble.logged >= REMIND_EVERY:
+            trouble.logged = now
+            log.error("history database %s still failing (%s): %d failed attempts in %.0f s",
+                      self.path, exc, trouble.failures, now - trouble.since)
+
+    def _recovered(self) -> None:
+        """A commit went through: write trouble is over (damage is not healed by that)."""
+        for kind in [k for k in self._trouble if k != "damaged"]:
+            trouble = self._trouble.pop(kind)
+            log.warning("history database %s: writes work again (%s for %.0f s, %d failed "
+                        "attempts)", self.path, kind, time.monotonic() - trouble.since,
+                        trouble.failures)
+
+    def _write(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        try:
+            if not self.db.in_transaction:
+                self.db.execute("BEGIN")
+            cur = self.db.execute(sql, args)
+        except sqlite3.Error as exc:
+            raise self._fail(exc, "write") from None
+        self._dirty = True
+        return cur
+
+    def _read(self, sql: str, args: list[Any] | tuple[Any, ...]) -> list[Any]:
+        self.flush()  # a reply must never show a write that could still be rolled back
+        try:
+            return self.db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise self._fail(exc, "read") from None
+
+    def commit(self) -> None:
+        """Commit pending writes, or raise StorageError (after rolling them back)."""
+        if not self.db.in_transaction:
+            return
+        try:
             self.db.execute("COMMIT")
-            self._in_tx = False
+        except sqlite3.Error as exc:
+            raise self._fail(exc, "write") from None
+        self._dirty = False
+        if self._trouble:
+            self._recovered()
+
+    def flush(self) -> bool:
+        """Commit pending writes; False if they were lost (on_rollback has been told)."""
+        try:
+            self.commit()
+        except StorageError:
+            return False
+        return True
+
+    # ---- messages and topics ----
 
     def add_message(self, ts: int, sender: str, text: str, action: bool, room: str | None = None,
                     target: str | None = None) -> int:
-        self._begin()
         dm = None if room is not None else dm_key(sender, target or "")
-        cur = self.db.execute(
+        cur = self._write(
             "INSERT INTO messages (ts, room, dm, sender, target, text, action) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)", (ts, room, dm, sender, target, text, int(action)))
         assert cur.lastrowid is not None
@@ -111,25 +272,26 @@ class Store:
         where, args = ("room = ?", [room]) if room is not None else ("dm = ?", [dm])
         if after is not None:
             sql = f"SELECT {_COLUMNS} FROM messages WHERE {where} AND id > ? ORDER BY id LIMIT ?"
-            rows = self.db.execute(sql, [*args, after, limit + 1]).fetchall()
+            rows = self._read(sql, [*args, after, limit + 1])
             return rows[:limit], len(rows) > limit
         if before is not None:
             where += " AND id < ?"
             args.append(before)
         sql = f"SELECT {_COLUMNS} FROM messages WHERE {where} ORDER BY id DESC LIMIT ?"
-        rows = self.db.execute(sql, [*args, limit + 1]).fetchall()
+        rows = self._read(sql, [*args, limit + 1])
         more = len(rows) > limit
         return rows[:limit][::-1], more
 
     def set_topic(self, room: str, topic: str, by: str, ts: int) -> None:
-        self._begin()
-        self.db.execute("INSERT OR REPLACE INTO topics VALUES (?, ?, ?, ?)", (room, topic, by, ts))
+        """Store and commit a topic (with any pending messages), or raise StorageError."""
+        self._write("INSERT OR REPLACE INTO topics VALUES (?, ?, ?, ?)", (room, topic, by, ts))
+        self.commit()
 
     def topic(self, room: str) -> tuple[str, str | None, int | None]:
-        row = self.db.execute("SELECT topic, by, ts FROM topics WHERE room = ?",
-                              (room,)).fetchone()
-        return (row[0], row[1], row[2]) if row else ("", None, None)
+        rows = self._read("SELECT topic, by, ts FROM topics WHERE room = ?", (room,))
+        return (rows[0][0], rows[0][1], rows[0][2]) if rows else ("", None, None)
 
     def close(self) -> None:
         self.flush()
-        self.db.close()
+        with contextlib.suppress(sqlite3.Error):  # the final checkpoint may fail: WAL keeps it
+            self.db.close()

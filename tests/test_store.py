@@ -1,0 +1,205 @@
+"""The store and the broker when storage fails: no crash, no ack for what is not stored,
+reads go on, one log line, service back by itself; start-up checks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from frames import decode_all
+from storefaults import damage_page_holding
+
+from chatd.broker import Broker
+from chatd.config import Config, parse_settings
+from chatd.store import StorageError, Store, StoreUnusable
+
+DAY = 86_400_000
+
+
+def full(store: Store) -> None:
+    """Let the database grow no more (SQLite's own limit: a deterministic full disk), and
+    fill the room left in its pages with messages of a room nobody is in."""
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count = {pages}")
+    for size in (1000, 100, 10):
+        try:
+            while True:
+                store.db.execute("INSERT INTO messages (ts, room, sender, text) VALUES "
+                                 "(0, '#pad', 'pad', ?)", ("p" * size,))
+        except sqlite3.OperationalError as exc:
+            assert "full" in str(exc)
+
+
+def roomy(store: Store) -> None:
+    store.db.execute("PRAGMA max_page_count = 1073741823")
+
+
+class CommitFails:
+    """A connection whose COMMIT fails the way a full disk makes it fail (SQLite rolls back
+    itself): the case max_page_count cannot produce, since it fails at INSERT."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.real = db
+        self.broken = True
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.real.in_transaction
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if self.broken and sql == "COMMIT":
+            self.real.execute("ROLLBACK")
+            exc = sqlite3.OperationalError("database or disk is full")
+            exc.sqlite_errorcode = 13  # type: ignore[attr-defined]
+            raise exc
+        return self.real.execute(sql, *args)
+
+
+class Room:
+    """A broker on a file database with alice (sid 1) and bob (sid 2) in #r."""
+
+    def __init__(self, path: Path) -> None:
+        self.store = Store(path)
+        self.broker = Broker(self.store, Config().with_values(parse_settings({})))
+        self.now = 10_000
+        for sid, nick in ((1, "alice"), (2, "bob")):
+            self.broker.attach(sid, f"s{sid}")
+            self.send(sid, type="hello", version=1, nick=nick)
+            self.send(sid, type="join", room="#r")
+        self.frames()
+
+    def send(self, sid: int, **req: Any) -> None:
+        self.now += 1
+        self.broker.receive(sid, msgpack.packb(req), self.now)
+
+    def frames(self) -> dict[int, list[dict[str, Any]]]:
+        out: dict[int, list[dict[str, Any]]] = {}
+        for sid, items in self.broker.drain().items():
+            for item in items:
+                if isinstance(item, dict):
+                    assert item.get("c") != "close", item  # a storage fault ends no session
+                else:
+                    out.setdefault(sid, []).extend(decode_all(item))
+        return out
+
+
+def test_a_full_disk_refuses_the_message_not_the_session_and_heals(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    r = Room(tmp_path / "h.sqlite3")
+    r.send(1, type="msg", room="#r", text="stored", label=1)
+    first = r.frames()
+    assert [f["type"] for f in first[1]] == ["ack", "message"]
+    full(r.store)
+    ((top,),) = r.store.db.execute("SELECT max(id) FROM messages")
+    with caplog.at_level(logging.INFO, "chatd.store"):
+        for n in range(2, 6):
+            r.send(1, type="msg", room="#r", text="x" * 3000, label=n)
+            out = r.frames()
+            (err,) = out[1]
+            assert (err["type"], err["code"], err["fatal"], err["label"]) == \
+                ("error", "storage_unavailable", False, n)
+            assert "disk is full" in err["message"]
+            assert 2 not in out  # bob hears nothing of it
+        r.send(2, type="history", room="#r", label=9)  # reads go on
+        (hist,) = r.frames()[2]
+        assert [m["text"] for m in hist["messages"]] == ["stored"]
+        errors = [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
+        assert len(errors) == 1 and "disk is full" in errors[0].getMessage()
+        roomy(r.store)  # space comes back: nothing to do but send again
+        r.send(1, type="msg", room="#r", text="again", label=10)
+        out = r.frames()
+    assert [f["type"] for f in out[1]] == ["ack", "message"]
+    assert out[1][0]["id"] == top + 1  # refused messages used up no id
+    assert [f["text"] for f in out[2]] == ["again"]
+    assert any("writes work again" in rec.getMessage() for rec in caplog.records)
+
+
+def test_a_failed_commit_takes_back_every_ack_and_delivery_of_the_batch(
+        tmp_path: Path) -> None:
+    r = Room(tmp_path / "h.sqlite3")
+    real = r.store.db
+    r.store.db = CommitFails(real)  # type: ignore[assignment]
+    r.send(1, type="msg", room="#r", text="one", label="a")
+    r.send(2, type="msg", to="alice", text="two", label="b")
+    r.send(2, type="who", room="#r", label="c")  # not a write: its reply stays
+    r.send(1, type="msg", room="#r", text="three", label="d")
+    out = r.frames()
+    assert [(f["type"], f.get("code"), f["label"]) for f in out[1]] == \
+        [("error", "storage_unavailable", "a"), ("error", "storage_unavailable", "d")]
+    assert [(f["type"], f.get("code"), f["label"]) for f in out[2]] == \
+        [("error", "storage_unavailable", "b"), ("members", None, "c")]
+    assert r.store.db.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
+    r.store.db.broken = False  # type: ignore[attr-defined]
+    r.send(1, type="msg", room="#r", text="four", label="e")
+    out = r.frames()
+    assert [f["type"] for f in out[1]] == ["ack", "message"] and out[1][0]["id"] == 1
+
+
+def test_a_read_never_shows_a_message_that_is_then_rolled_back(tmp_path: Path) -> None:
+    r = Room(tmp_path / "h.sqlite3")
+    r.store.db = CommitFails(r.store.db)  # type: ignore[assignment]
+    r.send(1, type="msg", room="#r", text="doomed", label=1)
+    r.send(2, type="history", room="#r", label=2)
+    out = r.frames()
+    assert out[1][0]["code"] == "storage_unavailable"
+    (hist,) = out[2]
+    assert hist["type"] == "history" and hist["messages"] == []
+
+
+def test_a_topic_that_cannot_be_stored_changes_nothing(tmp_path: Path) -> None:
+    r = Room(tmp_path / "h.sqlite3")
+    r.store.db = CommitFails(r.store.db)  # type: ignore[assignment]
+    r.send(1, type="topic", room="#r", topic="new", label=1)
+    out = r.frames()
+    assert [(f["type"], f.get("code")) for f in out[1]] == [("error", "storage_unavailable")]
+    assert 2 not in out
+    r.send(2, type="topic", room="#r", label=2)
+    assert r.frames()[2][0]["topic"] == ""
+
+
+def test_a_damaged_page_fails_only_the_reads_that_touch_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "h.sqlite3"
+    store = Store(path)
+    for i in range(200):
+        store.add_message(1000 + i, "a", f"OLD-{i:04d} " + "o" * 900, False, room="#old")
+    for i in range(200):
+        store.add_message(2000 + i, "a", f"NEW-{i:04d} " + "n" * 900, False, room="#new")
+    store.close()
+    damage_page_holding(path, b"OLD-0190")
+    store = Store(path)
+    with caplog.at_level(logging.INFO, "chatd.store"):
+        for _ in range(3):
+            with pytest.raises(StorageError) as caught:
+                store.history(room="#old")
+            assert caught.value.code == "storage_unavailable"
+            assert "damaged" in caught.value.message
+        assert len(store.history(room="#new")[0]) == 50
+        assert store.add_message(3000, "b", "still", False, room="#new") == 401
+        assert store.flush()
+    (line,) = [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.ERROR]
+    assert "PRAGMA integrity_check" in line and "backup" in line
+
+
+def test_start_up_refuses_garbage_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    path.write_bytes(os.urandom(8192))
+    with pytest.raises(StoreUnusable) as caught:
+        Store(path)
+    text = str(caught.value)
+    assert "\n" not in text and str(path) in text and "not a database" in text
+
+
+def test_start_up_refuses_a_read_only_file(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root writes read-only files; the server test covers a read-only mount")
+    path = tmp_path / "h.sqlite3"
+    Store(path).close()
+    path.chmod(0o444)
+    with pytest.raises(StoreUnusable, match="read-only"):
+        Store(path)
