@@ -353,6 +353,7 @@ class Broker:
             self._fanout(room, pack(notice))
         else:
             del self.rooms[room.name]
+            self.store.touch_room(room.name, notice["ts"])  # retention counts from here
 
     def _leave_all(self, member: Member, reason: str, now: int) -> None:
         for name in sorted(member.rooms):

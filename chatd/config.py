@@ -83,6 +83,16 @@ SETTINGS: tuple[Setting, ...] = (
             "(0: none)", 0, 1 << 31),
     Setting("server", "spare_children", 0,
             "pre-forked idle children waiting for connections (0: fork on accept)", 0, 65536),
+    Setting("retention", "max_age_days", 0.0,
+            "delete messages older than this many days (0: keep them forever)", 0, 1e6),
+    Setting("retention", "max_messages", 0,
+            "keep at most this many messages, deleting the oldest (0: no limit)", 0, 1 << 62),
+    Setting("retention", "room_idle_days", 0.0, "drop the topic of a room that has had no "
+            "member and no message for this many days (0: keep it)", 0, 1e6),
+    Setting("retention", "max_topics", 10000, "topics kept in all; beyond it those of the "
+            "empty rooms unused longest are dropped (0: no limit)", 0, 1 << 62),
+    Setting("retention", "interval", 60.0, "seconds between retention runs (each deletes in "
+            "small batches between routing)", 0.05, 86400, attr="retention_interval"),
 )
 BY_KEY = {f"{s.section}.{s.name}": s for s in SETTINGS}
 FRAME_OVERHEAD = 512  # bytes of a msg/message frame besides its text, with room to spare

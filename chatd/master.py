@@ -26,6 +26,7 @@ from chatd import channel, child, logsetup
 from chatd.broker import Broker
 from chatd.config import Config, ConfigError, diff, load_file
 from chatd.protocol import FrameDecoder, ProtocolError, error_frame
+from chatd.retention import Retention
 from chatd.session import QUIT_REASONS
 from chatd.store import Store
 
@@ -62,6 +63,7 @@ class Master:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(config.data_dir / "history.sqlite3")
         self.broker = Broker(self.store, config)
+        self.retention = Retention()
         self.sel = selectors.DefaultSelector()
         self.listeners: list[socket.socket] = []
         self.children: dict[int, Child] = {}  # by pid
@@ -140,10 +142,16 @@ class Master:
             quiet = time.monotonic() - self.last_accept
             timeout = (max(0.0, REFILL_QUIET - quiet) if refill
                        else None if self.stopping_since is None else 0.25)
+            prune = self.retention.timeout(self.config, time.monotonic())
+            if prune is not None and (timeout is None or prune < timeout):
+                timeout = prune
             events = self.sel.select(timeout)
             for key, mask in events:
                 key.data(key.fileobj, mask)
             self._route()
+            # One small batch at most per iteration, after the routing it must not delay.
+            self.retention.step(self.config, self.store, time.monotonic(), now_ms(),
+                                self.broker.rooms)
             # Only when idle: a fork stalls this loop for milliseconds, and a burst of
             # clients is better served by the spares left plus forking on accept.
             if refill and not events and quiet >= REFILL_QUIET:

@@ -20,7 +20,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,12 +42,14 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_room ON messages (room, id) WHERE room IS NOT NULL;
 CREATE INDEX IF NOT EXISTS messages_dm ON messages (dm, id) WHERE dm IS NOT NULL;
 CREATE TABLE IF NOT EXISTS topics (
-    room  TEXT PRIMARY KEY,
-    topic TEXT NOT NULL,
-    by    TEXT,
-    ts    INTEGER
+    room   TEXT PRIMARY KEY,
+    topic  TEXT NOT NULL,
+    by     TEXT,
+    ts     INTEGER,
+    active INTEGER NOT NULL DEFAULT 0  -- ms: topic set, room emptied, or its last message
 );
 """
+TOPICS_ACTIVE_INDEX = "CREATE INDEX IF NOT EXISTS topics_active ON topics (active)"
 BUSY_TIMEOUT = 0.25  # seconds a write waits for another program's lock: the loop waits too
 REMIND_EVERY = 600.0  # seconds between log lines about the same ongoing trouble
 
@@ -61,7 +63,7 @@ _KINDS = {13: "full", 8: "readonly", 14: "readonly", 3: "readonly", 23: "readonl
 _TEXTS = {
     "full": ("the server's disk is full, try again later",
              "the disk is full. Messages and topics are refused with storage_unavailable "
-             "until space is freed on that filesystem; "
+             "until space is freed on that filesystem (or [retention] deletes old history); "
              "reads go on, and writes resume by themselves"),
     "readonly": ("the server's database is read-only",
                  "it cannot be written. Check the permissions of the file and its directory "
@@ -101,8 +103,9 @@ class _Trouble:
 
 # PRAGMA user_version: 1 = the dm column holds dm_key() of nick_key() skeletons (before:
 # plain lower case). A change to nick_key needs a step here that re-keys the rows.
+# 2 = topics.active holds the last use of the room (for retention).
 DM_KEYS_VERSION = 1
-SCHEMA_VERSION = 1  # the newest step, written at every start-up (a real write, see Store)
+SCHEMA_VERSION = 2  # the newest step, written at every start-up (a real write, see Store)
 
 
 def dm_key(nick_a: str, nick_b: str) -> str:
@@ -150,6 +153,7 @@ class Store:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
             self._rekey_direct_messages()
+            self._add_topics_active()
             (version,) = self.db.execute("PRAGMA user_version").fetchone()
         except sqlite3.Error as exc:
             raise self._unusable(exc) from None
@@ -172,6 +176,15 @@ class Store:
             self.db.execute("UPDATE messages SET dm = dm_key(sender, target) "
                             "WHERE dm IS NOT NULL")
             self.db.execute(f"PRAGMA user_version = {DM_KEYS_VERSION}")
+
+    def _add_topics_active(self) -> None:
+        """Version 2: topics.active, dated from the topic (retention counts from it)."""
+        columns = [row[1] for row in self.db.execute("PRAGMA table_info(topics)")]
+        if "active" not in columns:
+            self.db.executescript("BEGIN; ALTER TABLE topics ADD COLUMN active INTEGER NOT "
+                                  "NULL DEFAULT 0; UPDATE topics SET active = coalesce(ts, 0); "
+                                  "COMMIT;")
+        self.db.execute(TOPICS_ACTIVE_INDEX)
 
     def _unusable(self, exc: sqlite3.Error) -> StoreUnusable:
         with_hint = {"full": "the disk is full", "readonly": "is it (or its directory) "
@@ -284,12 +297,94 @@ class Store:
 
     def set_topic(self, room: str, topic: str, by: str, ts: int) -> None:
         """Store and commit a topic (with any pending messages), or raise StorageError."""
-        self._write("INSERT OR REPLACE INTO topics VALUES (?, ?, ?, ?)", (room, topic, by, ts))
+        self._write("INSERT OR REPLACE INTO topics (room, topic, by, ts, active) "
+                    "VALUES (?, ?, ?, ?, ?)", (room, topic, by, ts, ts))
         self.commit()
 
     def topic(self, room: str) -> tuple[str, str | None, int | None]:
         rows = self._read("SELECT topic, by, ts FROM topics WHERE room = ?", (room,))
         return (rows[0][0], rows[0][1], rows[0][2]) if rows else ("", None, None)
+
+    def touch_room(self, room: str, ts: int) -> None:
+        """The room has just lost its last member (for retention; best effort, never raises:
+        it rides with the pending messages)."""
+        with contextlib.suppress(StorageError):
+            self._write("UPDATE topics SET active = ? WHERE room = ? AND active < ?",
+                        (ts, room, ts))
+
+    # ---- retention (each call is one small transaction) ----
+
+    def prune_messages(self, before_ts: int | None, keep: int, batch: int) -> int:
+        """Delete up to `batch` of the oldest messages that are older than `before_ts`
+        (oldest first by id, up to the first one that is not) or beyond the newest `keep`
+        (0: no count limit). Returns how many were deleted."""
+        if (before_ts is None and not keep) or not self.flush():
+            return 0
+        try:  # two queries: min() and max() together would scan the whole table
+            ((first,),) = self.db.execute("SELECT min(id) FROM messages")
+            ((last,),) = self.db.execute("SELECT max(id) FROM messages")
+            if first is None:
+                return 0
+            window = first + batch - 1  # ids are dense: at most `batch` rows
+            upto = min(last - keep, window) if keep else first - 1
+            if before_ts is not None:
+                for msg_id, ts in self.db.execute("SELECT id, ts FROM messages WHERE id <= ? "
+                                                  "ORDER BY id", (window,)).fetchall():
+                    if ts >= before_ts:
+                        break
+                    upto = max(upto, msg_id)
+            if upto < first:
+                return 0
+            self.db.execute("BEGIN")
+            deleted = self.db.execute("DELETE FROM messages WHERE id <= ?", (upto,)).rowcount
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._fail(exc, "write")
+            return 0
+        return deleted
+
+    def prune_topics(self, idle_before: int | None, cap: int, live: Container[str], now: int,
+                     batch: int) -> tuple[int, int]:
+        """One batch over the topics of the rooms used longest ago: drop a topic when its
+        room has no member (not in `live`) and was last used (topic set, room emptied, last
+        message) before `idle_before`, or while more than `cap` topics are stored (0: no
+        cap). Returns (topics dropped, topics re-dated from a newer message): (0, 0) when
+        there is nothing more to do."""
+        if not self.flush():
+            return 0, 0
+        dropped = redated = 0
+        try:
+            excess = self.db.execute("SELECT count(*) FROM topics").fetchone()[0] - cap \
+                if cap else 0
+            if excess <= 0 and idle_before is None:
+                return 0, 0
+            if excess > 0:
+                rows = self.db.execute("SELECT room, active FROM topics ORDER BY active "
+                                       "LIMIT ?", (batch,)).fetchall()
+            else:
+                rows = self.db.execute("SELECT room, active FROM topics WHERE active < ? "
+                                       "ORDER BY active LIMIT ?", (idle_before, batch)).fetchall()
+            self.db.execute("BEGIN")
+            for room, active in rows:
+                if room in live:  # in use: never dropped, and checked again much later
+                    self.db.execute("UPDATE topics SET active = ? WHERE room = ?", (now, room))
+                    continue
+                newest = self.db.execute("SELECT ts FROM messages WHERE room = ? ORDER BY id "
+                                         "DESC LIMIT 1", (room,)).fetchone()
+                used = max(active, newest[0] if newest else 0)
+                if (idle_before is not None and used < idle_before) or \
+                        (excess > 0 and used == active):
+                    self.db.execute("DELETE FROM topics WHERE room = ?", (room,))
+                    excess -= 1
+                    dropped += 1
+                elif used > active:
+                    self.db.execute("UPDATE topics SET active = ? WHERE room = ?", (used, room))
+                    redated += 1
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._fail(exc, "write")
+            return 0, 0
+        return dropped, redated
 
     def close(self) -> None:
         self.flush()

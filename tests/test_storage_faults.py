@@ -1,7 +1,8 @@
 """Integration: storage faults never take the server down (issue 8, section 3).
 
 A real full filesystem (a small tmpfs; needs root, which CI has), a garbage or read-only
-database at start-up, and a page damaged while the server runs.
+database at start-up, a page damaged while the server runs, and retention keeping
+abandoned rooms from growing the database.
 """
 
 from __future__ import annotations
@@ -9,13 +10,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from serverproc import ServerProcess
-from storefaults import damage_page_holding, fill, query, remount, tmpfs
+from serverproc import ServerProcess, wait_until
+from storefaults import count, damage_page_holding, fill, query, remount, tmpfs
 from wire import connect
 
 from chatd.store import Store
+
+DAY = 86_400_000
 
 
 def serve_once(data_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -116,3 +120,57 @@ def test_a_damaged_page_costs_the_request_not_the_session(tmp_path: Path) -> Non
         assert len(advice) == 1 and "backup" in advice[0]
     finally:
         assert server.stop() == 0
+
+
+def test_retention_deletes_old_history_and_the_topics_of_abandoned_rooms(
+        tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    now = time.time_ns() // 1_000_000
+    store = Store(data / "history.sqlite3")
+    for i in range(1200):
+        store.add_message(now - 40 * DAY + i, "a", f"old {i}", False, room="#old")
+    store.add_message(now - DAY, "a", "recent", False, room="#kept")
+    store.set_topic("#old", "abandoned", "a", now - 40 * DAY)
+    store.set_topic("#kept", "in use", "a", now - 40 * DAY)
+    store.close()
+    server = ServerProcess(data, {"retention": {"max_age_days": 30.0, "room_idle_days": 30.0,
+                                                "interval": 0.2}}).start()
+    try:
+        server.wait_for_log(r"retention: deleted 1200 messages and 1 topics in \d+ steps")
+        db = data / "history.sqlite3"
+        assert count(db, "SELECT count(*) FROM messages") == 1
+        assert count(db, "SELECT count(*) FROM topics WHERE room = '#kept'") == 1
+        bob = connect(server, "bob")
+        joined, hist = bob.join("#old")
+        assert joined["topic"] == "" and hist["messages"] == []
+        assert bob.join("#kept")[0]["topic"] == "in use"
+    finally:
+        server.stop()
+
+
+def test_throw_away_rooms_cannot_grow_the_topics_without_bound(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path, {
+        "retention": {"max_topics": 20, "interval": 0.1},
+        "rate": {"cmd_rate": 1000.0, "cmd_burst": 1000, "history_rate": 1000.0,
+                 "history_burst": 1000}}).start()
+    try:
+        alice = connect(server, "alice")
+        alice.join("#home")
+        assert alice.call({"type": "topic", "room": "#home", "topic": "stays"})["type"] == \
+            "topic"
+        for i in range(60):
+            room = f"#throwaway{i}"
+            alice.join(room)
+            alice.call({"type": "topic", "room": room, "topic": "x" * 300})
+            alice.call({"type": "part", "room": room})
+        db = tmp_path / "history.sqlite3"
+        wait_until(lambda: count(db, "SELECT count(*) FROM topics") <= 20, timeout=20,
+                   message="the topics to shrink to max_topics")
+        # #home is the oldest topic but has a member: it is never dropped.
+        assert count(db, "SELECT count(*) FROM topics WHERE room = '#home'") == 1
+        # The newest throw-away topics are the ones kept.
+        assert count(db, "SELECT count(*) FROM topics WHERE room = '#throwaway59'") == 1
+    finally:
+        server.stop()
+

@@ -1,5 +1,5 @@
 """The store and the broker when storage fails: no crash, no ack for what is not stored,
-reads go on, one log line, service back by itself; start-up checks."""
+reads go on, one log line, service back by itself; start-up checks; retention."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from storefaults import damage_page_holding
 
 from chatd.broker import Broker
 from chatd.config import Config, parse_settings
+from chatd.retention import MESSAGE_BATCH, Retention
 from chatd.store import StorageError, Store, StoreUnusable
 
 DAY = 86_400_000
@@ -203,3 +204,90 @@ def test_start_up_refuses_a_read_only_file(tmp_path: Path) -> None:
     path.chmod(0o444)
     with pytest.raises(StoreUnusable, match="read-only"):
         Store(path)
+
+
+def test_a_version_1_database_gets_the_active_column(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript("CREATE TABLE topics (room TEXT PRIMARY KEY, topic TEXT NOT NULL, by TEXT,"
+                     " ts INTEGER); INSERT INTO topics VALUES ('#a', 'hi', 'x', 1234);")
+    db.commit()
+    db.close()
+    store = Store(path)
+    assert store.db.execute("SELECT active FROM topics").fetchall() == [(1234,)]
+    assert store.topic("#a") == ("hi", "x", 1234)
+
+
+# ---- retention ----
+
+def test_prune_messages_by_age_and_count_in_batches(tmp_path: Path) -> None:
+    store = Store(tmp_path / "h.sqlite3")
+    now = 100 * DAY
+    for i in range(30):  # ids 1..30, one a day: ids 1..20 are older than 10 days
+        store.add_message(now - (30 - i) * DAY, "a", f"m{i}", False, room="#r")
+    store.flush()
+    assert store.prune_messages(now - 10 * DAY, 0, batch=8) == 8
+    assert store.prune_messages(now - 10 * DAY, 0, batch=8) == 8
+    assert store.prune_messages(now - 10 * DAY, 0, batch=8) == 4
+    assert store.prune_messages(now - 10 * DAY, 0, batch=8) == 0
+    assert store.prune_messages(None, 3, batch=100) == 7
+    rows, _ = store.history(room="#r")
+    assert [r[0] for r in rows] == [28, 29, 30]
+    store.add_message(now, "a", "next", False, room="#r")
+    assert store.prune_messages(None, 3, batch=100) == 1
+    assert store.prune_messages(now + DAY, 0, batch=100) == 3  # all of them may go...
+    assert store.add_message(now, "a", "after", False, room="#r") == 32  # ...ids go on
+
+
+def test_prune_topics_idle_live_and_cap(tmp_path: Path) -> None:
+    store = Store(tmp_path / "h.sqlite3")
+    now = 100 * DAY
+    store.set_topic("#old", "t", "a", now - 50 * DAY)
+    store.set_topic("#chatty", "t", "a", now - 50 * DAY)
+    store.add_message(now - DAY, "a", "recent", False, room="#chatty")
+    store.set_topic("#live", "t", "a", now - 50 * DAY)
+    store.set_topic("#fresh", "t", "a", now - DAY)
+    store.set_topic("#emptied", "t", "a", now - 50 * DAY)
+    store.touch_room("#emptied", now - 2 * DAY)  # its last member left two days ago
+    store.flush()
+    assert store.prune_topics(now - 10 * DAY, 0, {"#live"}, now, batch=10) == (1, 1)
+    assert store.prune_topics(now - 10 * DAY, 0, {"#live"}, now, batch=10) == (0, 0)
+    left = {r[0] for r in store.db.execute("SELECT room FROM topics")}
+    assert left == {"#chatty", "#live", "#fresh", "#emptied"}
+    # A cap: the empty rooms used longest ago go first, the live one stays.
+    assert store.prune_topics(None, 2, {"#live"}, now, batch=10) == (2, 0)
+    left = {r[0] for r in store.db.execute("SELECT room FROM topics")}
+    assert left == {"#live", "#fresh"}
+
+
+def test_retention_runs_in_batches_then_waits_for_the_interval(tmp_path: Path) -> None:
+    store = Store(tmp_path / "h.sqlite3")
+    for i in range(1200):
+        store.add_message(i, "a", "old", False, room="#r")
+    store.flush()
+    config = Config().with_values(parse_settings({"retention": {
+        "max_age_days": 1.0, "interval": 30.0}}))
+    retention = Retention()
+    assert retention.timeout(config, 5.0) == 0.0
+    steps = 0
+    while True:
+        retention.step(config, store, 5.0, 10 * DAY, set())
+        steps += 1
+        if not retention.running:
+            break
+        assert retention.timeout(config, 5.0) == 0.0  # one batch per loop turn, no waiting
+    assert steps == 1200 // MESSAGE_BATCH + 1  # full batches, then a step that finds none
+    assert store.db.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
+    assert retention.timeout(config, 5.0) == 30.0
+    off = Config().with_values(parse_settings({"retention": {"max_topics": 0}}))
+    assert retention.timeout(off, 5.0) is None
+
+
+def test_a_room_that_empties_is_dated_for_retention(tmp_path: Path) -> None:
+    r = Room(tmp_path / "h.sqlite3")
+    r.send(1, type="topic", room="#r", topic="hello")
+    r.send(1, type="part", room="#r")
+    r.send(2, type="part", room="#r")
+    r.frames()
+    ((active,),) = r.store.db.execute("SELECT active FROM topics WHERE room = '#r'")
+    assert active == r.now
