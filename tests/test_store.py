@@ -163,6 +163,20 @@ def test_a_topic_that_cannot_be_stored_changes_nothing(tmp_path: Path) -> None:
     assert r.frames()[2][0]["topic"] == ""
 
 
+def test_a_database_that_turns_read_only_ends_no_session(tmp_path: Path) -> None:
+    r = Room(tmp_path / "h.sqlite3")
+    r.store.db.execute("PRAGMA query_only = 1")  # SQLite refuses writes: SQLITE_READONLY
+    r.send(1, type="msg", room="#r", text="hi", label=1)
+    r.send(1, type="topic", room="#r", topic="t", label=2)
+    out = r.frames()  # (a session-ending 'close' control would fail the helper)
+    assert [(f["code"], f["fatal"], f["label"]) for f in out[1]] == \
+        [("storage_unavailable", False, 1), ("storage_unavailable", False, 2)]
+    assert "read-only" in out[1][0]["message"] and 2 not in out
+    r.store.db.execute("PRAGMA query_only = 0")
+    r.send(1, type="msg", room="#r", text="hi", label=3)
+    assert [f["type"] for f in r.frames()[1]] == ["ack", "message"]
+
+
 def test_a_damaged_page_fails_only_the_reads_that_touch_it(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "h.sqlite3"
