@@ -63,8 +63,8 @@ _KINDS = {13: "full", 8: "readonly", 14: "readonly", 3: "readonly", 23: "readonl
 _TEXTS = {
     "full": ("the server's disk is full, try again later",
              "the disk is full. Messages and topics are refused with storage_unavailable "
-             "until space is freed on that filesystem (or [retention] deletes old history); "
-             "reads go on, and writes resume by themselves"),
+             "until space is freed on that filesystem; reads go on, and writes resume by "
+             "themselves ([retention] settings keep history from growing without end)"),
     "readonly": ("the server's database is read-only",
                  "it cannot be written. Check the permissions of the file and its directory "
                  "and whether the filesystem went read-only; writes resume by themselves "
