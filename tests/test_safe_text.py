@@ -12,7 +12,7 @@ import unicodedata
 from datetime import UTC
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from chat_client.clock import Clock
@@ -147,6 +147,7 @@ def test_what_the_client_shows_is_what_the_server_would_accept(text: str,
 
 
 @PROPS
+@example("\u00a1\u200b\u00a1")  # ZWSP between two visible non-ASCII: allowed
 @given(st.one_of(any_text, tricky))
 def test_accepted_text_has_no_reordering_or_separator_left(text: str) -> None:
     try:
@@ -155,7 +156,13 @@ def test_accepted_text_has_no_reordering_or_separator_left(text: str) -> None:
         assert exc.code in ("text_empty", "invalid_value"), exc.code
         return
     assert not set(out) & set("\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067"
-                              "\u2068\u2069\u200e\u200f\u061c\ufeff\u200b")
+                              "\u2068\u2069\u200e\u200f\u061c\ufeff")
+    # Zero-width characters survive only between two visible non-ASCII characters (§3).
+    for i, ch in enumerate(out):
+        if ch in "\u034f\u180e\u200b\u200c\u200d":
+            assert 0 < i < len(out) - 1, repr(out)
+            assert not out[i - 1].isascii() and not out[i + 1].isascii(), repr(out)
+            assert not out[i - 1].isspace() and not out[i + 1].isspace(), repr(out)
 
 
 def reference_faults(text: str, multiline: bool) -> list[int]:
