@@ -7,7 +7,9 @@ whole-frame chunks sent with one sendmsg() per wakeup.
 
 from __future__ import annotations
 
+import array
 import contextlib
+import fcntl
 import gc
 import logging
 import os
@@ -15,6 +17,8 @@ import resource
 import select
 import signal
 import socket
+import struct
+import termios
 import time
 
 from chatd import logsetup
@@ -30,7 +34,10 @@ CPU_GRACE = 5  # CPU seconds between SIGXCPU and the kernel's SIGKILL
 EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
 HEADER = ENVELOPE.size
 unpack_header = ENVELOPE.unpack_from
-FINAL_FLUSH = 2.0  # seconds to deliver the last frames to a client before closing
+FINAL_FLUSH = 2.0  # seconds to hand the parent our last words (a quit) before closing
+ACK_POLL = 0.01  # seconds between looks at what the client has not acknowledged yet
+LINGER_RESET = struct.pack("ii", 1, 0)  # close() resets the connection
+LINGER_OFF = struct.pack("ii", 0, 0)  # close() ends the stream after what was sent
 
 
 def close_inherited(keep: set[int]) -> None:
@@ -156,6 +163,28 @@ class Outbox:
                 return
 
 
+class ClientOutbox(Outbox):
+    """The outbox towards the client, which keeps the stream whole frames if we die.
+
+    While a frame is partly sent, the socket's SO_LINGER is on with a zero timeout, so
+    if this process closes it then (its last close, a crash, a kill -9) the kernel resets
+    the connection instead of ending the stream cleanly in the middle of a frame. One
+    setsockopt() per change, which happens only when the client is slow.
+    """
+
+    reset_on_close = False
+
+    def send(self, sock: socket.socket) -> None:
+        try:
+            super().send(sock)
+        finally:
+            if (self.offset != 0) != self.reset_on_close:
+                self.reset_on_close = not self.reset_on_close
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                    LINGER_RESET if self.reset_on_close else LINGER_OFF)
+
+
 def wait_for_client(chan: socket.socket) -> tuple[socket.socket, str, str, bytes] | None:
     """A spare session process blocks here until the parent hands it a client socket.
 
@@ -204,7 +233,7 @@ def serve(sock: socket.socket, chan: socket.socket, config: Config, session_id: 
     reader = EnvelopeReader()
     reader.receive_data(pending)
     buffered = bool(pending)  # the reader holds bytes: new channel data goes through it
-    to_client, to_broker = Outbox(), Outbox()
+    to_client, to_broker = ClientOutbox(), Outbox()
     sfd, cfd = sock.fileno(), chan.fileno()
     ep = select.epoll(2)
     ep.register(sfd, EPOLLIN)
@@ -395,21 +424,84 @@ def _drain_session(session: Session, to_client: Outbox, to_broker: Outbox) -> No
 
 def _finish(sock: socket.socket, chan: socket.socket | None, session: Session,
             to_client: Outbox, to_broker: Outbox, client_open: bool) -> None:
-    """Deliver the last frames (bounded in time), then close both ends."""
+    """Deliver the last frames (bounded in time), then close both ends.
+
+    The parent gets our last words first. The client then has `close_grace` seconds to
+    take every frame up to the last (a fatal error, when there is one); nothing new is
+    queued meanwhile. The stream then ends cleanly after that frame. If the frames are
+    not all handed to the kernel by then, the connection is reset instead: it never ends
+    cleanly in the middle of a frame.
+    """
     _drain_session(session, to_client, to_broker)
-    deadline = time.monotonic() + FINAL_FLUSH
-    for box, target in ((to_broker, chan), (to_client, sock if client_open else None)):
-        if target is None:
-            continue
-        while box.chunks and time.monotonic() < deadline:
-            try:
-                box.send(target)
-            except OSError:
-                break
-            if box.chunks:
-                select.select([], [target], [], max(0.0, deadline - time.monotonic()))
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-    sock.close()
     if chan is not None:
+        _flush_until(to_broker, chan, time.monotonic() + FINAL_FLUSH)
         chan.close()
+    if client_open:
+        deadline = time.monotonic() + session.config.close_grace
+        if _flush_until(to_client, sock, deadline):
+            _wait_delivered(sock, deadline)
+            _discard_input(sock)  # unread input would make close() reset the connection
+        else:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+            log.info("client did not take its last frames within close_grace; resetting")
+    sock.close()
+
+
+def _flush_until(box: Outbox, sock: socket.socket, deadline: float) -> bool:
+    """Send what `box` holds until it is empty (True) or the deadline passes (False)."""
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    while box.chunks:
+        try:
+            box.send(sock)
+        except OSError:
+            return False
+        remaining = deadline - time.monotonic()
+        if box.chunks and remaining <= 0:
+            return False
+        if box.chunks:
+            poller.poll(remaining * 1000)
+    return True
+
+
+def _wait_delivered(sock: socket.socket, deadline: float) -> None:
+    """End our side of the stream and wait (to the deadline) until the client's kernel
+    has acknowledged all of it, dropping what the client still sends."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        return
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    reading = True
+    while _unacknowledged(sock) and (remaining := deadline - time.monotonic()) > 0:
+        if poller.poll(min(remaining, ACK_POLL) * 1000) and reading:
+            state = _discard_input(sock)
+            if state == "gone":
+                return
+            if state == "closed":  # it may still read: keep waiting, without polling it
+                poller.unregister(sock)
+                reading = False
+
+
+def _unacknowledged(sock: socket.socket) -> int:
+    """Bytes (and the FIN) sent to the client that it has not acknowledged (SIOCOUTQ)."""
+    buf = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, buf, True)
+    except OSError:
+        return 0
+    return buf[0]
+
+
+def _discard_input(sock: socket.socket) -> str:
+    """Read and drop what the client sent: "open", "closed" (its side) or "gone"."""
+    while True:
+        try:
+            if not sock.recv(65536):
+                return "closed"
+        except (BlockingIOError, InterruptedError):
+            return "open"
+        except OSError:
+            return "gone"

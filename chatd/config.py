@@ -76,6 +76,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("queues", "client_queue", 1 << 20,
             "bytes a session buffers towards its client (its socket send buffer too) "
             "before it is a slow consumer", 4096, 1 << 30),
+    Setting("queues", "close_grace", 5.0,
+            "seconds an ending session keeps delivering its last frames (a fatal error "
+            "last) to a client that does not read them, before it resets the connection",
+            0.0, 3600),
     Setting("resources", "max_memory_mb", 256, "address-space limit of a session process "
             "(0: none)", 0, 1 << 20),
     Setting("resources", "max_files", 64, "open-file limit of a session process", 16, 65536),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import signal
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -184,3 +185,73 @@ def test_reconnect_catch_up_into_many_busy_rooms_is_not_a_slow_consumer(start: A
     ack = writer.say(rooms[0], "still here?")
     assert reader.wait_type("message", id=ack["id"])["text"] == "still here?"
     assert not [f for f in reader.backlog if f.get("type") == "error"]
+
+
+def read_to_end(sock: socket.socket, timeout: float = 20.0) -> tuple[list[dict[str, Any]],
+                                                                       int, str]:
+    """Read until the connection ends: (frames, bytes of a partial frame left over, and
+    "eof" or "reset")."""
+    decoder = FrameDecoder(1 << 24)
+    frames: list[dict[str, Any]] = []
+    sock.settimeout(timeout)
+    how = "eof"
+    while True:
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            how = "reset"
+            break
+        if not data:
+            break
+        decoder.receive_data(data)
+        frames += [decode_payload(payload) for payload in decoder.payloads()]
+    return frames, decoder.buffered, how
+
+
+def overrun(server: ServerProcess, room: str) -> tuple[socket.socket, str]:
+    """A slow reader in `room`, and a talker who says big messages until the server gives
+    up on the reader as a slow consumer (the talker sees it quit)."""
+    talker = connect(server, "talker")
+    talker.join(room)
+    slow, session = raw_slow_reader(server, "slowpoke", room)
+    talker.wait_type("join", room=room, nick="slowpoke")
+    for _ in range(2000):
+        talker.say(room, PAD)
+        if talker.pending("quit", room=room, nick="slowpoke"):
+            break
+    assert talker.wait_type("quit", room=room, nick="slowpoke")["reason"] == "slow consumer"
+    return slow, session
+
+
+OVERRUN = {"rate": SMALL_QUEUES["rate"], "keepalive": {"ping_interval": 600.0}}
+
+
+def test_a_slow_consumer_that_reads_again_gets_whole_frames_and_the_error_last(
+        start: Any) -> None:
+    """protocol.md §7: the connection never ends in the middle of a frame, and a client
+    that resumes reading within `close_grace` gets the fatal error as its last frame."""
+    server = start({**OVERRUN, "queues": {"client_queue": 65536, "close_grace": 30.0}})
+    slow, _session = overrun(server, "#busy")
+    time.sleep(3.0)  # the client stays away for a while (the server used to wait 2 s)
+    frames, partial, how = read_to_end(slow)
+    assert (how, partial) == ("eof", 0), f"ended by {how} with {partial} bytes of a frame"
+    last = frames[-1]
+    assert (last["type"], last.get("code"), last.get("fatal")) == \
+        ("error", "slow_consumer", True), last
+    assert all(f["type"] != "error" for f in frames[:-1])
+    slow.close()
+
+
+def test_a_slow_consumer_that_never_reads_is_reset_not_ended_mid_frame(start: Any) -> None:
+    """After `close_grace` the server gives up; if the last frames are not through by then
+    it resets the connection: a clean end of stream always follows a whole frame."""
+    server = start({**OVERRUN, "queues": {"client_queue": 65536, "close_grace": 0.5}})
+    slow, session = overrun(server, "#busy")
+    pid = session_pid(server, session)
+    wait_until(lambda: proc_stat(pid) is None, timeout=10,
+               message="the slow session's process to give up and end")
+    frames, partial, how = read_to_end(slow)
+    assert how == "reset" or partial == 0, f"clean end of stream {partial} bytes into a frame"
+    assert frames and all(f["type"] != "error" or f["code"] == "slow_consumer"
+                          for f in frames)
+    slow.close()
