@@ -57,8 +57,6 @@ class Session:
         }
         self.catchup_inflight = 0
         self.held: deque[tuple[str, bytes]] = deque()  # requests waiting, in order
-        self.catchup_inflight = 0
-        self.held: deque[tuple[str, bytes]] = deque()  # requests waiting, in order
         self.strikes = 0
         self.last_strike = 0.0
         self.handshake_deadline: float | None = now + config.handshake_timeout
@@ -89,6 +87,9 @@ class Session:
             req = p.decode_payload(payload)
             label = p.label_of(req)
             rtype = req["type"]
+            if rtype == "quit":  # always ends the session, whatever its fields or budget
+                self._quit(req, label)
+                return
             p.validate_request(req)  # also for ping/pong: a bad label or token is an error
             if rtype == "ping":
                 self._send_pong(req, label)
@@ -104,13 +105,22 @@ class Session:
             elif not self.hello_sent and rtype not in p.PRE_WELCOME:
                 raise ProtocolError("not_registered")
             log.debug("request %s", rtype)
-            if rtype == "quit":  # leaving: what still waits will never be answered
-                self.held.clear()
-                self.ended = "quit"
             self._forward(rtype, self._canonical(req, rtype))
         except ProtocolError as exc:
             if self._allow("cmd", label, now):
                 self.to_client.append(p.error_from(exc, label))
+
+    def _quit(self, req: dict[str, Any], label: Any) -> None:
+        """Leave at once: what still waits is never answered. Only a `reason` that is a
+        string goes on (the broker replaces one that breaks the rules with "quit")."""
+        self.held.clear()
+        self.ended = "quit"
+        out: dict[str, Any] = {"type": "quit"}
+        if isinstance(req.get("reason"), str):
+            out["reason"] = req["reason"]
+        if label is not None:
+            out["label"] = label
+        self.to_broker.append(pack(out))
 
     def _send_pong(self, req: dict[str, Any], label: Any) -> None:
         pong: dict[str, Any] = {"type": "pong"}

@@ -180,6 +180,20 @@ def test_requests_before_hello_are_not_registered(server, clients):
     assert e.reply(join)["code"] == "not_registered"
 
 
+@pytest.mark.parametrize("fields", [{"reason": None}, {"reason": 7, "label": None},
+                                    {"reason": "bell\x07"}, {"label": [1]}],
+                         ids=["nil-reason", "int-reason-nil-label", "bad-reason", "bad-label"])
+def test_quit_ends_the_session_whatever_its_fields(server, clients, fields):
+    watcher = new(server, clients, f"watcher{len(clients)}")
+    c = new(server, clients, f"leaver{len(clients)}")
+    for x in (watcher, c):
+        x.join("#leaving")
+    c.send({"type": "quit", **fields})
+    frames = c.wait_closed()
+    assert not [f for f in frames if f.get("type") == "error"], frames
+    assert watcher.wait_type("quit", nick=c.nick)["reason"] == "quit"
+
+
 def test_forged_fields_change_nothing(server, clients):
     a = new(server, clients, "honest")
     b = new(server, clients, "victim")

@@ -180,6 +180,32 @@ def test_quit_is_forwarded_and_ends() -> None:
     assert forwarded(s) == [{"type": "quit", "reason": "bye"}] and s.ended == "quit"
 
 
+def test_quit_ends_the_session_whatever_its_fields() -> None:
+    """protocol.md §4: `quit` always ends the session. Fields of the wrong type are
+    dropped (the broker replaces a bad reason with "quit"); it is never rate limited."""
+    cases: list[tuple[dict[str, Any], dict[str, Any]]] = [
+        ({"reason": None}, {}), ({"reason": 5}, {}), ({"label": None}, {}),
+        ({"label": [1], "reason": "bye"}, {"reason": "bye"}), ({"label": "q"}, {"label": "q"}),
+        ({"reason": "bell\x07" * 300}, {"reason": "bell\x07" * 300}),
+    ]
+    for fields, canonical in cases:
+        s = make()
+        welcome(s)
+        feed(s, type="quit", **fields)
+        assert s.ended == "quit", fields
+        assert out(s) == [] and forwarded(s) == [{"type": "quit", **canonical}], fields
+    s = make(rate={"cmd_rate": 0.01, "cmd_burst": 1})
+    welcome(s)
+    feed(s, type="rooms")
+    feed(s, type="rooms")
+    assert out(s)[0]["code"] == "rate_limited"
+    feed(s, type="quit", reason=None)
+    assert s.ended == "quit" and forwarded(s)[-1] == {"type": "quit"}
+    s = make()  # before hello too
+    feed(s, type="quit", reason=None)
+    assert s.ended == "quit" and forwarded(s) == [{"type": "quit"}]
+
+
 def test_slow_consumer_close_drops_pending_output() -> None:
     s = make()
     welcome(s)
