@@ -8,7 +8,7 @@ welcome, the next catch-up page). Unknown types are ignored (protocol §1).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from chatd.protocol import nick_key
 
@@ -147,6 +147,9 @@ def on_joined(core: Core, f: Frame, req: Req | None, now: float) -> None:
         m.note(buf, f"rejoined {room}", "notice")
     if req is not None and req.extra.get("switch"):
         m.switch(room)
+    if f.get("more") is True and buf.members:  # a big room: the rest come from `who`
+        _next_page(core, {"type": "who", "room": room}, "who", room,
+                   list(buf.members.values()), quiet=True)
 
 
 def on_history(core: Core, f: Frame, req: Req | None, now: float) -> None:
@@ -191,9 +194,21 @@ def on_parted(core: Core, f: Frame, req: Req | None, now: float) -> None:
     core.model.note(core.model.get(SERVER), f"you left {room}", "notice")
 
 
+def _next_page(core: Core, frame: Frame, kind: str, buffer: str | None, got: list[Any],
+               **extra: Any) -> None:
+    """Ask for the page after `got` (a paged list: protocol §4), carrying it along."""
+    last = got[-1]
+    after = last.get("room") if isinstance(last, dict) else last
+    core.request({**frame, "after": str(after)}, kind, buffer, got=got, **extra)
+
+
 def on_rooms(core: Core, f: Frame, req: Req | None, now: float) -> None:
     m = core.model
-    rooms = [r for r in f.get("rooms", []) if isinstance(r, dict)]
+    page = [r for r in f.get("rooms", []) if isinstance(r, dict)]
+    rooms = (req.extra.get("got", []) if req else []) + page
+    if f.get("more") is True and page and req is not None:
+        _next_page(core, {"type": "rooms"}, "rooms", req.buffer, rooms)
+        return
     m.known_rooms.update(str(r.get("room")) for r in rooms)
     m.note(None, f"{len(rooms)} room(s):")
     for r in rooms:
@@ -202,9 +217,21 @@ def on_rooms(core: Core, f: Frame, req: Req | None, now: float) -> None:
 
 
 def on_members(core: Core, f: Frame, req: Req | None, now: float) -> None:
-    room, members = str(f["room"]), [str(n) for n in f.get("members", [])]
+    room, page = str(f["room"]), [str(n) for n in f.get("members", [])]
+    members = (req.extra.get("got", []) if req else []) + page
+    quiet = req is not None and bool(req.extra.get("quiet"))
     buf = core.model.get(room)
-    if buf is not None and buf.joined:
+    joined = buf is not None and buf.joined
+    if quiet and buf is not None and joined:
+        # The rest of a `joined` list: add to what join/part events changed meanwhile.
+        buf.members.update((nick_key(n), n) for n in page)
+    if f.get("more") is True and page and req is not None:
+        _next_page(core, {"type": "who", "room": room}, "who", req.buffer, members,
+                   quiet=quiet)
+        return
+    if quiet:
+        return
+    if buf is not None and joined:
         buf.members = {nick_key(n): n for n in members}
     core.model.note(None, f"{room}: {len(members)} member(s): {', '.join(members)}")
 

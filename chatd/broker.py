@@ -11,9 +11,13 @@ queued for every member.
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict, defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import msgpack
 
 from chatd import protocol as p
 from chatd.channel import CATCHUP, DONE
@@ -51,6 +55,7 @@ class Broker:
         self.members: dict[int, Member] = {}
         self.nicks: dict[str, Member] = {}
         self.rooms: dict[str, Room] = {}
+        self.room_names: list[str] = []  # the keys of `rooms`, sorted: `rooms` pages by name
         self.outbox: defaultdict[int, list[Item]] = defaultdict(list)
         self.endings: OrderedDict[str, tuple[str, str]] = OrderedDict()
         # Messages stored but not committed yet: (label, ack bytes, message bytes), both
@@ -202,14 +207,15 @@ class Broker:
                                     f"{self.config.max_rooms} rooms", limit="max_rooms")
             if room is None:
                 room = self.rooms[name] = Room(name, *self.store.topic(name))
+                insort(self.room_names, name)
             log.debug("%s joins %s", member.nick, name)
             self._fanout(room, pack({"type": "join", "room": name, "nick": member.nick,
                                      "ts": now}))
             room.members[member.sid] = member
             member.rooms.add(name)
             self._state(member)
-        self._reply(member, {"type": "joined", "room": name, "topic": room.topic,
-                             "members": [m.nick for m in room.members.values()]}, label)
+        self._reply_paged(member, {"type": "joined", "room": name, "topic": room.topic},
+                          "members", self._members_after(room, None), label)
         after = req.get("after")
         limit = self.config.history_page if after is not None else self.config.history_on_join
         rows, more = self.store.history(room=name, after=after, limit=limit)
@@ -284,14 +290,47 @@ class Broker:
         self._reply(member, frame, label)
 
     def _rooms(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
-        listing = [{"room": r.name, "members": len(r.members), "topic": r.topic}
-                   for r in sorted(self.rooms.values(), key=lambda r: r.name)]
-        self._reply(member, {"type": "rooms", "rooms": listing}, label)
+        names = self.room_names
+        start = bisect_right(names, p.check_room(req["after"])) if "after" in req else 0
+        listing = ({"room": room.name, "members": len(room.members), "topic": room.topic}
+                   for room in (self.rooms[names[i]] for i in range(start, len(names))))
+        self._reply_paged(member, {"type": "rooms"}, "rooms", listing, label)
 
     def _who(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
         room = self._room(req["room"])
-        self._reply(member, {"type": "members", "room": room.name,
-                             "members": [m.nick for m in room.members.values()]}, label)
+        after = p.check_nick(req["after"]) if "after" in req else None
+        self._reply_paged(member, {"type": "members", "room": room.name}, "members",
+                          self._members_after(room, after), label)
+
+    @staticmethod
+    def _members_after(room: Room, after: str | None) -> Iterator[str]:
+        """The room's nicks in their documented order (lower-cased, which is unique among
+        connected sessions), those after the cursor `after` only."""
+        key = after.lower() if after is not None else ""
+        nicks = sorted((m.nick or "" for m in room.members.values()), key=str.lower)
+        return (nick for nick in nicks if nick.lower() > key)
+
+    def _reply_paged(self, member: Member, frame: dict[str, Any], key: str,
+                     items: Iterable[Any], label: Any) -> None:
+        """Reply with as many of `items`, in order, as fit in max_frame under `key`, and
+        `more`: whether any were left out (the client goes on with `after` = the last one
+        it got). At least one goes when there is one, so paging always advances; every
+        item that grows with the server is far below max_frame's minimum."""
+        frame.update({key: [], "more": True})
+        if label is not None:
+            frame["label"] = label
+        # the empty reply's payload, plus room for the array header to grow (1 -> 5 bytes)
+        budget = self.config.max_frame - (len(pack(frame)) - p.HEADER.size) - 4
+        kept: list[Any] = []
+        more = False
+        for item in items:
+            budget -= len(msgpack.packb(item, use_bin_type=True))
+            if budget < 0 and kept:
+                more = True
+                break
+            kept.append(item)
+        frame.update({key: kept, "more": more})
+        self.outbox[member.sid].append(pack(frame))
 
     def _history(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
         page = self.config.history_page
@@ -353,6 +392,7 @@ class Broker:
             self._fanout(room, pack(notice))
         else:
             del self.rooms[room.name]
+            del self.room_names[bisect_left(self.room_names, room.name)]
             self.store.touch_room(room.name, notice["ts"])  # retention counts from here
 
     def _leave_all(self, member: Member, reason: str, now: int) -> None:

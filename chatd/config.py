@@ -33,12 +33,14 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("server", "name", "chatd", "server name sent in welcome", attr="server_name"),
-    Setting("server", "motd", "Welcome to chatd. Type /help for commands.", "message of the day"),
+    Setting("server", "motd", "Welcome to chatd. Type /help for commands.",
+            "message of the day (it and `server.name` must leave 1800 bytes of "
+            "`limits.max_frame` for the rest of the welcome frame)"),
     Setting("limits", "max_sessions", 1000, "sessions in total", 1, 1_000_000),
     Setting("limits", "max_sessions_per_ip", 50, "sessions from one source address", 1,
             1_000_000),
-    Setting("limits", "max_frame", LIMITS["max_frame"], "largest frame payload in bytes",
-            1024, 16 << 20),
+    Setting("limits", "max_frame", LIMITS["max_frame"], "largest frame payload in bytes, "
+            "both directions (2048 to 16 MiB)", 2048, 16 << 20),
     Setting("limits", "max_text", LIMITS["max_text"], "largest message text in UTF-8 bytes",
             1, 60000),
     Setting("limits", "max_rooms", LIMITS["max_rooms"], "rooms one session may be in", 1, 10000),
@@ -100,6 +102,9 @@ SETTINGS: tuple[Setting, ...] = (
 )
 BY_KEY = {f"{s.section}.{s.name}": s for s in SETTINGS}
 FRAME_OVERHEAD = 512  # bytes of a msg/message frame besides its text, with room to spare
+# Bytes of a welcome besides the motd and the server name, at the worst (the longest label,
+# nick and previous reason), with room to spare; tests/test_broker.py measures it.
+WELCOME_OVERHEAD = 1800
 
 
 @dataclass(frozen=True)
@@ -177,6 +182,12 @@ def parse_settings(doc: dict[str, Any]) -> dict[str, Any]:
         # A message of max_text bytes must fit in one frame, both ways (with room, label...).
         errors.append(f"limits.max_text ({values['max_text']}) must be at least "
                       f"{FRAME_OVERHEAD} bytes below limits.max_frame ({values['max_frame']})")
+    welcome = len(values["motd"].encode()) + len(values["server_name"].encode())
+    if not errors and welcome + WELCOME_OVERHEAD > values["max_frame"]:
+        # The welcome frame must fit in max_frame like every other frame.
+        errors.append(f"server.motd and server.name ({welcome} bytes) must be at least "
+                      f"{WELCOME_OVERHEAD} bytes below limits.max_frame "
+                      f"({values['max_frame']})")
     if errors:
         raise ConfigError("; ".join(errors))
     return values

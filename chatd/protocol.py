@@ -182,8 +182,8 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
             "action": ((bool,), False)},
     "nick": {"nick": (_STR, True)},
     "topic": {"room": (_STR, True), "topic": (_STR, False)},
-    "rooms": {},
-    "who": {"room": (_STR, True)},
+    "rooms": {"after": (_STR, False)},
+    "who": {"room": (_STR, True), "after": (_STR, False)},
     "history": {"room": (_STR, False), "with": (_STR, False), "before": (_INT, False),
                 "after": (_INT, False), "limit": (_INT, False)},
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -9,7 +10,8 @@ import pytest
 from frames import decode_all
 
 from chatd.broker import Broker
-from chatd.config import Config, parse_settings
+from chatd.config import BY_KEY, FRAME_OVERHEAD, WELCOME_OVERHEAD, Config, parse_settings
+from chatd.protocol import FrameDecoder
 from chatd.store import Store
 
 
@@ -20,6 +22,7 @@ class Harness:
         self.now = 1_000
         self.frames: dict[int, list[dict[str, Any]]] = {}
         self.controls: dict[int, list[dict[str, Any]]] = {}
+        self.largest = 0  # the largest frame payload the broker produced, in bytes
 
     def connect(self, sid: int, nick: str | None = None) -> None:
         self.broker.attach(sid, f"sess{sid}")
@@ -38,6 +41,7 @@ class Harness:
                 if isinstance(item, dict):
                     self.controls.setdefault(sid, []).append(item)
                 else:
+                    self.largest = max(self.largest, largest_payload(item))
                     self.frames.setdefault(sid, []).extend(decode_all(item))
 
     def take(self, sid: int) -> list[dict[str, Any]]:
@@ -45,6 +49,12 @@ class Harness:
 
     def types(self, sid: int) -> list[str]:
         return [f["type"] for f in self.take(sid)]
+
+
+def largest_payload(data: bytes) -> int:
+    decoder = FrameDecoder(max_frame=1 << 24)
+    decoder.receive_data(data)
+    return max(len(payload) for payload in decoder.payloads())
 
 
 @pytest.fixture
@@ -108,7 +118,7 @@ def test_join_notices_members_and_history(h: Harness) -> None:
     h.send(2, type="join", room="#r", label=5)
     joined, history = h.take(2)
     assert joined == {"type": "joined", "room": "#r", "topic": "", "members": ["a", "b"],
-                      "label": 5}
+                      "more": False, "label": 5}
     assert [m["text"] for m in history["messages"]] == ["before"]
     assert h.take(1)[0] == {"type": "join", "room": "#r", "nick": "b", "ts": h.now}
     h.send(2, type="join", room="#r")  # rejoin: replies again, nobody is told
@@ -296,3 +306,116 @@ def test_every_catch_up_request_is_marked_done_whatever_its_outcome(h: Harness) 
     h.send(1, type="msg", room="#r", text="x")
     h.send(1, type="rooms")
     assert [c for c in h.controls[1] if c["c"] == "done"] == [{"c": "done"}] * 3
+
+
+def page_through(h: Harness, sid: int, first: dict[str, Any], key: str,
+                 cursor: Callable[[Any], str], **req: Any) -> list[Any]:
+    """Follow `more` from `first` with `after` = the cursor of the last item."""
+    items, frame = list(first[key]), first
+    while frame["more"]:
+        assert frame[key], "a page with more=true must make progress"
+        h.send(sid, **req, after=cursor(items[-1]), label="next")
+        (frame,) = h.take(sid)
+        assert frame["label"] == "next"
+        items += frame[key]
+    return items
+
+
+def test_rooms_are_paged_within_max_frame_in_name_order() -> None:
+    h = Harness(limits={"max_frame": 2048, "max_text": 1000, "max_rooms": 300})
+    h.connect(1, "a")
+    names = [f"#room{i:03d}-" + "x" * 40 for i in range(150)]
+    for i, name in enumerate(reversed(names)):
+        h.send(1, type="join", room=name)
+        if i % 3 == 0:
+            h.send(1, type="topic", room=name, topic="\U0001f600" * 300)
+    h.take(1)
+    h.send(1, type="rooms", label=1)
+    (first,) = h.take(1)
+    assert first["more"] is True and first["label"] == 1
+    listed = page_through(h, 1, first, "rooms", lambda r: r["room"], type="rooms")
+    assert [r["room"] for r in listed] == names  # sorted by name, each once
+    assert h.largest <= 2048
+    h.send(1, type="rooms", after=names[-1])
+    assert h.take(1)[0] == {"type": "rooms", "rooms": [], "more": False}
+    h.send(1, type="rooms", after="#room074")  # a cursor need not be a room that exists
+    assert h.take(1)[0]["rooms"][0]["room"] == names[74]
+    h.send(1, type="rooms", after="nope", label=2)
+    assert h.take(1)[0]["code"] == "invalid_room"
+
+
+def test_members_are_paged_within_max_frame_in_nick_order() -> None:
+    h = Harness(limits={"max_frame": 2048, "max_text": 1000})
+    nicks = [f"{'AbCdEfGhIj'[i % 10]}{i:02d}" + "n" * 27 for i in range(60)]
+    for sid, nick in enumerate(nicks, start=1):
+        h.connect(sid, nick)
+        if sid == 1:
+            h.send(1, type="join", room="#crowd")
+            h.send(1, type="topic", room="#crowd", topic="\U0001f600" * 300)
+        else:
+            h.send(sid, type="join", room="#crowd")
+    order = sorted(nicks, key=str.lower)
+    last = len(nicks)
+    joined = h.take(last)[0]
+    assert joined["type"] == "joined" and joined["more"] is True
+    assert joined["topic"] == "\U0001f600" * 300
+    members = page_through(h, last, joined, "members", lambda n: n, type="who",
+                           room="#crowd")
+    assert members == order
+    h.take(1)  # join notices
+    h.send(1, type="who", room="#crowd", label=3)
+    (first,) = h.take(1)
+    assert page_through(h, 1, first, "members", str.upper, type="who", room="#crowd") == order
+    assert h.largest <= 2048
+    h.send(1, type="who", room="#crowd", after="9lives", label=4)
+    assert h.take(1)[0]["code"] == "invalid_nick"
+    h.connect(99, "solo")
+    h.send(99, type="join", room="#alone", label=5)
+    assert h.take(99)[0] == {"type": "joined", "room": "#alone", "topic": "",
+                             "members": ["solo"], "more": False, "label": 5}
+
+
+def test_every_bounded_frame_fits_the_smallest_max_frame() -> None:
+    """Frames that do not grow with the server (their fields have fixed bounds) fit in
+    max_frame at its minimum, at the worst: the longest label, nick, room, topic and
+    reason, each of 4-byte characters."""
+    smallest = int(BY_KEY["limits.max_frame"].low or 0)
+    h = Harness(limits={"max_frame": smallest, "max_text": smallest - FRAME_OVERHEAD})
+    wide = "\U0001f600"
+    label, topic, reason = wide * 64, wide * 300, wide * 200
+    nick, nick2, room = "n" * 30, "m" * 30, "#" + "r" * 49
+    h.connect(1)
+    h.send(1, type="hello", version=1, nick=nick, label=label)
+    h.connect(2, nick2)
+    for sid in (1, 2):
+        h.send(sid, type="join", room=room, label=label)
+    h.send(1, type="topic", room=room, topic=topic, label=label)
+    h.send(2, type="topic", room=room, label=label)
+    h.send(2, type="rooms", label=label)
+    h.send(2, type="who", room=room, label=label)
+    h.send(2, type="msg", room=room, text="x" * (smallest - FRAME_OVERHEAD), label=label)
+    h.send(2, type="nick", nick=nick2.upper(), label=label)
+    h.send(2, type="part", room=room, reason=reason, label=label)
+    h.send(2, type="join", room=room, label=label)
+    h.send(2, type="history", room="#" + "q" * 49, label=label)  # an error with a label
+    h.send(1, type="quit", reason=reason)
+    h.connect(3)
+    h.send(3, type="hello", version=1, nick=nick, session="sess1", label=label)
+    welcome = h.take(3)[0]
+    assert welcome["previous"]["message"] == reason
+    assert [f["reason"] for f in h.take(2) if f["type"] == "quit"] == [reason]
+    assert h.largest <= smallest, f"a {h.largest}-byte frame; max_frame={smallest}"
+
+
+def test_the_welcome_overhead_covers_the_worst_welcome() -> None:
+    """config.WELCOME_OVERHEAD (what a welcome needs besides motd and name, which the
+    configuration check reserves in max_frame) covers the longest label, nick and
+    previous reason."""
+    h = Harness(server={"motd": "", "name": ""})
+    wide = "\U0001f600"
+    h.connect(1, "a")
+    h.send(1, type="quit", reason=wide * 200)
+    h.connect(2)
+    h.send(2, type="hello", version=1, nick="n" * 30, session="sess1", label=wide * 64)
+    h.take(2)
+    assert h.largest <= WELCOME_OVERHEAD

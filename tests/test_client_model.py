@@ -502,3 +502,54 @@ def test_a_peers_nick_change_renames_its_dm_buffer_in_place() -> None:
     core.execute_line("/switch Bobby")
     core.execute_line("again")
     assert core.take_outbox()[-1]["to"] == "Bobby"
+
+
+def test_rooms_and_who_follow_every_page() -> None:
+    """protocol.md §4: `rooms` and `who` replies are paged; the client asks for the next
+    page with `after` = the last entry while `more` is true, and shows the whole list."""
+    core = Core("alice", ["#a"])
+    join_reply(core, welcome(core)[0], [])
+    core.execute_line("/rooms")
+    (req,) = core.take_outbox()
+    core.receive({"type": "rooms", "rooms": [{"room": "#a", "members": 2, "topic": ""}],
+                  "more": True, "label": req["label"]})
+    (nxt,) = core.take_outbox()
+    assert nxt == {"type": "rooms", "after": "#a", "label": nxt["label"]}
+    core.receive({"type": "rooms", "rooms": [{"room": "#b", "members": 1, "topic": "B"}],
+                  "more": False, "label": nxt["label"]})
+    assert not core.take_outbox() and not core.busy()
+    texts = [line.text for line in core.model.cur.lines]
+    assert "2 room(s):" in texts and "  #b (1) - B" in texts
+    assert {"#a", "#b"} <= core.model.known_rooms
+    core.execute_line("/who")
+    (req,) = core.take_outbox()
+    assert req == {"type": "who", "room": "#a", "label": req["label"]}
+    core.receive({"type": "members", "room": "#a", "members": ["alice", "bob"], "more": True,
+                  "label": req["label"]})
+    (nxt,) = core.take_outbox()
+    assert nxt == {"type": "who", "room": "#a", "after": "bob", "label": nxt["label"]}
+    core.receive({"type": "members", "room": "#a", "members": ["carol"], "more": False,
+                  "label": nxt["label"]})
+    assert "#a: 3 member(s): alice, bob, carol" in [line.text for line in core.model.cur.lines]
+    assert sorted(core.model.cur.members.values()) == ["alice", "bob", "carol"]
+
+
+def test_a_joined_with_more_members_fetches_the_rest_quietly() -> None:
+    core = Core("alice", ["#a"])
+    (join,) = welcome(core)
+    core.receive({"type": "joined", "room": "#a", "topic": "", "members": ["alice", "bob"],
+                  "more": True, "label": join["label"]})
+    core.receive({"type": "history", "room": "#a", "messages": [], "more": False,
+                  "label": join["label"]})
+    (who,) = core.take_outbox()
+    assert who == {"type": "who", "room": "#a", "after": "bob", "label": who["label"]}
+    core.receive({"type": "members", "room": "#a", "members": ["carol"], "more": True,
+                  "label": who["label"]})
+    (who,) = core.take_outbox()
+    assert who == {"type": "who", "room": "#a", "after": "carol", "label": who["label"]}
+    core.receive({"type": "members", "room": "#a", "members": ["dave"], "more": False,
+                  "label": who["label"]})
+    buf = core.model.get("#a")
+    assert buf is not None and sorted(buf.members.values()) == ["alice", "bob", "carol", "dave"]
+    assert not [line for line in buf.lines if "member(s)" in line.text]
+    assert not core.take_outbox() and not core.busy()

@@ -29,6 +29,9 @@ def test_values_override_and_ints_widen_to_floats() -> None:
     ({"limits": {"max_frame": 1 << 30}}, "above the maximum"),
     ({"server": {"motd": 5}}, "server.motd: expected str"),
     ({"max_text": 5}, "unknown top-level key"),
+    ({"limits": {"max_frame": 2047, "max_text": 100}}, "below the minimum"),
+    ({"limits": {"max_frame": 4096, "max_text": 100}, "server": {"motd": "m" * 2300}},
+     "server.motd and server.name"),
 ])
 def test_bad_settings_are_reported_clearly(doc: dict, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):

@@ -365,6 +365,7 @@ def test_members_and_room_listing(server, make):
     assert listing["type"] == "rooms", listing
     assert listing["rooms"] == [{"room": "#alpha", "members": 2, "topic": ""},
                                 {"room": "#beta", "members": 2, "topic": ""}]
+    assert listing["more"] is False
     who = c.call({"type": "who", "room": "#BETA"})  # need not be a member
     assert who["type"] == "members" and who["room"] == "#beta", who
     assert sorted(who["members"]) == ["alice", "bob"]
@@ -580,5 +581,47 @@ def test_history_replies_fit_in_max_frame(tmp_path: Any, make: Callable[..., Cli
         _, hist = b.join("#big", after=sent[3])
         assert b.largest <= max_frame and ids(hist["messages"]) == \
             sent[4:4 + len(hist["messages"])] and hist["more"] is True
+    finally:
+        assert srv.stop() == 0
+
+
+def test_room_and_member_lists_are_paged_within_max_frame(tmp_path: Any,
+                                                          make: Callable[..., Client]):
+    """protocol.md §4: every frame is within max_frame, lists that grow with the server
+    included: `rooms`, `who` and `joined` come in pages, followed with `after`."""
+    srv = start(tmp_path, limits={"max_frame": 2048, "max_text": 1000, "max_rooms": 200})
+    try:
+        owner = make("owner", srv=srv)
+        rooms = [f"#r{i:03d}" + "-" * 40 for i in range(120)]
+        for room in rooms:
+            owner.request({"type": "join", "room": room})
+        owner.call({"type": "topic", "room": rooms[0], "topic": "\U0001f600" * 300})
+        nicks = [f"{'ZyXwV'[i % 5]}{i:02d}" + "n" * 27 for i in range(30)]
+        crowd = [make(nick, srv=srv) for nick in nicks]
+        for c in crowd:
+            c.join(rooms[0])
+        last = crowd[-1]
+        last.sync()
+        label = last.request({"type": "join", "room": rooms[0]})  # a rejoin: the full list
+        joined = last.reply(label)
+        assert joined["type"] == "joined" and joined["more"] is True, joined
+        assert last.reply(label)["type"] == "history"
+        members = list(joined["members"])
+        while joined["more"]:
+            joined = last.call({"type": "who", "room": rooms[0], "after": members[-1]})
+            members += joined["members"]
+        assert members == sorted(["owner", *nicks], key=str.lower)
+        listing: list[Frame] = []
+        page = last.call({"type": "rooms"})
+        listing += page["rooms"]
+        while page["more"]:
+            page = last.call({"type": "rooms", "after": listing[-1]["room"]})
+            assert page["rooms"], page
+            listing += page["rooms"]
+        assert [r["room"] for r in listing] == rooms
+        assert listing[0]["members"] == 31 and listing[1]["members"] == 1
+        for client in (owner, *crowd):
+            client.sync()
+            assert client.largest <= 2048, f"a {client.largest}-byte frame"
     finally:
         assert srv.stop() == 0

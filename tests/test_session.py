@@ -69,7 +69,7 @@ def test_bad_frames_get_errors_and_the_session_goes_on() -> None:
 
 
 def test_oversized_frame_ends_the_session() -> None:
-    s = make(limits={"max_frame": 1024, "max_text": 500})
+    s = make(limits={"max_frame": 2048, "max_text": 500})
     s.receive_data(b"\x00\x01\x00\x00", 0)
     (err,) = out(s)
     assert (err["code"], err["fatal"], err["limit"]) == ("frame_too_large", True, "max_frame")
