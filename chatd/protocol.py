@@ -35,6 +35,10 @@ NICK_FIRST = r"A-Za-z_\[\]\\^{}|`"
 MAX_NICK = 30
 NICK_RE = re.compile(rf"[{NICK_FIRST}][{NICK_CHARS}]{{0,{MAX_NICK - 1}}}\Z")
 ROOM_RE = re.compile(r"#[a-z0-9_.\-]{1,49}\Z")
+# Unicode's White_Space property: a message of only these is empty (protocol.md §3).
+WHITE_SPACE = frozenset("\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004"
+                        "\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+_WHITE = "".join(sorted(WHITE_SPACE))
 
 # code -> (fatal, meaning). Fatal errors are followed by the server closing.
 ERRORS: dict[str, tuple[bool, str]] = {
@@ -187,6 +191,8 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "history": {"room": (_STR, False), "with": (_STR, False), "before": (_INT, False),
                 "after": (_INT, False), "limit": (_INT, False)},
 }
+# Pairs of optional fields of which a request must give exactly one.
+_ONE_OF = {"msg": (("room", "to"),), "history": (("room", "with"),)}
 # Requests a session may send before it has been welcomed.
 PRE_WELCOME = frozenset({"hello", "ping", "pong", "quit"})
 MAX_LABEL = 64
@@ -226,13 +232,13 @@ def validate_request(obj: dict[str, Any]) -> dict[str, Any]:
             raise ProtocolError("wrong_type", f"{rtype}: field {field!r} must be {names}")
         if types is _INT and not -(2**63) <= value < 2**63:  # ids, limits: SQLite's range
             raise ProtocolError("invalid_value", f"{rtype}: field {field!r} is out of range")
-    if rtype == "msg" and ("room" in obj) == ("to" in obj):
-        raise ProtocolError("invalid_value", "msg: give exactly one of 'room' or 'to'")
-    if rtype == "history":
-        if ("room" in obj) == ("with" in obj):
-            raise ProtocolError("invalid_value", "history: give exactly one of 'room' or 'with'")
-        if "before" in obj and "after" in obj:
-            raise ProtocolError("invalid_value", "history: give at most one of 'before', 'after'")
+    for pair in _ONE_OF.get(rtype, ()):
+        given = [f for f in pair if f in obj]
+        if len(given) != 1:  # neither is a missing field, both a bad combination
+            raise ProtocolError("missing_field" if not given else "invalid_value",
+                                f"{rtype}: give exactly one of {pair[0]!r} or {pair[1]!r}")
+    if rtype == "history" and "before" in obj and "after" in obj:
+        raise ProtocolError("invalid_value", "history: give at most one of 'before', 'after'")
     return obj
 
 
@@ -272,7 +278,7 @@ def check_room(room: str) -> str:
 
 def check_text(text: str, max_text: int) -> str:
     """Message text as the server stores and sends it (line separators become newlines)."""
-    if not text.strip():
+    if not text.strip(_WHITE):
         raise ProtocolError("text_empty")
     if len(text.encode("utf-8", "surrogatepass")) > max_text:
         raise ProtocolError("text_too_long", f"text is over max_text={max_text} bytes",

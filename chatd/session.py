@@ -82,7 +82,10 @@ class Session:
             self._end("closed", "connection closed")
 
     def _frame(self, payload: bytes, now: float) -> None:
+        """One frame costs one token at most: a request its own bucket's, a frame that is
+        not a valid request one of `cmd` (protocol.md §7)."""
         label = None
+        charged = False
         try:
             req = p.decode_payload(payload)
             label = p.label_of(req)
@@ -98,6 +101,7 @@ class Session:
                 return
             if not self._allow(BUCKET_OF.get(rtype, "cmd"), label, now):
                 return
+            charged = True
             if rtype == "hello":
                 if self.nick is not None:
                     raise ProtocolError("already_registered")
@@ -107,7 +111,7 @@ class Session:
             log.debug("request %s", rtype)
             self._forward(rtype, self._canonical(req, rtype))
         except ProtocolError as exc:
-            if self._allow("cmd", label, now):
+            if charged or self._allow("cmd", label, now):
                 self.to_client.append(p.error_from(exc, label))
 
     def _quit(self, req: dict[str, Any], label: Any) -> None:

@@ -56,7 +56,7 @@ def test_bad_payloads_get_codes(payload: bytes, code: str) -> None:
     ({"type": "hello", "nick": "a"}, "missing_field"),
     ({"type": "hello", "version": "1", "nick": "a"}, "wrong_type"),
     ({"type": "hello", "version": True, "nick": "a"}, "wrong_type"),
-    ({"type": "msg", "text": "x"}, "invalid_value"),
+    ({"type": "msg", "text": "x"}, "missing_field"),
     ({"type": "msg", "room": "#a", "to": "b", "text": "x"}, "invalid_value"),
     ({"type": "msg", "room": "#a", "text": "x", "action": 1}, "wrong_type"),
     ({"type": "history", "room": "#a", "before": 1, "after": 2}, "invalid_value"),

@@ -108,7 +108,7 @@ SCHEMA_CASES = [
     ({"type": "history", "room": "#x", "limit": 1.5}, "wrong_type"),
     ({"type": "join", "room": "#x", "after": True}, "wrong_type"),
     ({"type": "msg", "room": "#x", "to": "bob", "text": "hi"}, "invalid_value"),
-    ({"type": "msg", "text": "hi"}, "invalid_value"),
+    ({"type": "msg", "text": "hi"}, "missing_field"),
 ]
 
 
