@@ -444,7 +444,8 @@ def _finish(sock: socket.socket, chan: socket.socket | None, session: Session,
         else:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
-            log.info("client did not take its last frames within close_grace; resetting")
+            log.info("client did not take its last frames within close_grace (or is gone): "
+                     "resetting the connection")
     sock.close()
 
 
@@ -496,8 +497,9 @@ def _unacknowledged(sock: socket.socket) -> int:
 
 
 def _discard_input(sock: socket.socket) -> str:
-    """Read and drop what the client sent: "open", "closed" (its side) or "gone"."""
-    while True:
+    """Read and drop what the client sent: "open", "closed" (its side) or "gone".
+    A bounded amount per call, so that a client sending flat out cannot keep us here."""
+    for _ in range(64):
         try:
             if not sock.recv(65536):
                 return "closed"
@@ -505,3 +507,4 @@ def _discard_input(sock: socket.socket) -> str:
             return "open"
         except OSError:
             return "gone"
+    return "open"
