@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Callable
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, KeysView
 from dataclasses import dataclass, field
 
 from chatd.protocol import NICK_CHARS, nick_key, safe_text
@@ -28,11 +30,30 @@ class Line:
     state: str = "ok"  # ok | pending | failed
     mention: bool = False
     own: bool = False
+    # Kept by the Buffer that holds the line: its lines are sorted by `seq`, so a line is
+    # found (and a place for a new one) by bisection, not by a walk over the buffer.
+    seq: int = field(default=0, repr=False, compare=False)
+
+
+# Room between the seq of neighbouring lines. A line inserted between two others takes the
+# midpoint, so 64 insertions at one place fit before the lines around it are spread out
+# again (see Buffer._make_room). Python ints: no precision runs out.
+GAP = 1 << 64
+MIN_ROOM = 1 << 16  # a spread-out window leaves at least this much between its lines
 
 
 @dataclass
 class Buffer:
-    """A room, a direct-message conversation or the server buffer."""
+    """A room, a direct-message conversation or the server buffer.
+
+    Lines are kept in this order: messages with an id in id order; lines without one
+    (notices, local lines) where they were added, which is at the end, except that our own
+    messages waiting for their ack stay below everything else; a message that arrives late
+    (catch-up, older history) goes after the message with the next lower id, and among the
+    id-less lines that follow that one by time. Adding a line costs O(log n) plus one list
+    insert (a memmove), whatever the arrival order: a history page in descending id order
+    must not cost O(n) per message.
+    """
 
     key: str  # room name, nick_key(nick) for direct messages, or SERVER
     name: str  # shown name
@@ -40,7 +61,6 @@ class Buffer:
     scrollback: int = DEFAULT_SCROLLBACK
     lines: list[Line] = field(default_factory=list)
     trimmed: int = 0  # lines dropped from the front: absolute index = trimmed + position
-    ids: set[int] = field(default_factory=set)
     last_id: int = 0  # highest message id seen here (the catch-up point)
     unread: int = 0
     mentions: int = 0
@@ -50,21 +70,30 @@ class Buffer:
     anchor: int | None = None  # absolute index of the bottom line shown; None = follow
     new_below: int = 0  # lines added while scrolled up
     context_fetched: bool = False
+    # The lines with an id: by id, and their ids sorted (always the same set).
+    by_id: dict[int, Line] = field(default_factory=dict, repr=False)
+    id_order: list[int] = field(default_factory=list, repr=False)
+
+    @property
+    def ids(self) -> KeysView[int]:
+        """Ids of the messages held (the dedup set; shrinks with the scrollback)."""
+        return self.by_id.keys()
 
     def add(self, line: Line) -> bool:
-        """Insert a line in id order; False (and nothing changes) for a duplicate id."""
+        """Insert a line in its place; False (and nothing changes) for a duplicate id."""
         if line.id is not None:
-            if line.id in self.ids:
+            if line.id in self.by_id:
                 return False
-            self.ids.add(line.id)
+            rank = bisect_left(self.id_order, line.id)
+            pos = self._place(line, rank)
+            self.id_order.insert(rank, line.id)
+            self.by_id[line.id] = line
             self.last_id = max(self.last_id, line.id)
-        pos = len(self.lines)
-        if line.id is not None:
-            # Late arrivals (catch-up pages, older history) go before newer messages,
-            # and before our own pending ones, which have no id yet.
-            while pos > 0 and _after(self.lines[pos - 1], line):
-                pos -= 1
-        self.lines.insert(pos, line)
+        elif line.state == "pending":
+            pos = len(self.lines)
+        else:
+            pos = self._unsent()
+        self._insert(pos, line)
         if self.anchor is not None:
             if self.trimmed + pos <= self.anchor:
                 self.anchor += 1
@@ -73,13 +102,88 @@ class Buffer:
         self._trim()
         return True
 
+    def _place(self, line: Line, rank: int) -> int:
+        """Position for a message whose id would be id_order[rank]."""
+        lo = self.index_of(self.by_id[self.id_order[rank - 1]]) + 1 if rank else 0
+        if rank < len(self.id_order):
+            hi = self.index_of(self.by_id[self.id_order[rank]])
+        else:
+            hi = self._unsent()
+        # lines[lo:hi] have no id: place the message among them by time.
+        return bisect_right(self.lines, _time_key(line), lo, hi, key=_time_key)
+
+    def _unsent(self) -> int:
+        """Where our messages waiting for their ack begin: they stay at the bottom, below
+        anything that arrives meanwhile. O(messages in flight)."""
+        pos = len(self.lines)
+        while pos > 0 and self.lines[pos - 1].state == "pending":
+            pos -= 1
+        return pos
+
+    def _insert(self, pos: int, line: Line) -> None:
+        lines = self.lines
+        if 0 < pos < len(lines) and lines[pos].seq - lines[pos - 1].seq < 2:
+            self._make_room(pos)
+        before = lines[pos - 1].seq if pos > 0 else None
+        after = lines[pos].seq if pos < len(lines) else None
+        if before is None:
+            line.seq = 0 if after is None else after - GAP
+        else:
+            line.seq = before + GAP if after is None else (before + after) // 2
+        lines.insert(pos, line)
+
+    def _make_room(self, pos: int) -> None:
+        """Spread out the lines around a used-up gap before lines[pos].
+
+        The window doubles until it reaches an end of the buffer (where the seqs may grow
+        freely) or holds room enough for MIN_ROOM per line; only its lines are renumbered.
+        So a page inserted at one place costs a window of a few dozen lines every few
+        dozen messages, not a pass over the buffer.
+        """
+        lines, n = self.lines, len(self.lines)
+        k = 1
+        while True:
+            lo, hi = max(0, pos - k), min(n, pos + k)
+            slots = hi - lo + 1  # the window's lines and the one to come at pos
+            if lo == 0 and hi == n:
+                first, step = 0, GAP
+            elif lo == 0:
+                first, step = lines[hi].seq - slots * GAP, GAP
+            elif hi == n:
+                first, step = lines[lo - 1].seq + GAP, GAP
+            else:
+                left, right = lines[lo - 1].seq, lines[hi].seq
+                step = (right - left) // (slots + 1)
+                first = left + step
+                if step < MIN_ROOM:
+                    k *= 2
+                    continue
+            break
+        slot = 0
+        for j in range(lo, hi):
+            if j == pos:
+                slot += 1  # left free for the new line
+            lines[j].seq = first + slot * step
+            slot += 1
+
+    def index_of(self, line: Line) -> int:
+        """Position of a line held by this buffer, by bisection (ValueError if absent)."""
+        pos = bisect_left(self.lines, line.seq, key=_seq)
+        if pos < len(self.lines) and self.lines[pos] is line:
+            return pos
+        raise ValueError("line not in this buffer")
+
     def _trim(self) -> None:
         excess = len(self.lines) - self.scrollback
         if excess <= 0:
             return
+        dropped = 0
         for old in self.lines[:excess]:
             if old.id is not None:
-                self.ids.discard(old.id)
+                del self.by_id[old.id]
+                dropped += 1
+        # Messages are in id order, so the ones dropped from the front have the lowest ids.
+        del self.id_order[:dropped]
         del self.lines[:excess]
         self.trimmed += excess
         if self.anchor is not None and self.anchor < self.trimmed:
@@ -93,7 +197,7 @@ class Buffer:
 
     def acked(self, line: Line, msg_id: int, ts: float) -> None:
         """Our pending line got its id: move it to its place in id order."""
-        pos = self.lines.index(line)
+        pos = self.index_of(line)
         del self.lines[pos]
         if self.anchor is not None and self.trimmed + pos <= self.anchor:
             self.anchor -= 1
@@ -101,13 +205,10 @@ class Buffer:
         self.add(line)  # a no-op if the message frame somehow came first
 
     def oldest_id(self) -> int | None:
-        for line in self.lines:
-            if line.id is not None:
-                return line.id
-        return None
+        return self.id_order[0] if self.id_order else None
 
     def message_count(self) -> int:
-        return sum(1 for line in self.lines if line.id is not None)
+        return len(self.id_order)
 
     # Scrolling: the UI moves the anchor; new lines never move the view while scrolled.
     @property
@@ -126,11 +227,21 @@ class Buffer:
         return self.end - 1 if self.anchor is None else self.anchor
 
 
-def _after(prev: Line, new: Line) -> bool:
-    """Should `new` be placed before `prev`?"""
-    if prev.id is not None:
-        return prev.id > new.id  # type: ignore[operator]
-    return prev.state == "pending" or prev.ts > new.ts
+def _seq(line: Line) -> int:
+    return line.seq
+
+
+def _time_key(line: Line) -> float:
+    """Where a line sorts among id-less lines: by time.
+
+    Whatever a server sends as a time, this is a float that compares (a NaN or a
+    non-number sorts first), so a bad timestamp can misplace its own line, nothing more.
+    """
+    try:
+        ts = float(line.ts)
+    except (TypeError, ValueError, OverflowError):
+        return -math.inf
+    return -math.inf if ts != ts else ts
 
 
 class Model:
