@@ -278,7 +278,9 @@ def help_lines(command: str | None = None) -> list[str]:
     width = max(len(s.usage) for s in COMMANDS.values())
     lines = ["Commands (a line not starting with '/' is a message; '//' sends a literal '/'):"]
     lines += [f"  {s.usage:<{width}}  {s.summary}" for s in COMMANDS.values()]
-    lines.append("Keys: PageUp/PageDown scroll, Alt+1..9 / Ctrl+N / Ctrl+P switch buffers,")
+    lines.append("Keys: PageUp/PageDown and the mouse wheel scroll, Ctrl+Home/Ctrl+End (Home/End")
+    lines.append("      on an empty line) go to the top/bottom,")
+    lines.append("      Alt+1..9 / Ctrl+N / Ctrl+P switch buffers,")
     lines.append("      Tab completes, Up/Down input history, Alt+Enter inserts a newline,")
     lines.append("      a pasted block is one multi-line message, Ctrl-C / Ctrl-D exit.")
     return lines

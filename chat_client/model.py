@@ -7,6 +7,7 @@ import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, KeysView
 from dataclasses import dataclass, field
+from typing import Any
 
 from chatd.protocol import NICK_CHARS, nick_key, safe_text
 
@@ -33,6 +34,9 @@ class Line:
     # Kept by the Buffer that holds the line: its lines are sorted by `seq`, so a line is
     # found (and a place for a new one) by bisection, not by a walk over the buffer.
     seq: int = field(default=0, repr=False, compare=False)
+    # The renderer's wrapped rows of this line (chat_client.render), checked against the
+    # line's fields and the width on each use, so a changed line is simply re-wrapped.
+    cache: Any = field(default=None, repr=False, compare=False)
 
 
 # Room between the seq of neighbouring lines. A line inserted between two others takes the

@@ -10,12 +10,14 @@ from prompt_toolkit.application import Application
 from prompt_toolkit.buffer import Buffer as InputBuffer
 from prompt_toolkit.data_structures import Point
 from prompt_toolkit.document import Document
+from prompt_toolkit.filters import Condition
 from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.layout import HSplit, Layout, Window
 from prompt_toolkit.layout.controls import BufferControl, FormattedTextControl, UIContent, UIControl
 from prompt_toolkit.layout.dimension import Dimension
 from prompt_toolkit.layout.processors import BeforeInput
+from prompt_toolkit.mouse_events import MouseEvent, MouseEventType
 from prompt_toolkit.output import Output
 from prompt_toolkit.styles import Style
 
@@ -24,7 +26,7 @@ from .connection import Connection
 from .core import Core
 from .lifecycle import ConnState
 from .model import Model, clean_line
-from .render import Fragments, scroll_target, visible_rows
+from .render import WHEEL_ROWS, Fragments, page_rows, scroll_by, top_bottom, visible_rows
 from .store import StateStore
 from .stream import TCPOpener
 
@@ -74,11 +76,30 @@ class MessagesControl(UIControl):
     def is_focusable(self) -> bool:
         return False
 
+    # Scrolling: each of these visits O(screen) lines (see render.py), at any buffer size.
     def scroll(self, pages: int) -> None:
-        buf = self.model.cur
-        target = scroll_target(buf, self.width, self.height, self.model.nick, pages,
-                               self.model.clock)
-        buf.scroll_to(target)
+        self.scroll_rows(pages * page_rows(self.height))
+
+    def scroll_rows(self, rows: int) -> None:
+        m = self.model
+        m.cur.scroll_to(scroll_by(m.cur, self.width, self.height, m.nick, rows, m.clock))
+
+    def scroll_top(self) -> None:
+        m = self.model
+        m.cur.scroll_to(top_bottom(m.cur, self.width, self.height, m.nick, m.clock))
+
+    def scroll_bottom(self) -> None:
+        self.model.cur.scroll_to(None)
+
+    def mouse_handler(self, mouse_event: MouseEvent) -> Any:
+        """The mouse wheel over the messages scrolls them."""
+        if mouse_event.event_type == MouseEventType.SCROLL_UP:
+            self.scroll_rows(-WHEEL_ROWS)
+        elif mouse_event.event_type == MouseEventType.SCROLL_DOWN:
+            self.scroll_rows(WHEEL_ROWS)
+        else:
+            return NotImplemented
+        return None
 
 
 class Completion:
@@ -177,7 +198,7 @@ class ChatUI:
         ]), focused_element=input_window)
         self.app: Application[int] = Application(
             layout=layout, key_bindings=self._bindings(), style=STYLE, full_screen=True,
-            mouse_support=False, refresh_interval=1.0, input=input, output=output)
+            mouse_support=True, refresh_interval=1.0, input=input, output=output)
 
     # Status bar
     def status(self) -> Fragments:
@@ -273,6 +294,21 @@ class ChatUI:
         @kb.add("pagedown")
         def _(event: KeyPressEvent) -> None:
             self.messages.scroll(1)
+
+        # Home/End move in the input line while it has text; on an empty line (where they
+        # would do nothing) they go to the top/bottom of the buffer, as Ctrl+Home/Ctrl+End
+        # always do.
+        empty = Condition(lambda: not self.input.text)
+
+        @kb.add("c-home")
+        @kb.add("home", filter=empty)
+        def _(event: KeyPressEvent) -> None:
+            self.messages.scroll_top()
+
+        @kb.add("c-end")
+        @kb.add("end", filter=empty)
+        def _(event: KeyPressEvent) -> None:
+            self.messages.scroll_bottom()
 
         @kb.add("c-n")
         def _(event: KeyPressEvent) -> None:
