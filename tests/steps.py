@@ -12,27 +12,33 @@ from types import FrameType
 from typing import Any
 
 
+class StepCounter:
+    """A trace function (sys.settrace) that counts calls and executed lines in the given
+    source files, and nothing else. `count` may be read from another thread."""
+
+    def __init__(self, *files: str) -> None:
+        self.files = set(files)
+        self.count = 0
+
+    def __call__(self, frame: FrameType, event: str, arg: Any) -> Any:
+        if frame.f_code.co_filename not in self.files:
+            return None
+        self.count += 1
+        return self._line
+
+    def _line(self, frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "line":
+            self.count += 1
+        return self._line
+
+
 def count_steps(fn: Callable[[], Any], *files: str) -> int:
     """Calls plus executed lines of code in the given source files while fn runs."""
-    count = 0
-
-    def local(frame: FrameType, event: str, arg: Any) -> Any:
-        nonlocal count
-        if event == "line":
-            count += 1
-        return local
-
-    def calls(frame: FrameType, event: str, arg: Any) -> Any:
-        nonlocal count
-        if frame.f_code.co_filename not in files:
-            return None
-        count += 1
-        return local
-
+    counter = StepCounter(*files)
     previous = sys.gettrace()
-    sys.settrace(calls)
+    sys.settrace(counter)
     try:
         fn()
     finally:
         sys.settrace(previous)
-    return count
+    return counter.count
