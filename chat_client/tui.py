@@ -24,6 +24,7 @@ from prompt_toolkit.styles import Style
 from . import commands
 from .connection import Connection
 from .core import Core
+from .gcpolicy import Collector
 from .lifecycle import ConnState
 from .model import Model, clean_line
 from .render import WHEEL_ROWS, Fragments, page_rows, scroll_by, top_bottom, visible_rows
@@ -199,6 +200,21 @@ class ChatUI:
         self.app: Application[int] = Application(
             layout=layout, key_bindings=self._bindings(), style=STYLE, full_screen=True,
             mouse_support=True, refresh_interval=1.0, input=input, output=output)
+        self.last_key = self.model.clock.monotonic()
+        self.app.key_processor.before_key_press += self._key_pressed
+
+    def _key_pressed(self, _: object) -> None:
+        self.last_key = self.model.clock.monotonic()
+
+    async def run(self) -> int:
+        """Run the application. Meanwhile full garbage collections leave the scrollback
+        alone (see gcpolicy), so a key never waits on the size of the buffers."""
+        with Collector(clock=self.model.clock.monotonic) as collector:
+            refresher = asyncio.create_task(collector.run(lambda: self.last_key))
+            try:
+                return await self.app.run_async()
+            finally:
+                refresher.cancel()
 
     # Status bar
     def status(self) -> Fragments:
@@ -360,7 +376,7 @@ async def run_tui(core: Core, host: str, port: int, store: StateStore | None,
     if ui_ready is not None:
         ui_ready(ui)
     try:
-        result = await ui.app.run_async()
+        result = await ui.run()
     finally:
         await conn.quit()
         conn_task.cancel()

@@ -1,0 +1,52 @@
+"""Full collections leave the scrollback alone, and still reclaim every cycle in time."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+from chat_client.gcpolicy import Collector
+
+
+class Node:
+    def __init__(self) -> None:
+        self.other: Node | None = None
+
+
+def test_after_a_full_collection_the_survivors_are_out_of_reach() -> None:
+    lines = [Node() for _ in range(50_000)]  # stands in for a big scrollback
+    with Collector():
+        gc.collect()
+        assert gc.get_freeze_count() >= len(lines)
+        # What a later full collection walks no longer includes them.
+        assert len(gc.get_objects()) < gc.get_freeze_count() - len(lines) // 2
+        newer = [Node() for _ in range(10)]
+        assert any(obj is newer[0] for obj in gc.get_objects())
+    assert gc.get_freeze_count() == 0  # leaving puts everything back
+    assert len(gc.get_objects()) > len(lines)
+
+
+def test_a_cycle_that_dies_frozen_goes_at_the_next_refresh() -> None:
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    gone = weakref.ref(a)
+    with Collector() as collector:
+        gc.collect()  # a and b are alive: frozen
+        del a, b
+        gc.collect()
+        assert gone() is not None  # a frozen cycle is not collected...
+        collector.refresh()
+        assert gone() is None  # ...until everything is collected once
+
+
+def test_refresh_waits_for_a_quiet_moment_but_not_for_ever() -> None:
+    now = [1000.0]
+    collector = Collector(every=600.0, quiet=10.0, clock=lambda: now[0])
+    assert not collector.due(last_input=0.0)
+    now[0] += 600.0
+    assert collector.due(last_input=now[0] - 10.0)
+    assert not collector.due(last_input=now[0] - 1.0)  # typing: later
+    now[0] += 1200.0
+    assert collector.due(last_input=now[0])  # three periods: now, typing or not
+    collector.refresh()
+    assert not collector.due(last_input=0.0)
