@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                "CHAT_CLIENT_STATE_DIR; default $XDG_STATE_HOME/chat-client, else "
                "~/.local/state/chat-client) so a restarted client catches up. "
                "Type /help in the client for commands and keys. In plain mode the exit "
-               "status is 0 when every message was acknowledged, 1 otherwise.",
+               "status is 0 when every message was acknowledged, 1 otherwise. "
+               "`chat-client --bench-render [--help]` times the full-screen client's keys "
+               "in a big buffer with traffic (no server needed).",
     )
     p.add_argument("address", metavar="HOST:PORT",
                    help=f"server address; the port defaults to {DEFAULT_PORT}; IPv6 as "
@@ -83,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--bench-render"]:  # a benchmark, not a client: no address
+        from .benchrender import main as bench_render
+
+        return bench_render(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
