@@ -150,7 +150,9 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(0.05)
             m.switch(ROOM)
             assert m.cur.message_count() == opts.lines, "the fill lost messages"
-            await asyncio.sleep(0.5)
+            # Two seconds before the first key, as a user looks at the screen after a
+            # load: the pause in which the collector walks the new lines once (gcpolicy).
+            await asyncio.sleep(2.0)
             feeder = asyncio.create_task(traffic())
             timer = KeyTimer(ui)
             rnd = random.Random(1)

@@ -10,6 +10,11 @@ usual (a trimmed line goes at once); only a frozen object that later becomes gar
 reference cycle would stay, so once in a while, when no key has been pressed for a
 moment (or after three times as long in any case, so that garbage stays bounded),
 everything is unfrozen and collected in one go.
+
+The first full collection after a big load (a history page of 20,000 lines) still walks
+all of it once. So that it does not wait for a key, a full collection also runs whenever
+no key has been pressed for a second (at most every few seconds): it walks only what is
+not frozen yet, a millisecond or two in the usual case.
 """
 
 from __future__ import annotations
@@ -22,13 +27,15 @@ from typing import Any
 
 REFRESH_EVERY = 600.0  # seconds between full collections over everything
 QUIET = 10.0  # ... each taken when no key has been pressed for this long
+SWEEP_EVERY = 5.0  # seconds between full collections of what is not frozen yet
+SWEEP_IDLE = 1.0  # ... each taken when no key has been pressed for this long
 
 
 class Collector:
     def __init__(self, every: float = REFRESH_EVERY, quiet: float = QUIET,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.every, self.quiet, self.clock = every, quiet, clock
-        self.refreshed = clock()
+        self.refreshed = self.swept = clock()
 
     def __enter__(self) -> Collector:
         gc.callbacks.append(self._collected)
@@ -50,15 +57,28 @@ class Collector:
         gc.unfreeze()
         gc.collect()
 
+    def sweep(self) -> None:
+        """A full collection of what is not frozen (then frozen)."""
+        self.swept = self.clock()
+        gc.collect()
+
     def due(self, last_input: float) -> bool:
         since = self.clock() - self.refreshed
         quiet = self.clock() - last_input >= self.quiet
         return since >= self.every and quiet or since >= 3 * self.every
 
+    def sweep_due(self, last_input: float) -> bool:
+        now = self.clock()
+        return now - self.swept >= SWEEP_EVERY and now - last_input >= SWEEP_IDLE
+
+    def tick(self, last_input: float) -> None:
+        if self.due(last_input):
+            self.refresh()
+        elif self.sweep_due(last_input):
+            self.sweep()
+
     async def run(self, last_input: Callable[[], float]) -> None:
-        """Refresh when due, checking every few seconds; `last_input` is the clock()
-        time of the last key press."""
+        """tick() twice a second; `last_input` is the clock() time of the last key."""
         while True:
-            await asyncio.sleep(min(self.quiet, self.every) / 2)
-            if self.due(last_input()):
-                self.refresh()
+            await asyncio.sleep(SWEEP_IDLE / 2)
+            self.tick(last_input())

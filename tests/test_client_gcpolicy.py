@@ -50,3 +50,26 @@ def test_refresh_waits_for_a_quiet_moment_but_not_for_ever() -> None:
     assert collector.due(last_input=now[0])  # three periods: now, typing or not
     collector.refresh()
     assert not collector.due(last_input=0.0)
+
+
+def test_what_is_new_is_swept_in_a_pause_between_keys() -> None:
+    # After a big load the first full collection walks all of it: it should happen
+    # while nobody waits on a key.
+    now = [1000.0]
+    gc.disable()  # only the collections the test makes
+    try:
+        with Collector(clock=lambda: now[0]) as collector:
+            gc.collect()
+            frozen = gc.get_freeze_count()
+            load = [Node() for _ in range(20_000)]
+            now[0] += 10.0
+            collector.tick(last_input=now[0] - 0.2)  # typing: not now
+            assert gc.get_freeze_count() == frozen
+            collector.tick(last_input=now[0] - 2.0)  # a pause: swept, and frozen
+            assert gc.get_freeze_count() >= frozen + len(load)
+            swept = collector.swept
+            now[0] += 1.0
+            collector.tick(last_input=0.0)  # not again so soon
+            assert collector.swept == swept
+    finally:
+        gc.enable()
