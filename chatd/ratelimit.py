@@ -23,6 +23,15 @@ class TokenBucket:
             return 0.0
         return (1.0 - self.tokens) / self.rate
 
+    def wait(self, now: float) -> float:
+        """Seconds until a token is available (0.0: now), without taking it."""
+        tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
+    def full(self, now: float) -> bool:
+        """Whether the bucket has refilled to its burst (so it remembers nothing)."""
+        return self.tokens + (now - self.stamp) * self.rate >= self.burst
+
     def reconfigure(self, rate: float, burst: int) -> None:
         self.rate, self.burst = rate, burst
         self.tokens = min(self.tokens, float(burst))
