@@ -45,6 +45,7 @@ DEFAULT_ITERATIONS = 300_000
 MIN_ITERATIONS = 4096  # RFC 7677's minimum, and scramp's
 MAX_ITERATIONS = 10_000_000  # scramp refuses more (a bound on what a client must compute)
 SALT_BYTES = 16
+KEY_BYTES = 32  # SHA-256
 MIN_PASSWORD = 8  # characters, after SASLprep
 MAX_PASSWORD = 512  # UTF-8 bytes: a bound on what one request may make the helper hash
 SCHEMA = """
@@ -211,9 +212,29 @@ class AccountStore:
         account_exists). The hash runs only when the name is free and valid."""
         check_account_name(name)
         prepared = check_new_password(password)
+        self._free(name)
+        return self._insert(name, make_verifier(prepared, self.iterations), now_ms)
+
+    def register_verifier(self, name: str, verifier: Verifier, now_ms: int) -> Account:
+        """Create an account from a verifier the client derived itself, so that the
+        password never crossed the wire. No hash runs here; the password's quality is
+        the client's to check, the verifier's shape and work factor are checked here."""
+        check_account_name(name)
+        if not self.iterations <= verifier.iterations <= MAX_ITERATIONS:
+            raise AccountError("invalid_password", f"a verifier needs {self.iterations} to "
+                               f"{MAX_ITERATIONS} iterations")
+        if (len(verifier.salt) < SALT_BYTES or len(verifier.stored_key) != KEY_BYTES
+                or len(verifier.server_key) != KEY_BYTES or len(verifier.salt) > 64):
+            raise AccountError("invalid_password", f"a verifier has a salt of {SALT_BYTES} to "
+                               f"64 bytes and keys of {KEY_BYTES} bytes")
+        self._free(name)
+        return self._insert(name, verifier, now_ms)
+
+    def _free(self, name: str) -> None:
         if self.get(name) is not None:
             raise AccountError("account_exists", f"the account {name!r} exists")
-        verifier = make_verifier(prepared, self.iterations)
+
+    def _insert(self, name: str, verifier: Verifier, now_ms: int) -> Account:
         try:
             self.db.execute(
                 "INSERT INTO accounts (key, name, created, scheme, iterations, salt, "

@@ -4,20 +4,23 @@ The requests come from the parent, which forwards what sessions ask and adds wha
 it knows (the client's address, `ip`). Every request has an `id` (an int the parent
 chooses) that its reply carries back; `op` says what to do:
 
-| op             | fields                        | ok reply                         |
-|----------------|-------------------------------|----------------------------------|
-| `register`     | account, password, ip         | account (the spelling stored)    |
-| `plain`        | data (a PLAIN message), ip    | account                          |
-| `scram_start`  | ex, data (client-first), ip   | data (server-first)              |
-| `scram_finish` | ex, data (client-final)       | account, data (server-final)     |
-| `scram_abort`  | ex                            | (nothing)                        |
-| `owner`        | nick                          | account (str, or nil: free nick) |
-| `stats`        |                               | accounts, exchanges, limits      |
+| op                  | fields                                 | ok reply            |
+|---------------------|----------------------------------------|---------------------|
+| `register`          | account, password, ip                  | account (as stored) |
+| `register_verifier` | account, salt, iterations, stored_key, | account             |
+|                     | server_key, ip (SCRAM keys the client  |                     |
+|                     | derived: no password on the wire)      |                     |
+| `plain`             | data (a PLAIN message), ip             | account             |
+| `scram_start`       | ex, data (client-first), ip            | data (server-first) |
+| `scram_finish`      | ex, data (client-final)                | account, data       |
+| `scram_abort`       | ex                                     | (nothing)           |
+| `owner`             | nick                                   | account, or nil     |
+| `stats`             |                                        | counts              |
 
 A reply is `{"id": ID, "ok": true, ...}` or `{"id": ID, "ok": false, "code": C,
 "message": M}`, with `retry_after` (seconds) for `rate_limited` and `data` (SCRAM's
 `e=...`) for a failed `scram_finish`. The codes meant for the client are those of
-protocol.md §12; `bad_request` and `no_exchange` are between the parent and the helper.
+protocol.md §12; `bad_request` is between the parent and the helper alone.
 `ex` names a SCRAM exchange in progress: chosen by the parent, unique while it lasts.
 """
 
@@ -28,7 +31,13 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
-from chatd.accounts import DEFAULT_ITERATIONS, AccountError, AccountStore, check_password
+from chatd.accounts import (
+    DEFAULT_ITERATIONS,
+    AccountError,
+    AccountStore,
+    Verifier,
+    check_password,
+)
 from chatd.authlimit import FailureLimiter, LimitSettings
 from chatd.sasl import FAILED, AuthFailed, ScramExchange, parse_plain
 
@@ -36,6 +45,8 @@ log = logging.getLogger("chatd.auth")
 _STR, _BIN, _INT = (str,), (bytes,), (int,)
 OPS: dict[str, dict[str, tuple[type, ...]]] = {
     "register": {"account": _STR, "password": _STR, "ip": _STR},
+    "register_verifier": {"account": _STR, "salt": _BIN, "iterations": _INT,
+                          "stored_key": _BIN, "server_key": _BIN, "ip": _STR},
     "plain": {"data": _BIN, "ip": _STR},
     "scram_start": {"ex": _INT, "data": _BIN, "ip": _STR},
     "scram_finish": {"ex": _INT, "data": _BIN},
@@ -103,6 +114,16 @@ class AuthService:
         self.limiter.registered(req["ip"], now)
         account = self.store.register(req["account"], req["password"], now_ms)
         log.info("account %s registered", account.name)
+        return {"account": account.name}
+
+    def _register_verifier(self, req: dict[str, Any], now: float, now_ms: int
+                           ) -> dict[str, Any]:
+        _limit(self.limiter.register_wait(req["ip"], now), "register")
+        self.limiter.registered(req["ip"], now)
+        verifier = Verifier(req["salt"], req["iterations"], req["stored_key"],
+                            req["server_key"])
+        account = self.store.register_verifier(req["account"], verifier, now_ms)
+        log.info("account %s registered (verifier from the client)", account.name)
         return {"account": account.name}
 
     def _plain(self, req: dict[str, Any], now: float, now_ms: int) -> dict[str, Any]:

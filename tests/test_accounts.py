@@ -193,3 +193,30 @@ def test_bad_plain_messages_are_invalid_auth(data: bytes) -> None:
     with pytest.raises(AuthFailed) as info:
         parse_plain(data)
     assert info.value.code == "invalid_auth"
+
+
+def test_register_with_a_verifier_the_client_made(store: AccountStore) -> None:
+    """The password never crosses the wire: the client derives the SCRAM keys."""
+    salt, stored, server, count = scramp.ScramMechanism("SCRAM-SHA-256").make_auth_info(
+        PASSWORD, iteration_count=FAST, salt=os.urandom(16))
+    store.register_verifier("alice", acc.Verifier(salt, count, stored, server), 0)
+    assert scram_login(store, "alice", PASSWORD)[0] == "alice"
+    assert acc.check_password(store.get("alice").verifier, PASSWORD)  # type: ignore[union-attr]
+    with pytest.raises(AccountError) as info:
+        store.register_verifier("ALICE", acc.Verifier(salt, count, stored, server), 0)
+    assert info.value.code == "account_exists"
+
+
+@pytest.mark.parametrize(("salt", "count", "key"), [
+    (b"s" * 16, FAST - 1, b"k" * 32),  # cheaper than the server's count
+    (b"s" * 16, acc.MAX_ITERATIONS + 1, b"k" * 32),
+    (b"s" * 15, FAST, b"k" * 32),
+    (b"s" * 65, FAST, b"k" * 32),
+    (b"s" * 16, FAST, b"k" * 20),
+])
+def test_a_verifier_of_the_wrong_shape_is_refused(store: AccountStore, salt: bytes,
+                                                   count: int, key: bytes) -> None:
+    with pytest.raises(AccountError) as info:
+        store.register_verifier("alice", acc.Verifier(salt, count, key, key), 0)
+    assert info.value.code == "invalid_password"
+    assert store.count() == 0

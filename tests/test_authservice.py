@@ -220,3 +220,18 @@ def test_a_long_name_cannot_make_a_large_key() -> None:
     limiter = FailureLimiter(LIMITS)
     limiter.login_failed("x" * 2000, "192.0.2.1", 0.0)
     assert max(map(len, limiter.accounts.buckets)) <= 64
+
+
+def test_register_verifier_through_the_service(helper: Helper, hashes: list[int]) -> None:
+    salt, stored, server, count = scramp.ScramMechanism("SCRAM-SHA-256").make_auth_info(
+        PASSWORD, iteration_count=FAST, salt=b"0123456789abcdef")
+    hashes.clear()
+    fields = {"salt": salt, "iterations": count, "stored_key": stored, "server_key": server,
+              "ip": "192.0.2.60"}
+    assert helper("register_verifier", account="bob", **fields) == {
+        "id": helper.ids, "ok": True, "account": "bob"}
+    assert hashes == []  # nothing to hash: the client did it
+    assert helper.scram("bob", PASSWORD, ex=1)["account"] == "bob"
+    assert helper("register_verifier", account="bob2", **{**fields, "iterations": 10}
+                  )["code"] == "invalid_password"
+    assert helper("register_verifier", account="bob3", **fields)["code"] == "rate_limited"
