@@ -37,7 +37,7 @@ from chatd.protocol import NICK_RE, nick_key
 
 MECHANISM = ScramMechanism("SCRAM-SHA-256")
 # PBKDF2 iterations for new verifiers. 300,000 costs about 70 ms on a core of the
-# development machine (`chatd.authhelper` bench, see the README), within "tens to a
+# development machine (`chatd bench auth`, see the README), within "tens to a
 # hundred ms" per PLAIN login or registration; a SCRAM login costs the server only a few
 # HMACs (the client does the iterations). Each verifier keeps its own count, so raising
 # this later applies to new and changed passwords without breaking old ones.
@@ -147,6 +147,18 @@ def check_password(verifier: Verifier, password: str) -> bool:
     return hmac.compare_digest(derived.stored_key, verifier.stored_key) and valid
 
 
+def check_verifier(verifier: Verifier, min_iterations: int) -> Verifier:
+    """A verifier a client made is of SCRAM-SHA-256's shape and costs at least ours."""
+    if not min_iterations <= verifier.iterations <= MAX_ITERATIONS:
+        raise AccountError("invalid_password", f"a verifier needs {min_iterations} to "
+                           f"{MAX_ITERATIONS} iterations")
+    if (not SALT_BYTES <= len(verifier.salt) <= 64 or len(verifier.stored_key) != KEY_BYTES
+            or len(verifier.server_key) != KEY_BYTES):
+        raise AccountError("invalid_password", f"a verifier has a salt of {SALT_BYTES} to "
+                           f"64 bytes and keys of {KEY_BYTES} bytes")
+    return verifier
+
+
 class AccountStore:
     """The accounts database (SQLite). Every method may raise sqlite3.Error, which the
     caller turns into `storage_unavailable` for that one request."""
@@ -220,13 +232,7 @@ class AccountStore:
         password never crossed the wire. No hash runs here; the password's quality is
         the client's to check, the verifier's shape and work factor are checked here."""
         check_account_name(name)
-        if not self.iterations <= verifier.iterations <= MAX_ITERATIONS:
-            raise AccountError("invalid_password", f"a verifier needs {self.iterations} to "
-                               f"{MAX_ITERATIONS} iterations")
-        if (len(verifier.salt) < SALT_BYTES or len(verifier.stored_key) != KEY_BYTES
-                or len(verifier.server_key) != KEY_BYTES or len(verifier.salt) > 64):
-            raise AccountError("invalid_password", f"a verifier has a salt of {SALT_BYTES} to "
-                               f"64 bytes and keys of {KEY_BYTES} bytes")
+        check_verifier(verifier, self.iterations)
         self._free(name)
         return self._insert(name, verifier, now_ms)
 

@@ -36,7 +36,10 @@ from chatd.accounts import (
     AccountError,
     AccountStore,
     Verifier,
+    check_account_name,
+    check_new_password,
     check_password,
+    check_verifier,
 )
 from chatd.authlimit import FailureLimiter, LimitSettings
 from chatd.sasl import FAILED, AuthFailed, ScramExchange, parse_plain
@@ -109,22 +112,31 @@ class AuthService:
 
     # ---- operations: each returns the fields of its ok reply ----
 
+    # register: the name and the password's form first (free to check), then the limit
+    # (a token per attempt, so existence cannot be probed fast), then the database.
+
     def _register(self, req: dict[str, Any], now: float, now_ms: int) -> dict[str, Any]:
-        _limit(self.limiter.register_wait(req["ip"], now), "register")
-        self.limiter.registered(req["ip"], now)
+        check_account_name(req["account"])
+        check_new_password(req["password"])
+        self._registering(req["ip"], now)
         account = self.store.register(req["account"], req["password"], now_ms)
         log.info("account %s registered", account.name)
         return {"account": account.name}
 
     def _register_verifier(self, req: dict[str, Any], now: float, now_ms: int
                            ) -> dict[str, Any]:
-        _limit(self.limiter.register_wait(req["ip"], now), "register")
-        self.limiter.registered(req["ip"], now)
         verifier = Verifier(req["salt"], req["iterations"], req["stored_key"],
                             req["server_key"])
+        check_account_name(req["account"])
+        check_verifier(verifier, self.store.iterations)
+        self._registering(req["ip"], now)
         account = self.store.register_verifier(req["account"], verifier, now_ms)
         log.info("account %s registered (verifier from the client)", account.name)
         return {"account": account.name}
+
+    def _registering(self, ip: str, now: float) -> None:
+        _limit(self.limiter.register_wait(ip, now), "register")
+        self.limiter.registered(ip, now)
 
     def _plain(self, req: dict[str, Any], now: float, now_ms: int) -> dict[str, Any]:
         name, password = parse_plain(req["data"])
