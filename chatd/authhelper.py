@@ -183,6 +183,11 @@ def _main(chan: socket.socket, path: Path, settings: AuthSettings, max_queue: in
         store.close()
 
 
+class HelperBroken(Exception):
+    """The helper sent what no helper would (bad framing or msgpack): the parent kills
+    it and starts another, as after a death. A child is never trusted, this one neither."""
+
+
 class HelperBusy(Exception):
     """Too many requests in flight to the helper: answer `auth_unavailable` at once."""
 
@@ -208,14 +213,19 @@ class HelperClient:
 
     def receive_data(self, data: bytes) -> list[tuple[Any, dict[str, Any]]]:
         """(token, reply) for each whole reply in `data`; a reply to no request in
-        flight (not ours, or already failed by lost()) is dropped."""
+        flight (not ours, or already failed by lost()) is dropped. The caller still
+        checks each reply's fields before it acts on them. Raises HelperBroken."""
         self.decoder.receive_data(data)
         done = []
-        for payload in self.decoder.payloads():
-            reply = msgpack.unpackb(payload, raw=False)
-            rid = reply.get("id") if isinstance(reply, dict) else None
-            if rid in self.pending:
-                done.append((self.pending.pop(rid), reply))
+        try:
+            for payload in self.decoder.payloads():
+                reply = msgpack.unpackb(payload, raw=False)
+                rid = reply.get("id") if isinstance(reply, dict) else None
+                if type(rid) is int and rid in self.pending:
+                    done.append((self.pending.pop(rid), reply))
+        except Exception as exc:  # ProtocolError (an oversize frame), msgpack's own
+            raise HelperBroken(f"undecodable reply from the auth helper: {exc!r}"[:200]
+                               ) from None
         return done
 
     def lost(self) -> list[Any]:

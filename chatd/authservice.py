@@ -109,6 +109,9 @@ class AuthService:
         except sqlite3.Error as exc:
             log.error("accounts database: %s", exc)
             return error(rid, "storage_unavailable", "the accounts database failed")
+        except Exception:  # a bug: this request fails, the helper and its exchanges live on
+            log.exception("auth request %r failed", request.get("op"))
+            return error(rid, "auth_unavailable", "the auth service failed on this request")
 
     # ---- operations: each returns the fields of its ok reply ----
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import scramp
 
-from chatd.authhelper import HelperBusy, HelperClient, RestartPolicy, spawn
+from chatd.authhelper import HelperBroken, HelperBusy, HelperClient, RestartPolicy, spawn
 from chatd.authservice import AuthSettings
 from chatd.protocol import pack
 
@@ -229,3 +229,12 @@ def test_bench_auth_smoke() -> None:
     assert [t["name"] for t in report["targets"]] == ["plain_ms", "unknown_vs_wrong",
                                                       "pss_kib"]
     assert "PLAIN, unknown account" in authbench.render(report)
+
+
+@pytest.mark.parametrize("garbage", [b"\x00\x00\x00\x01\xc1", b"\x7f\xff\xff\xff"])
+def test_a_helper_that_sends_garbage_is_broken(garbage: bytes) -> None:
+    client = HelperClient()
+    client.request("stats", "a")
+    with pytest.raises(HelperBroken):
+        client.receive_data(garbage)
+    assert client.lost() == ["a"]

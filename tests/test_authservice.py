@@ -238,3 +238,17 @@ def test_register_verifier_through_the_service(helper: Helper, hashes: list[int]
     assert helper("register_verifier", account="bob3", **fields)["ok"]
     # ... and the limit comes before the database: existence is not probed past it.
     assert helper("register_verifier", account="bob", **fields)["code"] == "rate_limited"
+
+
+def test_a_bug_fails_one_request_not_the_helper(helper: Helper,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    client = scramp.ScramClient(["SCRAM-SHA-256"], "alice", PASSWORD)
+    assert helper("scram_start", ex=1, data=client.get_client_first().encode(),
+                  ip="192.0.2.1")["ok"]
+
+    def broken(self: object, req: object, now: float, now_ms: int) -> None:
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(AuthService, "_owner", broken)
+    assert helper("owner", nick="alice")["code"] == "auth_unavailable"
+    assert helper("stats")["exchanges"] == 1  # the exchange in progress lives on
