@@ -35,6 +35,7 @@ from scramp.utils import saslprep
 
 from chatd.protocol import NICK_RE, nick_key
 
+FILE = "accounts.sqlite3"  # in the data dir, beside the history; the helper's alone
 MECHANISM = ScramMechanism("SCRAM-SHA-256")
 # PBKDF2 iterations for new verifiers. 300,000 costs about 70 ms on a core of the
 # development machine (`chatd bench auth`, see the README), within "tens to a
