@@ -11,6 +11,8 @@ Scenarios (scale parameters can be overridden by flags, e.g. for a smoke run):
   steady   the same at 200 messages/s in total
   idle     1,000 clients connected and joined (rooms of 100), then memory
   connect  1,000 clients connecting, with 50 and with 1,000 attempts in flight
+  churn    a bystander's welcome and chat, idle and while another address connects and
+           resets as fast as it can (chatd/bench_churn.py)
 
 Server CPU comes from /proc/PID/stat (utime+stime) of the parent and every session
 process, with sessions that ended counted through the parent's cutime+cstime; memory
@@ -56,6 +58,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
              "inflight": [100]},
     "connect": {"clients": 1000, "senders": 0, "messages": 0, "rate": 0.0, "room_size": -1,
                 "inflight": [50, 1000]},
+    "churn": {"clients": 1, "senders": 0, "messages": 0, "rate": 0.0, "room_size": -1,
+              "inflight": [1]},
 }
 DESCRIPTIONS = {
     "burst": "{clients} clients in {rooms}, {senders} senders x {messages} messages, "
@@ -65,6 +69,7 @@ DESCRIPTIONS = {
     "idle": "{clients} clients connected and joined ({rooms}), then memory",
     "connect": "{clients} clients connecting (hello -> welcome) with {inflight} attempts "
                "in flight",
+    "churn": "",  # chatd/bench_churn.py describes itself
 }
 
 
@@ -828,7 +833,11 @@ def render(report: dict[str, Any]) -> str:
         f"target {srv['address']} (pid {srv['pid'] or 'unknown'})"
     lines.append(f"server: {who}; spare_children={srv.get('spare_children', '?')}; "
                  f"{report['machine']['cpus']} CPUs, Python {report['machine']['python']}")
-    for ph in report["phases"]:
+    if report["scenario"] == "churn":
+        from chatd import bench_churn
+
+        lines += bench_churn.render(report)
+    for ph in report["phases"] if report["scenario"] != "churn" else []:
         cpu = ph.get("server_cpu_s")
         cpu_txt = "server CPU -" if cpu is None else (
             f"server CPU {cpu:.3f} s (parent {ph['server_cpu_parent_s']:.3f}, "
@@ -937,6 +946,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="extra setting for the spawned server (repeatable)")
     parser.add_argument("--settle", type=float, default=1.0,
                         help="seconds to wait before measuring idle memory (default 1)")
+    parser.add_argument("--attack-rate", type=float, default=0.0,
+                        help="churn: the attacker's connections per second (default 0: as "
+                        "fast as it can)")
+    parser.add_argument("--phase-seconds", type=float, default=4.0,
+                        help="churn: seconds of each measured phase (default 4)")
     parser.add_argument("--timeout", type=float, default=30.0,
                         help="seconds without progress before giving up (default 30)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -1015,7 +1029,13 @@ def main(argv: list[str]) -> int:
             clients=opts.clients, senders=opts.senders, messages=opts.messages,
             rate=opts.rate, inflight=" and ".join(map(str, opts.inflight)),
             rooms=bench.rooms_label(opts.clients))
-        report.update(asyncio.run(bench.run(opts.scenario)))
+        if opts.scenario == "churn":
+            from chatd import bench_churn
+
+            report["description"] = bench_churn.describe(opts)
+            report.update(asyncio.run(bench_churn.run(host, port, probe, opts, bench.tag)))
+        else:
+            report.update(asyncio.run(bench.run(opts.scenario)))
     except KeyboardInterrupt:
         return 130
     finally:
@@ -1035,5 +1055,10 @@ def main(argv: list[str]) -> int:
             ok = ok and ph["lost"] == 0 and ph["duplicates"] == 0
     report["ok"] = ok  # loss, duplicates and failures; targets are information
     report["targets"] = targets(report)
+    if opts.scenario == "churn":
+        from chatd import bench_churn
+
+        report["ok"] = bench_churn.ok(report)
+        report["targets"] = bench_churn.targets(report)
     print(json.dumps(report, indent=2) if opts.json else render(report))
     return 0 if ok else 1

@@ -1,0 +1,267 @@
+"""`chatd bench churn`: connection churn from one address, seen by a bystander.
+
+An attacker process connects and resets (SO_LINGER 0, so no TIME_WAIT) from one
+loopback address at a fixed rate, each connection costing the server an accept and,
+unless it is refused first, a fork. A bystander at another loopback address (every
+127.x.y.z is loopback on Linux) chats in a room, timing each message from its send to its
+own copy coming back through the broker, and opens a fresh session now and then, timing
+connect -> welcome. Both are measured idle and then under attack, and compared with the
+issue's targets: the bystander's welcome under 50 ms and its chat p99 under 2x idle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+from chatd.bench import Conn, ServerProbe, Stats, Window, frame, percentiles
+
+ATTACKER = "127.0.0.1"
+BYSTANDER = "127.0.0.2"
+CHAT_RATE = 50.0  # bystander messages per second: p99 of a 4 s phase rests on 200 samples
+WELCOME_EVERY = 0.2  # seconds between the bystander's new sessions
+WELCOME_GOAL_MS = 50.0
+CHAT_GOAL_X = 2.0
+DESCRIPTION = ("a bystander at {bystander} chats ({chat:g} messages/s) and opens a session "
+               "every {every:g} s, idle and then while {attacker} connects and resets at "
+               "{rate}")
+
+
+# ---------------------------------------------------------------------------------------
+# the attacker (a process of its own, so the bystander's timing is not its own CPU)
+
+
+def attack(host: str, port: int, source: str, rate: float, seconds: float) -> dict[str, Any]:
+    """Connect and reset from `source` at `rate`/s (0: flat out) for `seconds`."""
+    linger = struct.pack("ii", 1, 0)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    errors: Counter[str] = Counter()
+    attempts = connected = 0
+    t0 = time.monotonic()
+    end = t0 + seconds
+    due = t0
+    while True:
+        now = time.monotonic()
+        if now >= end:
+            break
+        if rate > 0:
+            if due > now:
+                time.sleep(due - now)
+            due = max(due + 1.0 / rate, time.monotonic() - 0.05)  # no catch-up bursts
+        attempts += 1
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+            sock.bind((source, 0))
+            sock.settimeout(1.0)
+            sock.connect((host, port))
+            connected += 1
+        except OSError as exc:
+            errors[type(exc).__name__] += 1
+        finally:
+            sock.close()
+    wall = time.monotonic() - t0
+    return {"source": source, "attempts": attempts, "connected": connected,
+            "seconds": round(wall, 3), "per_second": round(connected / wall, 1) if wall else 0,
+            "errors": dict(errors)}
+
+
+def start_attacker(host: str, port: int, rate: float, seconds: float) -> subprocess.Popen[str]:
+    code = ("import json, sys; from chatd.bench_churn import attack; "
+            "print(json.dumps(attack(sys.argv[1], int(sys.argv[2]), sys.argv[3], "
+            "float(sys.argv[4]), float(sys.argv[5]))))")
+    return subprocess.Popen([sys.executable, "-c", code, host, str(port), ATTACKER,
+                             str(rate), str(seconds)], stdout=subprocess.PIPE, text=True)
+
+
+def finish_attacker(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # our own child, by its handle
+        proc.communicate()
+        return {"error": "the attacker did not finish"}
+    try:
+        report: dict[str, Any] = json.loads(out)
+    except ValueError:
+        return {"error": f"the attacker exited with {proc.returncode}"}
+    return report
+
+
+# ---------------------------------------------------------------------------------------
+# the bystander
+
+
+class Bystander:
+    def __init__(self, host: str, port: int, tag: str, timeout: float) -> None:
+        self.host, self.port, self.timeout = host, port, timeout
+        self.tag = tag
+        self.stats = Stats(tag + " ")
+        self.room = f"#{tag}"
+        self.talker: Conn | None = None
+        self.opened = 0
+
+    async def _session(self, nick: str, room: str | None) -> Conn:
+        loop = asyncio.get_running_loop()
+        _transport, conn = await asyncio.wait_for(loop.create_connection(
+            lambda: Conn(self.stats, nick, room), self.host, self.port,
+            local_addr=(BYSTANDER, 0)), self.timeout)
+        try:
+            waits = [conn.request({"type": "hello", "version": 1, "nick": nick,
+                                   "client": "chatd-bench"}, 0)]
+            if room is not None:
+                waits.append(conn.request({"type": "join", "room": room}, 1))
+            for reply in await asyncio.wait_for(asyncio.gather(*waits), self.timeout):
+                if reply.get("type") == "error":
+                    raise ConnectionError(reply.get("code", "error"))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def start(self) -> None:
+        self.talker = await self._session(f"{self.tag}_talk", self.room)
+
+    async def welcomes(self, seconds: float, out: list[float], failures: Counter[str]) -> None:
+        """A new session every WELCOME_EVERY s: connect -> welcome time, then close."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            t0 = time.monotonic()
+            self.opened += 1
+            try:
+                conn = await self._session(f"{self.tag}_w{self.opened}", None)
+                out.append(time.monotonic() - t0)
+                conn.close()
+            except (OSError, ConnectionError, TimeoutError) as exc:
+                failures[str(exc) or type(exc).__name__] += 1
+            await asyncio.sleep(max(0.0, t0 + WELCOME_EVERY - time.monotonic()))
+
+    async def chat(self, seconds: float) -> None:
+        """Messages at CHAT_RATE; each one's round trip is timed by Conn as it returns."""
+        talker = self.talker
+        assert talker is not None and talker.transport is not None
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        n = int(seconds * CHAT_RATE)
+        for k in range(n):
+            delay = t0 + k / CHAT_RATE - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            text = f"{self.stats.tag}{k} {time.monotonic_ns()}"
+            talker.transport.write(frame({"type": "msg", "room": self.room, "text": text}))
+        self.stats.target = n
+
+    async def phase(self, name: str, seconds: float, probe: ServerProbe) -> dict[str, Any]:
+        stats = self.stats
+        stats.received = stats.duplicates = 0
+        stats.latencies = []
+        stats.errors.clear()
+        times: list[float] = []
+        failures: Counter[str] = Counter()
+        win = Window(probe).start()
+        await asyncio.gather(self.chat(seconds), self.welcomes(seconds, times, failures))
+        deadline = time.monotonic() + self.timeout  # let the last messages come back
+        while stats.received < stats.target and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        out = {"phase": name, **win.stop(), "messages": stats.target,
+               "received": stats.received, "lost": stats.target - stats.received,
+               "duplicates": stats.duplicates, "errors": dict(stats.errors),
+               "chat_ms": percentiles(stats.latencies),
+               "welcomes": len(times), "welcome_failures": dict(failures),
+               "welcome_ms": percentiles([int(t * 1e9) for t in times])}
+        return out
+
+    def close(self) -> None:
+        if self.talker is not None:
+            self.talker.close()
+
+
+async def run(host: str, port: int, probe: ServerProbe, opts: argparse.Namespace,
+              tag: str) -> dict[str, Any]:
+    bystander = Bystander(host, port, tag, opts.timeout)
+    phases = []
+    attacker: dict[str, Any] = {}
+    try:
+        await bystander.start()
+        phases.append(await bystander.phase("idle", opts.phase_seconds, probe))
+        proc = start_attacker(host, port, opts.attack_rate, opts.phase_seconds)
+        try:
+            phases.append(await bystander.phase("attack", opts.phase_seconds, probe))
+        finally:
+            attacker = await asyncio.to_thread(finish_attacker, proc, opts.timeout)
+    finally:
+        bystander.close()
+    return {"phases": phases, "attacker": attacker, "memory": None, "parent_fds": probe.fds(),
+            "responsiveness": None}
+
+
+# ---------------------------------------------------------------------------------------
+# report
+
+
+def ok(report: dict[str, Any]) -> bool:
+    """Every bystander message came back once and every bystander session opened."""
+    return all(ph["lost"] == 0 and ph["duplicates"] == 0 and not ph["welcome_failures"]
+               for ph in report["phases"]) and "error" not in report.get("attacker", {})
+
+
+def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    from chatd.bench import _target
+
+    by = {ph["phase"]: ph for ph in report["phases"]}
+    if "idle" not in by or "attack" not in by:
+        return []
+    idle, hit = by["idle"], by["attack"]
+    why = "each connection the server forks for costs its loop a fork and the machine a " \
+          "process start; see the server CPU under attack"
+    out = [_target("bystander welcome p99 under attack", hit["welcome_ms"]["p99"],
+                   WELCOME_GOAL_MS, "ms", True, why)]
+    base = idle["chat_ms"]["p99"]
+    if base:
+        goal = round(CHAT_GOAL_X * base, 3)
+        out.append(_target(f"bystander chat p99 under attack (2x idle {base} ms)",
+                           hit["chat_ms"]["p99"], goal, "ms", True, why))
+    return out
+
+
+def render(report: dict[str, Any]) -> list[str]:
+    lines = []
+    att = report.get("attacker", {})
+    if "error" in att:
+        lines.append(f"{'attacker':<14} {att['error']}")
+    elif att:
+        lines.append(f"{'attacker':<14} {att['connected']:,}/{att['attempts']:,} connections "
+                     f"from {att['source']} in {att['seconds']:.1f} s = "
+                     f"{att['per_second']:,.0f}/s"
+                     + (f"; errors {att['errors']}" if att["errors"] else ""))
+    for ph in report["phases"]:
+        w, c = ph["welcome_ms"], ph["chat_ms"]
+        lines.append(f"{ph['phase']:<14} bystander welcome p50 {w['p50']} ms, p99 {w['p99']} "
+                     f"ms, max {w['max']} ms ({ph['welcomes']} sessions"
+                     + (f", failed {ph['welcome_failures']}" if ph["welcome_failures"] else "")
+                     + ")")
+        lines.append(f"{'':<14} bystander chat round trip p50 {c['p50']} ms, p99 {c['p99']} "
+                     f"ms, max {c['max']} ms ({ph['received']}/{ph['messages']} back, "
+                     f"lost {ph['lost']}, duplicates {ph['duplicates']})"
+                     + (f", errors {ph['errors']}" if ph["errors"] else ""))
+        cpu = ph.get("server_cpu_s")
+        if cpu is not None:
+            lines.append(f"{'':<14} server CPU {cpu:.3f} s (parent "
+                         f"{ph['server_cpu_parent_s']:.3f}, sessions "
+                         f"{ph['server_cpu_sessions_s']:.3f}) in {ph['seconds']:.1f} s; "
+                         f"loadgen CPU {ph['loadgen_cpu_s']:.3f} s")
+    return lines
+
+
+def describe(opts: argparse.Namespace) -> str:
+    return DESCRIPTION.format(bystander=BYSTANDER, attacker=ATTACKER, chat=CHAT_RATE,
+                              every=WELCOME_EVERY, rate=f"{opts.attack_rate:g} connections/s"
+                              if opts.attack_rate > 0 else "full speed")
