@@ -1,0 +1,76 @@
+"""The per-source connection rate table (sans-I/O, with an injected clock)."""
+
+from __future__ import annotations
+
+import pytest
+
+from chatd.admission import SourceRates, source_of
+
+
+@pytest.mark.parametrize(("ip", "source"), [
+    ("192.0.2.7", "192.0.2.7"),
+    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+    ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+    ("::1", "::/64"),
+    ("::ffff:192.0.2.7", "192.0.2.7"),  # IPv4 through a dual-stack listener
+    ("fe80::1%eth0", "fe80::/64"),
+    ("not an address", "not an address"),
+])
+def test_a_source_is_an_ipv4_address_or_an_ipv6_slash_64(ip: str, source: str) -> None:
+    assert source_of(ip) == source
+
+
+def test_a_source_gets_its_burst_then_its_rate() -> None:
+    rates = SourceRates(rate=2.0, burst=3, size=100)
+    assert [rates.take("a", 10.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert rates.take("a", 10.0) == pytest.approx(0.5)  # refused: a token in 0.5 s
+    assert rates.refused("a") == 1
+    assert rates.take("a", 10.25) == pytest.approx(0.25)
+    assert rates.refused("a") == 2
+    assert rates.take("a", 10.5) == 0.0  # refusals cost nothing: the token is there
+    assert rates.take("b", 10.5) == 0.0  # another source has its own bucket
+
+
+def test_hammering_does_not_buy_more_than_the_rate() -> None:
+    rates = SourceRates(rate=10.0, burst=5, size=100)
+    now, admitted = 0.0, 0
+    for _ in range(10_000):  # 1,000 attempts a second for 10 s
+        now += 0.001
+        admitted += rates.take("attacker", now) == 0.0
+    assert admitted == pytest.approx(5 + 10 * 10, abs=2)
+
+
+def test_refilled_sources_are_forgotten_with_their_refusals() -> None:
+    rates = SourceRates(rate=1.0, burst=2, size=100)
+    for _ in range(4):
+        rates.take("a", 0.0)  # 2 admitted, 2 refused
+    rates.take("b", 0.0)
+    assert list(rates.table) == ["a", "b"]
+    rates.take("c", 1.5)  # a: 0 + 1.5 tokens, not yet full
+    assert "a" in rates.table and rates.forgotten == []
+    rates.take("c", 2.0)  # a is full again: as good as new; b too, never refused
+    assert list(rates.table) == ["c"] and rates.forgotten == [("a", 2)]
+
+
+def test_the_table_is_bounded_and_evicts_the_least_recently_seen() -> None:
+    rates = SourceRates(rate=0.01, burst=1, size=16)
+    for n in range(1000):  # many sources, none of which refills in time
+        assert rates.take(f"10.0.{n // 256}.{n % 256}", 0.0) == 0.0
+        rates.take("10.9.9.9", 0.0)  # one keeps coming back and stays in
+    assert len(rates.table) == 16
+    assert rates.evicted == 1000 + 1 - 16
+    assert "10.9.9.9" in rates.table and rates.refused("10.9.9.9") == 1000 - 1
+    assert rates.take("10.9.9.9", 0.0) > 0  # still refused: its debt was not forgotten
+
+
+def test_reconfigure_applies_to_known_sources_and_shrinks_the_table() -> None:
+    rates = SourceRates(rate=1.0, burst=10, size=100)
+    for n in range(30):
+        rates.take(f"s{n}", 0.0)
+    rates.take("s29", 0.0)
+    rates.reconfigure(rate=1.0, burst=2, size=16)
+    assert len(rates.table) == 16 and "s29" in rates.table
+    assert rates.take("s29", 0.0) == 0.0  # min(8 left, new burst 2) = 2 tokens
+    assert rates.take("s29", 0.0) == 0.0
+    assert rates.take("s29", 0.0) == pytest.approx(1.0)
