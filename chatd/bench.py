@@ -245,8 +245,10 @@ def free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def bench_settings(clients: int, extra: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Server settings that lift the per-client limits a load test would trip."""
+def bench_settings(clients: int, extra: dict[str, dict[str, Any]],
+                   admission: bool = False) -> dict[str, dict[str, Any]]:
+    """Server settings that lift the per-client limits a load test would trip (and the
+    connection rates too, unless `admission` is what the scenario measures)."""
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     spare = int(extra.get("server", {}).get("spare_children", 0))
     cap = clients + 64
@@ -262,6 +264,9 @@ def bench_settings(clients: int, extra: dict[str, dict[str, Any]]) -> dict[str, 
         "keepalive": {"ping_interval": 3600.0, "handshake_timeout": 120.0},
         "queues": {"child_queue": 64 << 20, "client_queue": 64 << 20},
     }
+    if not admission:  # every bench client connects from one address, as fast as it can
+        settings["limits"].update({"conn_rate_per_ip": 1e9, "conn_burst_per_ip": huge,
+                                   "session_rate": 1e9, "session_burst": huge})
     for section, values in extra.items():
         settings.setdefault(section, {}).update(values)
     return settings
@@ -999,7 +1004,8 @@ def main(argv: list[str]) -> int:
         port = int(port_s)
         pid = opts.server_pid or find_listener_pid(port)
     else:
-        server = SpawnedServer(bench_settings(opts.clients, extra))
+        server = SpawnedServer(bench_settings(opts.clients, extra,
+                                              admission=opts.scenario == "churn"))
         try:
             server.start()
         except RuntimeError as exc:

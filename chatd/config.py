@@ -37,8 +37,19 @@ SETTINGS: tuple[Setting, ...] = (
             "message of the day (it and `server.name` must leave 1800 bytes of "
             "`limits.max_frame` for the rest of the welcome frame)"),
     Setting("limits", "max_sessions", 1000, "sessions in total", 1, 1_000_000),
-    Setting("limits", "max_sessions_per_ip", 50, "sessions from one source address", 1,
-            1_000_000),
+    Setting("limits", "max_sessions_per_ip", 50, "sessions from one source address (IPv6: "
+            "one /64)", 1, 1_000_000),
+    Setting("limits", "conn_rate_per_ip", 10.0,
+            "new connections per second from one source address (IPv6: one /64), steady; "
+            "more are refused before anything is forked", 0.01, 1e9),
+    Setting("limits", "conn_burst_per_ip", 50, "new connections from one source address in "
+            "a burst", 1, 1_000_000_000),
+    Setting("limits", "conn_sources", 10000, "source addresses the per-source connection "
+            "rate remembers (the least recently seen is forgotten first)", 16, 10_000_000),
+    Setting("limits", "session_rate", 200.0, "new sessions per second from all sources "
+            "together, steady (each costs the parent a fork)", 0.01, 1e9),
+    Setting("limits", "session_burst", 400, "new sessions from all sources in a burst", 1,
+            1_000_000_000),
     Setting("limits", "max_frame", LIMITS["max_frame"], "largest frame payload in bytes, "
             "both directions (2048 to 16 MiB)", 2048, 16 << 20),
     Setting("limits", "max_text", LIMITS["max_text"], "largest message text in UTF-8 bytes",

@@ -23,9 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from chatd import channel, child, logsetup
+from chatd.admission import SourceRates, source_of
 from chatd.broker import Broker
 from chatd.config import Config, ConfigError, diff, load_file
 from chatd.protocol import FrameDecoder, ProtocolError, error_frame
+from chatd.ratelimit import TokenBucket
 from chatd.retention import Retention
 from chatd.session import QUIT_REASONS
 from chatd.store import Store
@@ -34,6 +36,10 @@ log = logging.getLogger("chatd.master")
 SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 SHUTDOWN_GRACE = 8.0  # seconds before a session process that will not stop is killed
 ACCEPT_BATCH = 64
+# Forks per turn of the loop: each stalls routing for milliseconds, so between a few of
+# them the loop routes what the sessions it already has are waiting for.
+FORKS_PER_TURN = 4
+BUSY_LOG_EVERY = 10.0  # seconds between log lines about refusals over session_rate
 REFILL_QUIET = 0.05  # seconds without a new client before spare processes are forked
 FD_RESERVE = 64  # listeners, database, wakeup pipe, logs, and room to breathe
 
@@ -46,6 +52,7 @@ class Child:
     session: str
     ip: str
     decoder: FrameDecoder
+    source: str = ""  # what the per-source caps count (admission.source_of)
     out: child.Outbox = field(default_factory=child.Outbox)
     closing: bool = False  # told to close: it gets nothing more from the broker
     attached: bool = True
@@ -72,7 +79,13 @@ class Master:
         self.retiring: set[int] = set()  # spares told to exit, not yet reaped
         self.last_accept = 0.0
         self.by_sid: dict[int, Child] = {}
-        self.per_ip: dict[str, int] = {}
+        self.per_ip: dict[str, int] = {}  # sessions by source (admission.source_of)
+        self.sources = SourceRates(config.conn_rate_per_ip, config.conn_burst_per_ip,
+                                   config.conn_sources)
+        self.new_sessions = TokenBucket(config.session_rate, config.session_burst,
+                                        time.monotonic())
+        self.busy_refused = 0  # refusals over session_rate not yet logged
+        self.busy_logged = -BUSY_LOG_EVERY
         self.next_sid = 1
         self.stopping_since: float | None = None
         self.wake_r, self.wake_w = socket.socketpair()
@@ -228,10 +241,16 @@ class Master:
         kid.out.add(channel.control(ctrl))
         kid.closing = True
 
+    def _free_slot(self, kid: Child) -> None:
+        self.per_ip[kid.source] -= 1
+        if not self.per_ip[kid.source]:
+            del self.per_ip[kid.source]
+
     # ---- accepting ----
 
     def _accept(self, listener: socket.socket, mask: int) -> None:
-        for _ in range(ACCEPT_BATCH):
+        forks = 0
+        for _ in range(ACCEPT_BATCH):  # refusing is cheap: many per turn
             try:
                 conn, addr = listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -239,35 +258,73 @@ class Master:
             except OSError as exc:  # EMFILE and friends: shed, keep serving
                 log.error("accept failed: %s", exc)
                 return
-            self._admit(conn, addr[0])
+            forks += self._admit(conn, addr[0])
+            if forks >= FORKS_PER_TURN:  # the rest wait in the backlog for the next turn
+                return
 
-    def _admit(self, conn: socket.socket, ip: str) -> None:
-        cfg = self.config
-        self.last_accept = time.monotonic()
-        refusal = None
-        if len(self.children) >= cfg.max_sessions:
-            refusal = error_frame("server_full", f"max_sessions={cfg.max_sessions} reached",
-                                  limit="max_sessions")
-        elif self.per_ip.get(ip, 0) >= cfg.max_sessions_per_ip:
-            refusal = error_frame("too_many_connections", f"max_sessions_per_ip="
-                                  f"{cfg.max_sessions_per_ip} reached for {ip}",
-                                  limit="max_sessions_per_ip")
+    def _admit(self, conn: socket.socket, ip: str) -> bool:
+        """Refuse (an error frame, then close) or hand on; True if that took a fork."""
+        now = time.monotonic()
+        self.last_accept = now
+        source = source_of(ip)
+        refusal = self._refusal(ip, source, now)
         if refusal is not None:
-            log.info("refused %s: at a session cap", ip)
-            try:
+            try:  # best effort: the frame fits in any socket buffer, or is lost
                 conn.setblocking(False)
                 conn.send(refusal)
             except OSError:
                 pass
             conn.close()
-            return
+            return False
         try:
-            if not self._hand_to_spare(conn, ip):
-                self._fork(conn, ip)
+            if self._hand_to_spare(conn, ip):
+                return False
+            self._fork(conn, ip)
         except OSError as exc:
             log.error("fork failed, dropping %s: %s", ip, exc)
         finally:
             conn.close()
+        return True
+
+    def _refusal(self, ip: str, source: str, now: float) -> bytes | None:
+        """The error frame refusing a new connection, or None to admit it.
+
+        Cheapest and most specific first: the source's connection rate (every connection
+        counts, refused or not), the session caps, then the rate of new sessions from
+        everyone (only sessions about to be started count).
+        """
+        cfg = self.config
+        wait = self.sources.take(source, now)
+        for gone, count in self.sources.forgotten:
+            log.info("%s: %d connections were refused over conn_rate_per_ip", gone, count)
+        self.sources.forgotten.clear()
+        if wait:
+            if self.sources.refused(source) == 1:  # once per run of refusals
+                log.warning("refusing new connections from %s: over conn_rate_per_ip=%g/s "
+                            "(burst %d)", source, cfg.conn_rate_per_ip, cfg.conn_burst_per_ip)
+            return error_frame("too_many_connections", f"conn_rate_per_ip="
+                               f"{cfg.conn_rate_per_ip:g}/s exceeded by {source}",
+                               limit="conn_rate_per_ip", retry_after=round(wait, 3))
+        if len(self.children) >= cfg.max_sessions:
+            log.info("refused %s: at a session cap", ip)
+            return error_frame("server_full", f"max_sessions={cfg.max_sessions} reached",
+                               limit="max_sessions")
+        if self.per_ip.get(source, 0) >= cfg.max_sessions_per_ip:
+            log.info("refused %s: at a session cap", ip)
+            return error_frame("too_many_connections", f"max_sessions_per_ip="
+                               f"{cfg.max_sessions_per_ip} reached for {source}",
+                               limit="max_sessions_per_ip")
+        wait = self.new_sessions.take(now)
+        if wait:
+            self.busy_refused += 1
+            if now - self.busy_logged >= BUSY_LOG_EVERY:
+                log.warning("refused %d new connections over session_rate=%g/s (burst %d) "
+                            "since the last such line", self.busy_refused, cfg.session_rate,
+                            cfg.session_burst)
+                self.busy_refused, self.busy_logged = 0, now
+            return error_frame("server_busy", f"session_rate={cfg.session_rate:g}/s reached",
+                               limit="session_rate", retry_after=round(wait, 3))
+        return None
 
     def _spawn(self, run: Callable[[socket.socket], int]) -> tuple[int, socket.socket]:
         """Fork a session process that runs `run(its channel end)` and then exits.
@@ -354,10 +411,11 @@ class Master:
     def _register(self, pid: int, ours: socket.socket, session: str, ip: str) -> None:
         sid = self.next_sid
         self.next_sid += 1
-        kid = Child(pid, sid, ours, session, ip, FrameDecoder(self.config.max_frame))
+        kid = Child(pid, sid, ours, session, ip, FrameDecoder(self.config.max_frame),
+                    source=source_of(ip))
         self.children[pid] = kid
         self.by_sid[sid] = kid
-        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
+        self.per_ip[kid.source] = self.per_ip.get(kid.source, 0) + 1
         kid.handler = lambda _chan, mask: self._channel(kid, mask)
         self.sel.register(ours, selectors.EVENT_READ, kid.handler)
         self.broker.attach(sid, session)
@@ -424,9 +482,7 @@ class Master:
                    if os.WIFSIGNALED(status) else f"exit status {os.WEXITSTATUS(status)}")
             level = logging.INFO if how == "exit status 0" else logging.WARNING
             log.log(level, "session %s (pid %d) ended: %s", kid.session, pid, how)
-            self.per_ip[kid.ip] -= 1
-            if not self.per_ip[kid.ip]:
-                del self.per_ip[kid.ip]
+            self._free_slot(kid)
             # The broker hears of the end from the channel's EOF, after any last words.
 
     def handle_sigterm(self) -> None:
@@ -462,8 +518,11 @@ class Master:
         except SystemExit as exc:
             log.error("SIGHUP: keeping the old configuration: %s", exc)
             return
-        self.config = self.config.with_values(values)
-        self.broker.config = self.config
+        self.config = config = self.config.with_values(values)
+        self.broker.config = config
+        self.sources.reconfigure(config.conn_rate_per_ip, config.conn_burst_per_ip,
+                                 config.conn_sources)
+        self.new_sessions.reconfigure(config.session_rate, config.session_burst)
         log.info("SIGHUP: reloaded %s: %s", path, "; ".join(changes) or "no changes")
         if changes:
             self._retire_spares()  # forked with the old settings; the loop forks new ones

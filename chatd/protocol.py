@@ -66,7 +66,9 @@ ERRORS: dict[str, tuple[bool, str]] = {
     "storage_unavailable": (False, "the server could not store or read it (disk full, "
                             "database read-only or damaged); nothing was stored"),
     "server_full": (True, "max_sessions reached"),
-    "too_many_connections": (True, "max_sessions_per_ip reached"),
+    "too_many_connections": (True, "max_sessions_per_ip reached, or conn_rate_per_ip "
+                             "exceeded ('limit' says which)"),
+    "server_busy": (True, "session_rate reached: too many new sessions at once"),
     "handshake_timeout": (True, "no successful hello within handshake_timeout"),
     "ping_timeout": (True, "no frame within ping_timeout after a ping"),
     "slow_consumer": (True, "the client did not read; a send queue overflowed"),

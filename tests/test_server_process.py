@@ -110,7 +110,10 @@ def test_one_child_per_client_and_none_left_after(server, clients):
 
 
 def test_rapid_connect_close_leaves_no_zombie(tmp_path, clients):
-    srv = ServerProcess(tmp_path, {**FAST, "limits": {"max_sessions_per_ip": 1000}}).start()
+    # 200 connections from one address at once: lift its connection rate, this is about reaping.
+    srv = ServerProcess(tmp_path, {**FAST, "limits": {
+        "max_sessions_per_ip": 1000, "conn_rate_per_ip": 1000.0, "conn_burst_per_ip": 1000}}
+    ).start()
     try:
         watcher = new(srv, clients, "watcher")
         watcher.join("#churn")
