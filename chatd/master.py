@@ -34,7 +34,6 @@ from chatd.store import Store
 
 log = logging.getLogger("chatd.master")
 SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-SHUTDOWN_GRACE = 8.0  # seconds before a session process that will not stop is killed
 ACCEPT_BATCH = 64
 # Forks per turn of the loop: each stalls routing for milliseconds, so between a few of
 # them the loop routes what the sessions it already has are waiting for.
@@ -76,7 +75,10 @@ class Master:
         self.children: dict[int, Child] = {}  # by pid
         # Pre-forked session processes waiting for a client: pid -> their channel.
         self.spares: dict[int, socket.socket] = {}
-        self.retiring: set[int] = set()  # spares told to exit, not yet reaped
+        # Told to exit, holding no slot, not yet reaped: retired spares, killed sessions.
+        self.retiring: set[int] = set()
+        # pid -> when it is killed: every process told to end, until it is reaped.
+        self.kill_at: dict[int, float] = {}
         self.last_accept = 0.0
         self.by_sid: dict[int, Child] = {}
         self.per_ip: dict[str, int] = {}  # sessions by source (admission.source_of)
@@ -152,10 +154,13 @@ class Master:
         while not (self.stopping_since is not None and not self.children and not self.spares
                    and not self.retiring):
             refill = self.stopping_since is None and len(self.spares) < self.config.spare_children
-            quiet = time.monotonic() - self.last_accept
-            timeout = (max(0.0, REFILL_QUIET - quiet) if refill
-                       else None if self.stopping_since is None else 0.25)
-            prune = self.retention.timeout(self.config, time.monotonic())
+            now = time.monotonic()
+            quiet = now - self.last_accept
+            timeout = max(0.0, REFILL_QUIET - quiet) if refill else None
+            if self.kill_at:
+                due = max(0.0, min(self.kill_at.values()) - now)
+                timeout = due if timeout is None else min(timeout, due)
+            prune = self.retention.timeout(self.config, now)
             if prune is not None and (timeout is None or prune < timeout):
                 timeout = prune
             events = self.sel.select(timeout)
@@ -169,8 +174,8 @@ class Master:
             # clients is better served by the spares left plus forking on accept.
             if refill and not events and quiet >= REFILL_QUIET:
                 self._fork_spare()
-            if self.stopping_since is not None:
-                self._escalate()
+            if self.kill_at:
+                self._kill_overdue(time.monotonic())
         self.store.close()
         log.info("stopped")
         return 0
@@ -209,6 +214,8 @@ class Master:
                         data = encoded[key] = channel.encode_items(items)
                 except TypeError:
                     data = channel.encode_items(items)
+                    if any(isinstance(i, dict) and i.get("c") == "close" for i in items):
+                        self._doom(kid.pid)  # the broker ended it (a bug in a request)
                 kid.out.add(data)
                 self._flush(kid)  # child_queue bounds what stays queued, not one delivery
                 if kid.out.size > limit:
@@ -240,6 +247,28 @@ class Master:
             ctrl["limit"] = limit
         kid.out.add(channel.control(ctrl))
         kid.closing = True
+        self._doom(kid.pid)
+
+    def _doom(self, pid: int) -> None:
+        """Session `pid` was told to end (or has nothing left to do): kill it if it has not
+        ended within keepalive.stop_timeout (a stopped or wedged process holds its slot)."""
+        if pid in self.children:  # not reaped, so the pid is still ours to signal
+            self.kill_at.setdefault(pid, time.monotonic() + self.config.stop_timeout)
+
+    def _kill_overdue(self, now: float) -> None:
+        for pid, due in list(self.kill_at.items()):
+            if due > now:
+                continue
+            del self.kill_at[pid]
+            kid = self.children.pop(pid, None)
+            what = "spare" if kid is None else f"session {kid.session}"
+            log.warning("pid %d did not stop; killing it (%s, keepalive.stop_timeout=%gs)",
+                        pid, what, self.config.stop_timeout)
+            if kid is not None:  # the caps count it no longer; SIGCHLD reaps it
+                self._free_slot(kid)
+                self.retiring.add(pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def _free_slot(self, kid: Child) -> None:
         self.per_ip[kid.source] -= 1
@@ -395,6 +424,7 @@ class Master:
         for pid, chan in self.spares.items():
             chan.close()
             self.retiring.add(pid)
+            self.kill_at[pid] = time.monotonic() + self.config.stop_timeout
         self.spares.clear()
 
     def _fork(self, conn: socket.socket, ip: str) -> None:
@@ -452,6 +482,7 @@ class Master:
             os.kill(kid.pid, signal.SIGKILL)
 
     def _channel_closed(self, kid: Child, reason: str) -> None:
+        self._doom(kid.pid)  # nothing left for it to do but exit
         if kid.attached:
             self.broker.detach(kid.sid, reason, now_ms(), code="closed")
             kid.attached = False
@@ -470,6 +501,7 @@ class Master:
                 return
             if pid == 0:
                 return
+            self.kill_at.pop(pid, None)
             kid = self.children.pop(pid, None)
             if kid is None:
                 self.retiring.discard(pid)
@@ -499,6 +531,8 @@ class Master:
             # Kicked sessions get nothing more, so nobody hears the others' quit notices.
             self._kick(kid, "shutting_down", "server shutting down")
             self._flush(kid)
+        for pid in self.children:  # its channel is closed already: it is on its way out
+            self._doom(pid)
 
     handle_sigint = handle_sigterm
 
@@ -533,16 +567,6 @@ class Master:
                 if not kid.closing:
                     kid.out.add(channel.control({"c": "config", "values": values}))
                     self._flush(kid)
-
-    def _escalate(self) -> None:
-        assert self.stopping_since is not None
-        if time.monotonic() - self.stopping_since < SHUTDOWN_GRACE:
-            return
-        for pid in [*self.children, *self.retiring]:
-            log.warning("pid %d did not stop; killing it", pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.stopping_since = time.monotonic() - SHUTDOWN_GRACE + 1.0
 
 
 def _note_signal(signum: int, frame: object) -> None:
