@@ -264,7 +264,9 @@ def bench_settings(clients: int, extra: dict[str, dict[str, Any]],
         "keepalive": {"ping_interval": 3600.0, "handshake_timeout": 120.0},
         "queues": {"child_queue": 64 << 20, "client_queue": 64 << 20},
     }
-    if not admission:  # every bench client connects from one address, as fast as it can
+    if admission:  # what is measured is the server's own admission: its defaults
+        del settings["limits"]
+    else:  # every bench client connects from one address, as fast as it can
         settings["limits"].update({"conn_rate_per_ip": 1e9, "conn_burst_per_ip": huge,
                                    "session_rate": 1e9, "session_burst": huge})
     for section, values in extra.items():
