@@ -5,7 +5,7 @@ A fork and a process start cost the parent's loop milliseconds; a client that co
 resets as fast as it can would otherwise buy one per connection and starve everyone else.
 As with sshd's PerSourcePenalties and MaxStartups, each source address gets a token bucket
 of new connections, in a table of bounded size, and all sources together a bucket of new
-sessions (see Master._admit for the order of the checks).
+sessions (see Master._refusal for the order of the checks).
 """
 
 from __future__ import annotations
@@ -50,6 +50,12 @@ class Source:
 class SourceRates:
     """A token bucket of new connections per source, for at most `size` sources.
 
+    A refused connection costs a token too, down to a debt of `burst` tokens: a source
+    that keeps connecting faster than `rate` (a client hammering in a loop) is refused
+    until it slows down, instead of being let in `rate` times a second, while one that
+    waits `retry_after` after a refusal (or backs off) gets in. This is sshd's
+    PerSourcePenalties in token form; the longest penalty is (burst + 1) / rate.
+
     A bucket that has refilled is as good as none, so such sources are forgotten. When the
     table is full of sources still owed tokens, the one seen least recently goes (and gets
     a fresh bucket if it comes back): memory stays bounded whatever the number of
@@ -73,10 +79,12 @@ class SourceRates:
             entry = self.table[source] = Source(TokenBucket(self.rate, self.burst, now))
         else:
             self.table.move_to_end(source)
-        wait = entry.bucket.take(now)
-        if wait:
-            entry.refused += 1
-        return wait
+        bucket = entry.bucket
+        if not bucket.take(now):
+            return 0.0
+        entry.refused += 1
+        bucket.tokens = max(-float(bucket.burst), bucket.tokens - 1.0)
+        return (1.0 - bucket.tokens) / bucket.rate
 
     def refused(self, source: str) -> int:
         """Refusals of `source` since it entered the table (1 on the first of a run)."""
@@ -103,5 +111,6 @@ class SourceRates:
         self.rate, self.burst, self.size = rate, burst, size
         for entry in self.table.values():
             entry.bucket.reconfigure(rate, burst)
+            entry.bucket.tokens = max(entry.bucket.tokens, -float(burst))
         while len(self.table) > size:
             self._drop(*self.table.popitem(last=False))

@@ -41,7 +41,8 @@ SETTINGS: tuple[Setting, ...] = (
             "one /64)", 1, 1_000_000),
     Setting("limits", "conn_rate_per_ip", 10.0,
             "new connections per second from one source address (IPv6: one /64), steady; "
-            "more are refused before anything is forked", 0.01, 1e9),
+            "more are refused before anything is forked, and each refusal costs a token "
+            "too", 0.01, 1e9),
     Setting("limits", "conn_burst_per_ip", 50, "new connections from one source address in "
             "a burst", 1, 1_000_000_000),
     Setting("limits", "conn_sources", 10000, "source addresses the per-source connection "

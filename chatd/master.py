@@ -318,9 +318,9 @@ class Master:
     def _refusal(self, ip: str, source: str, now: float) -> bytes | None:
         """The error frame refusing a new connection, or None to admit it.
 
-        Cheapest and most specific first: the source's connection rate (every connection
-        counts, refused or not), the session caps, then the rate of new sessions from
-        everyone (only sessions about to be started count).
+        Cheapest and most specific first: the source's connection rate (a refusal costs
+        a token too, so a source that hammers gets nothing), the session caps, then the
+        rate of new sessions from everyone (only sessions about to be started count).
         """
         cfg = self.config
         wait = self.sources.take(source, now)
