@@ -298,11 +298,8 @@ class Master:
         source = source_of(ip)
         refusal = self._refusal(ip, source, now)
         if refusal is not None:
-            try:  # best effort: the frame fits in any socket buffer, or is lost
-                conn.setblocking(False)
-                conn.send(refusal)
-            except OSError:
-                pass
+            with contextlib.suppress(OSError):  # best effort: it fits any socket buffer
+                conn.send(refusal, socket.MSG_DONTWAIT)
             conn.close()
             return False
         try:
