@@ -35,6 +35,7 @@ from chatd.store import Store
 log = logging.getLogger("chatd.master")
 SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 ACCEPT_BATCH = 64
+DEFER_ACCEPT = 1  # seconds (Linux rounds up to a SYN-ACK retransmission, the first at 1 s)
 # Forks per turn of the loop: each stalls routing for milliseconds, so between a few of
 # them the loop routes what the sessions it already has are waiting for.
 FORKS_PER_TURN = 4
@@ -116,6 +117,10 @@ class Master:
                     continue
                 raise
             sock.listen(1024)
+            # The kernel holds a connection back until its first bytes (the hello) arrive,
+            # or about a second has passed: one that connects and resets without a word
+            # never reaches accept(), let alone fork() (issue 8: connection churn).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT)
             sock.setblocking(False)
             port = sock.getsockname()[1]  # later families share the first one's port
             self.listeners.append(sock)
