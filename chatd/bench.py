@@ -956,6 +956,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attack-rate", type=float, default=0.0,
                         help="churn: the attacker's connections per second (default 0: as "
                         "fast as it can)")
+    parser.add_argument("--attack-bytes", type=int, default=0,
+                        help="churn: bytes the attacker writes before each reset (default "
+                        "0; with any, the server's kernel hands the connection over)")
     parser.add_argument("--phase-seconds", type=float, default=4.0,
                         help="churn: seconds of each measured phase (default 4)")
     parser.add_argument("--timeout", type=float, default=30.0,

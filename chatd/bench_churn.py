@@ -31,16 +31,18 @@ WELCOME_EVERY = 0.2  # seconds between the bystander's new sessions
 WELCOME_GOAL_MS = 50.0
 CHAT_GOAL_X = 2.0
 DESCRIPTION = ("a bystander at {bystander} chats ({chat:g} messages/s) and opens a session "
-               "every {every:g} s, idle and then while {attacker} connects and resets at "
-               "{rate}")
+               "every {every:g} s, idle and then while {attacker} connects{say} and resets "
+               "at {rate}")
 
 
 # ---------------------------------------------------------------------------------------
 # the attacker (a process of its own, so the bystander's timing is not its own CPU)
 
 
-def attack(host: str, port: int, source: str, rate: float, seconds: float) -> dict[str, Any]:
-    """Connect and reset from `source` at `rate`/s (0: flat out) for `seconds`."""
+def attack(host: str, port: int, source: str, rate: float, seconds: float,
+           say: int = 0) -> dict[str, Any]:
+    """Connect, write `say` zero bytes, and reset, from `source` at `rate`/s (0: flat out)
+    for `seconds`. Without a byte the server's kernel never hands the connection over."""
     linger = struct.pack("ii", 1, 0)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     errors: Counter[str] = Counter()
@@ -63,23 +65,27 @@ def attack(host: str, port: int, source: str, rate: float, seconds: float) -> di
             sock.bind((source, 0))
             sock.settimeout(1.0)
             sock.connect((host, port))
+            if say:
+                sock.sendall(bytes(say))
             connected += 1
         except OSError as exc:
             errors[type(exc).__name__] += 1
         finally:
             sock.close()
     wall = time.monotonic() - t0
-    return {"source": source, "attempts": attempts, "connected": connected,
+    return {"source": source, "bytes": say, "attempts": attempts, "connected": connected,
             "seconds": round(wall, 3), "per_second": round(connected / wall, 1) if wall else 0,
             "errors": dict(errors)}
 
 
-def start_attacker(host: str, port: int, rate: float, seconds: float) -> subprocess.Popen[str]:
+def start_attacker(host: str, port: int, rate: float, seconds: float,
+                   say: int) -> subprocess.Popen[str]:
     code = ("import json, sys; from chatd.bench_churn import attack; "
             "print(json.dumps(attack(sys.argv[1], int(sys.argv[2]), sys.argv[3], "
-            "float(sys.argv[4]), float(sys.argv[5]))))")
+            "float(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6]))))")
     return subprocess.Popen([sys.executable, "-c", code, host, str(port), ATTACKER,
-                             str(rate), str(seconds)], stdout=subprocess.PIPE, text=True)
+                             str(rate), str(seconds), str(say)], stdout=subprocess.PIPE,
+                            text=True)
 
 
 def finish_attacker(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
@@ -192,7 +198,8 @@ async def run(host: str, port: int, probe: ServerProbe, opts: argparse.Namespace
     try:
         await bystander.start()
         phases.append(await bystander.phase("idle", opts.phase_seconds, probe))
-        proc = start_attacker(host, port, opts.attack_rate, opts.phase_seconds)
+        proc = start_attacker(host, port, opts.attack_rate, opts.phase_seconds,
+                              opts.attack_bytes)
         try:
             phases.append(await bystander.phase("attack", opts.phase_seconds, probe))
         finally:
@@ -220,8 +227,8 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     if "idle" not in by or "attack" not in by:
         return []
     idle, hit = by["idle"], by["attack"]
-    why = "each connection the server forks for costs its loop a fork and the machine a " \
-          "process start; see the server CPU under attack"
+    why = "the attacker shares these cores: each of its connections costs the kernel (and, " \
+          "if it writes first, the parent a refusal) CPU the bystander's processes wait for"
     out = [_target("bystander welcome p99 under attack", hit["welcome_ms"]["p99"],
                    WELCOME_GOAL_MS, "ms", True, why)]
     base = idle["chat_ms"]["p99"]
@@ -264,4 +271,6 @@ def render(report: dict[str, Any]) -> list[str]:
 def describe(opts: argparse.Namespace) -> str:
     return DESCRIPTION.format(bystander=BYSTANDER, attacker=ATTACKER, chat=CHAT_RATE,
                               every=WELCOME_EVERY, rate=f"{opts.attack_rate:g} connections/s"
-                              if opts.attack_rate > 0 else "full speed")
+                              if opts.attack_rate > 0 else "full speed",
+                              say=f", writes {opts.attack_bytes} byte(s)"
+                              if opts.attack_bytes else "")

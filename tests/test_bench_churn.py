@@ -31,9 +31,10 @@ def test_churn_reports_the_bystander_idle_and_under_attack() -> None:
 
 def test_churn_human_report() -> None:
     cmd = [sys.executable, "-m", "chatd", "bench", "churn", "--quiet", "--timeout", "20",
-           "--phase-seconds", "0.4", "--attack-rate", "50"]
+           "--phase-seconds", "0.4", "--attack-rate", "50", "--attack-bytes", "1"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    for word in ("attacker", "bystander welcome p50", "bystander chat round trip p50",
+    for word in ("writes 1 byte(s) and resets", "attacker", "bystander welcome p50",
+                 "bystander chat round trip p50",
                  "target         bystander welcome p99 under attack", "result         OK"):
         assert word in done.stdout, done.stdout
