@@ -68,9 +68,10 @@ SETTINGS: tuple[Setting, ...] = (
             3600),
     Setting("keepalive", "broker_grace", 10.0,
             "seconds a session outlives a vanished parent, waiting for it", 0.0, 3600),
-    Setting("keepalive", "stop_timeout", 5.0,
-            "seconds a session process told to end may take before the parent kills it "
-            "(SIGKILL) and frees its slot; at shutdown too", 0.5, 3600),
+    Setting("keepalive", "stop_timeout", 3.0,
+            "seconds a session process told to end may take beyond queues.close_grace "
+            "before the parent kills it (SIGKILL) and frees its slot; at shutdown too",
+            0.5, 3600),
     Setting("keepalive", "tcp_keepalive", 60.0,
             "TCP keepalive idle seconds (probes every third of it, 3 tries)", 1, 86400),
     Setting("rate", "msg_rate", LIMITS["msg_rate"], "msg requests per second (steady)", 0.01,

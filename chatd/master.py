@@ -256,9 +256,13 @@ class Master:
 
     def _doom(self, pid: int) -> None:
         """Session `pid` was told to end (or has nothing left to do): kill it if it has not
-        ended within keepalive.stop_timeout (a stopped or wedged process holds its slot)."""
+        ended within keepalive.stop_timeout (a stopped or wedged process holds its slot)
+        after the close_grace it may spend handing its client the last frames."""
         if pid in self.children:  # not reaped, so the pid is still ours to signal
-            self.kill_at.setdefault(pid, time.monotonic() + self.config.stop_timeout)
+            self.kill_at.setdefault(pid, time.monotonic() + self._stop_time())
+
+    def _stop_time(self) -> float:
+        return self.config.close_grace + self.config.stop_timeout
 
     def _kill_overdue(self, now: float) -> None:
         for pid, due in list(self.kill_at.items()):
@@ -267,8 +271,9 @@ class Master:
             del self.kill_at[pid]
             kid = self.children.pop(pid, None)
             what = "spare" if kid is None else f"session {kid.session}"
-            log.warning("pid %d did not stop; killing it (%s, keepalive.stop_timeout=%gs)",
-                        pid, what, self.config.stop_timeout)
+            log.warning("pid %d did not stop; killing it (%s, queues.close_grace=%gs + "
+                        "keepalive.stop_timeout=%gs)", pid, what, self.config.close_grace,
+                        self.config.stop_timeout)
             if kid is not None:  # the caps count it no longer; SIGCHLD reaps it
                 self._free_slot(kid)
                 self.retiring.add(pid)
@@ -426,7 +431,7 @@ class Master:
         for pid, chan in self.spares.items():
             chan.close()
             self.retiring.add(pid)
-            self.kill_at[pid] = time.monotonic() + self.config.stop_timeout
+            self.kill_at[pid] = time.monotonic() + self._stop_time()
         self.spares.clear()
 
     def _fork(self, conn: socket.socket, ip: str) -> None:

@@ -1,7 +1,7 @@
 """A session process that will not end (issue 8, section 6), against the real server.
 
 One told to end that does not exit (here: SIGSTOPped) is killed after
-keepalive.stop_timeout, and its slot is free again.
+queues.close_grace + keepalive.stop_timeout, and its slot is free again.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ ONE_BY_ONE = {"server": {"spare_children": 0}}  # one fork per admitted client, 
 
 def test_a_session_that_will_not_end_is_killed_and_its_slot_freed(start: Any) -> None:
     """SIGSTOP a session process, get it kicked (its channel queue overflows): after
-    keepalive.stop_timeout the parent kills it, and its address may connect again."""
+    close_grace + stop_timeout the parent kills it, and its address may connect again."""
     server = start({**ONE_BY_ONE, "keepalive": {"stop_timeout": 1.0},
-                    "queues": {"child_queue": 65536},
+                    "queues": {"child_queue": 65536, "close_grace": 0.5},
                     "limits": {"max_text": 60000, "max_sessions_per_ip": 2},
                     "rate": {"msg_rate": 1000.0, "msg_burst": 1000}})
     alice = connect(server, "alice")
@@ -43,7 +43,8 @@ def test_a_session_that_will_not_end_is_killed_and_its_slot_freed(start: Any) ->
                 break
         server.wait_for_log(kicked, timeout=5, start=mark)
         server.wait_for_log(rf"pid {pid} did not stop; killing it \(session \S+, "
-                            r"keepalive\.stop_timeout=1s\)", timeout=10, start=mark)
+                            r"queues\.close_grace=0\.5s \+ keepalive\.stop_timeout=1s\)",
+                            timeout=10, start=mark)
         wait_until(lambda: proc_stat(pid) is None, 10, message="the stopped session reaped")
     finally:
         kill_quietly(pid, signal.SIGCONT)  # only if the test failed: let it go
