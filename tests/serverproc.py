@@ -36,6 +36,19 @@ def write_config(path: Path, settings: dict[str, Any]) -> Path:
     return path
 
 
+# Every test client connects from 127.0.0.1, a module's tests often dozens a second, which
+# the server's default per-address connection rate would refuse. Tests of that rate set
+# their own (tests/test_hardening_admission.py).
+HARNESS_LIMITS = {"conn_rate_per_ip": 1000.0, "conn_burst_per_ip": 1000}
+
+
+def with_harness_limits(config: dict[str, Any]) -> dict[str, Any]:
+    limits = config.get("limits", {})
+    if any(key in limits for key in HARNESS_LIMITS):
+        return config
+    return {**config, "limits": {**HARNESS_LIMITS, **limits}}
+
+
 class ServerProcess:
     """One `chatd serve` subprocess; collects its log lines for assertions."""
 
@@ -43,7 +56,7 @@ class ServerProcess:
                  host: str = "127.0.0.1", extra_args: list[str] | None = None) -> None:
         self.data_dir = data_dir
         self.config_path = data_dir / "chatd.toml"
-        write_config(self.config_path, config or {})
+        write_config(self.config_path, with_harness_limits(config or {}))
         self.host = host
         self.extra_args = extra_args or []
         self.port = 0
