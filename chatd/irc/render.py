@@ -1,0 +1,279 @@
+"""Native frames as IRC lines: the server side of the translation.
+
+Text from the native side is shown by chatd's own rule (protocol.md §3, `safe_text`): what
+a native client would see as U+FFFD is U+FFFD here too, so no stored text can put a CR, LF
+or formatting code on an IRC line. Every line fits MAX_LINE bytes: messages are split on
+UTF-8 boundaries (or sent as one draft/multiline batch), lists are packed into several
+numerics, and a last parameter that still cannot fit (a long topic in a numeric) is cut.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from chatd import protocol as p
+from chatd.irc.lines import MAX_LINE, Line, serialise, split_utf8
+
+if TYPE_CHECKING:
+    from chatd.irc.frontend import IrcFrontEnd
+
+Frame = dict[str, Any]
+_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-]{0,62}\Z")
+_MESSAGE_COMMANDS = ("PRIVMSG", "NOTICE", "BATCH")
+
+
+def host_name(name: str) -> str:
+    """The server's name as an IRC source and host: a host name, else "chatd"."""
+    return name if _HOST.match(name) else "chatd"
+
+
+def time_tag(ms: int) -> str:
+    """server-time's format, in UTC whatever the local zone: 2025-01-02T03:04:05.678Z."""
+    seconds, millis = divmod(int(ms), 1000)
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{millis:03d}Z"
+
+
+def parse_time(value: str) -> int | None:
+    """A server-time timestamp as milliseconds since the epoch, or None."""
+    match = re.fullmatch(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,3}))?Z", value)
+    if not match:
+        return None
+    year, month, day, hour, minute, second = map(int, match.groups()[:6])
+    try:
+        when = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+    except ValueError:
+        return None
+    return int(when.timestamp()) * 1000 + int((match.group(7) or "0").ljust(3, "0"))
+
+
+def _tags(fe: IrcFrontEnd, ts: Any = None, msgid: Any = None) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    if isinstance(ts, int) and fe.has("server-time"):
+        tags["time"] = time_tag(ts)
+    if msgid is not None and fe.has("message-tags"):
+        tags["msgid"] = str(msgid)
+    return tags
+
+
+def batch_line(source: str, ref: str, *params: str, tags: dict[str, str] | None = None
+               ) -> Line:
+    """BATCH +ref type params / BATCH -ref."""
+    return Line("BATCH", [ref, *params], source, tags or {}, colon=False)
+
+
+def line_text(text: Any) -> str:
+    """A one-line field (topic, reason, motd line) as it may be shown."""
+    return p.safe_text(text, multiline=False) if isinstance(text, str) else ""
+
+
+def same_nick(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and p.nick_key(a) == p.nick_key(b)
+
+
+# ---- messages ----
+
+def message(fe: IrcFrontEnd, msg: Frame, batch: str | None = None) -> list[Line]:
+    """A native `message` as PRIVMSG lines: one per line of text, each cut to fit; or one
+    draft/multiline batch where negotiated. An action is a CTCP ACTION on every line."""
+    sender = str(msg.get("from", ""))
+    if "room" in msg:
+        target = str(msg["room"])
+    elif same_nick(sender, fe.nick):
+        target = str(msg.get("to", ""))
+    else:
+        target = fe.me
+    source = fe.mask(sender)
+    text = p.safe_text(str(msg.get("text", "")), multiline=True)
+    action = msg.get("action") is True
+    tags = _tags(fe, msg.get("ts"), msg.get("id"))
+    outer = {"batch": batch} if batch else {}
+    budget = MAX_LINE - len(f":{source} PRIVMSG {target} :\r\n".encode()) - (9 if action else 0)
+    rows = text.split("\n")
+    if (not action and fe.has("draft/multiline") and fe.has("batch")
+            and (len(rows) > 1 or len(text.encode()) > budget)):
+        ref = fe.new_batch()
+        out = [batch_line(source, "+" + ref, "draft/multiline", target, tags={**tags, **outer})]
+        for row in rows:
+            for i, piece in enumerate(split_utf8(row, budget)):
+                concat = {"draft/multiline-concat": ""} if i else {}
+                out.append(Line("PRIVMSG", [target, piece], source, {"batch": ref, **concat}))
+        out.append(batch_line(fe.server, "-" + ref, tags=dict(outer)))
+        return out
+    out = []
+    for row in rows:
+        if not row.strip():  # blank lines only go to multiline clients (the spec says so)
+            continue
+        for piece in split_utf8(row, budget):
+            body = f"\x01ACTION {piece}\x01" if action else piece
+            out.append(Line("PRIVMSG", [target, body], source, {**tags, **outer}))
+            tags.pop("msgid", None)  # a message id names the first line only
+    return out
+
+
+# ---- events: frames that answer no request ----
+
+def event(fe: IrcFrontEnd, frame: Frame) -> list[Line]:
+    """An unsolicited native frame as lines, keeping fe.rooms current."""
+    kind = frame.get("type")
+    tags = _tags(fe, frame.get("ts"))
+    room, nick = str(frame.get("room", "")), str(frame.get("nick", ""))
+    members = fe.rooms.get(room)
+    if kind == "message":
+        return message(fe, frame)
+    if kind == "join":
+        if members is not None:
+            members[p.nick_key(nick)] = nick
+        extended = fe.has("extended-join")
+        return [Line("JOIN", [room, "*", nick] if extended else [room], fe.mask(nick), tags,
+                     colon=extended)]
+    if kind == "part":
+        if members is not None:
+            members.pop(p.nick_key(nick), None)
+        reason = line_text(frame.get("reason"))
+        return [Line("PART", [room, reason] if reason else [room], fe.mask(nick), tags)]
+    if kind == "quit":
+        if members is not None:
+            members.pop(p.nick_key(nick), None)
+        # One native event per shared room, one IRC QUIT: sent once it has left them all.
+        if any(p.nick_key(nick) in m for m in fe.rooms.values()):
+            return []
+        if not fe.once(("quit", nick, frame.get("ts"))):
+            return []
+        return [Line("QUIT", [line_text(frame.get("reason")) or "quit"], fe.mask(nick), tags)]
+    if kind == "nick":
+        old, new = str(frame.get("old", "")), str(frame.get("new", ""))
+        if members is not None and members.get(p.nick_key(old)) == old:
+            del members[p.nick_key(old)]
+            members[p.nick_key(new)] = new
+        if any(m.get(p.nick_key(old)) == old for m in fe.rooms.values()):
+            return []  # a shared room still has the old spelling: its event comes next
+        if not fe.once(("nick", old, new, frame.get("ts"))):
+            return []
+        return [Line("NICK", [new], fe.mask(old), tags)]
+    if kind == "topic":
+        by = str(frame.get("by") or fe.server)
+        return [Line("TOPIC", [room, line_text(frame.get("topic"))],
+                     fe.mask(by) if frame.get("by") else fe.server, tags)]
+    if kind == "ping":
+        return [Line("PING", [str(frame.get("token", ""))], fe.server)]
+    if kind == "error":  # never unlabelled in practice: say it rather than lose it
+        return [fe.fail("*", str(frame.get("code", "internal")).upper(),
+                        text=line_text(frame.get("message")))]
+    return []
+
+
+# ---- errors ----
+
+def error(fe: IrcFrontEnd, frame: Frame, command: str, target: str) -> list[Line]:
+    """A native error as the numeric an IRC client expects for `command` on `target`;
+    FAIL (IRCv3 standard replies) where IRC has no numeric for it."""
+    code = str(frame.get("code", "internal"))
+    text = line_text(frame.get("message")) or code
+    if code == "rate_limited":
+        return [fe.num("263", command, text)]
+    if code == "not_registered":
+        return [fe.num("451", text)]
+    if code == "already_registered":
+        return [fe.num("462", text)]
+    if code == "text_empty":
+        return [fe.num("412", text)]
+    messaging = command in _MESSAGE_COMMANDS
+    numeric = {
+        "nick_taken": "433",
+        "invalid_nick": "401" if messaging else "432",
+        "no_such_nick": "401",
+        "invalid_room": "403",
+        "no_such_room": "403",
+        "not_in_room": "404" if messaging else "442",
+        "too_many_rooms": "405",
+        "text_too_long": "404",
+        "invalid_value": "404" if messaging else "",
+    }.get(code)
+    if numeric:
+        return [fe.num(numeric, target, text)]
+    context = [target] if target != "*" else []
+    return [fe.fail(command or "*", code.upper(), *context, text=text)]
+
+
+# ---- labeled-response ----
+
+def labelled(fe: IrcFrontEnd, label: str | None, lines: list[Line]) -> list[Line]:
+    """A command's lines as one labelled response: the label on its only line or batch,
+    ACK when there is nothing, else a labeled-response batch around them all."""
+    if label is None:
+        return lines
+    if not lines:
+        return [Line("ACK", [], fe.server, {"label": label})]
+    first, last = lines[0], lines[-1]
+    one_batch = (len(lines) > 1 and first.command == "BATCH" and "batch" not in first.tags
+                 and first.param(0).startswith("+") and last.command == "BATCH"
+                 and last.params == ["-" + first.params[0][1:]]
+                 and all("batch" in line.tags for line in lines[1:-1]))
+    if len(lines) == 1 or one_batch or not fe.has("batch"):
+        first.tags = {"label": label, **first.tags}
+        return lines
+    ref = fe.new_batch()
+    for line in lines:
+        if "batch" not in line.tags:
+            line.tags = {**line.tags, "batch": ref}
+    return [batch_line(fe.server, "+" + ref, "labeled-response", tags={"label": label}),
+            *lines, batch_line(fe.server, "-" + ref)]
+
+
+# ---- sizes ----
+
+def packed(fe: IrcFrontEnd, code: str, params: list[str], items: list[str]) -> list[Line]:
+    """Numerics `code` with `items` space-separated in the last parameter, as many per line
+    as fit in MAX_LINE (none when there are no items)."""
+    base = len(serialise(fe.num(code, *params, "x"))) - 1
+    out: list[Line] = []
+    chunk: list[str] = []
+    size = base
+    for item in items:
+        extra = len(item.encode()) + (1 if chunk else 0)
+        if chunk and size + extra > MAX_LINE:
+            out.append(fe.num(code, *params, " ".join(chunk)))
+            chunk, size, extra = [], base, len(item.encode())
+        chunk.append(item)
+        size += extra
+    if chunk:
+        out.append(fe.num(code, *params, " ".join(chunk)))
+    return out
+
+
+def fit(line: Line, data: bytes) -> bytes:
+    """`data` (the serialised line) with its last parameter cut, on a character boundary,
+    until the line without its tags is within MAX_LINE."""
+    while True:
+        body = len(serialise(Line(line.command, line.params, line.source, colon=line.colon)))
+        if body <= MAX_LINE:
+            return data
+        last = line.params[-1].encode()
+        keep = max(0, len(last) - (body - MAX_LINE))
+        while keep and last[keep] & 0xC0 == 0x80:
+            keep -= 1
+        line.params[-1] = last[:keep].decode()
+        data = serialise(line)
+        if not last[:keep]:
+            return data
+
+
+# ---- lists ----
+
+def names(fe: IrcFrontEnd, room: str, nicks: list[str]) -> list[Line]:
+    """353 RPL_NAMREPLY lines (nick!user@host with userhost-in-names) and 366."""
+    items = [fe.mask(n) if fe.has("userhost-in-names") else n for n in nicks]
+    return [*packed(fe, "353", ["=", room], items), fe.num("366", room, "End of /NAMES list")]
+
+
+def history(fe: IrcFrontEnd, target: str, frame: Frame) -> list[Line]:
+    """A native `history` reply as a `chathistory` batch (plain lines without `batch`)."""
+    messages = [m for m in frame.get("messages", []) if isinstance(m, dict)]
+    if not fe.has("batch"):
+        return [line for msg in messages for line in message(fe, msg)]
+    ref = fe.new_batch()
+    body = [line for msg in messages for line in message(fe, msg, ref)]
+    return [batch_line(fe.server, "+" + ref, "chathistory", target), *body,
+            batch_line(fe.server, "-" + ref)]
