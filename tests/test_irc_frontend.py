@@ -182,6 +182,32 @@ def test_pong_comes_after_the_answers_to_everything_sent_before_the_ping() -> No
                        ":chatd PONG chatd :tok"]
 
 
+def test_events_keep_the_servers_order_around_replies() -> None:
+    fe = registered("echo-message")
+    joined(fe)
+    send(fe, "PRIVMSG #a :mine")
+    (msg,) = sent(fe)
+    answer(fe, message(4, "yours"))  # the server took bob's first: it comes first
+    assert out(fe) == [":bob!~u@chatd PRIVMSG #a :yours"]
+    answer(fe, {"type": "ack", "id": 5, "ts": TS, "room": "#a", "label": msg["label"]},
+           message(5, "mine", "alice"))
+    assert out(fe) == [":alice!~u@chatd PRIVMSG #a :mine"]
+    send(fe, "JOIN #b")
+    (join,) = sent(fe)
+    answer(fe, {"type": "joined", "room": "#b", "topic": "", "members": ["alice"],
+                "more": True, "label": join["label"]},
+           {"type": "history", "room": "#b", "messages": [], "more": False,
+            "label": join["label"]},
+           message(6, "welcome", room="#b"))  # before the rest of the member list
+    (who,) = sent(fe)
+    assert (who["type"], who["after"], out(fe)) == ("who", "alice", [])
+    answer(fe, {"type": "members", "room": "#b", "members": ["bob"], "more": False,
+                "label": who["label"]})
+    assert out(fe) == [":alice!~u@chatd JOIN #b", ":chatd 353 alice = #b :alice bob",
+                       ":chatd 366 alice #b :End of /NAMES list",
+                       ":bob!~u@chatd PRIVMSG #b :welcome"]
+
+
 def test_labeled_response_ack_single_line_and_batch() -> None:
     fe = registered("labeled-response batch")
     send(fe, "@label=p1 PONG :x", "@label=m1 MODE alice", "@label=w1 WHOIS alice")

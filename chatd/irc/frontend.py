@@ -11,9 +11,11 @@ Every native request it sends carries a label of its own (an int), so each reply
 IRC command it answers; the client's IRCv3 `label` tag never reaches the native side.
 Replies go to the client in the order of the commands, whatever the order in which the
 native side answers (a native `pong` overtakes; an IRC PONG must not): each command has a
-`Reply` in a queue, and only the head of the queue is written out. Events that are not
-replies (a message, someone joining) wait behind an unfinished head too, so a client never
-sees a message in a room before its own JOIN of it.
+`Reply` in a queue, and only the head of the queue is written out. An event (a frame that
+answers no request: a message, someone joining) takes its place in that queue by when it
+came: after every reply that had an answer by then (so a client never sees a message in a
+room before its own JOIN of it), before those still waiting for their first (so bob's
+message comes before the echo of alice's later one, as the server ordered them).
 """
 
 from __future__ import annotations
@@ -44,13 +46,14 @@ MAX_UNREAD = 1 << 16
 @dataclass(slots=True, eq=False)
 class Reply:
     """What one IRC command produces, in order; `waiting` counts native requests still
-    unanswered. `label` is the client's label tag (when labeled-response is on)."""
+    unanswered, `started` says whether any answer came. `label` is the client's label
+    tag (when labeled-response is on)."""
 
     command: str
     label: str | None = None
     lines: list[Line] = field(default_factory=list)
     waiting: int = 0
-    finish: Callable[[], list[Line]] | None = None  # more lines once all are answered
+    started: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -169,7 +172,7 @@ class IrcFrontEnd:
 
     def _frame(self, frame: Frame) -> None:
         if frame["type"] == "error" and frame.get("fatal"):
-            self.close(frame.get("message") or frame.get("code", ""))
+            self.close(render.line_text(frame.get("message") or frame.get("code")))
             return
         label = frame.get("label")
         pending = self._pending.get(label) if isinstance(label, int) else None
@@ -179,6 +182,7 @@ class IrcFrontEnd:
             for line in render.event(self, frame):
                 self.event(line)
             return
+        pending.reply.started = True
         if frame["type"] == "error":
             on_error = pending.on_error or (lambda f: render.error(self, f, pending.reply.command,
                                                                    pending.target))
@@ -193,11 +197,7 @@ class IrcFrontEnd:
 
     def _done(self, pending: Pending) -> None:
         self._pending.pop(pending.label, None)
-        reply = pending.reply
-        reply.waiting -= 1
-        if reply.waiting == 0 and reply.finish is not None:
-            reply.lines += reply.finish()
-            reply.finish = None
+        pending.reply.waiting -= 1
 
     # ---- for the command handlers ----
 
@@ -223,11 +223,14 @@ class IrcFrontEnd:
         self.to_session.append(p.pack(frame))
 
     def event(self, line: Line) -> None:
-        """A line that answers no command: after every reply still in the queue."""
-        if self._replies:
-            self._replies.append(Reply("", lines=[line]))
-        else:
-            self._write(line)
+        """A line that answers no command: after the last reply that had an answer, or
+        at once when none in the queue has (see the module docstring)."""
+        replies = self._replies
+        for i in range(len(replies) - 1, -1, -1):
+            if replies[i].started or not replies[i].waiting:
+                replies.insert(i + 1, Reply("", lines=[line], started=True))
+                return
+        self._write(line)
 
     def once(self, key: tuple[Any, ...]) -> bool:
         """False for the same event again (a quit or nick comes once per shared room)."""
