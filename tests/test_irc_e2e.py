@@ -194,3 +194,27 @@ def test_look_alike_nicks_are_taken_and_floods_end_the_link(tmp_path: Path) -> N
     lines: list[Line] = alice.lines()
     assert [x.command for x in lines] == ["263", "263", "ERROR"]
     assert lines[-1].params == ["Closing link: chatd (rate limits exceeded for too long)"]
+
+
+def test_multiline_both_ways_and_for_a_plain_client(hub: Hub) -> None:
+    bob = hub.native("bob")
+    bob.request(type="join", room="#m")
+    modern = hub.irc("alice", CAPS + " draft/multiline")
+    plain = hub.irc("carol")
+    modern.send("JOIN #m")
+    plain.send("JOIN #m")
+    modern.lines(), plain.lines(), bob.frames()
+    long_line = "ü" * 400  # 800 bytes: more than one IRC line
+    modern.send("BATCH +x draft/multiline #m\r\n@batch=x PRIVMSG #m :one\r\n"
+                "@batch=x PRIVMSG #m :\r\n@batch=x PRIVMSG #m :" + "ü" * 200 + "\r\n"
+                "@batch=x;draft/multiline-concat PRIVMSG #m :" + "ü" * 200 + "\r\nBATCH -x")
+    (msg,) = bob.frames()
+    assert msg["text"] == "one\n\n" + long_line
+    echo = modern.lines()
+    assert echo[0].params[1:] == ["draft/multiline", "#m"] and echo[0].tags["msgid"]
+    seen = [x.params[1] for x in plain.lines()]
+    assert seen[0] == "one" and "".join(seen[1:]) == long_line  # no blank line, cut to fit
+    bob.request(type="msg", room="#m", text="a\nb")
+    assert [x.params[1] for x in plain.lines()] == ["a", "b"]
+    batch = modern.lines()
+    assert [x.command for x in batch] == ["BATCH", "PRIVMSG", "PRIVMSG", "BATCH"]

@@ -64,6 +64,8 @@ def nick(fe: IrcFrontEnd, line: Line, reply: Reply, now: float) -> None:
     if not fe.nick:
         welcome.nick_before_welcome(fe, new, reply)
         return
+    if new == fe.nick:  # IRC ignores a change to the same nick
+        return
 
     def on_frame(frame: Frame) -> bool:
         if frame["type"] != "nick":
@@ -97,7 +99,7 @@ def ping(fe: IrcFrontEnd, line: Line, reply: Reply, now: float) -> None:
 
 
 def pong(fe: IrcFrontEnd, line: Line, reply: Reply, now: float) -> None:
-    token = line.param(0) or line.param(1)
+    token = line.params[-1] if line.params else ""  # PONG [server] :token
     frame: Frame = {"type": "pong"}
     if token:
         frame["token"] = int(token) if token.isdigit() and int(token) < 2**63 else token

@@ -122,6 +122,8 @@ class IrcFrontEnd:
         lines = self._reader.lines()
         try:
             for raw in lines:
+                if isinstance(raw, bytes) and not raw.strip(b" "):
+                    continue  # an empty line is ignored (RFC 1459 §2.3.1)
                 try:
                     if isinstance(raw, IrcError):
                         raise raw
