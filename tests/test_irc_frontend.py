@@ -331,6 +331,13 @@ def test_a_client_multiline_batch_is_one_native_message() -> None:
                        "go to the batch's target"]
     send(fe, "BATCH +b3 draft/multiline #a", *["@batch=b3 PRIVMSG #a :x"] * 101, "BATCH -b3")
     assert sent(fe) == [] and "MULTILINE_MAX_LINES 100" in out(fe)[0]
+    send(fe, "BATCH +c1 draft/multiline #a", "@batch=c1 PRIVMSG #a :lost",
+         "BATCH +c2 draft/multiline #a", "@batch=c1 PRIVMSG #a :lost too",
+         "@batch=c2 PRIVMSG #a :kept", "PING :between", "BATCH -c1", "BATCH -c2",
+         "@batch=zz PRIVMSG #a :x")
+    assert [(f["type"], f.get("text")) for f in sent(fe)] == [("ping", None), ("msg", "kept")]
+    assert [x.split()[1:4] for x in out(fe)] == [["FAIL", "BATCH", "MULTILINE_INVALID"]]
+    assert fe.multiline is None and fe.dropped_batch is None
 
 
 # ---- rooms and users ----

@@ -85,7 +85,8 @@ class IrcFrontEnd:
         self.to_session: list[bytes] = []
         self.to_client: list[bytes] = []
         self.ended = False
-        self.multiline: Any = None  # an open client multiline batch (commands.py)
+        self.multiline: Any = None  # an open client multiline batch (messaging.py)
+        self.dropped_batch: str | None = None  # a batch replaced by another: lines dropped
         self.bucket = TokenBucket(float(self.limits["cmd_rate"]),
                                   int(self.limits["cmd_burst"]), now)
         self._reader = LineReader()

@@ -40,6 +40,7 @@ def irc_text(text: str) -> tuple[str, bool, str | None]:
         return "", False, verb.upper() or "CTCP"
     return plain(text), False, None
 
+
 # ---- messages ----
 
 def privmsg(fe: IrcFrontEnd, line: Line, reply: Reply, now: float) -> None:
@@ -62,11 +63,10 @@ def privmsg(fe: IrcFrontEnd, line: Line, reply: Reply, now: float) -> None:
                                                "carries text and ACTION only"], fe.server))
         return
     for target in targets:
-        send_message(fe, reply, line.command, target, text, action)
+        send_message(fe, reply, target, text, action)
 
 
-def send_message(fe: IrcFrontEnd, reply: Reply, command: str, target: str, text: str,
-                 action: bool) -> None:
+def send_message(fe: IrcFrontEnd, reply: Reply, target: str, text: str, action: bool) -> None:
     """A native msg. Its ack is followed by the message itself, the echo: shown with
     echo-message (and labelled), dropped without, unless it is a message to yourself,
     which is then what you receive (unlabelled, after the reply)."""
@@ -93,8 +93,6 @@ def tagmsg(fe: IrcFrontEnd, line: Line, reply: Reply, now: float) -> None:
     """TAGMSG carries only client tags, and chatd relays none (CLIENTTAGDENY=*)."""
 
 
-
-
 # ---- client batches (draft/multiline) ----
 
 @dataclass(slots=True)
@@ -117,8 +115,11 @@ def batch_line(fe: IrcFrontEnd, line: Line, now: float) -> bool:
         _open(fe, line, now)
         return True
     ending = line.command == "BATCH"
-    if ml is None or (line.param(0) != "-" + ml.ref if ending else
-                      line.tags.get("batch") != ml.ref):
+    ref = line.param(0)[1:] if ending else line.tags.get("batch")
+    if ref is not None and ref == fe.dropped_batch:  # one replaced by another: its rest
+        fe.dropped_batch = None if ending else ref
+        return True
+    if ml is None or ref != ml.ref or (ending and not line.param(0).startswith("-")):
         if fe.charge("BATCH", now, tags=line.tags):
             fe.begin("BATCH", line.tags).lines.append(
                 _fail(fe, "MULTILINE_INVALID", text="no such batch is open"))
@@ -152,10 +153,11 @@ def batch_line(fe: IrcFrontEnd, line: Line, now: float) -> bool:
 
 def _open(fe: IrcFrontEnd, line: Line, now: float) -> None:
     ref, kind, target = line.param(0), line.param(1), line.param(2)
-    if fe.multiline is not None:
-        fe.multiline.failed = True  # one batch at a time: the first one is lost
-        reply = fe.begin("BATCH", fe.multiline.tags)
-        reply.lines.append(_fail(fe, "MULTILINE_INVALID", text="another batch was opened"))
+    if fe.multiline is not None:  # one batch at a time: the first one is lost
+        if not fe.multiline.failed:
+            reply = fe.begin("BATCH", fe.multiline.tags)
+            reply.lines.append(_fail(fe, "MULTILINE_INVALID", text="another batch was opened"))
+        fe.dropped_batch = fe.multiline.ref
     ml = fe.multiline = Multiline(ref[1:], target, dict(line.tags))
     problem = ("chatd takes only draft/multiline batches from clients"
                if kind != "draft/multiline" or not target or len(ref) < 2 else
@@ -183,4 +185,4 @@ def _finish(fe: IrcFrontEnd, ml: Multiline) -> None:
     if not text.strip():
         reply.lines.append(_fail(fe, "MULTILINE_INVALID", text="the batch has no text"))
     else:
-        send_message(fe, reply, "BATCH", ml.target, text, False)
+        send_message(fe, reply, ml.target, text, False)
