@@ -234,6 +234,8 @@ def test_labeled_response_ack_single_line_and_batch() -> None:
     ("TOPIC #b", "no_such_room", ":chatd 403 alice #b :m"),
     ("TOPIC #a :x", "invalid_value", ":chatd FAIL TOPIC INVALID_VALUE #a :m"),
     ("NICK b0b", "nick_taken", ":chatd 433 alice b0b :m"),
+    ("NICK owner", "nick_owned", ":chatd 433 alice owner :m"),  # §12, once served
+    ("NICK other", "nick_locked", ":chatd 902 alice other :m"),
     ("NICK 9x", "invalid_nick", ":chatd 432 alice 9x :m"),
 ])
 def test_native_errors_become_the_numeric_for_the_command(command: str, code: str,
