@@ -1,4 +1,4 @@
-"""`chat-client HOST:PORT [--nick NICK] [--room ROOM ...] [--plain]`."""
+"""`chat-client HOST:PORT [--nick NICK] [--room ROOM ...] [--plain] [--no-backlog]`."""
 
 from __future__ import annotations
 
@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "with --)")
     p.add_argument("--plain", action="store_true",
                    help="line mode even on a terminal")
+    p.add_argument("--no-backlog", action="store_true",
+                   help="plain mode: do not print messages replayed from history (the "
+                        "room's recent messages on joining, those missed while away); "
+                        "only live ones")
     p.add_argument("--scrollback", type=int, default=5000, metavar="N",
                    help="lines kept per buffer (default: 5000)")
     p.add_argument("--version", action="version", version=f"chat-client {__version__}")
@@ -104,14 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.scrollback < 10:
         parser.error("--scrollback must be at least 10")
     store = StateStore(f"{host}:{port}", nick)
-    core = Core(nick, rooms, store.load(), args.scrollback)
     plain = args.plain or not (sys.stdin.isatty() and sys.stdout.isatty())
+    core = Core(nick, rooms, store.load(), args.scrollback, context=not plain)
     try:
         if plain:
             from .plain import run_plain
 
             conn = Connection(TCPOpener(host, port), core, store, first_failure_fatal=True)
-            return asyncio.run(run_plain(core, conn))
+            return asyncio.run(run_plain(core, conn, backlog=not args.no_backlog))
         from .tui import run_tui
 
         return asyncio.run(run_tui(core, host, port, store))

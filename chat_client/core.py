@@ -23,7 +23,9 @@ from .requests import Frame, Requests
 class Core:
     def __init__(self, nick: str, rooms: list[str], last_seen: dict[str, int] | None = None,
                  scrollback: int = 5000, client_name: str = "chat-client",
-                 clock: Clock = SYSTEM) -> None:
+                 clock: Clock = SYSTEM, context: bool = True) -> None:
+        """`context`: after catching up a buffer that shows only what was missed, fetch a
+        little older history too (on a screen; plain mode prints only what is new)."""
         self.model = Model(nick, scrollback, clock)
         self.want_nick = nick
         self.wanted_rooms: list[str] = list(dict.fromkeys(rooms))
@@ -40,6 +42,7 @@ class Core:
         self.dirty = False  # last-seen ids changed since the last save
         self.first_room = self.wanted_rooms[0] if self.wanted_rooms else None
         self.hello_nick = nick
+        self.context = context
 
     def limit(self, name: str) -> int | float:
         """A limit from welcome.limits, or the protocol's default when the server did not
@@ -132,13 +135,17 @@ class Core:
     # Commands from the input line
     def execute_line(self, line: str) -> None:
         """Run one input line; usage errors become local error lines and send nothing."""
+        action = self.parse_line(line)
+        if action is not None:
+            self.execute(action)
+
+    def parse_line(self, line: str) -> cmd.Action | None:
+        """The action of an input line, or None after reporting a usage error."""
         try:
-            action = cmd.parse(line)
+            return cmd.parse(line)
         except cmd.UsageError as exc:
-            self.model.note(None, str(exc), "error")
-            self.failures += 1
-            return
-        self.execute(action)
+            self._local_error(str(exc))
+            return None
 
     def execute(self, action: cmd.Action) -> None:
         m = self.model

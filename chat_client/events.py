@@ -159,7 +159,11 @@ def on_history(core: Core, f: Frame, req: Req | None, now: float) -> None:
     # Messages missed while away are news; backlog shown on a plain join is not.
     new = req is not None and (req.kind == "catchup" or bool(req.extra.get("after")))
     for msg in f.get("messages", []):
-        if isinstance(msg, dict) and m.add(buf, _message_line(core, msg), new):
+        if not isinstance(msg, dict):
+            continue
+        line = _message_line(core, msg)
+        line.backlog = True  # replayed from history, not live (plain mode marks it)
+        if m.add(buf, line, new):
             got += 1
     if got and buf.kind == "room":
         core.dirty = True
@@ -174,7 +178,7 @@ def on_history(core: Core, f: Frame, req: Req | None, now: float) -> None:
             frame["room" if buf.kind == "room" else "with"] = \
                 buf.key if buf.kind == "room" else buf.name
             core.request(frame, "catchup", buf.key)
-        elif buf.kind == "room" and not buf.context_fetched:
+        elif core.context and buf.kind == "room" and not buf.context_fetched:
             buf.context_fetched = True
             # A caught-up buffer after a restart shows only what was missed: add a
             # little older context, like a plain join would.

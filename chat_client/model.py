@@ -31,6 +31,7 @@ class Line:
     state: str = "ok"  # ok | pending | failed
     mention: bool = False
     own: bool = False
+    backlog: bool = False  # replayed from history rather than received live
     # Kept by the Buffer that holds the line: its lines are sorted by `seq`, so a line is
     # found (and a place for a new one) by bisection, not by a walk over the buffer.
     seq: int = field(default=0, repr=False, compare=False)

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from serverproc import ServerProcess
@@ -30,7 +30,12 @@ def client_env(state: Path) -> dict[str, str]:
     return dict(os.environ, CHAT_CLIENT_STATE_DIR=str(state), PYTHONUNBUFFERED="1")
 
 
-def run_client(srv: ServerProcess, args: list[str], stdin: str, state: Path,
+class Address(Protocol):
+    host: str
+    port: int
+
+
+def run_client(srv: Address, args: list[str], stdin: str, state: Path,
                timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLIENT, f"{srv.host}:{srv.port}", *args], input=stdin,
                           capture_output=True, text=True, cwd=ROOT, env=client_env(state),
