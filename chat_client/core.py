@@ -1,9 +1,10 @@
 """Protocol logic of the client (sans-I/O): commands and connection events in, requests out.
 
-The connection calls `connected()`, feeds every decoded frame to `receive()` (handled in
-events.py) and sends whatever `take_outbox()` returns. No sockets and no clock: times are
-passed in, so all of it is unit-tested. The rules shared with the server (nick alphabet,
-text, limits) come from chatd.protocol and from welcome.limits, never from a copy.
+The connection calls `connected()`, feeds every decoded frame to `receive()` (checked by
+inbound.py, then handled in events.py) and sends whatever `take_outbox()` returns. No
+sockets and no clock: times are passed in, so all of it is unit-tested. The rules shared
+with the server (nick alphabet, text, limits) come from chatd.protocol and from
+welcome.limits, never from a copy.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ class Core:
         self.requests = Requests()
         self.registered = False
         self.session: str | None = None
-        self.limits: dict[str, Any] = {}  # welcome.limits as the server last stated them
+        # welcome.limits, checked on arrival (inbound.py): always complete and usable
+        self.limits: dict[str, int | float] = dict(DEFAULT_LIMITS)
+        self.reported: set[str] = set()  # kinds of bad frames already reported
         self.nick_attempt = 0
         self.refused: HelloRefused | None = None  # set when retrying cannot help
         self.quitting = False
@@ -45,12 +48,16 @@ class Core:
         self.context = context
 
     def limit(self, name: str) -> int | float:
-        """A limit from welcome.limits, or the protocol's default when the server did not
-        state it (or stated nonsense)."""
-        value = self.limits.get(name)
-        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-            return value
-        return DEFAULT_LIMITS[name]
+        """A limit as welcome.limits stated it, or the protocol's default."""
+        return self.limits[name]
+
+    def server_problem(self, what: str, text: str) -> None:
+        """Something the server sent was bad (inbound.py): tell the user, once per kind
+        and connection, so a hostile server cannot flood the screen with it."""
+        if what in self.reported:
+            return
+        self.reported.add(what)
+        self.model.note(self.model.buffers[SERVER], text, "error")
 
     # Outgoing
     def request(self, frame: Frame, kind: str, buffer: str | None = None, **extra: Any) -> int:
@@ -73,6 +80,7 @@ class Core:
         """A new connection: say hello (joins follow the welcome)."""
         self.registered = False
         self.requests.reset()
+        self.reported.clear()
         self.nick_attempt = 0
         self.hello(self.want_nick)
 

@@ -1,8 +1,9 @@
 """Handlers for what the server sends (sans-I/O): one function per frame type.
 
-`receive()` finds the request a frame answers (by label), then calls the handler from
-HANDLERS, which updates the model and may queue follow-up requests (joins after the
-welcome, the next catch-up page). Unknown types are ignored (protocol §1).
+`receive()` finds the request a frame answers (by label), checks the frame (inbound.py:
+handlers only see checked, inert values), then calls the handler from HANDLERS, which
+updates the model and may queue follow-up requests (joins after the welcome, the next
+catch-up page). Unknown types are ignored (protocol §1).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatd.protocol import nick_key
 
+from . import inbound
 from .lifecycle import HelloRefused
 from .model import SERVER, Line
 from .requests import Frame, Req
@@ -29,11 +31,26 @@ def receive(core: Core, frame: Frame, now: float) -> None:
     req = core.requests.reply_to(frame)
     if handler is None:
         return
+    checked = inbound.check(frame, core.server_problem)
+    if checked is None:
+        if req is not None:
+            _unanswered(core, req, frame)
+        return
+    frame = checked
     try:
         handler(core, frame, req, now)
     except Exception as exc:  # a bad frame must never take the client down
         core.model.note(core.model.get(SERVER), f"ignored a bad {ftype!r} frame from the "
                         f"server ({type(exc).__name__}: {exc})", "error")
+
+
+def _unanswered(core: Core, req: Req, frame: Frame) -> None:
+    """The reply to a request was unusable (and reported): settle the request."""
+    buf = core.model.get(req.buffer)
+    line = buf.find_label(frame["label"]) if buf is not None and req.kind == "msg" else None
+    if buf is not None and line is not None:
+        line.state = "failed"
+        core.model.updated(buf, line)
 
 
 def _ts(f: Frame) -> float | None:
@@ -51,10 +68,9 @@ def _message_line(core: Core, f: Frame) -> Line:
 def on_welcome(core: Core, f: Frame, req: Req | None, now: float) -> None:
     m = core.model
     core.registered = True
-    m.nick = str(f["nick"])
-    core.session = f.get("session") if isinstance(f.get("session"), str) else None
-    if isinstance(f.get("limits"), dict):
-        core.limits.update(f["limits"])
+    m.nick = f.get("nick") or core.hello_nick
+    core.session = f.get("session")
+    core.limits = f["limits"]
     server = m.buffers[SERVER]
     m.note(server, f"connected as {m.nick}", "notice")
     if f.get("motd"):

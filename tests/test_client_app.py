@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from prompt_toolkit.input import PipeInput, create_pipe_input
-from prompt_toolkit.output import DummyOutput
+from prompt_toolkit.output import DummyOutput, Output
 from serverproc import ServerProcess
 from wire import Client, connect
 
@@ -43,7 +43,8 @@ class AppRunner:
     """One chat-client TUI on a private event loop thread, driven through a pipe."""
 
     def __init__(self, host: str, port: int, nick: str, state_dir: Path,
-                 rooms: tuple[str, ...] = ("#general",), **conn_opts: Any) -> None:
+                 rooms: tuple[str, ...] = ("#general",), output: Output | None = None,
+                 **conn_opts: Any) -> None:
         self.core = Core(nick, list(rooms))
         self.store = StateStore(f"{host}:{port}", nick, state_dir)
         self.core.saved_last = self.store.load()
@@ -51,7 +52,7 @@ class AppRunner:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.result: Any = None
         self.error: BaseException | None = None
-        self.output = CountingOutput()
+        self.output = output or CountingOutput()
         self._cm = create_pipe_input()
         self.pipe: PipeInput = self._cm.__enter__()
         ready = threading.Event()

@@ -1,0 +1,337 @@
+"""What the server sends, checked once on arrival (sans-I/O).
+
+Every frame passes `check()` before a handler sees it. Each field a handler uses is checked
+for its type and range, names must follow the protocol's rules (protocol.md §3), and every
+string is made inert by the rule the server enforces (`clean`, `clean_line`), so nothing
+later (screen, status bar, plain output, stderr) can be driven by a hostile or broken
+server, and no handler meets a value it did not expect. What a frame cannot do without
+(a message without a valid sender) drops the frame; anything else falls back to a safe
+value. Either way `report` is told, so the user sees it. Fields not listed here are
+dropped: handlers only ever see checked values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from chatd.config import SETTINGS
+from chatd.protocol import (
+    DEFAULT_LIMITS,
+    MAX_LABEL,
+    MAX_REASON,
+    MAX_TOPIC,
+    ProtocolError,
+    check_nick,
+    check_room,
+    safe_text,
+)
+
+from .clock import TS_MAX, TS_MIN
+from .model import clean_line
+
+Frame = dict[str, Any]
+Check = Callable[[Any], Any]
+Report = Callable[[str, str], None]  # (what, text): `what` names the field, for deduplication
+MAX_INT = 2**63 - 1
+TS_MAX_MS = int(TS_MAX * 1000)
+
+
+class Bad(Exception):
+    """The value cannot be used."""
+
+
+class Fixed(Exception):
+    """The value was made usable: `value` replaces it, `why` says what was wrong."""
+
+    def __init__(self, value: Any, why: str) -> None:
+        super().__init__(why)
+        self.value, self.why = value, why
+
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Field:
+    check: Check
+    required: bool = False
+    default: Any = _MISSING  # used when absent or unusable (a fresh copy of a list/dict)
+    nullable: bool = False  # nil means absent (protocol: topic `by`/`ts` of a never-set topic)
+
+
+# ---- value checks ----
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise Bad(f"{type(value).__name__} where a string belongs")
+    return value
+
+
+def nick(value: Any) -> str:
+    try:
+        return check_nick(_str(value))
+    except ProtocolError:
+        raise Bad("not a valid nick") from None
+
+
+def room(value: Any) -> str:
+    try:
+        return check_room(_str(value))
+    except ProtocolError:
+        raise Bad("not a valid room name") from None
+
+
+def text(value: Any) -> str:
+    """Message text (several lines allowed, tabs kept for the screen to lay out), shown by
+    the rule the server enforces."""
+    return safe_text(_str(value), multiline=True)
+
+
+def line(limit: int) -> Check:
+    """A one-line field (topic, reason, error message): inert, and at most `limit`
+    characters (a longer one is cut, with a note)."""
+    def check(value: Any) -> str:
+        shown = clean_line(_str(value))
+        if len(shown) > limit:
+            raise Fixed(shown[:limit - 1] + "…", f"longer than {limit} characters")
+        return shown
+    return check
+
+
+def integer(low: int, high: int = MAX_INT) -> Check:
+    def check(value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise Bad(f"{type(value).__name__} where an integer belongs")
+        if not low <= value <= high:
+            raise Bad(f"{value} is out of range")
+        return value
+    return check
+
+
+def number(low: float, high: float) -> Check:
+    def check(value: Any) -> float:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise Bad(f"{type(value).__name__} where a number belongs")
+        if not (math.isfinite(value) and low <= value <= high):
+            raise Bad(f"{value} is out of range")
+        return float(value)
+    return check
+
+
+def flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise Bad(f"{type(value).__name__} where true/false belongs")
+    return value
+
+
+def timestamp(value: Any) -> int:
+    """Milliseconds since the epoch; one a clock cannot show is clamped (with a note)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise Bad(f"{type(value).__name__} where an integer belongs")
+    if not TS_MIN * 1000 <= value <= TS_MAX_MS:
+        raise Fixed(min(max(value, int(TS_MIN * 1000)), TS_MAX_MS), "out of range")
+    return value
+
+
+def session_id(value: Any) -> str:
+    """Sent back in the next hello: printable ASCII of a sane length only."""
+    value = _str(value)
+    if not (0 < len(value) <= MAX_LABEL and value.isascii() and value.isprintable()):
+        raise Bad("not a usable session id")
+    return value
+
+
+def token(value: Any) -> str | int | bytes:
+    """A ping token is echoed, never shown; only its type and size are checked."""
+    if isinstance(value, bool) or not isinstance(value, str | int | bytes):
+        raise Bad(f"{type(value).__name__} is not a token")
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:
+        raise Bad("out of range")
+    if isinstance(value, str | bytes) and len(value) > 256:
+        raise Bad("longer than 256")
+    return value
+
+
+def list_of(check: Check, what: str) -> Check:
+    """A list whose bad entries are left out (with a note); the good ones are kept."""
+    def check_list(value: Any) -> list[Any]:
+        if not isinstance(value, list):
+            raise Bad(f"{type(value).__name__} where a list belongs")
+        good, bad, fixes = [], [], []
+        for item in value:
+            try:
+                good.append(check(item))
+            except Fixed as fixed:
+                good.append(fixed.value)
+                fixes.append(fixed.why)
+            except Bad as exc:
+                bad.append(str(exc))
+        notes = [f"{len(bad)} of {len(value)} {what} bad, left out (the first: {bad[0]})"
+                 ] if bad else []
+        notes += [f"{len(fixes)} of {len(value)} {what} fixed (the first: {fixes[0]})"
+                  ] if fixes else []
+        if notes:
+            raise Fixed(good, "; ".join(notes))
+        return good
+    return check_list
+
+
+def map_of(schema: dict[str, Field], one_of: tuple[str, str] | None = None) -> Check:
+    """A map checked like a frame: a missing or bad required field makes it Bad."""
+    def check_map(value: Any) -> Frame:
+        if not isinstance(value, dict):
+            raise Bad(f"{type(value).__name__} where a map belongs")
+        out, problems = _fields(value, schema, one_of)
+        if problems:
+            raise Fixed(out, "; ".join(f"{name!r} {why}" for name, why in problems))
+        return out
+    return check_map
+
+
+# welcome.limits: each known limit must be a number of its type in the range a chatd
+# operator can configure (chatd/config.py); anything else (a string, -1, NaN, 1e300)
+# would crash the client or spin its pacing, so it falls back to the protocol's default.
+_RANGES = {s.key: (s.low, s.high) for s in SETTINGS if s.key in DEFAULT_LIMITS}
+
+
+def limits(value: Any) -> dict[str, int | float]:
+    if not isinstance(value, dict):
+        raise Bad(f"{type(value).__name__} where a map belongs")
+    out, bad = dict(DEFAULT_LIMITS), []
+    for name, default in DEFAULT_LIMITS.items():
+        if name not in value:
+            continue  # a server may leave a limit out: the default applies
+        got = value[name]
+        low, high = _RANGES.get(name, (None, None))
+        ok = isinstance(got, int | float) and not isinstance(got, bool) and math.isfinite(got)
+        if ok and isinstance(default, int):
+            ok = float(got).is_integer()
+        if ok and ((low is not None and got < low) or (high is not None and got > high)):
+            ok = False
+        if ok:
+            out[name] = type(default)(got)
+        else:
+            bad.append(f"{name}={_shown(got)} (using {default})")
+    if bad:
+        raise Fixed(out, "not usable: " + ", ".join(bad))
+    return out
+
+
+def _shown(value: Any) -> str:
+    """A bad value, quoted for a note: inert and short."""
+    return clean_line(repr(value)[:40])
+
+
+# ---- frames ----
+
+_NICKS = list_of(nick, "nicks")
+_MESSAGE = {
+    "id": Field(integer(1), required=True), "ts": Field(timestamp, required=True),
+    "room": Field(room), "to": Field(nick), "from": Field(nick, required=True),
+    "text": Field(text, required=True), "action": Field(flag, default=False),
+}
+_ROOM_ENTRY = {"room": Field(room, required=True), "members": Field(integer(0), default=0),
+               "topic": Field(line(MAX_TOPIC), default="")}
+_MEMBERSHIP = {"room": Field(room, required=True), "nick": Field(nick, required=True),
+               "reason": Field(line(MAX_REASON), default=""), "ts": Field(timestamp)}
+
+SCHEMAS: dict[str, tuple[dict[str, Field], tuple[str, str] | None]] = {
+    "welcome": ({"nick": Field(nick), "session": Field(session_id), "motd": Field(text),
+                 "server": Field(line(100)),
+                 "limits": Field(limits, default=dict(DEFAULT_LIMITS)),
+                 "previous": Field(map_of({"code": Field(line(64), required=True),
+                                           "message": Field(line(500), default="")}))},
+                None),
+    "error": ({"code": Field(line(64), default="error"),
+               "message": Field(line(1000), default=""), "fatal": Field(flag, default=False),
+               "limit": Field(line(64)), "retry_after": Field(number(0, 1e9)),
+               "supported": Field(list_of(integer(0), "versions"))}, None),
+    "ack": ({"id": Field(integer(1), required=True), "ts": Field(timestamp, required=True),
+             "room": Field(room), "to": Field(nick)}, ("room", "to")),
+    "message": (_MESSAGE, ("room", "to")),
+    "joined": ({"room": Field(room, required=True),
+                "topic": Field(line(MAX_TOPIC), default=""),
+                "members": Field(_NICKS, default=[]), "more": Field(flag)}, None),
+    "history": ({"room": Field(room), "with": Field(nick),
+                 "messages": Field(list_of(map_of(_MESSAGE, ("room", "to")), "messages"),
+                                   default=[]),
+                 "more": Field(flag, default=False)}, ("room", "with")),
+    "parted": ({"room": Field(room, required=True)}, None),
+    "rooms": ({"rooms": Field(list_of(map_of(_ROOM_ENTRY), "rooms"), default=[]),
+               "more": Field(flag)}, None),
+    "members": ({"room": Field(room, required=True), "members": Field(_NICKS, default=[]),
+                 "more": Field(flag)}, None),
+    "topic": ({"room": Field(room, required=True), "topic": Field(line(MAX_TOPIC), default=""),
+               "by": Field(nick, nullable=True), "ts": Field(timestamp, nullable=True)}, None),
+    "join": ({"room": Field(room, required=True), "nick": Field(nick, required=True),
+              "ts": Field(timestamp)}, None),
+    "part": (_MEMBERSHIP, None),
+    "quit": (_MEMBERSHIP, None),
+    "nick": ({"room": Field(room), "old": Field(nick, required=True),
+              "new": Field(nick, required=True), "ts": Field(timestamp)}, None),
+    "ping": ({"token": Field(token)}, None),
+    "pong": ({"token": Field(token)}, None),
+}
+
+
+def check(frame: Frame, report: Report) -> Frame | None:
+    """The frame with every field checked and made inert, or None when it is unusable.
+    `report(what, text)` is told of each problem (`what` names the field, so a caller can
+    say each kind once). Frame types the client does not know give None silently
+    (protocol §1: ignore them)."""
+    ftype = frame.get("type")
+    spec = SCHEMAS.get(ftype) if isinstance(ftype, str) else None
+    if spec is None:
+        return None
+    schema, one_of = spec
+    try:
+        out, problems = _fields(frame, schema, one_of)
+    except Bad as exc:
+        report(str(ftype), f"ignored a bad {ftype!r} frame from the server: {exc}")
+        return None
+    for name, why in problems:
+        report(f"{ftype}.{name}", f"the server sent a {ftype!r} frame whose {name!r} was "
+               f"{why}")
+    out["type"] = ftype
+    if "label" in frame:
+        out["label"] = frame["label"]  # ours: matched by Requests, never shown
+    return out
+
+
+def _fields(frame: Frame, schema: dict[str, Field],
+            one_of: tuple[str, str] | None) -> tuple[Frame, list[tuple[str, str]]]:
+    """Check the fields of `schema` in `frame`: the checked map and the problems met
+    (field, what was wrong). A required field that is missing or bad raises Bad; an
+    optional one falls back to its default, or is left out."""
+    out: Frame = {}
+    problems: list[tuple[str, str]] = []
+    for name, field in schema.items():
+        value = frame.get(name, _MISSING)
+        if value is _MISSING or (value is None and field.nullable):
+            if field.required:
+                raise Bad(f"no {name!r}")
+            _default(out, name, field)
+            continue
+        try:
+            out[name] = field.check(value)
+        except Fixed as fixed:
+            out[name] = fixed.value
+            problems.append((name, fixed.why))
+        except Bad as bad:
+            if field.required:
+                raise Bad(f"{name!r}: {bad}") from None
+            _default(out, name, field)
+            problems.append((name, f"unusable ({bad}); ignored it"))
+    if one_of is not None and (one_of[0] in out) == (one_of[1] in out):
+        raise Bad(f"needs exactly one of {one_of[0]!r} and {one_of[1]!r}")
+    return out, problems
+
+
+def _default(out: Frame, name: str, field: Field) -> None:
+    if field.default is _MISSING:
+        return
+    default = field.default
+    out[name] = default.copy() if isinstance(default, list | dict) else default
