@@ -58,13 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Terminal client for chatd. Full-screen when stdin and stdout are a "
                     "terminal; otherwise (or with --plain) one line in is one message or "
                     "/command and one event out is one line.",
-        epilog=f"Last-seen message ids are kept in {state_dir()} (override with "
+        epilog=f"Rooms, direct-message buffers, the current buffer and the last message "
+               f"id seen in each are kept in {state_dir()} (override with "
                "CHAT_CLIENT_STATE_DIR; default $XDG_STATE_HOME/chat-client, else "
-               "~/.local/state/chat-client) so a restarted client catches up. "
-               "Type /help in the client for commands and keys. In plain mode the exit "
-               "status is 0 when every message was acknowledged, 1 otherwise. "
-               "`chat-client --bench-render [--help]` times the full-screen client's keys "
-               "in a big buffer with traffic (no server needed).",
+               "~/.local/state/chat-client), so a restarted client is back where it was "
+               "and catches up. Type /help in the client for commands and keys. In plain "
+               "mode the exit status is 0 when every message was acknowledged, 1 "
+               "otherwise. `chat-client --bench-render [--help]` times the full-screen "
+               "client's keys in a big buffer with traffic (no server needed).",
     )
     p.add_argument("address", metavar="HOST:PORT",
                    help=f"server address; the port defaults to {DEFAULT_PORT}; IPv6 as "
@@ -72,10 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nick", default=None,
                    help="your nick (default: your login name, made valid)")
     p.add_argument("--room", dest="rooms", action="extend", nargs="+", metavar="ROOM",
-                   help=f"room(s) to join (default: {DEFAULT_ROOM}); the '#' is optional, "
-                        "which saves quoting it from the shell; the first room is where "
-                        "plain lines go; give HOST:PORT before --room (or end the list "
-                        "with --)")
+                   help="room(s) to join besides those restored from the last run (with "
+                        f"nothing to restore, and always in plain mode: {DEFAULT_ROOM}); "
+                        "the '#' is optional, which saves quoting it from the shell; the "
+                        "first one is shown first, and is where plain lines go; give "
+                        "HOST:PORT before --room (or end the list with --)")
     p.add_argument("--plain", action="store_true",
                    help="line mode even on a terminal")
     p.add_argument("--no-backlog", action="store_true",
@@ -102,14 +104,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"bad address {args.address!r}: {exc}")
     try:
         nick = nick_arg(args.nick) if args.nick is not None else default_nick()
-        rooms = [room_arg(r) for r in (args.rooms or [DEFAULT_ROOM])]
+        rooms = [room_arg(r) for r in args.rooms or []]
     except UsageError as exc:
         parser.error(str(exc))
     if args.scrollback < 10:
         parser.error("--scrollback must be at least 10")
     store = StateStore(f"{host}:{port}", nick)
+    saved = store.load()
     plain = args.plain or not (sys.stdin.isatty() and sys.stdout.isatty())
-    core = Core(nick, rooms, store.load(), args.scrollback, context=not plain)
+    # Plain lines go to the first --room (default #general), whatever the last run did;
+    # full-screen mode shows the buffer that was current, unless --room names one.
+    if not rooms and (plain or not saved.buffers):
+        rooms = [DEFAULT_ROOM]
+    focus = rooms[0] if rooms and (plain or args.rooms) else None
+    core = Core(nick, rooms, saved, args.scrollback, focus=focus, context=not plain)
     try:
         if plain:
             from .plain import run_plain

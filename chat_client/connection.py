@@ -33,7 +33,7 @@ from .lifecycle import (
     map_exceptions,
 )
 from .model import SERVER
-from .store import StateStore
+from .store import ClientState, StateStore
 from .stream import Opener, Stream
 
 BACKOFF_BASE = 0.5  # first retry delay (s); doubles per failed attempt
@@ -82,6 +82,7 @@ class Connection:
         self._started = False
         self._stream: Stream | None = None
         self._saved_at: float | None = None
+        self._saved: ClientState | None = None  # what was written last
         self._pinged_at: float | None = None  # our last keepalive ping
         self._unanswered_since: float | None = None  # a ping nothing has arrived after
 
@@ -105,12 +106,17 @@ class Connection:
             self._stream.write(pack(frame))
 
     def save_state(self, force: bool = False) -> None:
+        """Write what a restart restores (Core.snapshot()) when it changed, at most every
+        SAVE_EVERY seconds unless forced."""
         now = self.clock.monotonic()
         due = force or self._saved_at is None or now - self._saved_at >= SAVE_EVERY
-        if self.store and self.core.dirty and due:
-            self.core.dirty = False
-            self._saved_at = now
-            self.store.save(self.core.model.last_seen()["rooms"])
+        if self.store is None or not due:
+            return
+        self._saved_at = now
+        state = self.core.snapshot()
+        if state != self._saved:
+            self._saved = state
+            self.store.save(state)
 
     # Main loop
     async def run(self) -> None:

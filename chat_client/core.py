@@ -4,7 +4,8 @@ The connection calls `connected()`, feeds every decoded frame to `receive()` (ch
 inbound.py, then handled in events.py) and sends whatever `take_outbox()` returns. No
 sockets and no clock: times are passed in, so all of it is unit-tested. The rules shared
 with the server (nick alphabet, text, limits) come from chatd.protocol and from
-welcome.limits, never from a copy.
+welcome.limits, never from a copy. What a restart restores (store.ClientState) goes in
+through the constructor and comes out of `snapshot()`.
 """
 
 from __future__ import annotations
@@ -15,22 +16,35 @@ from chatd.protocol import DEFAULT_LIMITS, MAX_NICK, VERSION, ProtocolError, che
 
 from . import commands as cmd
 from . import events
+from .catchup import MAX_DM_POINTS, STALE, DmPoint, Points
 from .clock import SYSTEM, Clock
 from .lifecycle import HelloRefused
 from .model import SERVER, Buffer, Line, Model
 from .requests import Frame, Requests
+from .store import ClientState
 
 
 class Core:
-    def __init__(self, nick: str, rooms: list[str], last_seen: dict[str, int] | None = None,
+    def __init__(self, nick: str, rooms: list[str], saved: ClientState | None = None,
                  scrollback: int = 5000, client_name: str = "chat-client",
-                 clock: Clock = SYSTEM, context: bool = True) -> None:
-        """`context`: after catching up a buffer that shows only what was missed, fetch a
+                 clock: Clock = SYSTEM, focus: str | None = None, context: bool = True) -> None:
+        """`rooms` are joined besides the saved buffers; `focus` (`#room` or `@nick`) is the
+        buffer to show once it is ready, else the saved current one, else the first room.
+        `context`: after catching up a buffer that shows only what was missed, fetch a
         little older history too (on a screen; plain mode prints only what is new)."""
         self.model = Model(nick, scrollback, clock)
         self.want_nick = nick
-        self.wanted_rooms: list[str] = list(dict.fromkeys(rooms))
-        self.saved_last: dict[str, int] = dict(last_seen or {})  # from the state file
+        saved = saved or ClientState()
+        self.points = Points(saved.rooms, saved.dms)
+        self.wanted_rooms: list[str] = []
+        for entry in [*saved.buffers, *rooms]:  # buffers in their saved (Alt+N) order
+            if entry.startswith("@"):
+                self.model.dm(entry[1:])
+            elif entry not in self.wanted_rooms:
+                self.wanted_rooms.append(entry)
+                self.model.room(entry)
+        focus = focus or saved.current or next(iter(self.wanted_rooms), None)
+        self.focus = _key(focus) if focus else SERVER
         self.client_name = client_name
         self.requests = Requests()
         self.registered = False
@@ -42,14 +56,27 @@ class Core:
         self.refused: HelloRefused | None = None  # set when retrying cannot help
         self.quitting = False
         self.failures = 0  # requests the server refused (plain mode's exit status)
-        self.dirty = False  # last-seen ids changed since the last save
-        self.first_room = self.wanted_rooms[0] if self.wanted_rooms else None
         self.hello_nick = nick
         self.context = context
 
     def limit(self, name: str) -> int | float:
         """A limit as welcome.limits stated it, or the protocol's default."""
         return self.limits[name]
+
+    def snapshot(self) -> ClientState:
+        """What a restart should restore: the rooms we are in and the direct-message
+        buffers (in Alt+N order), the current buffer, and every catch-up point."""
+        buffers = []
+        for buf in self.model.order():
+            if buf.kind == "room" and buf.key in self.wanted_rooms:
+                buffers.append(buf.key)
+            elif buf.kind == "dm":
+                buffers.append("@" + buf.name)
+        buffers += [r for r in self.wanted_rooms if r not in buffers]
+        cur = self.model.cur
+        current = {"room": cur.key, "dm": "@" + cur.name}.get(cur.kind)
+        rooms, dms = self.points.saved()
+        return ClientState(buffers, current, rooms, dms)
 
     def server_problem(self, what: str, text: str) -> None:
         """Something the server sent was bad (inbound.py): tell the user, once per kind
@@ -103,6 +130,7 @@ class Core:
         was = self.registered
         self.registered = False
         self.requests.reset()
+        self.points.stop_all()
         self.model.lag_ms = None
         for buf, line in self.model.pending_lines():
             self.failures += 1
@@ -245,13 +273,45 @@ class Core:
         return None
 
     def join(self, room: str, switch: bool = False) -> None:
-        """Join, catching up after the last id seen in the room (this run or a saved one)."""
+        """Join, catching up after the room's catch-up point (this run's or a saved one)."""
         buf = self.model.get(room)
-        last = max(buf.last_id if buf else 0, self.saved_last.get(room, 0))
+        point = self.points.room(room)
         frame: Frame = {"type": "join", "room": room}
-        if last:
-            frame["after"] = last
-        self.request(frame, "join", room if buf else None, room=room, after=last, switch=switch)
+        if point.seen:
+            frame["after"] = point.seen
+        point.start()
+        self.request(frame, "join", room if buf else None, room=room, after=point.seen,
+                     switch=switch, point=point)
+
+    def catch_up_dms(self) -> None:
+        """Fetch the direct messages missed in each conversation of the nick we now hold
+        (at the welcome, and again whenever our nick changes: a nick taken back after a
+        reconnect has its own conversations, which its stand-in `nick_` could not fetch)."""
+        me = nick_key(self.model.nick)
+        points = sorted(self.points.dms_of(me).values(), key=lambda p: p.seen, reverse=True)
+        for point in points[:MAX_DM_POINTS]:
+            self._catch_up_dm(point)
+
+    def _catch_up_dm(self, point: DmPoint) -> None:
+        if point.state != STALE or not point.seen:
+            return
+        point.start()
+        buf = self.model.get(nick_key(point.nick))
+        self.request({"type": "history", "with": point.nick, "after": point.seen},
+                     "catchup", buf.key if buf else SERVER, after=point.seen, point=point)
+
+    def saw(self, f: Frame) -> None:
+        """A live (checked) message arrived: move its conversation's catch-up point. A
+        direct message in a conversation that is not caught up (its catch-up was refused,
+        or it was not among those caught up on connecting) starts its catch-up now."""
+        if "room" in f:
+            self.points.room(f["room"]).got(f["id"])
+            return
+        sender, to = f["from"], f["to"]
+        me, peer = (sender, to) if nick_key(sender) == nick_key(self.model.nick) else (to, sender)
+        point = self.points.dm(nick_key(me), nick_key(peer), peer)
+        point.got(f["id"])
+        self._catch_up_dm(point)
 
     def _part(self, room: str | None, reason: str) -> None:
         m = self.model
@@ -282,3 +342,8 @@ class Core:
             frame["before"] = buf.last_id + 1
         self.request(frame, "older", buf.key, quiet=quiet)
         return None
+
+
+def _key(entry: str) -> str:
+    """The buffer key of a saved buffer name (`#room` or `@nick`)."""
+    return nick_key(entry[1:]) if entry.startswith("@") else entry

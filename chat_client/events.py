@@ -46,6 +46,9 @@ def receive(core: Core, frame: Frame, now: float) -> None:
 
 def _unanswered(core: Core, req: Req, frame: Frame) -> None:
     """The reply to a request was unusable (and reported): settle the request."""
+    point = req.extra.get("point")
+    if point is not None:
+        point.stop()
     buf = core.model.get(req.buffer)
     line = buf.find_label(frame["label"]) if buf is not None and req.kind == "msg" else None
     if buf is not None and line is not None:
@@ -80,11 +83,11 @@ def on_welcome(core: Core, f: Frame, req: Req | None, now: float) -> None:
         m.note(server, f"previous session ended: {prev.get('code')} "
                f"{prev.get('message', '')}", "notice")
     for room in core.wanted_rooms:
-        core.join(room, switch=room == core.first_room and m.current == SERVER)
-    for buf in list(m.buffers.values()):
-        if buf.kind == "dm" and buf.last_id:
-            core.request({"type": "history", "with": buf.name, "after": buf.last_id},
-                         "catchup", buf.key)
+        core.join(room, switch=room == core.focus and m.current == SERVER)
+    core.catch_up_dms()
+    focus = m.get(core.focus)
+    if focus is not None and focus.kind == "dm" and m.current == SERVER:
+        m.switch(focus.key)
 
 
 def on_error(core: Core, f: Frame, req: Req | None, now: float) -> None:
@@ -106,6 +109,8 @@ def on_error(core: Core, f: Frame, req: Req | None, now: float) -> None:
         if line is not None and buf is not None:
             line.state = "failed"
             m.updated(buf, line)
+    if req is not None and req.extra.get("point") is not None:
+        req.extra["point"].stop()  # a refused catch-up: the next one starts from here
     if req is not None and req.kind == "join":
         room = req.extra.get("room")
         if room in core.wanted_rooms and code in ("invalid_room", "too_many_rooms"):
@@ -129,8 +134,6 @@ def on_ack(core: Core, f: Frame, req: Req | None, now: float) -> None:
     if buf is None or line is None:
         return
     buf.acked(line, int(f["id"]), f["ts"] / 1000)
-    if buf.kind == "room":
-        core.dirty = True
     core.model.updated(buf, line)
 
 
@@ -142,8 +145,8 @@ def on_message(core: Core, f: Frame, req: Req | None, now: float) -> None:
         sender, to = str(f["from"]), str(f["to"])
         peer = to if nick_key(sender) == nick_key(m.nick) else sender
         buf = m.dm(peer)
-    if m.add(buf, _message_line(core, f)) and buf.kind == "room":
-        core.dirty = True
+    m.add(buf, _message_line(core, f))
+    core.saw(f)
 
 
 def on_joined(core: Core, f: Frame, req: Req | None, now: float) -> None:
@@ -170,38 +173,47 @@ def on_joined(core: Core, f: Frame, req: Req | None, now: float) -> None:
 
 def on_history(core: Core, f: Frame, req: Req | None, now: float) -> None:
     m = core.model
-    buf = m.room(str(f["room"])) if "room" in f else m.dm(str(f["with"]))
+    msgs = f["messages"]
+    if "room" in f:
+        buf = m.room(f["room"])
+    else:  # an empty reply does not reopen a direct-message buffer the user closed
+        buf = m.dm(f["with"]) if msgs or m.get(nick_key(f["with"])) else None
     got = 0
     # Messages missed while away are news; backlog shown on a plain join is not.
     new = req is not None and (req.kind == "catchup" or bool(req.extra.get("after")))
-    for msg in f.get("messages", []):
-        if not isinstance(msg, dict):
-            continue
+    for msg in msgs:
         line = _message_line(core, msg)
         line.backlog = True  # replayed from history, not live (plain mode marks it)
-        if m.add(buf, line, new):
+        if buf is not None and m.add(buf, line, new):
             got += 1
-    if got and buf.kind == "room":
-        core.dirty = True
     if req is None:
         return
     if req.kind in ("join", "catchup"):
+        point = req.extra.get("point")
+        last = max((msg["id"] for msg in msgs), default=0)
+        if point is not None and last:
+            point.page(last)
         # `more` after a join with `after` (or a catch-up page) means newer messages
         # wait; after a plain join it only says older ones exist (/history gets them).
         forward = req.kind == "catchup" or bool(req.extra.get("after"))
-        if forward and f.get("more") is True and f.get("messages"):
-            frame: Frame = {"type": "history", "after": int(f["messages"][-1]["id"])}
-            frame["room" if buf.kind == "room" else "with"] = \
-                buf.key if buf.kind == "room" else buf.name
-            core.request(frame, "catchup", buf.key)
-        elif core.context and buf.kind == "room" and not buf.context_fetched:
+        if forward and f["more"] and last:
+            frame: Frame = {"type": "history", "after": last}
+            if "room" in f:
+                frame["room"] = f["room"]
+            else:
+                frame["with"] = f["with"]
+            core.request(frame, "catchup", req.buffer, after=last, point=point)
+            return
+        if point is not None:
+            point.finish()
+        if core.context and buf is not None and not buf.context_fetched:
             buf.context_fetched = True
             # A caught-up buffer after a restart shows only what was missed: add a
             # little older context, like a plain join would.
             want = int(core.limit("history_on_join")) - buf.message_count()
             if req.extra.get("after") and want > 0:
                 core.older(buf, want, quiet=True)
-    elif req.kind == "older" and not req.extra.get("quiet"):
+    elif req.kind == "older" and not req.extra.get("quiet") and buf is not None:
         m.note(buf, f"fetched {got} older message(s)" + ("" if got else ": none left"))
 
 
@@ -209,7 +221,7 @@ def on_parted(core: Core, f: Frame, req: Req | None, now: float) -> None:
     room = str(f["room"])
     if room in core.wanted_rooms:
         core.wanted_rooms.remove(room)
-    core.saved_last.pop(room, None)  # a later /join starts afresh, not from here
+    core.points.forget_room(room)  # a later /join starts afresh, not from here
     core.model.close(room)
     core.model.note(core.model.get(SERVER), f"you left {room}", "notice")
 
@@ -306,6 +318,9 @@ def on_nick(core: Core, f: Frame, req: Req | None, now: float) -> None:
         for buf in m.buffers.values():
             if buf.kind != "dm":
                 m.note(buf, f"you are now known as {new}", "notice", _ts(f))
+        if nick_key(new) != nick_key(old):
+            core.points.stop_dms(nick_key(old))  # its messages no longer come to us
+            core.catch_up_dms()  # the direct messages sent to this nick while we lacked it
         return
     room = m.get(str(f["room"]))
     if room is not None:

@@ -381,12 +381,6 @@ class Model:
         me = nick_key(self.nick)
         return any(nick_key(word) == me for word in _NICK_WORD.findall(text))
 
-    def last_seen(self) -> dict[str, dict[str, int]]:
-        """Catch-up points to persist: highest id per room and per direct-message peer."""
-        rooms = {b.key: b.last_id for b in self.buffers.values() if b.kind == "room" and b.last_id}
-        dms = {b.key: b.last_id for b in self.buffers.values() if b.kind == "dm" and b.last_id}
-        return {"rooms": rooms, "dms": dms}
-
     def pending_lines(self) -> list[tuple[Buffer, Line]]:
         return [(b, line) for b in self.buffers.values() for line in b.lines
                 if line.state == "pending"]

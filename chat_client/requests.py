@@ -65,7 +65,9 @@ class Requests:
         return any(not kinds or r.kind in kinds for r in self.pending.values())
 
     def reset(self) -> None:
-        """A connection ended or began: nothing outstanding can be answered any more."""
+        """A connection ended or began: nothing outstanding can be answered any more, and
+        nothing queued for the old connection may go out on the next one."""
+        self.outbox.clear()
         self.pending.clear()
         self._pings.clear()
 

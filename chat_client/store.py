@@ -1,11 +1,21 @@
-"""Last-seen message ids on disk, so a client that was closed and started again catches up."""
+"""The client's state on disk, so a client that was closed and started again is where it was:
+the same rooms and direct-message buffers, the same current buffer, and a catch-up point
+for every room and direct-message conversation (catchup.py)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from chatd.protocol import NICK_RE, ROOM_RE, nick_key
+
+log = logging.getLogger(__name__)
+VERSION = 2
 
 
 def state_dir() -> Path:
@@ -18,30 +28,89 @@ def state_dir() -> Path:
     return Path(base) / "chat-client"
 
 
+@dataclass
+class ClientState:
+    """What a restart restores. Buffers are named `#room` or `@nick`."""
+
+    buffers: list[str] = field(default_factory=list)  # open buffers in Alt+N order
+    current: str | None = None  # the current buffer; None: the server buffer
+    rooms: dict[str, int] = field(default_factory=dict)  # room -> catch-up point
+    # my nick key -> peer's nick key -> (peer's nick, catch-up point)
+    dms: dict[str, dict[str, tuple[str, int]]] = field(default_factory=dict)
+
+
 class StateStore:
-    """Last-seen message id per room, per server and starting nick, as JSON."""
+    """One JSON file per server and starting nick."""
 
     def __init__(self, server: str, nick: str, directory: Path | None = None) -> None:
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{server}-{nick.lower()}")
         self.path = (directory or state_dir()) / f"{safe}.json"
 
-    def load(self) -> dict[str, int]:
+    def load(self) -> ClientState:
+        """The saved state; an empty one when there is none. A damaged file (or a damaged
+        entry) is skipped, never fatal: the client then only starts afresh."""
         try:
             data = json.loads(self.path.read_text())
-            rooms = data.get("rooms", {})
-            return {str(k): int(v) for k, v in rooms.items() if isinstance(v, int)}
-        except (OSError, ValueError, AttributeError):
-            return {}
+        except FileNotFoundError:
+            return ClientState()
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable state file %s: %s", self.path, exc)
+            return ClientState()
+        return parse(data) if isinstance(data, dict) else ClientState()
 
-    def save(self, rooms: dict[str, int]) -> None:
-        """Merge (ids only grow) and write atomically; a failed write is not fatal."""
-        merged = self.load()
-        for room, last in rooms.items():
-            merged[room] = max(merged.get(room, 0), last)
+    def save(self, state: ClientState) -> None:
+        """Write atomically (a crash leaves the old file or the new one); a failed write is
+        logged, not fatal."""
+        data = {"version": VERSION, "buffers": state.buffers, "current": state.current,
+                "rooms": state.rooms,
+                "dms": {me: {peer: {"nick": nick, "seen": seen}
+                             for peer, (nick, seen) in peers.items()}
+                        for me, peers in state.dms.items()}}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps({"version": 1, "rooms": merged}, indent=1))
+            tmp.write_text(json.dumps(data, indent=1))
             os.replace(tmp, self.path)
-        except OSError:
-            pass
+        except OSError as exc:
+            log.warning("cannot save the client state to %s: %s", self.path, exc)
+
+
+def parse(data: dict[str, Any]) -> ClientState:
+    """A ClientState from the file's JSON, keeping only well-formed entries. Version 1
+    files held only the room points."""
+    state = ClientState()
+    rooms = data.get("rooms")
+    if isinstance(rooms, dict):
+        state.rooms = {r: n for r, n in rooms.items() if _room(r) and _id(n)}
+    buffers = data.get("buffers")
+    if isinstance(buffers, list):
+        state.buffers = list(dict.fromkeys(b for b in buffers if _buffer(b)))
+    current = data.get("current")
+    if _buffer(current):
+        state.current = current
+    dms = data.get("dms")
+    for me, peers in (dms.items() if isinstance(dms, dict) else ()):
+        if not isinstance(peers, dict):
+            continue
+        good = {peer: (p["nick"], p["seen"]) for peer, p in peers.items()
+                if isinstance(p, dict) and _nick(p.get("nick")) and _id(p.get("seen"))
+                and nick_key(p["nick"]) == peer}
+        if good and isinstance(me, str):
+            state.dms[me] = good
+    return state
+
+
+def _id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
+
+
+def _room(value: Any) -> bool:
+    return isinstance(value, str) and ROOM_RE.match(value) is not None
+
+
+def _nick(value: Any) -> bool:
+    return isinstance(value, str) and NICK_RE.match(value) is not None
+
+
+def _buffer(value: Any) -> bool:
+    return isinstance(value, str) and (_room(value) or value[:1] == "@" and _nick(value[1:]))

@@ -45,9 +45,8 @@ class AppRunner:
     def __init__(self, host: str, port: int, nick: str, state_dir: Path,
                  rooms: tuple[str, ...] = ("#general",), output: Output | None = None,
                  **conn_opts: Any) -> None:
-        self.core = Core(nick, list(rooms))
         self.store = StateStore(f"{host}:{port}", nick, state_dir)
-        self.core.saved_last = self.store.load()
+        self.core = Core(nick, list(rooms), self.store.load())
         self.ui: ChatUI | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.result: Any = None

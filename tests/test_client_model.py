@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from chat_client.core import Core
 from chat_client.lifecycle import HelloRefused
 from chat_client.model import SERVER, Buffer, Line, Model
+from chat_client.store import ClientState
 
 
 def msg(mid: int, text: str = "x", room: str = "#a", sender: str = "bob",
@@ -143,14 +144,6 @@ def test_switching_and_finding_buffers() -> None:
     assert m.current == "#b"
 
 
-def test_last_seen_is_the_highest_id_per_room() -> None:
-    m = Model("alice")
-    m.add(m.room("#a"), Line("message", 1, "t", id=4))
-    m.add(m.room("#a"), Line("message", 1, "t", id=2))
-    m.add(m.room("#b"), Line("message", 1, "t", id=9))
-    assert m.last_seen()["rooms"] == {"#a": 4, "#b": 9}
-
-
 # Core (protocol logic) ----------------------------------------------------------------
 
 def welcome(core: Core, nick: str = "alice",
@@ -197,7 +190,7 @@ def test_send_is_pending_until_ack_and_echo_is_deduplicated() -> None:
     core.receive(msg(10, "hello world", sender="alice"))
     own = [line for line in buf.lines if line.text == "hello world"]
     assert len(own) == 1 and own[0].state == "ok" and own[0].id == 10
-    assert core.model.last_seen()["rooms"] == {"#a": 10}
+    assert core.snapshot().rooms == {"#a": 10}
 
 
 def test_server_error_marks_pending_failed() -> None:
@@ -241,7 +234,7 @@ def test_reconnect_catches_up_after_last_id_with_paging_no_dup() -> None:
 
 
 def test_restart_uses_saved_last_seen_and_fetches_context() -> None:
-    core = Core("alice", ["#a"], last_seen={"#a": 40})
+    core = Core("alice", ["#a"], ClientState(rooms={"#a": 40}))
     (join,) = welcome(core)
     assert join["after"] == 40
     join_reply(core, join, [msg(41)])
@@ -445,7 +438,7 @@ def test_reconnect_catches_up_direct_messages_too() -> None:
 
 
 def test_rejoin_after_part_is_a_plain_join() -> None:
-    core = Core("alice", ["#a"], last_seen={"#a": 7})
+    core = Core("alice", ["#a"], ClientState(rooms={"#a": 7}))
     (join,) = welcome(core)
     assert join["after"] == 7
     join_reply(core, join, [])

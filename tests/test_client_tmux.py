@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from serverproc import ServerProcess
+from wire import connect
 
 ROOT = Path(__file__).resolve().parent.parent
 # Skipped only on a developer's machine without tmux: in CI (.ci/run installs it) a
@@ -124,3 +125,37 @@ def test_two_clients_talk_in_tmux(tmux: Tmux, server: ServerProcess, tmp_path: P
     # tmux (remain-on-exit) reports it too, and sometimes its notice is all that is shown.
     tmux.wait_screen("alice", ("client exited with status 0", "Pane is dead (status 0,"))
 
+
+
+def test_a_restarted_client_is_back_where_it_was(tmux: Tmux, server: ServerProcess,
+                                                 tmp_path: Path) -> None:
+    state = tmp_path / "a"
+    bob = connect(server, "bob")
+    try:
+        bob.join("#side")
+        tmux.start("alice", client_command(server, "alice", state))
+        tmux.wait_screen("alice", "you joined #general")
+        tmux.type("alice", "/join #side")
+        tmux.wait_screen("alice", "[3:#side]")
+        tmux.type("alice", "/join #ops")
+        tmux.wait_screen("alice", "[4:#ops]")
+        tmux.type("alice", "/msg bob psst")
+        bob.wait_type("message", to="bob", text="psst")
+        tmux.type("alice", "/switch #side")
+        tmux.wait_screen("alice", "[3:#side]")
+        tmux.type("alice", "/quit")
+        tmux.wait_screen("alice", ("client exited with status 0", "Pane is dead (status 0,"))
+        bob.say("#side", "said while alice was away")
+
+        # The same command, no --room: the rooms, the direct-message buffer, their order
+        # and the current buffer come back, and #side shows what was missed.
+        tmux.start("again", client_command(server, "alice", state))
+        screen = tmux.wait_screen("again", "bob │ said while alice was away")
+        status = screen.splitlines()[-2]
+        assert "[3:#side]" in status, screen
+        for entry in ("2:#general", "4:#ops", "5:bob"):
+            assert entry in status, screen
+        tmux.type("again", "/switch #ops")
+        tmux.wait_screen("again", "you joined #ops")
+    finally:
+        bob.close()

@@ -1,0 +1,130 @@
+"""Nothing lost, ever (issue 14 §1), against the real server: a direct message sent while
+the client had to use `nick_` reaches it once the nick is back, a restarted client catches
+up its direct messages, and it comes back with its rooms and buffers."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from serverproc import ServerProcess, kill_quietly
+from test_client_app import FAST, AppRunner
+from wire import Client, connect
+
+from chat_client.lifecycle import ConnState
+
+FAST_RETRY = {"backoff_base": 0.3, "backoff_cap": 0.6}
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    data = tmp_path / "server"
+    data.mkdir()
+    srv = ServerProcess(data, FAST).start()
+    yield srv
+    srv.stop()
+
+
+def dm_texts(app: AppRunner, peer: str) -> list[str]:
+    def get() -> list[str]:
+        buf = app.core.model.get(peer)
+        return [ln.text for ln in buf.lines if ln.id is not None] if buf else []
+
+    return list(app.call(get))
+
+
+def test_a_dm_sent_while_the_nick_was_held_arrives_once_it_is_taken_back(
+        server: ServerProcess, tmp_path: Path) -> None:
+    erin = connect(server, "erin")
+    before = set(server.children())
+    dave = AppRunner(server.host, server.port, "dave", tmp_path / "state", keepalive=0.4,
+                     dead_after=1.0, **FAST_RETRY)
+    stopped: int | None = None
+    try:
+        dave.ready()
+        erin.call({"type": "msg", "to": "dave", "text": "earlier"})
+        dave.wait(lambda: dm_texts(dave, "erln") == ["earlier"], "the first DM")
+        (child,) = set(server.children()) - before
+        os.kill(child, signal.SIGSTOP)  # dave's session process: alive, silent
+        stopped = child
+        # The server takes it for dave (the session still holds the nick): acknowledged.
+        assert erin.call({"type": "msg", "to": "dave", "text": "hi"})["type"] == "ack"
+        dave.wait(lambda: dave.core.model.nick == "dave_"
+                  and dave.core.model.conn_state is ConnState.CONNECTED, "back as dave_",
+                  timeout=20)
+        os.kill(child, signal.SIGCONT)  # the old session goes on, finds its client gone
+        stopped = None
+        dave.wait(lambda: dave.core.model.nick == "dave", "dave taken back", timeout=20)
+        dave.wait(lambda: "hi" in dm_texts(dave, "erln"), "the DM sent to the stopped session")
+        erin.call({"type": "msg", "to": "dave", "text": "after"})
+        dave.wait(lambda: "after" in dm_texts(dave, "erln"), "a live DM")
+        assert dm_texts(dave, "erln") == ["earlier", "hi", "after"]  # each exactly once
+    finally:
+        if stopped is not None:
+            kill_quietly(stopped, signal.SIGCONT)
+        dave.close()
+        erin.close()
+
+
+def test_a_restarted_client_catches_up_its_direct_messages(server: ServerProcess,
+                                                           tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    erin = connect(server, "erin")
+    dave = AppRunner(server.host, server.port, "dave", state)
+    dave.ready()
+    erin.call({"type": "msg", "to": "dave", "text": "one"})
+    dave.wait(lambda: dm_texts(dave, "erln") == ["one"], "a DM")
+    assert dave.close() == 0
+    # While this client is closed, dave is someone else's session (another device, or
+    # the old session not yet gone): what erin sends to dave is stored for dave.
+    other = connect(server, "dave")
+    for text in ("two", "three"):
+        erin.call({"type": "msg", "to": "dave", "text": text})
+    other.close()
+    # (If that session has not ended yet, the client starts as dave_ and catches up once
+    # it has dave back: keepalive is when it tries.)
+    again = AppRunner(server.host, server.port, "dave", state, rooms=(), keepalive=0.4)
+    try:
+        again.wait(lambda: again.core.model.nick == "dave", "dave", timeout=15)
+        again.wait(lambda: dm_texts(again, "erln")[-2:] == ["two", "three"], "caught up",
+                   timeout=15)
+        texts = dm_texts(again, "erln")
+        assert texts.count("two") == 1 and texts.count("three") == 1
+    finally:
+        again.close()
+        erin.close()
+
+
+def test_a_restart_brings_back_rooms_buffers_and_the_current_one(server: ServerProcess,
+                                                                 bob: Client,
+                                                                 tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    rooms = [f"#room{n}" for n in range(10)]
+    bob.join("#room3")
+    alice = AppRunner(server.host, server.port, "alice", state)
+    alice.ready()
+    for room in rooms:
+        alice.type(f"/join {room}\r")
+    alice.wait(lambda: all(alice.core.model.get(r) and alice.core.model.get(r).joined  # type: ignore[union-attr]
+                           for r in rooms), "ten rooms")
+    alice.type("/msg bob psst\r")
+    bob.wait_type("message", to="bob", text="psst")
+    alice.type("/switch #room4\r")
+    alice.wait(lambda: alice.core.model.current == "#room4", "#room4")
+    order = alice.call(lambda: [b.key for b in alice.core.model.order()])
+    assert alice.close() == 0
+    bob.say("#room3", "while you were away")
+    again = AppRunner(server.host, server.port, "alice", state, rooms=())
+    try:
+        again.wait(lambda: again.core.ready and again.core.model.current == "#room4",
+                   "restored")
+        assert again.call(lambda: [b.key for b in again.core.model.order()]) == order
+        assert all(again.call(lambda: [again.core.model.get(r).joined for r in rooms]))  # type: ignore[union-attr]
+        again.wait(lambda: "while you were away" in again.call(
+            lambda: [ln.text for ln in again.core.model.get("#room3").lines]), "caught up")  # type: ignore[union-attr]
+        assert "bob" in again.status()
+    finally:
+        again.close()
