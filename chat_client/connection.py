@@ -117,6 +117,9 @@ class Connection:
         if state != self._saved:
             self._saved = state
             self.store.save(state)
+        problem = self.store.take_problem()
+        if problem is not None:
+            self.core.model.note(self.core.model.buffers[SERVER], problem, "error")
 
     # Main loop
     async def run(self) -> None:

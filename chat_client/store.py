@@ -40,11 +40,25 @@ class ClientState:
 
 
 class StateStore:
-    """One JSON file per server and starting nick."""
+    """One JSON file per server and starting nick. Problems (a damaged file, a failed
+    write) are never fatal; the first of each kind waits in `problem` for the client to
+    show (a full-screen client cannot print to stderr)."""
 
     def __init__(self, server: str, nick: str, directory: Path | None = None) -> None:
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{server}-{nick.lower()}")
         self.path = (directory or state_dir()) / f"{safe}.json"
+        self.problem: str | None = None
+        self._told: set[str] = set()
+
+    def _trouble(self, kind: str, text: str) -> None:
+        log.info("%s", text)
+        if kind not in self._told:
+            self._told.add(kind)
+            self.problem = self.problem or text
+
+    def take_problem(self) -> str | None:
+        problem, self.problem = self.problem, None
+        return problem
 
     def load(self) -> ClientState:
         """The saved state; an empty one when there is none. A damaged file (or a damaged
@@ -54,13 +68,13 @@ class StateStore:
         except FileNotFoundError:
             return ClientState()
         except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable state file %s: %s", self.path, exc)
+            self._trouble("load", f"ignored the unreadable state file {self.path}: {exc}")
             return ClientState()
         return parse(data) if isinstance(data, dict) else ClientState()
 
     def save(self, state: ClientState) -> None:
         """Write atomically (a crash leaves the old file or the new one); a failed write is
-        logged, not fatal."""
+        a `problem`, not fatal."""
         data = {"version": VERSION, "buffers": state.buffers, "current": state.current,
                 "rooms": state.rooms,
                 "dms": {me: {peer: {"nick": nick, "seen": seen}
@@ -72,7 +86,7 @@ class StateStore:
             tmp.write_text(json.dumps(data, indent=1))
             os.replace(tmp, self.path)
         except OSError as exc:
-            log.warning("cannot save the client state to %s: %s", self.path, exc)
+            self._trouble("save", f"cannot save the client state to {self.path}: {exc}")
 
 
 def parse(data: dict[str, Any]) -> ClientState:

@@ -167,3 +167,18 @@ def test_dm_points_kept_are_the_most_recent(tmp_path: Path) -> None:
     kept = core.snapshot().dms[nick_key("alice")]
     assert len(kept) == MAX_DM_POINTS
     assert nick_key("peer0") not in kept and nick_key(f"peer{n}") in kept
+
+
+def test_state_file_problems_are_shown_once_not_printed(tmp_path: Path) -> None:
+    store = StateStore("h:1", "alice", tmp_path / "missing" / "dir")
+    store.path.parent.parent.write_text("a file where the directory should be")
+    store.save(ClientState(rooms={"#a": 1}))
+    store.save(ClientState(rooms={"#a": 2}))
+    problem = store.take_problem()
+    assert problem is not None and problem.startswith("cannot save the client state to ")
+    assert store.take_problem() is None  # the same trouble again is not news
+    (tmp_path / "bad.json").write_text("[1, 2")
+    bad = StateStore("h:1", "bad", tmp_path)
+    bad.path = tmp_path / "bad.json"
+    assert bad.load() == ClientState()
+    assert "ignored the unreadable state file" in (bad.take_problem() or "")
