@@ -15,6 +15,7 @@ stays where the pages got to, so the next catch-up fetches the rest and nothing 
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 # Direct-message conversations kept per nick (the most recent ones): each costs one
@@ -23,14 +24,20 @@ from dataclasses import dataclass
 MAX_DM_POINTS = 40
 
 
-LIVE, FETCHING, STALE = "live", "fetching", "stale"
+class State(enum.Enum):
+    LIVE = "live"  # caught up: live messages follow on without a gap
+    FETCHING = "fetching"  # catch-up pages are coming
+    STALE = "stale"  # a catch-up is due
+
+
+LIVE, FETCHING, STALE = State.LIVE, State.FETCHING, State.STALE
 
 
 @dataclass
 class Point:
     seen: int = 0  # every message up to this id has arrived: saved, and where catch-up starts
     top: int = 0  # the highest id that arrived
-    state: str = LIVE  # a point nothing is known about yet starts live (its first message)
+    state: State = LIVE  # a point nothing is known about yet starts live (its first message)
 
     def got(self, msg_id: int) -> None:
         """A live message."""

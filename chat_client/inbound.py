@@ -2,7 +2,7 @@
 
 Every frame passes `check()` before a handler sees it. Each field a handler uses is checked
 for its type and range, names must follow the protocol's rules (protocol.md §3), and every
-string is made inert by the rule the server enforces (`clean`, `clean_line`), so nothing
+string is made inert by the rule the server enforces (`safe_text`, `clean_line`), so nothing
 later (screen, status bar, plain output, stderr) can be driven by a hostile or broken
 server, and no handler meets a value it did not expect. What a frame cannot do without
 (a message without a valid sender) drops the frame; anything else falls back to a safe
