@@ -128,12 +128,19 @@ def flag(value: Any) -> bool:
 
 
 def timestamp(value: Any) -> int:
-    """Milliseconds since the epoch; one a clock cannot show is clamped (with a note)."""
-    if not isinstance(value, int) or isinstance(value, bool):
+    """Milliseconds since the epoch, an integer. Any other number (1e20, NaN, 1.5) is made
+    one a clock can show, clamped to the range of day lines (with a note): the message is
+    still worth showing."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
         raise Bad(f"{type(value).__name__} where an integer belongs")
-    if not TS_MIN * 1000 <= value <= TS_MAX_MS:
-        raise Fixed(min(max(value, int(TS_MIN * 1000)), TS_MAX_MS), "out of range")
-    return value
+    if isinstance(value, int) and TS_MIN * 1000 <= value <= TS_MAX_MS:
+        return value
+    low = int(TS_MIN * 1000)
+    if value != value:
+        raise Fixed(low, "not a number")
+    if not low <= value <= TS_MAX_MS:
+        raise Fixed(int(min(max(value, low), TS_MAX_MS)), "out of range")
+    raise Fixed(int(value), "not an integer")
 
 
 def session_id(value: Any) -> str:
