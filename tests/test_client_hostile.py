@@ -1,6 +1,6 @@
 """A hostile or broken server cannot harm the client or the terminal (issue 14 §5).
 
-A fake server (tests/fakeserver.py: real TCP, the real framing) puts escape sequences,
+A fake server (tests/fakechatd.py: real TCP, the real framing) puts escape sequences,
 bidi controls and line separators in every string field, names that break the rules,
 and unusable welcome.limits. The real client, in plain mode (a subprocess: its stdout and
 stderr bytes are what a terminal would get) and full screen (a VT100 output captured),
@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakeserver import TS, FakeServer, Frame, Peer, honest, welcome
+from fakechatd import T0 as TS
+from fakechatd import FakeChatd, Frame, Peer, honest, welcome
 from prompt_toolkit.data_structures import Size
 from prompt_toolkit.output.vt100 import Vt100_Output
 from test_client_app import AppRunner
@@ -87,15 +88,16 @@ def assert_inert(output: str) -> None:
         assert safe_text(line, multiline=False) == line, f"unsafe line: {line!r}"
 
 
-def run_plain(server: FakeServer, stdin: str, tmp_path: Path,
+def run_plain(server: FakeChatd, stdin: str, tmp_path: Path,
               *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, CHAT_CLIENT_STATE_DIR=str(tmp_path / "state"))
-    return subprocess.run([*CLIENT, server.address, "--nick", "bot", *args], input=stdin,
+    return subprocess.run([*CLIENT, f"{server.host}:{server.port}", "--nick", "bot", *args],
+                          input=stdin,
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=30)
 
 
 def test_plain_mode_shows_every_string_from_a_hostile_server_inert(tmp_path: Path) -> None:
-    with FakeServer(hostile) as server:
+    with FakeChatd(handler=hostile) as server:
         done = run_plain(server, "/who\n/rooms\n/topic\nhello\n", tmp_path)
     assert_inert(done.stdout)
     assert_inert(done.stderr)
@@ -124,7 +126,7 @@ def test_a_hostile_refusal_of_hello_is_printed_inert(tmp_path: Path) -> None:
             peer.send({"type": "error", "code": "invalid_nick", "message": EVIL,
                        "fatal": False, "label": f.get("label")})
 
-    with FakeServer(refuse) as server:
+    with FakeChatd(handler=refuse) as server:
         done = run_plain(server, "hello\n", tmp_path)
     assert done.returncode == 1
     assert_inert(done.stderr)
@@ -150,21 +152,21 @@ def test_unusable_limits_fall_back_to_the_defaults_with_a_note(limits: Any,
             honest(peer, f)
 
     lines = "".join(f"line {i}\n" for i in range(3))
-    with FakeServer(server_says) as server:
+    with FakeChatd(handler=server_says) as server:
         done = run_plain(server, lines + "/history 200\n", tmp_path)
         texts = [f["text"] for f in server.peer().sent("msg")]
-    assert done.returncode == 1, done.stderr  # /history: this fake answers with an error
-    assert "Traceback" not in done.stderr
+        history = server.peer().sent("history")
+    assert done.returncode == 0, done.stderr
     assert texts == ["line 0", "line 1", "line 2"]
+    assert [f["limit"] for f in history] == [200]  # the default page: /history 200 went out
     assert "'limits' was not usable" in done.stderr or "'limits' was unusable" in done.stderr
-    assert "error internal: not in this fake" in done.stderr  # /history 200 went out
 
 
 def test_full_screen_mode_writes_nothing_from_a_hostile_server_to_the_terminal(
         tmp_path: Path) -> None:
     terminal = io.StringIO()
     output = Vt100_Output(terminal, lambda: Size(rows=30, columns=100), term="xterm")
-    with FakeServer(hostile) as server:
+    with FakeChatd(handler=hostile) as server:
         app = AppRunner(server.host, server.port, "alice", tmp_path / "state",
                         output=output)
         try:

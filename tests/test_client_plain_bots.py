@@ -9,7 +9,7 @@ from datetime import UTC
 from pathlib import Path
 
 import pytest
-from fakeserver import FakeServer, Frame, Peer, ack, honest
+from fakechatd import FakeChatd, Frame, Peer, ack, honest
 from serverproc import ServerProcess
 from test_client_plain import FAST, run_client, start_server
 from wire import Client
@@ -56,11 +56,11 @@ def test_quit_waits_for_every_acknowledgement_like_end_of_input(tmp_path: Path) 
         # the parent and its ack comes back; a quit closes the connection at once.
         if f.get("type") == "msg":
             held.append((peer, f))
-            peer.server.loop.call_later(0.3, ack, peer, f)
+            peer.later(0.3, ack, peer, f)
         else:
             honest(peer, f)
 
-    with FakeServer(slow_acks) as fake:
+    with FakeChatd(handler=slow_acks) as fake:
         done = run_client(fake, ["--nick", "bot"], "one\ntwo\n/quit done here\nnever sent\n",
                           tmp_path / "state")
         peer = fake.peer()
