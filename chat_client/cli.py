@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import os
 import re
 import sys
 
@@ -14,6 +15,8 @@ from . import __version__
 from .commands import UsageError, nick_arg, room_arg
 from .connection import Connection
 from .core import Core
+from .links import terminal_has_hyperlinks
+from .localstate import LocalState
 from .store import StateStore, state_dir
 from .stream import TCPOpener
 
@@ -118,17 +121,23 @@ def main(argv: list[str] | None = None) -> int:
         rooms = [DEFAULT_ROOM]
     focus = rooms[0] if rooms and (plain or args.rooms) else None
     core = Core(nick, rooms, saved, args.scrollback, focus=focus, context=not plain)
+    local = LocalState.beside(store.path)  # read markers and ignores
+    local.load(core.model)
     try:
         if plain:
             from .plain import run_plain
 
             conn = Connection(TCPOpener(host, port), core, store, first_failure_fatal=True)
             return asyncio.run(run_plain(core, conn, backlog=not args.no_backlog))
-        from .tui import run_tui
+        from .tui import UIOptions, run_tui
 
-        return asyncio.run(run_tui(core, host, port, store))
+        options = UIOptions(hyperlinks=terminal_has_hyperlinks(os.environ))
+        return asyncio.run(run_tui(core, host, port, store, options=options,
+                                   savers=[lambda: local.save(core.model)]))
     except KeyboardInterrupt:
         return 130
+    finally:
+        local.save(core.model)
 
 
 if __name__ == "__main__":

@@ -82,7 +82,38 @@ class Switch:
     target: str  # a room, a nick (direct-message buffer) or a buffer number
 
 
-Action = Say | Join | Part | Msg | Nick | Topic | Who | Rooms | History | Quit | Help | Switch
+@dataclass(frozen=True)
+class Ignore:
+    nick: str | None  # None: list the ignored nicks
+
+
+@dataclass(frozen=True)
+class Unignore:
+    nick: str
+
+
+@dataclass(frozen=True)
+class Whois:
+    nick: str
+
+
+@dataclass(frozen=True)
+class Clear:
+    pass
+
+
+@dataclass(frozen=True)
+class Close:
+    target: str | None  # None: the current buffer
+
+
+@dataclass(frozen=True)
+class Search:
+    text: str | None  # None: stop searching (the highlight goes)
+
+
+Action = (Say | Join | Part | Msg | Nick | Topic | Who | Rooms | History | Quit | Help | Switch
+          | Ignore | Unignore | Whois | Clear | Close | Search)
 
 DEFAULT_HISTORY = 50
 # /history N: the upper bound is the server's history page (welcome.limits), checked by
@@ -212,6 +243,42 @@ def _switch(rest: str) -> Action:
     return Switch(words[0])
 
 
+def _one_nick(rest: str) -> str:
+    words = rest.split()
+    if len(words) != 1:
+        raise UsageError("usage")
+    return nick_arg(words[0])
+
+
+def _ignore(rest: str) -> Action:
+    return Ignore(_one_nick(rest) if rest.strip() else None)
+
+
+def _unignore(rest: str) -> Action:
+    return Unignore(_one_nick(rest))
+
+
+def _whois(rest: str) -> Action:
+    return Whois(_one_nick(rest))
+
+
+def _clear(rest: str) -> Action:
+    if rest.strip():
+        raise UsageError("usage")
+    return Clear()
+
+
+def _close(rest: str) -> Action:
+    words = rest.split()
+    if len(words) > 1:
+        raise UsageError("usage")
+    return Close(words[0] if words else None)
+
+
+def _search(rest: str) -> Action:
+    return Search(rest.strip() or None)
+
+
 @dataclass(frozen=True)
 class Spec:
     usage: str
@@ -235,11 +302,29 @@ COMMANDS: dict[str, Spec] = {
     "history": Spec("/history [N]",
                     f"fetch N older messages into this buffer (default {DEFAULT_HISTORY}, "
                     "at most the server's history page)", _history),
-    "switch": Spec("/switch ROOM|NICK|N", "switch to a buffer by name or number", _switch),
+    "switch": Spec("/switch ROOM|NICK|N", "switch to a buffer by name or number (Tab "
+                   "completes the name)", _switch),
+    "close": Spec("/close [BUFFER]", "close a buffer (default: the current one), leaving "
+                  "its room", _close),
+    "clear": Spec("/clear", "clear the current buffer's screen (nothing comes back on "
+                  "reconnect; /history fetches older messages again)", _clear),
+    "search": Spec("/search [TEXT]", "find the newest line on screen or above containing TEXT "
+                   "(any case); again for the one before; no TEXT ends the search "
+                   "(Ctrl+R: as you type)", _search),
+    "ignore": Spec("/ignore [NICK]", "hide NICK's messages, in rooms and direct; kept across "
+                   "restarts; no NICK lists them", _ignore),
+    "unignore": Spec("/unignore NICK", "show NICK's messages again", _unignore),
+    "whois": Spec("/whois NICK", "the rooms you share with NICK (all the server tells)",
+                  _whois),
     "quit": Spec("/quit [REASON]", "disconnect and exit", _quit),
     "help": Spec("/help [COMMAND]", "show this help, or the usage of COMMAND", _help),
 }
 ALIASES = {"j": "join", "exit": "quit", "query": "msg", "leave": "part"}
+# Commands other clients have that this one cannot honestly offer yet: typing one says why.
+UNSUPPORTED = {
+    "away": "the server has no away status yet (protocol version 1), so nobody could see "
+            "yours: /away is left out rather than faked",
+}
 
 
 def command_names() -> list[str]:
@@ -261,6 +346,8 @@ def parse(line: str) -> Action:
     name, _, rest = line[1:].partition(" ")
     key = ALIASES.get(name.lower(), name.lower())
     spec = COMMANDS.get(key)
+    if spec is None and key in UNSUPPORTED:
+        raise UsageError(f"/{key}: {UNSUPPORTED[key]}")
     if spec is None:
         raise UsageError(f"unknown command /{name} (try /help)")
     try:
@@ -280,7 +367,11 @@ def help_lines(command: str | None = None) -> list[str]:
     lines += [f"  {s.usage:<{width}}  {s.summary}" for s in COMMANDS.values()]
     lines.append("Keys: PageUp/PageDown and the mouse wheel scroll, Ctrl+Home/Ctrl+End (Home/End")
     lines.append("      on an empty line) go to the top/bottom,")
-    lines.append("      Alt+1..9 / Ctrl+N / Ctrl+P switch buffers,")
-    lines.append("      Tab completes, Up/Down input history, Alt+Enter inserts a newline,")
-    lines.append("      a pasted block is one multi-line message, Ctrl-C / Ctrl-D exit.")
+    lines.append("      Alt+1..9 / Ctrl+N / Ctrl+P switch buffers, Alt+A goes to the buffer with")
+    lines.append("      the most important activity (back where you were when none is left),")
+    lines.append("      Ctrl+R searches the buffer as you type (again: older; Enter stays,")
+    lines.append("      Ctrl+G goes back), Tab completes, Up/Down input history,")
+    lines.append("      Alt+Enter inserts a newline, a pasted block is one multi-line message,")
+    lines.append("      Ctrl-C / Ctrl-D exit (with a typed line, Ctrl-C asks first).")
+    lines.append("      The config file can change the keys: see the README.")
     return lines

@@ -15,7 +15,7 @@ from typing import Any
 from chatd.protocol import DEFAULT_LIMITS, MAX_NICK, VERSION, ProtocolError, check_text, nick_key
 
 from . import commands as cmd
-from . import events
+from . import events, localcmds
 from .catchup import MAX_DM_POINTS, STALE, DmPoint, Points
 from .clock import SYSTEM, Clock
 from .lifecycle import HelloRefused
@@ -131,7 +131,7 @@ class Core:
         self.registered = False
         self.requests.reset()
         self.points.stop_all()
-        self.model.lag_ms = None
+        self.model.lag_ms = self.model.ping_since = None
         for buf, line in self.model.pending_lines():
             self.failures += 1
             line.state = "failed"
@@ -151,6 +151,8 @@ class Core:
 
     def ping(self, now: float) -> None:
         self.requests.ping(now)
+        if self.model.ping_since is None:  # the status bar shows how long it has waited
+            self.model.ping_since = now
 
     def ping_outstanding(self) -> bool:
         return self.requests.ping_outstanding()
@@ -199,6 +201,10 @@ class Core:
                     m.switch(buf.key)
             case cmd.Quit(reason):
                 self.quit(reason)
+            case cmd.Ignore() | cmd.Unignore() | cmd.Whois() | cmd.Clear() | cmd.Search():
+                localcmds.execute(self, action)
+            case cmd.Close(target):
+                self._close(target)
             case _ if not self.registered:
                 self._local_error("not connected; nothing sent")
             case cmd.Join(room):
@@ -242,6 +248,8 @@ class Core:
     def _local_error(self, text: str) -> None:
         self.model.note(None, text, "error")
         self.failures += 1
+
+    local_error = _local_error
 
     def _current_room(self) -> str | None:
         if self.model.cur.kind == "room":
@@ -325,6 +333,22 @@ class Core:
         if reason:
             frame["reason"] = reason
         self.request(frame, "part", room=room)
+
+    def _close(self, target: str | None) -> None:
+        """/close: a joined room is left (the buffer goes with the `parted`); any other
+        buffer but the server's goes at once."""
+        m = self.model
+        buf = m.cur if target is None else m.find(target)
+        if buf is None:
+            return self._local_error(f"no buffer {target!r}")
+        if buf.kind == "server":
+            return self._local_error("the server buffer stays open (/quit to leave)")
+        if buf.kind == "room" and buf.joined and self.registered:
+            return self._part(buf.key, "")
+        if buf.key in self.wanted_rooms:
+            self.wanted_rooms.remove(buf.key)
+        m.close(buf.key)
+        return None
 
     def older(self, buf: Buffer, count: int, quiet: bool) -> None:
         """Fetch up to count messages older than the oldest in buf."""

@@ -342,7 +342,7 @@ def on_ping(core: Core, f: Frame, req: Req | None, now: float) -> None:
 def on_pong(core: Core, f: Frame, req: Req | None, now: float) -> None:
     lag = core.requests.pong(f.get("token"), now)
     if lag is not None:
-        core.model.lag_ms = lag
+        core.model.lag_ms, core.model.ping_since = lag, None
 
 
 HANDLERS: dict[str, Handler] = {

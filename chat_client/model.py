@@ -16,6 +16,8 @@ from .lifecycle import ConnState
 
 SERVER = "*server*"  # key of the buffer for messages that belong to no room
 DEFAULT_SCROLLBACK = 5000
+# Activity of a buffer that is not the current one, for the hotlist (most important last).
+NONE, LOW, MSG, HOT = 0, 1, 2, 3  # nothing; notices; messages; a mention or a direct message
 
 
 @dataclass
@@ -75,6 +77,13 @@ class Buffer:
     anchor: int | None = None  # absolute index of the bottom line shown; None = follow
     new_below: int = 0  # lines added while scrolled up
     context_fetched: bool = False
+    activity: int = NONE  # what happened here since it was last the current buffer
+    # The read marker ("new since you were away"). Leaving a buffer puts it below the last
+    # line (`read_line`); after a restart only `read_id` is known, the last message read,
+    # and the marker stands above the first newer message. Both None: no marker.
+    read_line: Line | None = field(default=None, repr=False)
+    read_id: int | None = None
+    found: Line | None = field(default=None, repr=False)  # what a search found, highlighted
     # The lines with an id: by id, and their ids sorted (always the same set).
     by_id: dict[int, Line] = field(default_factory=dict, repr=False)
     id_order: list[int] = field(default_factory=list, repr=False)
@@ -231,6 +240,48 @@ class Buffer:
         """Absolute index of the bottom line on screen."""
         return self.end - 1 if self.anchor is None else self.anchor
 
+    # The read marker; the renderer asks both questions of each line it draws: O(log n).
+    def marker_below(self, line: Line) -> bool:
+        return line is self.read_line and line is not self.lines[-1]
+
+    def marker_above(self, line: Line) -> bool:
+        if self.read_line is not None or self.read_id is None or line.id is None:
+            return False
+        rank = bisect_right(self.id_order, self.read_id)
+        return rank < len(self.id_order) and self.id_order[rank] == line.id
+
+    def leave(self) -> None:
+        """The user leaves this buffer: everything in it is read."""
+        self.read_line = self.lines[-1] if self.lines else None
+        self.read_id = self.last_id
+
+    def enter(self) -> None:
+        """The user comes to this buffer: with nothing new, no marker while they watch.
+        A marker restored after a restart stays while the buffer is still empty: what was
+        missed meanwhile is on its way."""
+        if self.read_line is not None:
+            if self.read_line is self.lines[-1]:
+                self.read_line = self.read_id = None
+        elif self.read_id is not None and self.id_order and self.id_order[-1] <= self.read_id:
+            self.read_id = None
+
+    def saved_read(self, current: bool) -> int | None:
+        """The read point to keep across a restart: the current buffer is read; one never
+        looked at has none."""
+        return (self.last_id or None) if current else self.read_id
+
+    def clear(self) -> None:
+        """Forget the lines shown (/clear), except ours still waiting for an ack. The
+        catch-up point stays: nothing comes back on the next reconnect."""
+        keep = [line for line in self.lines if line.state == "pending"]
+        self.trimmed += len(self.lines) - len(keep)
+        self.lines = keep
+        self.by_id.clear()
+        self.id_order.clear()
+        self.anchor, self.new_below = None, 0
+        self.read_line = self.found = None
+        self.read_id = None
+
 
 def _seq(line: Line) -> int:
     return line.seq
@@ -265,6 +316,12 @@ class Model:
         self.alerts = 0  # bells not rung yet
         self.known_rooms: set[str] = set()
         self.listeners: list[Callable[[Buffer, Line], None]] = []
+        self.ping_since: float | None = None  # clock.monotonic() of a ping not answered yet
+        self.ignored: dict[str, str] = {}  # nick_key -> the nick as given to /ignore
+        self.highlight: re.Pattern[str] | None = None  # words that count as a mention
+        self.read_points: dict[str, int] = {}  # saved read markers of buffers not open yet
+        self.jumped_from: str | None = None  # where Alt+A started, to return to at the end
+        self.search_text: str | None = None  # what /search looked for last
         self.buffer(SERVER, "server", "server")
 
     # Buffers
@@ -272,6 +329,7 @@ class Model:
         buf = self.buffers.get(key)
         if buf is None:
             buf = Buffer(key, name or key, kind, self.scrollback)
+            buf.read_id = self.read_points.pop(read_key(buf), None)
             self.buffers[key] = buf
         return buf
 
@@ -314,9 +372,32 @@ class Model:
         buf = self.buffers.get(key)
         if buf is None:
             return False
+        old = self.buffers.get(self.current)  # None when the current one was just closed
+        if old is not buf:
+            if old is not None:
+                old.leave()
+            buf.enter()
         self.current = key
         buf.unread = buf.mentions = 0
+        buf.activity = NONE
         return True
+
+    def hotlist(self) -> list[Buffer]:
+        """Buffers with activity, the most important first (then by number)."""
+        active = [(-b.activity, i, b) for i, b in enumerate(self.order())
+                  if b.activity and b.key != self.current]
+        return [b for _, _, b in sorted(active, key=lambda t: t[:2])]
+
+    def jump_active(self) -> bool:
+        """Alt+A: to the most important buffer with activity; when none is left, back to
+        where the jumps started."""
+        hot = self.hotlist()
+        if hot:
+            if self.jumped_from is None:
+                self.jumped_from = self.current
+            return self.switch(hot[0].key)
+        back, self.jumped_from = self.jumped_from, None
+        return back is not None and back != self.current and self.switch(back)
 
     def switch_index(self, index: int) -> bool:
         order = self.order()
@@ -333,7 +414,10 @@ class Model:
             order = self.order()
             n = int(target)
             return order[n - 1] if 1 <= n <= len(order) else None
-        return self.buffers.get(target.lower()) or self.buffers.get(nick_key(target))
+        found = self.buffers.get(target.lower()) or self.buffers.get(nick_key(target))
+        if found is None:  # a shown name ("server")
+            found = next((b for b in self.order() if b.name.lower() == target.lower()), None)
+        return found
 
     def close(self, key: str) -> None:
         if key == SERVER or key not in self.buffers:
@@ -349,16 +433,25 @@ class Model:
     def add(self, buf: Buffer, line: Line, new: bool = True) -> bool:
         """Add a line; `new=False` (backlog shown on join, older history) marks mentions
         but neither counts it as unread nor rings the bell."""
+        said = line.kind in ("message", "action") and not line.own
+        if said and nick_key(line.nick) in self.ignored:
+            return self._ignore(buf, line)
         if not buf.add(line):
             return False
-        if line.kind in ("message", "action") and not line.own:
+        level = LOW
+        if said:
+            level = MSG
             if buf.kind == "dm" or self.mentions_me(line.text):
-                line.mention = True
+                line.mention, level = True, HOT
                 self.alerts += int(new)
             if buf.key != self.current and new:
                 buf.unread += 1
                 if line.mention:
                     buf.mentions += 1
+        elif line.kind == "error":
+            level = MSG
+        if buf.key != self.current and new and not line.own:
+            buf.activity = max(buf.activity, level)
         for listener in self.listeners:
             listener(buf, line)
         return True
@@ -375,11 +468,44 @@ class Model:
         for listener in self.listeners:
             listener(buf, line)
 
+    def _ignore(self, buf: Buffer, line: Line) -> bool:
+        """Drop a message from an ignored nick. Its id still counts as seen, and a direct
+        message buffer it alone would have opened is not left behind."""
+        if isinstance(line.id, int):
+            buf.last_id = max(buf.last_id, line.id)
+        if buf.kind == "dm" and not buf.lines and buf.key != self.current:
+            del self.buffers[buf.key]
+        return False
+
     def mentions_me(self, text: str) -> bool:
-        """Does a word of `text` (a run of nick characters) name me? By nick_key, so a
-        look-alike spelling of my nick is a mention too."""
+        """Does a word of `text` (a run of nick characters) name me, or is a highlight word
+        in it? By nick_key, so a look-alike spelling of my nick is a mention too."""
         me = nick_key(self.nick)
-        return any(nick_key(word) == me for word in _NICK_WORD.findall(text))
+        if any(nick_key(word) == me for word in _NICK_WORD.findall(text)):
+            return True
+        return self.highlight is not None and self.highlight.search(text) is not None
+
+    def set_highlights(self, words: list[str]) -> None:
+        """Words that count as a mention besides my nick: whole words, any case."""
+        words = [w for w in words if w.strip()]
+        self.highlight = re.compile(
+            r"(?<!\w)(?:" + "|".join(re.escape(w) for w in words) + r")(?!\w)",
+            re.IGNORECASE) if words else None
+
+    # Read markers across restarts, by read_key()
+    def restore_reads(self, points: dict[str, int]) -> None:
+        self.read_points = dict(points)
+        for buf in self.buffers.values():
+            if read_key(buf) in self.read_points:
+                buf.read_id = self.read_points.pop(read_key(buf))
+
+    def saved_reads(self) -> dict[str, int]:
+        out = dict(self.read_points)  # buffers not reopened this time keep theirs
+        for buf in self.buffers.values():
+            point = buf.saved_read(buf.key == self.current) if buf.kind != "server" else None
+            if point is not None:
+                out[read_key(buf)] = point
+        return out
 
     def pending_lines(self) -> list[tuple[Buffer, Line]]:
         return [(b, line) for b in self.buffers.values() for line in b.lines
@@ -387,6 +513,11 @@ class Model:
 
 
 _NICK_WORD = re.compile(f"[{NICK_CHARS}]+")
+
+
+def read_key(buf: Buffer) -> str:
+    """A buffer's name in the saved read markers: `#room`, or `@` and the peer's nick key."""
+    return buf.key if buf.kind != "dm" else "@" + buf.key
 
 
 # The screen must not depend on the server keeping the rules: text from it is shown by

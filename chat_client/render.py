@@ -20,12 +20,14 @@ from prompt_toolkit.utils import get_cwidth
 from chatd.protocol import nick_key
 
 from .clock import Clock
+from .links import continued, is_url, linkify
 from .model import Buffer, Line, clean, clean_line
 
 log = logging.getLogger(__name__)
 
 Fragments = list[tuple[str, str]]
 NICK_WIDTH = 12
+READ_MARKER = " new since you were away "
 # A message longer than this (a server may send megabytes in one) shows its start and how
 # much is left out: wrapping and keeping rows for it would cost the whole client.
 MAX_SHOWN = 20000
@@ -46,6 +48,24 @@ def day_row(ts: float, width: int, clock: Clock) -> Fragments:
     return [("class:day", ("─" * side + label + "─" * side)[: max(width, 1)])]
 
 
+def read_marker_row(width: int) -> Fragments:
+    side = max(2, (width - get_cwidth(READ_MARKER)) // 2)
+    return [("class:readmarker", ("─" * side + READ_MARKER + "─" * side)[: max(width, 1)])]
+
+
+def fit(text: str, cells: int) -> str:
+    """text cut to at most `cells` terminal cells, an ellipsis showing where."""
+    if get_cwidth(text) <= cells:
+        return text
+    out, used = [], 0
+    for ch in text:
+        used += get_cwidth(ch)
+        if used > cells - 1:
+            break
+        out.append(ch)
+    return "".join(out) + "…"
+
+
 def line_parts(line: Line, mine: str, clock: Clock) -> tuple[Fragments, Fragments]:
     """(prefix, body) of one line; continuation rows are indented by the prefix."""
     stamp = clock.hm(line.ts)
@@ -58,7 +78,11 @@ def line_parts(line: Line, mine: str, clock: Clock) -> tuple[Fragments, Fragment
     body: Fragments
     if line.kind == "message":
         style = "class:mention" if line.mention else nick_style(nick)
-        prefix += [(style, f"{nick:>{NICK_WIDTH}}"), ("class:sep", " │ ")]
+        # A nick wider than the column is cut (the column stays straight); its colour
+        # still tells nicks with the same start apart.
+        shown = fit(nick, NICK_WIDTH)
+        pad = " " * (NICK_WIDTH - get_cwidth(shown))
+        prefix += [(style, pad + shown), ("class:sep", " │ ")]
         body = [("class:pending" if line.state == "pending" else "", text)]
     elif line.kind == "action":
         prefix += [("class:action", f"{'*':>{NICK_WIDTH}}"), ("class:sep", " │ ")]
@@ -72,6 +96,7 @@ def line_parts(line: Line, mine: str, clock: Clock) -> tuple[Fragments, Fragment
     else:
         prefix += [("", " " * NICK_WIDTH), ("class:sep", " │ ")]
         body = [("class:info", text)]
+    body = linkify(body)
     if line.state == "pending":
         body.append(("class:pending", "  (sending…)"))
     elif line.state == "failed":
@@ -104,15 +129,39 @@ def wrap(prefix: Fragments, body: Fragments, width: int) -> list[Fragments]:
                 cur.append((run_style, "".join(run)))
             run.clear()
 
-    def newline() -> None:
+    def newline(pad: int = indent) -> None:
         nonlocal cur, used
         flush()
         rows.append(cur)
-        cur, used = [("", " " * indent)], indent
+        cur, used = ([("", " " * pad)] if pad else []), pad
+
+    def url(style: str, text: str) -> None:
+        """A URL is never broken where a row break can avoid it: it goes whole to the
+        next row, or, when wider than the text column, starts a row of its own without
+        the indent and goes on over whole rows (so a terminal's selection gets it all)."""
+        nonlocal run_style, used, cur
+        w = sum(get_cwidth(c) for c in text)
+        if used + w > width:
+            if w <= width - indent:
+                newline()
+            elif rows and cur == [("", " " * indent)]:  # an empty continuation row
+                cur, used = [], 0
+            elif used:
+                newline(0)
+        for ch in text:
+            cw = get_cwidth(ch)
+            if used + cw > width:
+                newline(0)
+                run_style = continued(style)
+            run.append(ch)
+            used += cw
 
     for style, text in body:
         flush()
         run_style = style
+        if is_url(style):
+            url(style, text)
+            continue
         for word in _words(text):
             if word == "\n":
                 newline()
@@ -210,16 +259,22 @@ def line_day(line: Line, clock: Clock) -> str:
 
 
 def rows_for(buf: Buffer, index: int, width: int, mine: str, clock: Clock) -> list[Fragments]:
-    """Screen rows for the line at absolute index, including a day-change row above it."""
+    """Screen rows for the line at absolute index, with what stands around it: the read
+    marker above or below it, a day-change row above it. O(log n): no walk."""
     pos = index - buf.trimmed
     line = buf.lines[pos]
     rows = line_rows(line, width, mine, clock)
+    if line is buf.found:  # a search's hit: a copy, the cached rows stay as they are
+        rows = [[(f"{style} class:found", text) for style, text in row] for row in rows]
     day = line_day(line, clock)
     # The top line is compared with today: a buffer that starts on another day says so.
     before = line_day(buf.lines[pos - 1], clock) if pos > 0 else clock.today()
+    above = [read_marker_row(width)] if buf.marker_above(line) else []
     if day and before != day:
-        return [day_row(line.ts, width, clock), *rows]
-    return rows
+        above.append(day_row(line.ts, width, clock))
+    if buf.marker_below(line):
+        return [*above, *rows, read_marker_row(width)]
+    return [*above, *rows] if above else rows
 
 
 def visible_rows(buf: Buffer, width: int, height: int, mine: str,

@@ -21,6 +21,7 @@ from serverproc import ServerProcess
 from wire import Client, connect
 
 from chat_client.core import Core
+from chat_client.localstate import LocalState
 from chat_client.store import StateStore
 from chat_client.tui import ChatUI, run_tui
 
@@ -47,6 +48,8 @@ class AppRunner:
                  **conn_opts: Any) -> None:
         self.store = StateStore(f"{host}:{port}", nick, state_dir)
         self.core = Core(nick, list(rooms), self.store.load())
+        local = LocalState.beside(self.store.path)  # as chat-client starts
+        local.load(self.core.model)
         self.ui: ChatUI | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.result: Any = None
@@ -60,6 +63,7 @@ class AppRunner:
             self.loop = asyncio.get_running_loop()
             self.result = await run_tui(self.core, host, port, self.store, input=self.pipe,
                                         output=self.output,
+                                        savers=[lambda: local.save(self.core.model)],
                                         ui_ready=lambda ui: (setattr(self, "ui", ui),
                                                              ready.set()), **conn_opts)
 
@@ -117,7 +121,7 @@ class AppRunner:
 
     def close(self) -> Any:
         if self.thread.is_alive():
-            self.type("\x03")  # Ctrl-C
+            self.type("\x03\x03")  # Ctrl-C (twice: with a typed line, the first asks)
             self.thread.join(10)
         self._cm.__exit__(None, None, None)
         assert not self.thread.is_alive(), "client did not exit"

@@ -125,6 +125,6 @@ def test_a_restart_brings_back_rooms_buffers_and_the_current_one(server: ServerP
         assert all(again.call(lambda: [again.core.model.get(r).joined for r in rooms]))  # type: ignore[union-attr]
         again.wait(lambda: "while you were away" in again.call(
             lambda: [ln.text for ln in again.core.model.get("#room3").lines]), "caught up")  # type: ignore[union-attr]
-        assert "bob" in again.status()
+        assert again.call(lambda: again.core.model.get("bob").kind) == "dm"  # type: ignore[union-attr]
     finally:
         again.close()

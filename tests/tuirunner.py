@@ -105,7 +105,7 @@ class TUI:
 
     def close(self) -> None:
         if self.thread.is_alive():
-            self.type("\x03")  # Ctrl-C
+            self.type("\x03\x03")  # Ctrl-C (twice: with a typed line, the first asks)
             self.thread.join(20)
         self._cm.__exit__(None, None, None)
         assert not self.thread.is_alive(), "client did not exit"
