@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from bisect import bisect_left, bisect_right
@@ -210,13 +211,18 @@ class Buffer:
         return None
 
     def acked(self, line: Line, msg_id: int, ts: float) -> None:
-        """Our pending line got its id: move it to its place in id order."""
+        """Our pending line got its id: move it to its place in id order. When it is the
+        bottom line shown, the view goes with it."""
         pos = self.index_of(line)
+        shown_at_bottom, below = self.anchor == self.trimmed + pos, self.new_below
         del self.lines[pos]
         if self.anchor is not None and self.trimmed + pos <= self.anchor:
             self.anchor -= 1
         line.id, line.ts, line.state = msg_id, ts, "ok"
         self.add(line)  # a no-op if the message frame somehow came first
+        if shown_at_bottom and self.anchor is not None:
+            with contextlib.suppress(ValueError):  # (a duplicate id, or trimmed: gone)
+                self.anchor, self.new_below = self.trimmed + self.index_of(line), below
 
     def oldest_id(self) -> int | None:
         return self.id_order[0] if self.id_order else None

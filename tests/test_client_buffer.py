@@ -120,6 +120,18 @@ def test_index_of_refuses_a_line_that_is_not_there() -> None:
         raise AssertionError("found a line the buffer does not hold")
 
 
+def test_an_ack_of_the_bottom_line_shown_keeps_the_view_on_it() -> None:
+    # Found by test_any_mix_of_arrivals_keeps_every_rule: two of ours waiting, scrolled
+    # to the top (the first is the bottom line shown), the first acknowledged.
+    buf = Buffer("#a", "#a", "room", scrollback=5)
+    first = Line("message", 0.0, "mine", label=0, state="pending")
+    buf.add(first)
+    buf.add(Line("message", 0.0, "mine too", label=1, state="pending"))
+    buf.scroll_to(buf.trimmed)
+    buf.acked(first, 81, 0.0)
+    assert buf.anchor == buf.trimmed + buf.index_of(first) and buf.new_below == 0
+
+
 OPS = st.lists(st.one_of(
     st.tuples(st.just("msg"), st.integers(1, 80), st.floats(0, 100)),
     st.tuples(st.just("notice"), st.integers(0, 0), st.floats(0, 100)),
