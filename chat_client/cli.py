@@ -1,4 +1,5 @@
-"""`chat-client HOST:PORT [--nick NICK] [--room ROOM ...] [--plain] [--no-backlog]`."""
+"""`chat-client [HOST:PORT|SERVER] [--nick NICK] [--room ROOM ...] [--plain] [--no-backlog]
+[--config FILE]`."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ import getpass
 import os
 import re
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 from chatd.protocol import MAX_NICK, NICK_CHARS, NICK_RE
 
 from . import __version__
+from .chatlog import ChatLog
 from .commands import UsageError, nick_arg, room_arg
+from .config import Config, ConfigError, default_path, load
 from .connection import Connection
 from .core import Core
 from .links import terminal_has_hyperlinks
@@ -70,9 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
                "otherwise. `chat-client --bench-render [--help]` times the full-screen "
                "client's keys in a big buffer with traffic (no server needed).",
     )
-    p.add_argument("address", metavar="HOST:PORT",
+    p.add_argument("address", metavar="HOST:PORT|SERVER", nargs="?", default=None,
                    help=f"server address; the port defaults to {DEFAULT_PORT}; IPv6 as "
-                        "[::1]:7777")
+                        "[::1]:7777; or the NAME of a [servers.NAME] table of the config "
+                        "file; without it, the config file's default server")
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help=f"config file (default: {default_path()}, if it exists)")
     p.add_argument("--nick", default=None,
                    help="your nick (default: your login name, made valid)")
     p.add_argument("--room", dest="rooms", action="extend", nargs="+", metavar="ROOM",
@@ -87,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plain mode: do not print messages replayed from history (the "
                         "room's recent messages on joining, those missed while away); "
                         "only live ones")
-    p.add_argument("--scrollback", type=int, default=5000, metavar="N",
+    p.add_argument("--scrollback", type=int, default=None, metavar="N",
                    help="lines kept per buffer (default: 5000)")
     p.add_argument("--version", action="version", version=f"chat-client {__version__}")
     return p
@@ -102,27 +110,42 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        host, port = parse_address(args.address)
-    except ValueError as exc:
-        parser.error(f"bad address {args.address!r}: {exc}")
+        cfg = load(args.config)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    # The command line wins over the server's table, which wins over the file's top level.
+    picked = cfg.pick(args.address)
+    server = picked[1] if picked else None
+    address = server.address if server else args.address
+    if address is None:
+        parser.error(f"no server: give HOST:PORT, or a [servers.NAME] table in "
+                     f"{cfg.path or default_path()}")
     try:
-        nick = nick_arg(args.nick) if args.nick is not None else default_nick()
+        host, port = parse_address(address)
+    except ValueError as exc:
+        where = f"{cfg.path}: servers.{picked[0]}.address: " if picked else ""
+        parser.error(f"{where}bad address {address!r}: {exc}")
+    try:
+        nick = nick_arg(args.nick) if args.nick is not None else \
+            (server.nick if server else None) or cfg.nick or default_nick()
         rooms = [room_arg(r) for r in args.rooms or []]
     except UsageError as exc:
         parser.error(str(exc))
-    if args.scrollback < 10:
+    scrollback = args.scrollback if args.scrollback is not None else cfg.scrollback or 5000
+    if scrollback < 10:
         parser.error("--scrollback must be at least 10")
     store = StateStore(f"{host}:{port}", nick)
     saved = store.load()
     plain = args.plain or not (sys.stdin.isatty() and sys.stdout.isatty())
-    # Plain lines go to the first --room (default #general), whatever the last run did;
+    # Rooms to join besides the restored ones: --room, else the config file's.
+    rooms = rooms or (server.rooms if server else None) or cfg.rooms or []
+    # Plain lines go to the first room (default #general), whatever the last run did;
     # full-screen mode shows the buffer that was current, unless --room names one.
     if not rooms and (plain or not saved.buffers):
         rooms = [DEFAULT_ROOM]
     focus = rooms[0] if rooms and (plain or args.rooms) else None
-    core = Core(nick, rooms, saved, args.scrollback, focus=focus, context=not plain)
-    local = LocalState.beside(store.path)  # read markers and ignores
-    local.load(core.model)
+    core = Core(nick, rooms, saved, scrollback, focus=focus, context=not plain)
+    savers = setup(core, cfg, server.highlight if server else None, store, f"{host}:{port}")
     try:
         if plain:
             from .plain import run_plain
@@ -131,13 +154,29 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(run_plain(core, conn, backlog=not args.no_backlog))
         from .tui import UIOptions, run_tui
 
-        options = UIOptions(hyperlinks=terminal_has_hyperlinks(os.environ))
-        return asyncio.run(run_tui(core, host, port, store, options=options,
-                                   savers=[lambda: local.save(core.model)]))
+        links = cfg.hyperlinks if isinstance(cfg.hyperlinks, bool) else \
+            terminal_has_hyperlinks(os.environ)
+        options = UIOptions(cfg.keys, cfg.colours, links)
+        return asyncio.run(run_tui(core, host, port, store, options=options, savers=savers))
     except KeyboardInterrupt:
         return 130
     finally:
-        local.save(core.model)
+        for save in savers:
+            save()
+
+
+def setup(core: Core, cfg: Config, highlight: list[str] | None, store: StateStore,
+          server: str) -> list[Callable[[], None]]:
+    """What the config file and the local state add to the model: highlight words, read
+    markers and ignores, buffer logs. Returns what saves them."""
+    core.model.set_highlights(cfg.highlight if highlight is None else highlight)
+    local = LocalState.beside(store.path)
+    local.load(core.model)
+    savers: list[Callable[[], None]] = [lambda: local.save(core.model)]
+    if cfg.log:
+        chatlog = ChatLog(cfg.log_dir or state_dir() / "logs", server, core.model)
+        savers.append(chatlog.save)
+    return savers
 
 
 if __name__ == "__main__":

@@ -20,10 +20,11 @@ from prompt_toolkit.output import DummyOutput, Output
 from serverproc import ServerProcess
 from wire import Client, connect
 
+from chat_client.cli import setup
+from chat_client.config import Config
 from chat_client.core import Core
-from chat_client.localstate import LocalState
 from chat_client.store import StateStore
-from chat_client.tui import ChatUI, run_tui
+from chat_client.tui import ChatUI, UIOptions, run_tui
 
 FAST: dict[str, Any] = {"rate": {
     "msg_rate": 100000.0, "msg_burst": 100000, "history_rate": 100000.0,
@@ -45,11 +46,12 @@ class AppRunner:
 
     def __init__(self, host: str, port: int, nick: str, state_dir: Path,
                  rooms: tuple[str, ...] = ("#general",), output: Output | None = None,
+                 config: Config | None = None, options: UIOptions | None = None,
                  **conn_opts: Any) -> None:
         self.store = StateStore(f"{host}:{port}", nick, state_dir)
         self.core = Core(nick, list(rooms), self.store.load())
-        local = LocalState.beside(self.store.path)  # as chat-client starts
-        local.load(self.core.model)
+        # As chat-client starts: read markers and ignores from the state dir.
+        savers = setup(self.core, config or Config(), None, self.store, f"{host}:{port}")
         self.ui: ChatUI | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.result: Any = None
@@ -62,8 +64,7 @@ class AppRunner:
         async def main() -> None:
             self.loop = asyncio.get_running_loop()
             self.result = await run_tui(self.core, host, port, self.store, input=self.pipe,
-                                        output=self.output,
-                                        savers=[lambda: local.save(self.core.model)],
+                                        output=self.output, savers=savers, options=options,
                                         ui_ready=lambda ui: (setattr(self, "ui", ui),
                                                              ready.set()), **conn_opts)
 
