@@ -149,7 +149,8 @@ class Connection:
                 delay = backoff_delay(attempt, self.backoff_base, self.backoff_cap, self.rand)
                 attempt += 1
                 self._advance(ConnState.RECONNECTING, self.clock.monotonic() + delay)
-                m.note(m.buffers[SERVER], f"{ended}; reconnecting in {delay:.1f}s", "notice")
+                m.note(m.buffers[SERVER], f"{ended}; reconnecting in {delay:.1f}s", "notice",
+                       activity=False)
                 self.on_change()
                 await self.clock.sleep(delay)
                 if self.core.quitting:

@@ -143,7 +143,7 @@ class Core:
                 buf.joined = False
         if was and not self.quitting:
             for buf in self.model.buffers.values():
-                self.model.note(buf, f"disconnected: {reason}", "notice")
+                self.model.note(buf, f"disconnected: {reason}", "notice", activity=False)
 
     def receive(self, frame: Frame, now: float = 0.0) -> None:
         """Apply one server frame (see events.py)."""

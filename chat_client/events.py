@@ -75,7 +75,7 @@ def on_welcome(core: Core, f: Frame, req: Req | None, now: float) -> None:
     core.session = f.get("session")
     core.limits = f["limits"]
     server = m.buffers[SERVER]
-    m.note(server, f"connected as {m.nick}", "notice")
+    m.note(server, f"connected as {m.nick}", "notice", activity=False)
     if f.get("motd"):
         m.note(server, str(f["motd"]))
     prev = f.get("previous")
@@ -99,7 +99,7 @@ def on_error(core: Core, f: Frame, req: Req | None, now: float) -> None:
         alt = core.nick_variant() if code == "nick_taken" else None
         if alt is not None:
             m.note(m.buffers[SERVER], f"nick {core.hello_nick} is taken, trying {alt}",
-                   "notice")
+                   "notice", activity=False)
             core.hello(alt)
             return
         core.refused = HelloRefused(code, text)
@@ -161,9 +161,9 @@ def on_joined(core: Core, f: Frame, req: Req | None, now: float) -> None:
         core.wanted_rooms.append(room)
     if first:
         m.note(buf, f"you joined {room}" + (f"; topic: {buf.topic}" if buf.topic else ""),
-               "notice")
+               "notice", activity=False)
     else:
-        m.note(buf, f"rejoined {room}", "notice")
+        m.note(buf, f"rejoined {room}", "notice", activity=False)
     if req is not None and req.extra.get("switch"):
         m.switch(room)
     if f.get("more") is True and buf.members:  # a big room: the rest come from `who`
@@ -214,7 +214,8 @@ def on_history(core: Core, f: Frame, req: Req | None, now: float) -> None:
             if req.extra.get("after") and want > 0:
                 core.older(buf, want, quiet=True)
     elif req.kind == "older" and not req.extra.get("quiet") and buf is not None:
-        m.note(buf, f"fetched {got} older message(s)" + ("" if got else ": none left"))
+        m.note(buf, f"fetched {got} older message(s)" + ("" if got else ": none left"),
+               activity=False)
 
 
 def on_parted(core: Core, f: Frame, req: Req | None, now: float) -> None:
@@ -223,7 +224,7 @@ def on_parted(core: Core, f: Frame, req: Req | None, now: float) -> None:
         core.wanted_rooms.remove(room)
     core.points.forget_room(room)  # a later /join starts afresh, not from here
     core.model.close(room)
-    core.model.note(core.model.get(SERVER), f"you left {room}", "notice")
+    core.model.note(core.model.get(SERVER), f"you left {room}", "notice", activity=False)
 
 
 def _next_page(core: Core, frame: Frame, kind: str, buffer: str | None, got: list[Any],
@@ -317,7 +318,7 @@ def on_nick(core: Core, f: Frame, req: Req | None, now: float) -> None:
             core.want_nick = new
         for buf in m.buffers.values():
             if buf.kind != "dm":
-                m.note(buf, f"you are now known as {new}", "notice", _ts(f))
+                m.note(buf, f"you are now known as {new}", "notice", _ts(f), activity=False)
         if nick_key(new) != nick_key(old):
             core.points.stop_dms(nick_key(old))  # its messages no longer come to us
             core.catch_up_dms()  # the direct messages sent to this nick while we lacked it

@@ -463,10 +463,12 @@ class Model:
         return True
 
     def note(self, buf: Buffer | None, text: str, kind: str = "info",
-             ts: float | None = None) -> Line:
-        """A local line (notice, info or error) in buf, default the current buffer."""
+             ts: float | None = None, activity: bool = True) -> Line:
+        """A local line (notice, info or error) in buf, default the current buffer.
+        `activity=False`: about what we did ourselves (joined, left, got a nick, lost the
+        connection), which is no news for the hotlist."""
         line = Line(kind, ts if ts is not None else self.clock.now(), text)
-        self.add(buf or self.cur, line)
+        self.add(buf or self.cur, line, new=activity)
         return line
 
     def updated(self, buf: Buffer, line: Line) -> None:

@@ -147,3 +147,25 @@ def test_the_status_bar_counts_the_wait_on_the_models_clock() -> None:
         assert shown in text(m, 80)
     core.disconnected("gone")
     assert m.ping_since is None and m.lag_ms is None
+
+
+def test_what_we_did_ourselves_is_no_activity() -> None:
+    """Joining twelve rooms on start, a lost connection, a nick change: none of it is
+    news, so none of it lights the hotlist; someone else joining is."""
+    from chat_client.core import Core
+
+    core = Core("alice", ROOMS[:4])
+    core.connected()
+    hello = core.take_outbox()[0]
+    core.receive({"type": "welcome", "version": 1, "nick": "alice", "label": hello["label"]})
+    for frame in core.take_outbox():
+        core.receive({"type": "joined", "room": frame["room"], "members": ["alice"],
+                      "label": frame["label"]})
+        core.receive({"type": "history", "room": frame["room"], "messages": [],
+                      "label": frame["label"]})
+    m = core.model
+    core.receive({"type": "nick", "old": "alice", "new": "alice2", "ts": 1})
+    core.disconnected("the server went away")
+    assert m.current == "#general" and m.hotlist() == []
+    core.receive({"type": "join", "room": "#rust", "nick": "bob", "ts": 2})
+    assert [(b.key, b.activity) for b in m.hotlist()] == [("#rust", LOW)]
