@@ -11,9 +11,9 @@ from prompt_toolkit.document import Document
 
 from chat_client import commands as c
 from chat_client.core import Core
+from chat_client.inputline import Completion
 from chat_client.model import SERVER, Line, Model
 from chat_client.render import rows_for
-from chat_client.tui import Completion
 
 
 def msg(mid: int, text: str = "x", room: str | None = "#a", sender: str = "bob",
