@@ -20,7 +20,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,12 +138,23 @@ def _kind(exc: sqlite3.Error, path: str) -> str:
 
 
 class Store:
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, readonly: bool = False) -> None:
+        """The parent's store, or (readonly) a history reader's connection to the same
+        file: the parent keeps it in WAL mode, so reading never blocks its writes."""
         self.path = str(path)
         # Called with the error when writes that were not committed yet are rolled back.
         self.on_rollback: Callable[[StorageError], None] | None = None
         self._dirty = False  # the open transaction holds writes
         self._trouble: dict[str, _Trouble] = {}
+        self._snapshot = False  # inside snapshot(): one read transaction
+        self.pruned_through = 0  # prune_messages() has deleted every id up to this
+        if readonly:
+            try:
+                uri = Path(self.path).absolute().as_uri() + "?mode=ro"
+                self.db = sqlite3.connect(uri, uri=True, isolation_level=None)
+            except sqlite3.Error as exc:
+                raise self._unusable(exc) from None
+            return
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None,
                                       check_same_thread=False, timeout=BUSY_TIMEOUT)
@@ -241,7 +252,8 @@ class Store:
         return cur
 
     def _read(self, sql: str, args: list[Any] | tuple[Any, ...]) -> list[Any]:
-        self.flush()  # a reply must never show a write that could still be rolled back
+        if not self._snapshot:
+            self.flush()  # a reply must never show a write that could still be rolled back
         try:
             return self.db.execute(sql, args).fetchall()
         except sqlite3.Error as exc:
@@ -281,19 +293,44 @@ class Store:
     def history(self, *, room: str | None = None, dm: str | None = None,
                 before: int | None = None, after: int | None = None,
                 limit: int = 50) -> tuple[list[Row], bool]:
-        """Up to `limit` rows oldest first, and whether more lie beyond them."""
+        """Up to `limit` rows oldest first, and whether more lie beyond them.
+
+        With `after`, the oldest rows above it (below `before` too, when given) and
+        whether more follow; otherwise the newest rows (below `before`) and whether
+        older ones exist."""
         where, args = ("room = ?", [room]) if room is not None else ("dm = ?", [dm])
+        if before is not None:
+            where += " AND id < ?"
+            args.append(before)
         if after is not None:
             sql = f"SELECT {_COLUMNS} FROM messages WHERE {where} AND id > ? ORDER BY id LIMIT ?"
             rows = self._read(sql, [*args, after, limit + 1])
             return rows[:limit], len(rows) > limit
-        if before is not None:
-            where += " AND id < ?"
-            args.append(before)
         sql = f"SELECT {_COLUMNS} FROM messages WHERE {where} ORDER BY id DESC LIMIT ?"
         rows = self._read(sql, [*args, limit + 1])
         more = len(rows) > limit
         return rows[:limit][::-1], more
+
+    def last_id(self) -> int:
+        """The newest message id (0 when there is none), or raise StorageError."""
+        ((newest,),) = self._read("SELECT max(id) FROM messages", ())
+        return int(newest or 0)
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads inside see one state of the database (a read transaction): a history
+        reader asks for a page and the newest id in the same snapshot. Read-only use."""
+        try:
+            self.db.execute("BEGIN")
+        except sqlite3.Error as exc:
+            raise self._fail(exc, "read") from None
+        self._snapshot = True
+        try:
+            yield
+        finally:
+            self._snapshot = False
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("COMMIT")
 
     def set_topic(self, room: str, topic: str, by: str, ts: int) -> None:
         """Store and commit a topic (with any pending messages), or raise StorageError."""
@@ -341,6 +378,7 @@ class Store:
         except sqlite3.Error as exc:
             self._fail(exc, "write")
             return 0
+        self.pruned_through = max(self.pruned_through, upto)
         return deleted
 
     def prune_topics(self, idle_before: int | None, cap: int, live: Container[str], now: int,
