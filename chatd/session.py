@@ -24,8 +24,13 @@ log = logging.getLogger("chatd.session")
 FLOOD_PAUSE = 10.0
 # join/history replies can each be up to max_frame; with this many in flight at most, a
 # reconnect that re-joins 50 busy rooms at once cannot flood its own queues (and be
-# ended as a slow consumer for it). The broker answers each with a `done` control.
+# ended as a slow consumer for it). The broker answers each with a `done` control, which
+# may come later than replies to requests sent after it (the history reader answers
+# those reads): other requests wait here meanwhile, so replies keep the requests' order.
 CATCHUP_WINDOW = 4
+# Requests a client may have waiting behind unanswered catch-up requests. The wait lasts
+# as long as the history reader takes; a client that piles up more than this is flooding.
+MAX_HELD = 1024
 BUCKET_OF = {"msg": "msg", "join": "history", "history": "history"}
 QUIT_REASONS = {
     "ping_timeout": "ping timeout", "handshake_timeout": "handshake timeout",
@@ -135,11 +140,20 @@ class Session:
         self.to_client.append(pack(pong))
 
     def _forward(self, rtype: str, data: bytes) -> None:
-        """To the broker, unless catch-up is at its window: then wait, keeping order."""
-        if self.held or (rtype in CATCHUP and self.catchup_inflight >= CATCHUP_WINDOW):
+        """To the broker, or wait (keeping order) while it may not go yet."""
+        if not self.held and self._may_go(rtype):
+            self._to_broker(rtype, data)
+        elif len(self.held) >= MAX_HELD:
+            self.fail("flood", f"over {MAX_HELD} requests waiting for earlier ones")
+        else:
             self.held.append((rtype, data))
-            return
-        self._to_broker(rtype, data)
+
+    def _may_go(self, rtype: str) -> bool:
+        """Catch-up requests go up to CATCHUP_WINDOW at a time; others only when no
+        catch-up request is unanswered (its reply may still be on its way)."""
+        if rtype in CATCHUP:
+            return self.catchup_inflight < CATCHUP_WINDOW
+        return not self.catchup_inflight
 
     def _to_broker(self, rtype: str, data: bytes) -> None:
         if rtype in CATCHUP:
@@ -149,7 +163,7 @@ class Session:
     def _release(self) -> None:
         while self.held:
             rtype, data = self.held[0]
-            if rtype in CATCHUP and self.catchup_inflight >= CATCHUP_WINDOW:
+            if not self._may_go(rtype):
                 return
             self.held.popleft()
             self._to_broker(rtype, data)

@@ -9,7 +9,7 @@ from frames import decode_all
 
 from chatd.config import Config, parse_settings
 from chatd.protocol import pack
-from chatd.session import CATCHUP_WINDOW, Session
+from chatd.session import CATCHUP_WINDOW, MAX_HELD, Session
 
 
 def make(now: float = 0.0, **settings: Any) -> Session:
@@ -160,9 +160,28 @@ def test_catch_up_in_flight_is_bounded_and_order_kept() -> None:
     s.control({"c": "done"})
     assert [f.get("room") for f in forwarded(s)] == ["#r4"]
     s.control({"c": "done"})
-    assert [(f["type"], f["room"]) for f in forwarded(s)] == [("join", "#r5"), ("msg", "#r5")]
+    assert [(f["type"], f["room"]) for f in forwarded(s)] == [("join", "#r5")]
+    for _ in range(CATCHUP_WINDOW - 1):  # the msg's ack must not overtake a join's reply
+        s.control({"c": "done"})
+        assert forwarded(s) == []
+    s.control({"c": "done"})
+    assert [(f["type"], f["room"]) for f in forwarded(s)] == [("msg", "#r5")]
+    feed(s, type="join", room="#r6")
+    feed(s, type="rooms")
+    assert [f["type"] for f in forwarded(s)] == ["join"]
     feed(s, type="quit")  # leaving drops what still waits and goes at once
     assert forwarded(s) == [{"type": "quit"}]
+
+
+def test_requests_waiting_behind_catch_up_are_bounded() -> None:
+    s = make(rate={"history_burst": 10**6, "cmd_burst": 10**6})
+    welcome(s)
+    for i in range(CATCHUP_WINDOW + MAX_HELD):  # nothing is answered meanwhile
+        feed(s, type="history", room="#r", label=i)
+    assert len(forwarded(s)) == CATCHUP_WINDOW and not s.ended and out(s) == []
+    feed(s, type="rooms")
+    (err,) = out(s)
+    assert (err["code"], err["fatal"], s.ended) == ("flood", True, "flood")
 
 
 def test_strikes_reset_after_a_pause() -> None:
