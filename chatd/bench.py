@@ -124,6 +124,19 @@ def children_of(pid: int) -> list[int]:
     return kids
 
 
+def is_reader(pid: int) -> bool:
+    """Whether `pid` is a server's history reader (a helper, not a session)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return b"chatd.reader" in fh.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def sessions_of(pid: int) -> list[int]:
+    return [kid for kid in children_of(pid) if not is_reader(kid)]
+
+
 def smaps_rollup(pid: int) -> dict[str, int] | None:
     """RSS, PSS and USS of one process in KiB."""
     try:
@@ -180,6 +193,7 @@ def find_listener_pid(port: int) -> int | None:
 class CpuSample:
     parent: float
     sessions: float  # live session processes plus those reaped by the parent
+    reader: float = 0.0  # the live history reader
 
 
 class ServerProbe:
@@ -194,12 +208,16 @@ class ServerProbe:
         times = cpu_times(self.pid)  # read the parent first: a child reaped after this
         if times is None:  # is still counted live below
             return None
-        live = 0.0
+        live = reader = 0.0
         for kid in children_of(self.pid):
             t = cpu_times(kid)
-            if t is not None:
+            if t is None:
+                continue
+            if is_reader(kid):
+                reader += t[0]
+            else:
                 live += t[0]
-        return CpuSample(times[0], times[1] + live)
+        return CpuSample(times[0], times[1] + live, reader)
 
     def memory(self) -> dict[str, Any] | None:
         if self.pid is None:
@@ -209,7 +227,7 @@ class ServerProbe:
             return None
         total = {"rss": 0, "pss": 0, "uss": 0}
         n = 0
-        for kid in children_of(self.pid):
+        for kid in sessions_of(self.pid):
             m = smaps_rollup(kid)
             if m is None:
                 continue
@@ -227,7 +245,7 @@ class ServerProbe:
         return None if self.pid is None else open_fds(self.pid)
 
     def session_count(self) -> int | None:
-        return None if self.pid is None else len(children_of(self.pid))
+        return None if self.pid is None else len(sessions_of(self.pid))
 
 
 def own_cpu() -> float:
@@ -511,12 +529,14 @@ class Window:
         if self.server is not None and end is not None:
             parent = end.parent - self.server.parent
             sessions = end.sessions - self.server.sessions
-            out.update({"server_cpu_s": round(parent + sessions, 3),
+            reader = max(0.0, end.reader - self.server.reader)  # (0 if it was restarted)
+            out.update({"server_cpu_s": round(parent + sessions + reader, 3),
                         "server_cpu_parent_s": round(parent, 3),
-                        "server_cpu_sessions_s": round(sessions, 3)})
+                        "server_cpu_sessions_s": round(sessions, 3),
+                        "server_cpu_reader_s": round(reader, 3)})
         else:
             out.update({"server_cpu_s": None, "server_cpu_parent_s": None,
-                        "server_cpu_sessions_s": None})
+                        "server_cpu_sessions_s": None, "server_cpu_reader_s": None})
         return out
 
 

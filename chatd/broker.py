@@ -6,6 +6,10 @@ into `outbox`: per session, a list of either encoded client frames (`bytes`,
 forwarded to the client untouched) or control maps (`dict`) for the session
 process itself. A room message is encoded once and the same bytes object is
 queued for every member.
+
+History pages and catch-up live in `chatd.history`: a page the parent's memory
+cannot serve becomes a read for the history reader process (`take_reads()`),
+whose reply comes back through `read_done()`; the broker never reads history.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import msgpack
 from chatd import protocol as p
 from chatd.channel import CATCHUP, DONE
 from chatd.config import Config
+from chatd.history import History
 from chatd.protocol import ProtocolError, pack
-from chatd.store import StorageError, Store, dm_key, message_map
+from chatd.store import StorageError, Store, StoreUnusable, dm_key
 
 log = logging.getLogger("chatd.broker")
 Item = bytes | dict[str, Any]
@@ -51,17 +56,24 @@ class Room:
 class Broker:
     def __init__(self, store: Store, config: Config) -> None:
         self.store = store
-        self.config = config
+        self._config = config
         self.members: dict[int, Member] = {}
         self.nicks: dict[str, Member] = {}
         self.rooms: dict[str, Room] = {}
         self.room_names: list[str] = []  # the keys of `rooms`, sorted: `rooms` pages by name
         self.outbox: defaultdict[int, list[Item]] = defaultdict(list)
         self.endings: OrderedDict[str, tuple[str, str]] = OrderedDict()
-        # Messages stored but not committed yet: (label, ack bytes, message bytes), both
-        # still in the outbox. drain() commits before it hands anything out.
-        self._unsettled: list[tuple[Any, bytes, bytes]] = []
+        # Messages stored but not committed yet: (label, ack bytes, message bytes, id), the
+        # frames still in the outbox. drain() commits before it hands anything out.
+        self._unsettled: list[tuple[Any, bytes, bytes, int]] = []
         store.on_rollback = self._unsend
+        try:
+            last_id = store.last_id()
+        except StorageError as exc:
+            raise StoreUnusable(f"cannot read the history database {store.path}: "
+                                f"{exc.message}") from None
+        # History pages and catch-up; its reads go to the history reader (see master).
+        self.history = History(config, last_id, self._emit, store.flush)
         self._handlers = {
             "hello": self._hello, "quit": self._quit, "join": self._join,
             "part": self._part, "msg": self._msg, "nick": self._nick,
@@ -82,6 +94,15 @@ class Broker:
             self._leave_all(member, reason, now)
             self._remember(member.session, code or "closed", reason)
 
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        self._config = config
+        self.history.configure(config)
+
     def drain(self) -> defaultdict[int, list[Item]]:
         """What may be delivered now: the store has committed everything it acknowledges."""
         self.store.flush()  # a failure has already taken the acks back (_unsend)
@@ -89,14 +110,31 @@ class Broker:
         out, self.outbox = self.outbox, defaultdict(list)
         return out
 
+    def take_reads(self) -> list[tuple[int, dict[str, Any]]]:
+        """History reads for the reader, as (session, read); hand them over only after
+        drain() has committed, so each read sees every message accepted before it."""
+        reads, self.history.reads = self.history.reads, []
+        return reads
+
+    def read_done(self, reply: dict[str, Any]) -> None:
+        """A reply of the history reader (checked by the parent)."""
+        self.history.done(reply)
+
+    def _emit(self, sid: int, items: list[Item]) -> None:
+        member = self.members.get(sid)
+        if member is not None and not member.gone:
+            self.outbox[sid].extend(items)
+
     def _unsend(self, error: StorageError) -> None:
         """The store rolled back messages it had not committed: each ack becomes `error`
         and the message goes from every queue (nobody has it yet: drain commits first)."""
         errors = {id(ack): p.error_frame(error.code, error.message, label=label)
-                  for label, ack, _data in self._unsettled}
-        dropped = {id(data) for _label, _ack, data in self._unsettled}
+                  for label, ack, _data, _id in self._unsettled}
+        dropped = {id(data) for _label, _ack, data, _id in self._unsettled}
         for sid, items in list(self.outbox.items()):
             self.outbox[sid] = [errors.get(id(x), x) for x in items if id(x) not in dropped]
+        # Their ids were never stored (the next messages get them again): memory forgets.
+        self.history.rolled_back({msg_id for _l, _a, _d, msg_id in self._unsettled})
         self._unsettled.clear()
 
     # ---- requests from a session ----
@@ -108,6 +146,7 @@ class Broker:
             return
         label = None
         rtype = None
+        later = False
         try:
             req = p.decode_payload(payload)
             label = p.label_of(req)
@@ -115,7 +154,7 @@ class Broker:
             p.validate_request(req)
             if member.nick is None and req["type"] not in p.PRE_WELCOME:
                 raise ProtocolError("not_registered")
-            self._handlers[req["type"]](member, req, label, now)
+            later = bool(self._handlers[req["type"]](member, req, label, now))
         except ProtocolError as exc:
             self.outbox[sid].append(p.error_from(exc, label))
         except Exception:
@@ -123,8 +162,8 @@ class Broker:
             log.exception("broker failed on a request from session %s", member.session)
             self.outbox[sid].append(p.error_frame("internal", label=label))
             self.outbox[sid].append({"c": "close", "code": "internal"})
-        if rtype in CATCHUP:  # answered, whatever the outcome: the session may send more
-            self.outbox[sid].append(DONE)
+        if rtype in CATCHUP and not later:  # answered, whatever the outcome: the session
+            self.outbox[sid].append(DONE)  # may send more (a read's reply brings its own)
 
     def _reply(self, member: Member, frame: dict[str, Any], label: Any) -> bytes:
         if label is not None:
@@ -137,6 +176,19 @@ class Broker:
         outbox = self.outbox
         for sid in room.members:
             if sid != skip:
+                outbox[sid].append(data)
+
+    def _post(self, room: Room, msg_id: int, data: bytes) -> None:
+        """A room message: to every member but those still catching up (their pages, or
+        the ring right after them, bring it)."""
+        self.history.posted(msg_id, room.name, data)
+        held = self.history.held.get(room.name)
+        if not held:
+            self._fanout(room, data)
+            return
+        outbox = self.outbox
+        for sid in room.members:
+            if sid not in held:
                 outbox[sid].append(data)
 
     def _ignore(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
@@ -153,6 +205,7 @@ class Broker:
         nick = self._free_nick(member, req["nick"])
         member.nick = nick
         self.nicks[p.nick_key(nick)] = member
+        self.history.took_nick(member.sid)
         cfg = self.config
         welcome: dict[str, Any] = {
             "type": "welcome", "version": p.VERSION, "server": cfg.server_name,
@@ -198,7 +251,7 @@ class Broker:
             raise ProtocolError("not_in_room", f"you are not in {canon}")
         return room
 
-    def _join(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
+    def _join(self, member: Member, req: dict[str, Any], label: Any, now: int) -> bool:
         name = p.check_room(req["room"])
         room = self.rooms.get(name)
         if room is None or member.sid not in room.members:
@@ -208,6 +261,7 @@ class Broker:
             if room is None:
                 room = self.rooms[name] = Room(name, *self.store.topic(name))
                 insort(self.room_names, name)
+                self.history.room_created(name)
             log.debug("%s joins %s", member.nick, name)
             self._fanout(room, pack({"type": "join", "room": name, "nick": member.nick,
                                      "ts": now}))
@@ -216,11 +270,7 @@ class Broker:
             self._state(member)
         self._reply_paged(member, {"type": "joined", "room": name, "topic": room.topic},
                           "members", self._members_after(room, None), label)
-        after = req.get("after")
-        limit = self.config.history_page if after is not None else self.config.history_on_join
-        rows, more = self.store.history(room=name, after=after, limit=limit)
-        self._history_reply(member, {"room": name}, rows, more, label,
-                            keep_oldest=after is not None)
+        return self.history.join(member.sid, name, req.get("after"), label)
 
     def _part(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
         room = self._my_room(member, req["room"])
@@ -242,13 +292,14 @@ class Broker:
             ack_data = self._reply(member, ack, label)
             data = pack({"type": "message", "id": msg_id, "ts": now, "room": room.name,
                          "from": nick, "text": text, "action": action})
-            self._fanout(room, data)
-            self._unsettled.append((label, ack_data, data))
+            self._post(room, msg_id, data)
+            self._unsettled.append((label, ack_data, data, msg_id))
             return
         target = self.nicks.get(p.nick_key(p.check_nick(req["to"])))
         if target is None or target.nick is None:
             raise ProtocolError("no_such_nick", f"nobody is called {req['to']!r}")
         msg_id = self.store.add_message(now, nick, text, action, target=target.nick)
+        self.history.posted(msg_id)
         ack_data = self._reply(member, {"type": "ack", "id": msg_id, "ts": now,
                                         "to": target.nick}, label)
         data = pack({"type": "message", "id": msg_id, "ts": now, "to": target.nick,
@@ -256,7 +307,7 @@ class Broker:
         self.outbox[member.sid].append(data)
         if target is not member:
             self.outbox[target.sid].append(data)
-        self._unsettled.append((label, ack_data, data))
+        self._unsettled.append((label, ack_data, data, msg_id))
 
     def _nick(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
         old = member.nick
@@ -268,6 +319,8 @@ class Broker:
         del self.nicks[p.nick_key(old)]
         member.nick = new
         self.nicks[p.nick_key(new)] = member
+        if p.nick_key(new) != p.nick_key(old):  # a new direct-message history
+            self.history.took_nick(member.sid)
         self._reply(member, {"type": "nick", "old": old, "new": new, "ts": now}, label)
         for name in sorted(member.rooms):
             self._fanout(self.rooms[name], pack({"type": "nick", "room": name, "old": old,
@@ -332,7 +385,7 @@ class Broker:
         frame.update({key: kept, "more": more})
         self.outbox[member.sid].append(pack(frame))
 
-    def _history(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
+    def _history(self, member: Member, req: dict[str, Any], label: Any, now: int) -> bool:
         page = self.config.history_page
         limit = req.get("limit", page)
         if limit < 1:
@@ -345,38 +398,8 @@ class Broker:
         else:
             other = p.check_nick(req["with"])
             where, reply = {"dm": dm_key(member.nick or "", other)}, {"with": other}
-        rows, more = self.store.history(**where, before=req.get("before"),
-                                        after=req.get("after"), limit=limit)
-        self._history_reply(member, reply, rows, more, label, keep_oldest="after" in req)
-
-    def _history_reply(self, member: Member, where: dict[str, Any], rows: list[Any],
-                       more: bool, label: Any, keep_oldest: bool) -> None:
-        """A `history` reply that fits in max_frame (the limit holds in both directions):
-        drop messages from the far end of the page and say `more` (the client pages on
-        from the last or first id it got). At least one message goes, so paging advances."""
-        msgs = [message_map(r) for r in rows]
-        frame: dict[str, Any] = {"type": "history", **where, "messages": msgs, "more": more}
-        if label is not None:
-            frame["label"] = label
-        data = pack(frame)
-        if len(data) - p.HEADER.size <= self.config.max_frame:  # the usual case: it fits
-            self.outbox[member.sid].append(data)
-            return
-        frame.update(messages=[], more=True)
-        # payload of the empty reply, plus room for the array header to grow (1 -> 5 bytes)
-        budget = self.config.max_frame - (len(pack(frame)) - p.HEADER.size) - 4
-        order = msgs if keep_oldest else msgs[::-1]
-        kept = 0
-        for msg in order:
-            budget -= len(pack(msg)) - p.HEADER.size
-            if budget < 0 and kept:
-                break
-            kept += 1
-        if kept < len(msgs):
-            msgs = msgs[:kept] if keep_oldest else msgs[len(msgs) - kept:]
-            more = True
-        frame.update(messages=msgs, more=more)
-        self.outbox[member.sid].append(pack(frame))
+        return self.history.request(member.sid, where, reply, req.get("before"),
+                                    req.get("after"), limit, label)
 
     # ---- helpers ----
 
@@ -388,10 +411,12 @@ class Broker:
     def _leave(self, member: Member, room: Room, notice: dict[str, Any]) -> None:
         del room.members[member.sid]
         member.rooms.discard(room.name)
+        self.history.left(member.sid, room.name)
         if room.members:
             self._fanout(room, pack(notice))
         else:
             del self.rooms[room.name]
+            self.history.room_gone(room.name)
             del self.room_names[bisect_left(self.room_names, room.name)]
             self.store.touch_room(room.name, notice["ts"])  # retention counts from here
 
@@ -402,6 +427,7 @@ class Broker:
                                                    "ts": now})
         if member.nick is not None and self.nicks.get(p.nick_key(member.nick)) is member:
             del self.nicks[p.nick_key(member.nick)]
+        self.history.forget(member.sid)
 
     def _remember(self, session: str, code: str, reason: str) -> None:
         self.endings[session] = (code, reason)

@@ -60,6 +60,12 @@ SETTINGS: tuple[Setting, ...] = (
             5000, attr="history_page"),
     Setting("history", "on_join", LIMITS["history_on_join"], "messages sent after a plain join",
             0, 5000, attr="history_on_join"),
+    Setting("history", "recent", 256, "newest messages of each room the parent keeps in "
+            "memory, so that most catch-up needs no disk read (0: none)", 0, 100_000,
+            attr="history_recent"),
+    Setting("history", "recent_mb", 32, "memory for those messages, all rooms together, "
+            "in MiB (the least recently active rooms give way first)", 0, 1 << 16,
+            attr="history_recent_mb"),
     Setting("keepalive", "ping_interval", LIMITS["ping_interval"],
             "seconds of client silence before a ping", 0.05, 86400),
     Setting("keepalive", "ping_timeout", LIMITS["ping_timeout"], "seconds to answer a ping",

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from chatd import channel, child, logsetup
+from chatd import channel, child, logsetup, reader
 from chatd.admission import SourceRates, source_of
 from chatd.broker import Broker
 from chatd.config import Config, ConfigError, diff, load_file
@@ -71,6 +71,11 @@ class Master:
         self.store = Store(config.data_dir / "history.sqlite3")
         self.broker = Broker(self.store, config)
         self.retention = Retention()
+        # History reads run in a helper process, never on this loop (chatd/reader.py).
+        self.reader = reader.ReaderLink(config.max_frame)
+        self.reader_due: float | None = 0.0  # when to start it; None while it runs
+        self._reader_writing = False  # its channel is registered for EVENT_WRITE too
+        self.old_readers: set[int] = set()  # readers that are gone but not yet reaped
         self.sel = selectors.DefaultSelector()
         self.listeners: list[socket.socket] = []
         self.children: dict[int, Child] = {}  # by pid
@@ -155,9 +160,11 @@ class Master:
         signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
         self.sel.register(self.wake_r, selectors.EVENT_READ, self._signals)
         gc.freeze()  # what exists now is shared with every child; keep its pages clean
+        self._start_reader()
         log.info("chatd %d ready (max_sessions=%d)", os.getpid(), self.config.max_sessions)
         while not (self.stopping_since is not None and not self.children and not self.spares
-                   and not self.retiring):
+                   and not self.retiring and self.reader.pid is None
+                   and not self.old_readers):
             refill = self.stopping_since is None and len(self.spares) < self.config.spare_children
             now = time.monotonic()
             quiet = now - self.last_accept
@@ -168,13 +175,20 @@ class Master:
             prune = self.retention.timeout(self.config, now)
             if prune is not None and (timeout is None or prune < timeout):
                 timeout = prune
+            if self.reader_due is not None and self.stopping_since is None:
+                wait = max(0.0, self.reader_due - now)
+                timeout = wait if timeout is None else min(timeout, wait)
             events = self.sel.select(timeout)
             for key, mask in events:
                 key.data(key.fileobj, mask)
+            if (self.reader_due is not None and self.stopping_since is None
+                    and time.monotonic() >= self.reader_due):
+                self._start_reader()
             self._route()
             # One small batch at most per iteration, after the routing it must not delay.
             self.retention.step(self.config, self.store, time.monotonic(), now_ms(),
                                 self.broker.rooms)
+            self.broker.history.pruned(self.store.pruned_through)  # memory follows disk
             # Only when idle: a fork stalls this loop for milliseconds, and a burst of
             # clients is better served by the spares left plus forking on accept.
             if refill and not events and quiet >= REFILL_QUIET:
@@ -203,8 +217,13 @@ class Master:
         """
         while True:
             outbox = self.broker.drain()
-            if not outbox:
-                return
+            # drain() has committed: a read handed over now sees every message accepted
+            # before it, and the broker never hands out a write that is rolled back.
+            reads = self.broker.take_reads()
+            if not outbox and not reads:
+                break
+            for sid, read in reads:
+                self.reader.submit(sid, read)
             limit = self.config.child_queue
             # A room's members get the same frames: encode each distinct queue once.
             encoded: dict[object, bytes] = {}
@@ -226,6 +245,8 @@ class Master:
                 if kid.out.size > limit:
                     self._kick(kid, "slow_consumer", "queue_limit", limit="child_queue")
                     self._flush(kid)
+        self.reader.pump()
+        self._reader_events()
 
     def _flush(self, kid: Child) -> None:
         try:
@@ -245,6 +266,7 @@ class Master:
         if kid.attached:
             reason = QUIT_REASONS.get(code, code.replace("_", " "))
             self.broker.detach(kid.sid, reason, now_ms(), code=code)
+            self.reader.drop(kid.sid)
             kid.attached = False
         kid.out.discard()
         ctrl = {"c": "close", "code": code}
@@ -270,7 +292,9 @@ class Master:
                 continue
             del self.kill_at[pid]
             kid = self.children.pop(pid, None)
-            what = "spare" if kid is None else f"session {kid.session}"
+            reader_pid = pid == self.reader.pid or pid in self.old_readers
+            what = ("history reader" if reader_pid else "spare") if kid is None \
+                else f"session {kid.session}"
             log.warning("pid %d did not stop; killing it (%s, queues.close_grace=%gs + "
                         "keepalive.stop_timeout=%gs)", pid, what, self.config.close_grace,
                         self.config.stop_timeout)
@@ -492,11 +516,69 @@ class Master:
         self._doom(kid.pid)  # nothing left for it to do but exit
         if kid.attached:
             self.broker.detach(kid.sid, reason, now_ms(), code="closed")
+            self.reader.drop(kid.sid)
             kid.attached = False
         if kid.sid in self.by_sid:
             self.sel.unregister(kid.chan)
             kid.chan.close()
             del self.by_sid[kid.sid]
+
+    # ---- the history reader ----
+
+    def _start_reader(self) -> None:
+        cfg = self.config
+        try:
+            pid, chan = reader.spawn(cfg.data_dir / "history.sqlite3", cfg.log_level,
+                                     cfg.max_memory_mb)
+        except OSError as exc:
+            log.error("cannot start the history reader: %s", exc)
+            self.reader_due = time.monotonic() + reader.RESTART_PAUSE
+            return
+        self.reader.attach(pid, chan, time.monotonic())
+        self.sel.register(chan, selectors.EVENT_READ, self._reader_ready)
+        self.reader_due = None
+        self._reader_writing = False
+        log.info("history reader: pid %d", pid)
+        self.reader.pump()  # what the last one left unanswered
+        self._reader_events()
+
+    def _reader_ready(self, chan: socket.socket, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self.reader.flush()
+        if mask & selectors.EVENT_READ:
+            replies = self.reader.receive()
+            if replies is None:  # gone, or broke the rules: a new one takes over
+                pid = self.reader.pid
+                if pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                self._reader_lost()
+                return
+            for reply in replies:
+                self.broker.read_done(reply)
+            self.reader.pump()
+        self._reader_events()
+
+    def _reader_events(self) -> None:
+        """Watch the reader's channel for writing only while requests wait to go out."""
+        chan = self.reader.chan
+        if chan is None or self.reader.writing == self._reader_writing:
+            return
+        self._reader_writing = self.reader.writing
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._reader_writing else 0)
+        self.sel.modify(chan, events, self._reader_ready)
+
+    def _reader_lost(self) -> None:
+        """The reader died or was ended: its reads go to the next one (reaped later)."""
+        if self.reader.chan is not None:
+            self.sel.unregister(self.reader.chan)
+        if self.reader.pid is not None:
+            self.old_readers.add(self.reader.pid)  # to reap, and to log how it ended
+        for failure in self.reader.lost():
+            self.broker.read_done(failure)
+        if self.stopping_since is None:
+            self.reader_due = max(time.monotonic(),
+                                  self.reader.started + reader.RESTART_PAUSE)
 
     # ---- signals ----
 
@@ -509,6 +591,13 @@ class Master:
             if pid == 0:
                 return
             self.kill_at.pop(pid, None)
+            if pid == self.reader.pid:
+                self._reader_lost()  # (before its channel's EOF said so)
+            if pid in self.old_readers:
+                self.old_readers.discard(pid)
+                level = logging.INFO if self.stopping_since is not None else logging.WARNING
+                log.log(level, "history reader (pid %d) ended: %s", pid, _how(status))
+                continue
             kid = self.children.pop(pid, None)
             if kid is None:
                 self.retiring.discard(pid)
@@ -534,6 +623,12 @@ class Master:
             listener.close()
         self.listeners.clear()
         self._retire_spares()
+        if self.reader.chan is not None:  # it exits when it sees the channel close
+            self.sel.unregister(self.reader.chan)
+            self.reader.close()
+        for pid in [self.reader.pid, *self.old_readers]:
+            if pid is not None:
+                self.kill_at[pid] = time.monotonic() + self._stop_time()
         for kid in list(self.by_sid.values()):
             # Kicked sessions get nothing more, so nobody hears the others' quit notices.
             self._kick(kid, "shutting_down", "server shutting down")
@@ -561,6 +656,7 @@ class Master:
             return
         self.config = config = self.config.with_values(values)
         self.broker.config = config
+        self.reader.configure(config.max_frame)
         self.sources.reconfigure(config.conn_rate_per_ip, config.conn_burst_per_ip,
                                  config.conn_sources)
         self.new_sessions.reconfigure(config.session_rate, config.session_burst)
@@ -574,6 +670,11 @@ class Master:
                 if not kid.closing:
                     kid.out.add(channel.control({"c": "config", "values": values}))
                     self._flush(kid)
+
+
+def _how(status: int) -> str:
+    return (f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+            if os.WIFSIGNALED(status) else f"exit status {os.WEXITSTATUS(status)}")
 
 
 def _note_signal(signum: int, frame: object) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from frames import answer_reads
+
 from chatd.broker import Broker
 from chatd.config import Config, parse_settings
 from chatd.irc import IrcFrontEnd, Line, parse
@@ -106,6 +108,8 @@ class Hub:
     def __init__(self, tmp_path: Path, **settings: Any) -> None:
         self.config = Config().with_values(parse_settings(settings))
         self.broker = Broker(Store(tmp_path / "history.sqlite3"), self.config)
+        # History reads are answered as the reader process does, from its own connection.
+        self.reader = Store(tmp_path / "history.sqlite3", readonly=True)
         self.now = 100.0  # the sessions' monotonic clock, in seconds
         self.conns: dict[int, Conn] = {}
 
@@ -152,6 +156,9 @@ class Hub:
                         conn.session.control(item)
                     else:
                         conn._to_client(item)
+                moved = True
+            if self.broker.history.reads:
+                answer_reads(self.broker, self.reader)
                 moved = True
             if not moved:
                 return

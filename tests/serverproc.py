@@ -128,8 +128,17 @@ class ServerProcess:
         return self.proc.pid
 
     def children(self) -> list[int]:
-        """PIDs whose parent is the server (zombies included)."""
+        """PIDs of the server's session processes (zombies included)."""
         return [pid for pid, _state in child_states(self.pid)]
+
+    def reader(self) -> int:
+        """PID of the server's history reader (waits for it to be started)."""
+        def find() -> int | None:
+            pids = [pid for pid, st in child_states(self.pid, helpers=True)
+                    if st != "Z" and is_reader(pid)]
+            return pids[0] if len(pids) == 1 else None
+        pid: int = wait_until(find, message="the history reader")
+        return pid
 
     def signal(self, sig: int) -> None:
         assert self.proc
@@ -139,7 +148,7 @@ class ServerProcess:
         """SIGTERM and wait; SIGKILL the server and its children if it hangs."""
         assert self.proc
         if self.proc.poll() is None:
-            kids = self.children()
+            kids = [pid for pid, _state in child_states(self.pid, helpers=True)]
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
@@ -166,12 +175,24 @@ def proc_stat(pid: int) -> tuple[str, int] | None:
     return fields[0], int(fields[1])
 
 
-def child_states(ppid: int) -> list[tuple[int, str]]:
+def is_reader(pid: int) -> bool:
+    """Whether `pid` is the server's history reader (its helper process, not a session):
+    it runs `python -m chatd.reader`, which its command line says from its first moment."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"chatd.reader" in args
+
+
+def child_states(ppid: int, helpers: bool = False) -> list[tuple[int, str]]:
+    """(pid, state letter) of each child of `ppid`: its session processes, and with
+    `helpers` its history reader too."""
     out = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             st = proc_stat(int(entry))
-            if st and st[1] == ppid:
+            if st and st[1] == ppid and (helpers or not is_reader(int(entry))):
                 out.append((int(entry), st[0]))
     return out
 

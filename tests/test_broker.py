@@ -12,6 +12,7 @@ from frames import decode_all
 from chatd.broker import Broker
 from chatd.config import BY_KEY, FRAME_OVERHEAD, WELCOME_OVERHEAD, Config, parse_settings
 from chatd.protocol import FrameDecoder
+from chatd.reader import answer
 from chatd.store import Store
 
 
@@ -23,6 +24,10 @@ class Harness:
         self.frames: dict[int, list[dict[str, Any]]] = {}
         self.controls: dict[int, list[dict[str, Any]]] = {}
         self.largest = 0  # the largest frame payload the broker produced, in bytes
+        # History reads are answered at once (as by an idle reader), unless held: then
+        # they wait in `reads` until answer_reads().
+        self.hold_reads = False
+        self.reads: list[dict[str, Any]] = []
 
     def connect(self, sid: int, nick: str | None = None) -> None:
         self.broker.attach(sid, f"sess{sid}")
@@ -36,6 +41,37 @@ class Harness:
         self._collect()
 
     def _collect(self) -> None:
+        self.broker.store.flush()  # as the parent does before it hands reads over
+        self.reads += [read for _sid, read in self.broker.take_reads()]
+        if not self.hold_reads:
+            self.answer_reads()
+            return
+        self._deliver()
+
+    def answer_reads(self, replies: list[dict[str, Any]] | None = None) -> None:
+        """Answer the waiting reads now (or feed `replies` read earlier), in order."""
+        while True:
+            self.broker.store.flush()
+            if replies is None:
+                replies = [answer(self.broker.store, r) for r in self.reads]
+                self.reads = []
+            for reply in replies:
+                self.broker.read_done(reply)
+            replies = None
+            self.reads += [read for _sid, read in self.broker.take_reads()]
+            if self.hold_reads or not self.reads:
+                break
+        self._deliver()
+
+    def read_now(self) -> list[dict[str, Any]]:
+        """Answer the waiting reads from the database as it is now, but do not deliver
+        the replies yet (a reader whose snapshot is older than what follows)."""
+        self.broker.store.flush()
+        replies = [answer(self.broker.store, r) for r in self.reads]
+        self.reads = []
+        return replies
+
+    def _deliver(self) -> None:
         for sid, items in self.broker.drain().items():
             for item in items:
                 if isinstance(item, dict):

@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 import msgpack
+from frames import answer_reads
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -329,6 +330,13 @@ broker_ops = st.one_of(
 
 
 def check_broker_consistency(broker: Broker) -> None:
+    history = broker.history
+    for (sid, name), catchup in history.catching.items():  # catch-up only of members
+        assert (catchup.sid, catchup.room) == (sid, name)
+        assert sid in broker.members and name in broker.members[sid].rooms
+        assert sid in history.held[name]
+    assert set(history.rings) == set(broker.rooms)
+    assert history.ring_bytes == sum(r.size for r in history.rings.values())
     for key, member in broker.nicks.items():
         assert member.nick is not None and p.nick_key(member.nick) == key
         assert broker.members.get(member.sid) is member
@@ -379,7 +387,8 @@ def run_broker_ops(ops: list[tuple[str, int, Any]]) -> None:
         elif kind == "detach":
             broker.detach(sid, "connection lost", fx.now)
         check_broker_consistency(broker)
-        broker.store.flush()
+        answer_reads(broker)  # as the reader would, in the order the parent hands them over
+        check_broker_consistency(broker)
         for _sid, items in broker.drain().items():
             for item in items:
                 if isinstance(item, dict):

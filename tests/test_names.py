@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from frames import answer_reads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -100,11 +101,12 @@ class Harness:
     def __init__(self, tmp_path: Path) -> None:
         self.store = Store(tmp_path / "h.sqlite3")
         self.broker = Broker(self.store, Config())
+        self.reader = Store(tmp_path / "h.sqlite3", readonly=True)
         self.now = 1000
 
     def send(self, sid: int, **req: Any) -> list[dict[str, Any]]:
         self.broker.receive(sid, p.pack(req)[4:], self.now)
-        self.store.flush()
+        answer_reads(self.broker, self.reader)  # (and commits)
         return self.take(sid)
 
     def take(self, sid: int) -> list[dict[str, Any]]:
@@ -172,6 +174,7 @@ def test_direct_messages_stored_under_the_old_key_are_rekeyed(tmp_path: Path) ->
     broker.attach(1, "s1")
     broker.receive(1, p.pack({"type": "hello", "version": 1, "nick": "a1ice"})[4:], 5)
     broker.receive(1, p.pack({"type": "history", "with": "rnike"})[4:], 5)
+    answer_reads(broker, Store(path, readonly=True))
     frames = [p.decode_payload(i[4:]) for i in broker.outbox[1] if isinstance(i, bytes)]
     assert [m["text"] for m in frames[-1]["messages"]] == ["one", "two"]
     store.close()

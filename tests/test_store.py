@@ -11,7 +11,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from frames import decode_all
+from frames import answer_reads, decode_all
 from storefaults import damage_page_holding
 
 from chatd.broker import Broker
@@ -67,6 +67,7 @@ class Room:
     def __init__(self, path: Path) -> None:
         self.store = Store(path)
         self.broker = Broker(self.store, Config().with_values(parse_settings({})))
+        self.reader = Store(path, readonly=True)  # answers history reads, as the reader
         self.now = 10_000
         for sid, nick in ((1, "alice"), (2, "bob")):
             self.broker.attach(sid, f"s{sid}")
@@ -80,13 +81,16 @@ class Room:
 
     def frames(self) -> dict[int, list[dict[str, Any]]]:
         out: dict[int, list[dict[str, Any]]] = {}
-        for sid, items in self.broker.drain().items():
-            for item in items:
-                if isinstance(item, dict):
-                    assert item.get("c") != "close", item  # a storage fault ends no session
-                else:
-                    out.setdefault(sid, []).extend(decode_all(item))
-        return out
+        while True:
+            for sid, items in self.broker.drain().items():  # commits, then reads go out
+                for item in items:
+                    if isinstance(item, dict):
+                        assert item.get("c") != "close", item  # a storage fault ends none
+                    else:
+                        out.setdefault(sid, []).extend(decode_all(item))
+            if not self.broker.history.reads:
+                return out
+            answer_reads(self.broker, self.reader)
 
 
 def test_a_full_disk_refuses_the_message_not_the_session_and_heals(
