@@ -130,10 +130,9 @@ class RoomLog:
     ids: list[int] = field(default_factory=list)  # in arrival order
     seen: set[int] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
-    # Since the last join: the newest id of each stream ("live", "catch-up"). Each stream
-    # is in id order; catch-up pages may arrive after live messages (they fill the gap
-    # before the first live one).
-    newest: dict[str, int] = field(default_factory=dict)
+    # The newest id since the last join: pages and live messages together come in id
+    # order (protocol.md §8), none twice.
+    newest: int = -1
 
     @property
     def last(self) -> int:
@@ -144,9 +143,9 @@ class RoomLog:
         if msg_id in self.seen:
             self.problems.append(f"duplicate id {msg_id} ({how})")
             return
-        if msg_id <= self.newest.get(how, -1):
-            self.problems.append(f"id {msg_id} after {self.newest[how]} ({how})")
-        self.newest[how] = msg_id
+        if msg_id <= self.newest:
+            self.problems.append(f"id {msg_id} after {self.newest} ({how})")
+        self.newest = msg_id
         self.ids.append(msg_id)
         self.seen.add(msg_id)
 
@@ -179,7 +178,6 @@ class SoakClient:
         self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.writer: asyncio.StreamWriter | None = None
         self.reader_task: asyncio.Task[None] | None = None
-        self.live_since_join: dict[str, int | None] = {}
         self.closing = False
         self.end_code: str | None = None  # fatal error code the server sent, if any
         self.how_we_left: str | None = None  # what welcome.previous should say next time
@@ -230,8 +228,6 @@ class SoakClient:
             room = frame["room"]
             log = self.logs.get(room)
             if log is not None and log.baseline is not None:
-                if self.live_since_join.get(room) is None:
-                    self.live_since_join[room] = frame["id"]
                 log.add(frame["id"], "live")
             return
         if ftype == "history" and frame.get("room") in self.logs:
@@ -290,32 +286,22 @@ class SoakClient:
     async def join_all(self) -> None:
         for room in self.rooms:
             log = self.logs[room]
-            self.live_since_join[room] = None
             if log.baseline is None:
                 await self.call({"type": "join", "room": room}, replies=2)
                 continue
-            log.newest.clear()
+            log.newest = -1
             joined, history = await self.call({"type": "join", "room": room,
                                                "after": log.last}, replies=2)
             assert joined["type"] == "joined", joined
-            while history["more"] and not self.page_reached_live(room, history):
+            while history["more"]:  # the recipe of protocol.md §8, nothing more
                 self.soak.stats.pages += 1
-                # Page on from the last catch-up id (not from the live messages that may
-                # have arrived meanwhile: the gap lies before them).
                 (history,) = await self.call({"type": "history", "room": room,
                                               "after": history["messages"][-1]["id"]})
 
     def take_page(self, room: str, history: dict[str, Any]) -> None:
         assert history["type"] == "history", history
-        live = self.live_since_join.get(room)
         for msg in history["messages"]:
-            if live is not None and msg["id"] >= live:
-                break  # from here on we got it live already (paging overlap)
             self.logs[room].add(msg["id"], "catch-up")
-
-    def page_reached_live(self, room: str, history: dict[str, Any]) -> bool:
-        live = self.live_since_join.get(room)
-        return live is not None and any(m["id"] >= live for m in history["messages"])
 
     async def close(self, abort: bool) -> None:
         if self.writer is None:
