@@ -13,6 +13,8 @@ Scenarios (scale parameters can be overridden by flags, e.g. for a smoke run):
   connect  1,000 clients connecting, with 50 and with 1,000 attempts in flight
   churn    a bystander's welcome and chat, idle and while another address connects and
            resets as fast as it can (chatd/bench_churn.py)
+  history  a bystander's chat, idle, while 40 sessions read history at their allowed rate,
+           and after (chatd/bench_history.py)
 
 Server CPU comes from /proc/PID/stat (utime+stime) of the parent and every session
 process, with sessions that ended counted through the parent's cutime+cstime; memory
@@ -60,6 +62,9 @@ SCENARIOS: dict[str, dict[str, Any]] = {
                 "inflight": [50, 1000]},
     "churn": {"clients": 1, "senders": 0, "messages": 0, "rate": 0.0, "room_size": -1,
               "inflight": [1]},
+    # clients: the sessions that read history; messages: the messages in their room
+    "history": {"clients": 40, "senders": 0, "messages": 5000, "rate": 0.0, "room_size": -1,
+                "inflight": [1]},
 }
 DESCRIPTIONS = {
     "burst": "{clients} clients in {rooms}, {senders} senders x {messages} messages, "
@@ -70,6 +75,7 @@ DESCRIPTIONS = {
     "connect": "{clients} clients connecting (hello -> welcome) with {inflight} attempts "
                "in flight",
     "churn": "",  # chatd/bench_churn.py describes itself
+    "history": "",  # chatd/bench_history.py describes itself
 }
 
 
@@ -864,7 +870,12 @@ def render(report: dict[str, Any]) -> str:
         from chatd import bench_churn
 
         lines += bench_churn.render(report)
-    for ph in report["phases"] if report["scenario"] != "churn" else []:
+    if report["scenario"] == "history":
+        from chatd import bench_history
+
+        lines += bench_history.render(report)
+    own = ("churn", "history")  # these scenarios render their own phases
+    for ph in report["phases"] if report["scenario"] not in own else []:
         cpu = ph.get("server_cpu_s")
         cpu_txt = "server CPU -" if cpu is None else (
             f"server CPU {cpu:.3f} s (parent {ph['server_cpu_parent_s']:.3f}, "
@@ -979,8 +990,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attack-bytes", type=int, default=0,
                         help="churn: bytes the attacker writes before each reset (default "
                         "0; with any, the server's kernel hands the connection over)")
-    parser.add_argument("--phase-seconds", type=float, default=4.0,
-                        help="churn: seconds of each measured phase (default 4)")
+    parser.add_argument("--phase-seconds", type=float,
+                        help="churn, history: seconds of each measured phase (default 4 for "
+                        "churn, 10 for history)")
     parser.add_argument("--timeout", type=float, default=30.0,
                         help="seconds without progress before giving up (default 30)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -992,6 +1004,8 @@ def build_parser() -> argparse.ArgumentParser:
 def options(argv: list[str]) -> argparse.Namespace:
     opts = build_parser().parse_args(argv)
     defaults = SCENARIOS[opts.scenario]
+    if opts.phase_seconds is None:
+        opts.phase_seconds = 10.0 if opts.scenario == "history" else 4.0
     for key in ("clients", "senders", "messages", "rate", "room_size"):
         if getattr(opts, key) is None:
             setattr(opts, key, defaults[key])
@@ -1022,6 +1036,10 @@ def main(argv: list[str]) -> int:
     extra = parse_set(opts.set)
     if opts.spare is not None:
         extra.setdefault("server", {})["spare_children"] = opts.spare
+    if opts.scenario == "history":  # the attackers read at the default allowance
+        rate = extra.setdefault("rate", {})
+        opts.history_rate = float(rate.setdefault("history_rate", 20.0))
+        opts.history_burst = int(rate.setdefault("history_burst", 100))
     server: SpawnedServer | None = None
     if opts.target:
         host, _, port_s = opts.target.rpartition(":")
@@ -1065,6 +1083,11 @@ def main(argv: list[str]) -> int:
 
             report["description"] = bench_churn.describe(opts)
             report.update(asyncio.run(bench_churn.run(host, port, probe, opts, bench.tag)))
+        elif opts.scenario == "history":
+            from chatd import bench_history
+
+            report["description"] = bench_history.describe(opts)
+            report.update(asyncio.run(bench_history.run(host, port, probe, opts, bench.tag)))
         else:
             report.update(asyncio.run(bench.run(opts.scenario)))
     except KeyboardInterrupt:
@@ -1091,5 +1114,10 @@ def main(argv: list[str]) -> int:
 
         report["ok"] = bench_churn.ok(report)
         report["targets"] = bench_churn.targets(report)
+    if opts.scenario == "history":
+        from chatd import bench_history
+
+        report["ok"] = ok = bench_history.ok(report)
+        report["targets"] = bench_history.targets(report)
     print(json.dumps(report, indent=2) if opts.json else render(report))
     return 0 if ok else 1
