@@ -17,11 +17,12 @@ import resource
 import select
 import signal
 import socket
+import ssl
 import struct
 import termios
 import time
 
-from chatd import logsetup
+from chatd import logsetup, tls
 from chatd.channel import CTRL, ENVELOPE, RAW, EnvelopeReader, decode_control
 from chatd.config import Config
 from chatd.session import Session
@@ -185,11 +186,13 @@ class ClientOutbox(Outbox):
                                     LINGER_RESET if self.reset_on_close else LINGER_OFF)
 
 
-def wait_for_client(chan: socket.socket) -> tuple[socket.socket, str, str, bytes] | None:
+def wait_for_client(chan: socket.socket
+                    ) -> tuple[socket.socket, str, str, bytes, bool] | None:
     """A spare session process blocks here until the parent hands it a client socket.
 
     Returns (client socket, session id, peer address, channel bytes that followed the
-    hand-over), or None when the parent closed the channel instead (retired, or gone).
+    hand-over, whether it came to the TLS listener), or None when the parent closed the
+    channel instead (retired, or gone).
     """
     reader = EnvelopeReader()
     fds: list[int] = []
@@ -214,12 +217,67 @@ def wait_for_client(chan: socket.socket) -> tuple[socket.socket, str, str, bytes
                     os.close(extra)
                 sock = socket.socket(fileno=fds[0])
                 rest = b"".join(ENVELOPE.pack(k, len(b)) + b for k, b in envelopes[i + 1 :])
-                return sock, str(ctrl["session"]), str(ctrl["ip"]), rest + reader.leftover()
+                return (sock, str(ctrl["session"]), str(ctrl["ip"]), rest + reader.leftover(),
+                        bool(ctrl.get("tls")))
+
+
+def serve_tls(sock: socket.socket, chan: socket.socket, config: Config, session_id: str,
+              peer: str, context: ssl.SSLContext, pending: bytes = b"") -> int:
+    """Serve a client of the TLS listener: the TLS handshake before anything else, within
+    handshake_timeout (which then also bounds the hello), then serve() over TLS."""
+    started = time.monotonic()
+    tune_client_socket(sock, config)
+    stream, pending = _tls_accept(sock, chan, context, started + config.handshake_timeout,
+                                  pending)
+    if stream is None:
+        sock.close()
+        return 0
+    return serve(stream, chan, config, session_id, peer, pending, started=started)
+
+
+def _tls_accept(sock: socket.socket, chan: socket.socket, context: ssl.SSLContext,
+                deadline: float, pending: bytes) -> tuple[tls.TLSStream | None, bytes]:
+    """Do the server side of the TLS handshake; returns the stream (None if the handshake
+    failed, or the parent meanwhile closed the channel or told us to close) and the
+    channel bytes read meanwhile, for serve()."""
+    handshake = tls.ServerHandshake(context, sock, deadline)
+    received = bytearray(pending)
+    poller = select.poll()
+    poller.register(chan, select.POLLIN)
+    while not _told_to_close(received):
+        try:
+            want = handshake.step(time.monotonic())
+        except tls.HandshakeFailed as exc:
+            log.info("TLS handshake failed: %s", exc)
+            return None, b""
+        if not want:
+            stream = handshake.stream()
+            log.debug("TLS handshake done: %s", stream.version())
+            return stream, bytes(received)
+        poller.register(sock, want)
+        for fd, _ev in poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
+            if fd == chan.fileno():
+                data = _recv(chan)
+                if data == b"":
+                    return None, b""  # the parent is gone: no session to start
+                received += data or b""
+    return None, b""
+
+
+def _told_to_close(data: bytes | bytearray) -> bool:
+    """Whether channel bytes hold a close control (the parent is shutting down...)."""
+    reader = EnvelopeReader()
+    reader.receive_data(bytes(data))
+    return any(kind == CTRL and decode_control(body).get("c") == "close"
+               for kind, body in reader.envelopes())
 
 
 def serve(sock: socket.socket, chan: socket.socket, config: Config, session_id: str,
-          peer: str, pending: bytes = b"") -> int:
+          peer: str, pending: bytes = b"", started: float | None = None) -> int:
     """Serve one client until the session ends; returns the exit status.
+
+    `sock` may be a tls.TLSStream; `started` is when the handshake deadline started
+    (now, unless a TLS handshake came first).
 
     The common wakeup is the parent forwarding RAW frames while the client is quiet:
     that path makes no Session call, no selector change and no bytes copy (memoryview
@@ -229,7 +287,9 @@ def serve(sock: socket.socket, chan: socket.socket, config: Config, session_id: 
     tune_client_socket(sock, config)
     chan.setblocking(False)
     monotonic = time.monotonic
-    session = Session(config, monotonic())
+    session = Session(config, monotonic() if started is None else started)
+    # Plaintext a TLS stream holds is invisible to epoll: the loop reads it without waiting.
+    tls_buffered = sock.buffered if isinstance(sock, tls.TLSStream) else None
     reader = EnvelopeReader()
     reader.receive_data(pending)
     buffered = bool(pending)  # the reader holds bytes: new channel data goes through it
@@ -258,7 +318,11 @@ def serve(sock: socket.socket, chan: socket.socket, config: Config, session_id: 
                 ep.modify(sfd, want)
                 sock_mask = want
             timeout = deadline - monotonic()
-            events = ep.poll(3600.0 if timeout > 3600.0 else timeout if timeout > 0.0 else 0.0)
+            held = tls_buffered is not None and client_open and tls_buffered()
+            events = ep.poll(0.0 if held else 3600.0 if timeout > 3600.0
+                             else timeout if timeout > 0.0 else 0.0)
+            if held and all(fd != sfd for fd, _ev in events):
+                events.append((sfd, EPOLLIN))
             now = monotonic()
             fed = now >= deadline  # the Session has something to do (or to be told)
             for fd, ev in events:

@@ -46,11 +46,12 @@ def serve(args: argparse.Namespace) -> int:
                     config_file=args.config, log_level=args.log_level, values=values)
     from chatd.master import Master
     from chatd.store import StoreUnusable
+    from chatd.tls import TLSConfigError
 
     try:
         master = Master(config)
         master.listen()
-    except StoreUnusable as exc:  # one line saying what is wrong, no traceback
+    except (StoreUnusable, TLSConfigError) as exc:  # one line saying what is wrong
         print(f"chatd: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -121,6 +121,16 @@ SETTINGS: tuple[Setting, ...] = (
             "empty rooms unused longest are dropped (0: no limit)", 0, 1 << 62),
     Setting("retention", "interval", 60.0, "seconds between retention runs (each deletes in "
             "small batches between routing)", 0.05, 86400, attr="retention_interval"),
+    Setting("tls", "cert", "", "PEM certificate (chain) file; setting it opens the TLS "
+            "listener. Relative paths start at the config file's directory. Reloaded on "
+            "SIGHUP for new connections", attr="tls_cert"),
+    Setting("tls", "key", "", "PEM private key file of `tls.cert` (empty: it is in the "
+            "cert file)", attr="tls_key"),
+    Setting("tls", "port", 7778, "TCP port of the TLS listener, on `--host` (0 picks a free "
+            "one, logged as `listening for TLS on HOST:PORT`); a change needs a restart",
+            0, 65535, attr="tls_port"),
+    Setting("tls", "plain", True, "also listen for plain TCP on `--port` when TLS is on "
+            "(false: TLS only); a change needs a restart", attr="tls_plain"),
 )
 BY_KEY = {f"{s.section}.{s.name}": s for s in SETTINGS}
 FRAME_OVERHEAD = 512  # bytes of a msg/message frame besides its text, with room to spare
@@ -210,6 +220,9 @@ def parse_settings(doc: dict[str, Any]) -> dict[str, Any]:
         errors.append(f"server.motd and server.name ({welcome} bytes) must be at least "
                       f"{WELCOME_OVERHEAD} bytes below limits.max_frame "
                       f"({values['max_frame']})")
+    if not errors and not values["tls_cert"] and (values["tls_key"] or not values["tls_plain"]):
+        errors.append("tls.key and tls.plain = false need tls.cert (without it there is no "
+                      "TLS listener)")
     if errors:
         raise ConfigError("; ".join(errors))
     return values
@@ -233,6 +246,8 @@ def diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return f'"{value}"' if isinstance(value, str) else repr(value)
 
 

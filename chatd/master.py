@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from chatd import channel, child, logsetup, reader
+from chatd import channel, child, logsetup, reader, tls
 from chatd.admission import SourceRates, source_of
 from chatd.broker import Broker
 from chatd.config import Config, ConfigError, diff, load_file
@@ -70,6 +70,8 @@ class Master:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(config.data_dir / "history.sqlite3")
         self.broker = Broker(self.store, config)
+        # The TLS context sessions on tls.port get (a bad certificate stops start-up).
+        self.tls = tls.ServerTLS(config.values, config.config_file) if config.tls_cert else None
         self.retention = Retention()
         # History reads run in a helper process, never on this loop (chatd/reader.py).
         self.reader = reader.ReaderLink(config.max_frame)
@@ -103,10 +105,21 @@ class Master:
     def listen(self) -> list[tuple[str, int]]:
         self._raise_fd_limit()
         cfg = self.config
-        infos = socket.getaddrinfo(cfg.host or None, cfg.port, type=socket.SOCK_STREAM,
+        bound: list[tuple[str, int]] = []
+        if self.tls is None or cfg.tls_plain:
+            bound += self._bind(cfg.port, self._accept, "listening on %s:%d")
+        if self.tls is not None:
+            bound += self._bind(cfg.tls_port, self._accept_tls, "listening for TLS on %s:%d")
+        return bound
+
+    def _bind(self, port: int, accept: Callable[[socket.socket, int], None],
+              message: str) -> list[tuple[str, int]]:
+        """Listen on `port` at --host (each address it resolves to); `accept` is called
+        when a listener is ready."""
+        cfg = self.config
+        infos = socket.getaddrinfo(cfg.host or None, port, type=socket.SOCK_STREAM,
                                    flags=socket.AI_PASSIVE)
         bound: list[tuple[str, int]] = []
-        port = cfg.port
         # IPv6-only when an IPv4 listener shares the port; else `::` also takes IPv4 clients.
         v6only = int(any(info[0] == socket.AF_INET for info in infos))
         for family, stype, proto, _name, addr in infos:
@@ -129,10 +142,10 @@ class Master:
             sock.setblocking(False)
             port = sock.getsockname()[1]  # later families share the first one's port
             self.listeners.append(sock)
-            self.sel.register(sock, selectors.EVENT_READ, self._accept)
+            self.sel.register(sock, selectors.EVENT_READ, accept)
             host = addr[0]
             shown = f"[{host}]" if ":" in host else host
-            log.info("listening on %s:%d", shown, port)
+            log.info(message, shown, port)
             bound.append((host, port))
         return bound
 
@@ -311,7 +324,11 @@ class Master:
 
     # ---- accepting ----
 
-    def _accept(self, listener: socket.socket, mask: int) -> None:
+    def _accept_tls(self, listener: socket.socket, mask: int) -> None:
+        """The TLS listener: its connections are the session processes' to decrypt."""
+        self._accept(listener, mask, over_tls=True)
+
+    def _accept(self, listener: socket.socket, mask: int, over_tls: bool = False) -> None:
         forks = 0
         for _ in range(ACCEPT_BATCH):  # refusing is cheap: many per turn
             try:
@@ -321,25 +338,28 @@ class Master:
             except OSError as exc:  # EMFILE and friends: shed, keep serving
                 log.error("accept failed: %s", exc)
                 return
-            forks += self._admit(conn, addr[0])
+            forks += self._admit(conn, addr[0], over_tls)
             if forks >= FORKS_PER_TURN:  # the rest wait in the backlog for the next turn
                 return
 
-    def _admit(self, conn: socket.socket, ip: str) -> bool:
+    def _admit(self, conn: socket.socket, ip: str, over_tls: bool = False) -> bool:
         """Refuse (an error frame, then close) or hand on; True if that took a fork."""
         now = time.monotonic()
         self.last_accept = now
         source = source_of(ip)
         refusal = self._refusal(ip, source, now)
         if refusal is not None:
-            with contextlib.suppress(OSError):  # best effort: it fits any socket buffer
-                conn.send(refusal, socket.MSG_DONTWAIT)
+            # A TLS client could not read a plain frame, and the parent speaks no TLS:
+            # it is only closed.
+            if not over_tls:
+                with contextlib.suppress(OSError):  # best effort: it fits any socket buffer
+                    conn.send(refusal, socket.MSG_DONTWAIT)
             conn.close()
             return False
         try:
-            if self._hand_to_spare(conn, ip):
+            if self._hand_to_spare(conn, ip, over_tls):
                 return False
-            self._fork(conn, ip)
+            self._fork(conn, ip, over_tls)
         except OSError as exc:
             log.error("fork failed, dropping %s: %s", ip, exc)
         finally:
@@ -422,8 +442,11 @@ class Master:
             handed = child.wait_for_client(theirs)
             if handed is None:  # the parent retired us or went away
                 return 0
-            conn, session, ip, pending = handed
+            conn, session, ip, pending, over_tls = handed
             logsetup.set_session(session)
+            if over_tls and self.tls is not None:
+                return child.serve_tls(conn, theirs, self.config, session, ip,
+                                       self.tls.context, pending)
             return child.serve(conn, theirs, self.config, session, ip, pending)
 
         try:
@@ -433,12 +456,13 @@ class Master:
             return
         self.spares[pid] = ours
 
-    def _hand_to_spare(self, conn: socket.socket, ip: str) -> bool:
+    def _hand_to_spare(self, conn: socket.socket, ip: str, over_tls: bool = False) -> bool:
         """Pass the accepted socket to a pre-forked process (SCM_RIGHTS); False if none."""
         while self.spares:
             pid, chan = self.spares.popitem()
             session = secrets.token_hex(8)
-            hello = channel.control({"c": "client", "session": session, "ip": ip})
+            hello = channel.control({"c": "client", "session": session, "ip": ip,
+                                     "tls": over_tls})
             try:
                 socket.send_fds(chan, [hello], [conn.fileno()])
             except OSError as exc:  # it died, or its channel is full: retire it
@@ -458,11 +482,14 @@ class Master:
             self.kill_at[pid] = time.monotonic() + self._stop_time()
         self.spares.clear()
 
-    def _fork(self, conn: socket.socket, ip: str) -> None:
+    def _fork(self, conn: socket.socket, ip: str, over_tls: bool = False) -> None:
         session = secrets.token_hex(8)
 
         def run(theirs: socket.socket) -> int:
             child.prepare(self.config, {conn.fileno(), theirs.fileno()}, session)
+            if over_tls and self.tls is not None:
+                return child.serve_tls(conn, theirs, self.config, session, ip,
+                                       self.tls.context)
             return child.serve(conn, theirs, self.config, session, ip)
 
         pid, ours = self._spawn(run)
@@ -654,13 +681,17 @@ class Master:
         except SystemExit as exc:
             log.error("SIGHUP: keeping the old configuration: %s", exc)
             return
-        self.config = config = self.config.with_values(values)
+        old, self.config = self.config, self.config.with_values(values)
+        config = self.config
+        renewed = self._reload_tls(old, config)
         self.broker.config = config
         self.reader.configure(config.max_frame)
         self.sources.reconfigure(config.conn_rate_per_ip, config.conn_burst_per_ip,
                                  config.conn_sources)
         self.new_sessions.reconfigure(config.session_rate, config.session_burst)
         log.info("SIGHUP: reloaded %s: %s", path, "; ".join(changes) or "no changes")
+        if renewed and not changes:
+            self._retire_spares()  # they hold the old certificate; the loop forks new ones
         if changes:
             self._retire_spares()  # forked with the old settings; the loop forks new ones
             for kid in self.by_sid.values():
@@ -670,6 +701,19 @@ class Master:
                 if not kid.closing:
                     kid.out.add(channel.control({"c": "config", "values": values}))
                     self._flush(kid)
+
+    def _reload_tls(self, old: Config, new: Config) -> bool:
+        """SIGHUP: load tls.cert and tls.key again for new connections (a session keeps
+        the context it started with); True if new connections now get a new context.
+        Listeners stay as they were started."""
+        for key in ("tls_port", "tls_plain"):
+            if getattr(old, key) != getattr(new, key):
+                log.warning("SIGHUP: a change of tls.%s takes a restart", key[4:])
+        if (self.tls is None) != (not new.tls_cert):
+            log.warning("SIGHUP: turning TLS on or off takes a restart")
+        if self.tls is None or not new.tls_cert:
+            return False
+        return self.tls.reload(new.values, new.config_file)
 
 
 def _how(status: int) -> str:

@@ -29,8 +29,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from asn1crypto import x509 as asn1_x509
-
 log = logging.getLogger("chatd.tls")
 MIN_VERSION = ssl.TLSVersion.TLSv1_2
 # TLS 1.2 suites: forward-secret key exchange and AEAD ciphers only (Mozilla's
@@ -76,6 +74,8 @@ def public_key_pin(der: bytes) -> str:
     `openssl x509 -in CERT -pubkey -noout | openssl pkey -pubin -outform der |
     openssl dgst -sha256 -binary | openssl enc -base64` prints it from a PEM file.
     """
+    from asn1crypto import x509 as asn1_x509  # only for pins and log lines
+
     cert = asn1_x509.Certificate.load(der)
     spki = cert["tbs_certificate"]["subject_public_key_info"].dump()
     return "sha256//" + base64.b64encode(hashlib.sha256(spki).digest()).decode()
@@ -83,6 +83,8 @@ def public_key_pin(der: bytes) -> str:
 
 def describe_cert(path: Path) -> str:
     """Who the (first) certificate in a PEM file is for, until when, and its pin."""
+    from asn1crypto import x509 as asn1_x509
+
     try:
         der = ssl.PEM_cert_to_DER_cert(path.read_text())
         cert = asn1_x509.Certificate.load(der)

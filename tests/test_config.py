@@ -32,6 +32,10 @@ def test_values_override_and_ints_widen_to_floats() -> None:
     ({"limits": {"max_frame": 2047, "max_text": 100}}, "below the minimum"),
     ({"limits": {"max_frame": 4096, "max_text": 100}, "server": {"motd": "m" * 2300}},
      "server.motd and server.name"),
+    ({"tls": {"port": 65536}}, "tls.port: 65536 is above the maximum"),
+    ({"tls": {"plain": "no"}}, "tls.plain: expected bool"),
+    ({"tls": {"plain": False}}, "tls.key and tls.plain = false need tls.cert"),
+    ({"tls": {"key": "key.pem"}}, "tls.key and tls.plain = false need tls.cert"),
 ])
 def test_bad_settings_are_reported_clearly(doc: dict, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):

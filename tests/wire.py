@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -164,6 +165,16 @@ def _short(frames: list[Frame], width: int = 300) -> str:
 
 def connect(server: Any, nick: str | None = None) -> Client:
     client = Client(server.host, server.port)
+    if nick:
+        client.hello(nick)
+    return client
+
+
+def tls_connect(host: str, port: int, context: ssl.SSLContext, nick: str | None = None,
+                server_hostname: str = "localhost") -> Client:
+    """A Client over TLS (the handshake done here, blocking)."""
+    client = Client(host, port)
+    client.sock = context.wrap_socket(client.sock, server_hostname=server_hostname)
     if nick:
         client.hello(nick)
     return client
