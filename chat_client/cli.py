@@ -1,5 +1,5 @@
 """`chat-client [HOST:PORT|SERVER] [--nick NICK] [--room ROOM ...] [--plain] [--no-backlog]
-[--config FILE]`."""
+[--config FILE] [--tls [--ca FILE | --tofu]]`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import asyncio
 import getpass
 import os
 import re
+import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,13 +24,14 @@ from .core import Core
 from .links import terminal_has_hyperlinks
 from .localstate import LocalState
 from .store import StateStore, state_dir
-from .stream import TCPOpener
+from .stream import Opener, TCPOpener
 
 DEFAULT_PORT = 7777
+DEFAULT_TLS_PORT = 7778
 DEFAULT_ROOM = "#general"
 
 
-def parse_address(text: str) -> tuple[str, int]:
+def parse_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     """HOST:PORT, HOST, [IPV6]:PORT, [IPV6] or a bare IPv6 address."""
     match = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?", text)
     if match:
@@ -42,7 +44,7 @@ def parse_address(text: str) -> tuple[str, int]:
         host, port = text, None
     if not host:
         raise ValueError("empty host")
-    number = int(port) if port else DEFAULT_PORT
+    number = int(port) if port else default_port
     if not 0 < number < 65536:
         raise ValueError(f"port {number} out of range")
     return host, number
@@ -76,9 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                "client's keys in a big buffer with traffic (no server needed).",
     )
     p.add_argument("address", metavar="HOST:PORT|SERVER", nargs="?", default=None,
-                   help=f"server address; the port defaults to {DEFAULT_PORT}; IPv6 as "
-                        "[::1]:7777; or the NAME of a [servers.NAME] table of the config "
-                        "file; without it, the config file's default server")
+                   help=f"server address; the port defaults to {DEFAULT_PORT} "
+                        f"({DEFAULT_TLS_PORT} with --tls); IPv6 as [::1]:7777; or the NAME "
+                        "of a [servers.NAME] table of the config file; without it, the "
+                        "config file's default server")
     p.add_argument("--config", type=Path, default=None, metavar="FILE",
                    help=f"config file (default: {default_path()}, if it exists)")
     p.add_argument("--nick", default=None,
@@ -97,6 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "only live ones")
     p.add_argument("--scrollback", type=int, default=None, metavar="N",
                    help="lines kept per buffer (default: 5000)")
+    tls = p.add_argument_group("TLS")
+    tls.add_argument("--tls", action="store_true",
+                     help="connect with TLS (to the server's TLS port), trusting the "
+                          "certificates the system trusts")
+    trust = tls.add_mutually_exclusive_group()
+    trust.add_argument("--ca", type=Path, metavar="FILE",
+                       help="trust the CA certificate(s) in FILE (PEM) instead: a private "
+                            "CA, or the server's own self-signed certificate (implies --tls)")
+    trust.add_argument("--tofu", action="store_true",
+                       help="trust on first use, for a self-signed server: pin its key the "
+                            "first time in known_hosts in the state dir, and refuse any "
+                            "other key later (implies --tls)")
     p.add_argument("--version", action="version", version=f"chat-client {__version__}")
     return p
 
@@ -109,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         return bench_render(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.tls = args.tls or args.ca is not None or args.tofu
     try:
         cfg = load(args.config)
     except ConfigError as exc:
@@ -121,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no server: give HOST:PORT, or a [servers.NAME] table in "
                      f"{cfg.path or default_path()}")
     try:
-        host, port = parse_address(address)
+        host, port = parse_address(address, DEFAULT_TLS_PORT if args.tls else DEFAULT_PORT)
     except ValueError as exc:
         where = f"{cfg.path}: servers.{picked[0]}.address: " if picked else ""
         parser.error(f"{where}bad address {address!r}: {exc}")
@@ -145,19 +161,21 @@ def main(argv: list[str] | None = None) -> int:
         rooms = [DEFAULT_ROOM]
     focus = rooms[0] if rooms and (plain or args.rooms) else None
     core = Core(nick, rooms, saved, scrollback, focus=focus, context=not plain)
+    opener = make_opener(parser, args, host, port, core, plain)
     savers = setup(core, cfg, server.highlight if server else None, store, f"{host}:{port}")
     try:
         if plain:
             from .plain import run_plain
 
-            conn = Connection(TCPOpener(host, port), core, store, first_failure_fatal=True)
+            conn = Connection(opener, core, store, first_failure_fatal=True)
             return asyncio.run(run_plain(core, conn, backlog=not args.no_backlog))
         from .tui import UIOptions, run_tui
 
         links = cfg.hyperlinks if isinstance(cfg.hyperlinks, bool) else \
             terminal_has_hyperlinks(os.environ)
         options = UIOptions(cfg.keys, cfg.colours, links)
-        return asyncio.run(run_tui(core, host, port, store, options=options, savers=savers))
+        return asyncio.run(run_tui(core, host, port, store, options=options, savers=savers,
+                                     opener=opener))
     except KeyboardInterrupt:
         return 130
     finally:
@@ -177,6 +195,29 @@ def setup(core: Core, cfg: Config, highlight: list[str] | None, store: StateStor
         chatlog = ChatLog(cfg.log_dir or state_dir() / "logs", server, core.model)
         savers.append(chatlog.save)
     return savers
+
+
+def make_opener(parser: argparse.ArgumentParser, args: argparse.Namespace, host: str,
+                port: int, core: Core, plain: bool) -> Opener:
+    """Plain TCP, or TLS with the trust the flags ask for. What TLS has to say (a key
+    pinned on first use) goes to stderr in plain mode, else to the server buffer, where a
+    refusal goes too (plain mode prints why the connection ended anyway)."""
+    if not args.tls:
+        return TCPOpener(host, port)
+    from .model import SERVER
+    from .trust import tls_opener
+
+    def notify(text: str, kind: str = "notice") -> None:
+        if plain:
+            print(f"chat-client: {text}", file=sys.stderr, flush=True)
+        else:
+            core.model.note(core.model.buffers[SERVER], text, kind)
+
+    try:
+        return tls_opener(host, port, args.ca, args.tofu, notify,
+                          None if plain else lambda text: notify(text, "error"))
+    except (OSError, ssl.SSLError) as exc:
+        parser.error(f"--ca {args.ca}: {getattr(exc, 'strerror', None) or exc}")
 
 
 if __name__ == "__main__":

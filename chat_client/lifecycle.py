@@ -75,6 +75,13 @@ class BadFrame(ConnectionEnded):
     """The server's byte stream broke framing: the next frame cannot be found."""
 
 
+class TLSRefused(ConnectionEnded):
+    """The TLS handshake failed for a reason retrying cannot fix: the server's certificate
+    is not trusted, its key is not the one pinned, the port does not speak TLS..."""
+
+    retry = False
+
+
 class HelloRefused(ConnectionEnded):
     """The server refused our hello for a reason retrying cannot fix (unsupported
     version, invalid nick, nick taken too often...)."""

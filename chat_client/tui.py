@@ -34,7 +34,7 @@ from .localcmds import find_back
 from .model import Model, clean_line
 from .render import WHEEL_ROWS, Fragments, page_rows, scroll_by, top_bottom, visible_rows
 from .store import StateStore
-from .stream import TCPOpener
+from .stream import Opener, TCPOpener
 
 STYLES = {
     "time": "fg:ansibrightblack",
@@ -416,10 +416,13 @@ async def _save_now_and_then(savers: Sequence[Callable[[], None]], clock: Clock)
 async def run_tui(core: Core, host: str, port: int, store: StateStore | None,
                   input: Input | None = None, output: Output | None = None,
                   ui_ready: Any = None, options: UIOptions | None = None,
-                  savers: Sequence[Callable[[], None]] = (), **conn_opts: Any) -> int:
-    """Run the full-screen client until /quit, Ctrl-C or Ctrl-D."""
+                  savers: Sequence[Callable[[], None]] = (), opener: Opener | None = None,
+                  **conn_opts: Any) -> int:
+    """Run the full-screen client until /quit, Ctrl-C or Ctrl-D (over `opener`, by
+    default plain TCP to host:port)."""
     ui = ChatUI(core, input, output, options)
-    conn = Connection(TCPOpener(host, port), core, store, on_change=ui.changed, **conn_opts)
+    conn = Connection(opener or TCPOpener(host, port), core, store, on_change=ui.changed,
+                      **conn_opts)
     ui.conn = conn
     conn_task = asyncio.create_task(conn.run())
     saver = asyncio.create_task(_save_now_and_then(savers, core.model.clock))
