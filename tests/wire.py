@@ -174,6 +174,9 @@ def tls_connect(host: str, port: int, context: ssl.SSLContext, nick: str | None 
                 server_hostname: str = "localhost") -> Client:
     """A Client over TLS (the handshake done here, blocking)."""
     client = Client(host, port)
+    # Else Nagle holds the hello behind the client's Finished until the server's delayed
+    # ACK (40 ms); chat-client (asyncio) sets this too.
+    client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     client.sock = context.wrap_socket(client.sock, server_hostname=server_hostname)
     if nick:
         client.hello(nick)
