@@ -7,7 +7,7 @@
     2026-11-21 15:00:09 -- carol joined #general
 
 in local time; a message's further lines follow indented by four spaces. Server text is
-made inert first (model.clean), so reading a log with `cat` cannot drive the terminal.
+made inert first (safetext.clean), so reading a log with `cat` cannot drive the terminal.
 Each message is logged once: the highest id logged per buffer is kept in `DIR/SERVER/
 last-ids.json`, so the history a restarted client shows again is not logged again, while
 what it missed meanwhile is. Our own messages are logged once acknowledged. A file that
@@ -25,7 +25,9 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TextIO
 
-from .model import SERVER, Buffer, Line, Model, clean, clean_line
+from .buffer import SERVER, Buffer, Line
+from .model import Model
+from .safetext import clean, clean_line
 
 log = logging.getLogger(__name__)
 MAX_OPEN = 16  # log files kept open at once (the least recently used is closed)
@@ -61,7 +63,7 @@ class ChatLog:
             return
         if line.state != "ok":
             return  # ours, logged once acknowledged
-        name = safe_name(buf.key if buf.kind != "dm" else "@" + buf.key)
+        name = safe_name(buf.saved_key)
         if line.id is not None:
             if line.id <= self.last_ids.get(name, 0):
                 return  # logged before (history shown again after a restart)

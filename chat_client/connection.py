@@ -18,6 +18,7 @@ from typing import NoReturn
 
 from chatd.protocol import FrameDecoder, ProtocolError, decode_payload, pack
 
+from .buffer import SERVER
 from .core import Core
 from .lifecycle import (
     TRANSITIONS,
@@ -32,7 +33,6 @@ from .lifecycle import (
     ServerSilent,
     map_exceptions,
 )
-from .model import SERVER
 from .store import ClientState, StateStore
 from .stream import Opener, Stream
 

@@ -16,10 +16,11 @@ from chatd.protocol import DEFAULT_LIMITS, MAX_NICK, VERSION, ProtocolError, che
 
 from . import commands as cmd
 from . import events, localcmds
+from .buffer import SERVER, Buffer, Line
 from .catchup import MAX_DM_POINTS, STALE, DmPoint, Points
 from .clock import SYSTEM, Clock
 from .lifecycle import HelloRefused
-from .model import SERVER, Buffer, Line, Model
+from .model import Model
 from .requests import Frame, Requests
 from .store import ClientState
 

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 from chatd.protocol import nick_key
 
 from . import inbound
+from .buffer import SERVER, Line
 from .lifecycle import HelloRefused
-from .model import SERVER, Line
 from .requests import Frame, Req
 
 if TYPE_CHECKING:

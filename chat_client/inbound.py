@@ -30,7 +30,7 @@ from chatd.protocol import (
 )
 
 from .clock import TS_MAX, TS_MIN
-from .model import clean_line
+from .safetext import clean_line
 
 Frame = dict[str, Any]
 Check = Callable[[Any], Any]

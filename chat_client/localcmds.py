@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING
 from chatd.protocol import nick_key
 
 from . import commands as cmd
-from .model import Buffer, Model, clean_line
+from .buffer import Buffer
+from .model import Model
+from .safetext import clean_line
 
 if TYPE_CHECKING:
     from .core import Core

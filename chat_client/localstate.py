@@ -17,7 +17,8 @@ from typing import Any
 
 from chatd.protocol import MAX_NICK, NICK_CHARS, NICK_RE, ROOM_RE, nick_key
 
-from .model import SERVER, Model
+from .buffer import SERVER
+from .model import Model
 
 log = logging.getLogger(__name__)
 VERSION = 1

@@ -5,7 +5,7 @@ For scripts and pipes. At the end of input, or at /quit, the client waits for ev
 something failed.
 
 Every output line is exactly one line for any reader, `str.splitlines()` included: text
-from the server is made inert (model.clean) and then escaped (`one_line`), so no message
+from the server is made inert (safetext.clean) and then escaped (`one_line`), so no message
 can forge a second line. Messages replayed from history are marked `[backlog]`, so a bot
 can tell them from live ones (or leave them out: `--no-backlog`).
 """
@@ -19,18 +19,19 @@ from collections.abc import Callable
 from typing import TextIO
 
 from . import commands as cmd
+from .buffer import Buffer, Line
 from .clock import Clock
 from .connection import Connection
 from .core import Core
 from .lifecycle import ConnectionEnded
-from .model import Buffer, Line, clean, clean_line
+from .safetext import clean, clean_line
 
 REPLY_TIMEOUT = 30.0  # at end of input, give up waiting for replies after this long
 BACKLOG = "[backlog] "
 
 
 def one_line(text: str) -> str:
-    """Text as one output line. model.clean makes it inert: U+2028 and U+2029 become
+    """Text as one output line. safetext.clean makes it inert: U+2028 and U+2029 become
     newlines (as the server makes them), and every other separator str.splitlines() knows
     (\\r \\v \\f \\x1c-\\x1e \\x85) is a control character, shown as U+FFFD. Then a backslash
     is written `\\\\` and a newline `\\n`: never two lines, and the escaping can be undone."""

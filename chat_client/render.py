@@ -19,9 +19,10 @@ from prompt_toolkit.utils import get_cwidth
 
 from chatd.protocol import nick_key
 
+from .buffer import Buffer, Line
 from .clock import Clock
 from .links import continued, is_url, linkify
-from .model import Buffer, Line, clean, clean_line
+from .safetext import clean, clean_line
 
 log = logging.getLogger(__name__)
 

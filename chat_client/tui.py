@@ -31,8 +31,9 @@ from .core import Core
 from .gcpolicy import Collector
 from .inputline import Completion, InputHistory
 from .localcmds import find_back
-from .model import Model, clean_line
+from .model import Model
 from .render import WHEEL_ROWS, Fragments, page_rows, scroll_by, top_bottom, visible_rows
+from .safetext import clean_line
 from .store import StateStore
 from .stream import Opener, TCPOpener
 

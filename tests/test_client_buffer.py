@@ -1,6 +1,6 @@
 """Buffer ordering: any arrival order is cheap, and the order rules hold.
 
-Costs are counted (steps in model.py), never timed.
+Costs are counted (steps in buffer.py), never timed.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from steps import count_steps
 
-from chat_client import model
-from chat_client.model import GAP, Buffer, Line
+from chat_client import buffer
+from chat_client.buffer import GAP, Buffer, Line
 
 
 def texts(buf: Buffer) -> list[str]:
@@ -35,7 +35,7 @@ def check_invariants(buf: Buffer) -> None:
 
 
 def insert_steps(count: int) -> float:
-    """model.py steps per message for a page of `count` messages in descending id order."""
+    """buffer.py steps per message for a page of `count` messages in descending id order."""
     buf = Buffer("#a", "#a", "room", scrollback=100_000)
     buf.add(Line("notice", 0.0, "you joined #a"))
     page = [Line("message", 1.0 + i, f"m{i}", nick="bob", id=i) for i in range(count, 0, -1)]
@@ -44,7 +44,7 @@ def insert_steps(count: int) -> float:
         for line in page:
             buf.add(line)
 
-    steps = count_steps(insert, model.__file__)
+    steps = count_steps(insert, buffer.__file__)
     assert ids(buf) == list(range(1, count + 1))
     return steps / count
 

@@ -6,8 +6,8 @@ import locale
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+from chat_client.buffer import Buffer, Line
 from chat_client.clock import Clock
-from chat_client.model import Buffer, Line
 from chat_client.render import rows_for
 
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from chat_client import cli
+from chat_client.buffer import SERVER, Line
 from chat_client.chatlog import ChatLog
 from chat_client.clock import Clock
 from chat_client.config import Config, ConfigError, default_path, load
-from chat_client.model import SERVER, Line, Model
+from chat_client.model import Model
 
 GOOD = """
 nick = "alice"

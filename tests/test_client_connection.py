@@ -15,6 +15,7 @@ from fakeconn import FakeClock, FakeOpener, FakeStream, refused
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
+from chat_client.buffer import SERVER
 from chat_client.connection import Connection, backoff_delay
 from chat_client.core import Core
 from chat_client.lifecycle import (
@@ -31,7 +32,6 @@ from chat_client.lifecycle import (
     ServerSilent,
     map_exceptions,
 )
-from chat_client.model import SERVER
 from chat_client.tui import ChatUI
 
 S = ConnState

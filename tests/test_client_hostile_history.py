@@ -1,8 +1,8 @@
 """A hostile or broken server's history cannot freeze the client or break a buffer.
 
 The real full-screen client against tests/fakechatd.py, which answers a join with what
-the test gives it. Work is counted on the client's thread (steps in model.py), never
-timed.
+the test gives it. Work is counted on the client's thread (steps in model.py and
+buffer.py), never timed.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from fakechatd import FakeChatd, message
 from steps import StepCounter
 from tuirunner import END, HOME, PGUP, TUI
 
-from chat_client import model
+from chat_client import buffer, model
+from chat_client.buffer import DEFAULT_SCROLLBACK
 from chat_client.clock import Clock
-from chat_client.model import DEFAULT_SCROLLBACK
 
 NOW = datetime(2026, 11, 21, 15, 0, tzinfo=UTC).timestamp()
 CLOCK = Clock(now=lambda: NOW, zone=UTC)
@@ -25,7 +25,7 @@ PAGE = 20_000
 def test_a_page_of_20000_in_descending_id_order_is_cheap_and_whole() -> None:
     # It froze the client for 12 s of CPU: each message walked the buffer from its end.
     server = FakeChatd(lambda room: [message(i) for i in range(PAGE, 0, -1)])
-    steps = StepCounter(model.__file__)
+    steps = StepCounter(model.__file__, buffer.__file__)
     client = TUI(server.host, server.port, "alice", ["#a"], CLOCK, trace=steps)
     try:
         buf = client.wait(lambda: (b := client.core.model.get("#a")) is not None

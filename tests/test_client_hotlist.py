@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from chat_client.buffer import HOT, LOW, MSG, NONE, SERVER, Line
 from chat_client.clock import Clock
 from chat_client.lifecycle import ConnState
-from chat_client.model import HOT, LOW, MSG, NONE, SERVER, Line, Model
+from chat_client.model import Model
 from chat_client.statusbar import lag_text, status
 
 ROOMS = ["#general", "#rust", "#python", "#closures", "#announcements", "#random",

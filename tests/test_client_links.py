@@ -15,6 +15,7 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output.vt100 import Vt100_Output
 from prompt_toolkit.utils import get_cwidth
 
+from chat_client.buffer import Line
 from chat_client.clock import Clock
 from chat_client.core import Core
 from chat_client.links import (
@@ -24,7 +25,6 @@ from chat_client.links import (
     overlay,
     terminal_has_hyperlinks,
 )
-from chat_client.model import Line
 from chat_client.render import NICK_WIDTH, line_parts, wrap
 from chat_client.tui import UIOptions, run_tui
 

@@ -10,9 +10,10 @@ from prompt_toolkit.buffer import Buffer as InputBuffer
 from prompt_toolkit.document import Document
 
 from chat_client import commands as c
+from chat_client.buffer import SERVER, Line
 from chat_client.core import Core
 from chat_client.inputline import Completion
-from chat_client.model import SERVER, Line, Model
+from chat_client.model import Model
 from chat_client.render import rows_for
 
 

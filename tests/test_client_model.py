@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chat_client.buffer import SERVER, Buffer, Line
 from chat_client.core import Core
 from chat_client.lifecycle import HelloRefused
-from chat_client.model import SERVER, Buffer, Line, Model
+from chat_client.model import Model
 from chat_client.store import ClientState
 
 

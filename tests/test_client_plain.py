@@ -265,8 +265,8 @@ def test_ipv6_bracket_address(tmp_path: Path) -> None:
 def test_plain_format_is_one_line_per_event() -> None:
     from datetime import UTC
 
+    from chat_client.buffer import Buffer, Line
     from chat_client.clock import Clock
-    from chat_client.model import Buffer, Line
     from chat_client.plain import format_line
 
     clock = Clock(zone=UTC)

@@ -14,9 +14,10 @@ from serverproc import ServerProcess
 from test_client_plain import FAST, run_client, start_server
 from wire import Client
 
+from chat_client.buffer import Buffer, Line
 from chat_client.clock import Clock
-from chat_client.model import Buffer, Line, clean
 from chat_client.plain import format_line, one_line
+from chat_client.safetext import clean
 
 
 @pytest.fixture

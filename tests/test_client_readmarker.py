@@ -6,9 +6,10 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+from chat_client.buffer import SERVER, Line
 from chat_client.clock import Clock
 from chat_client.localstate import LocalState
-from chat_client.model import SERVER, Line, Model
+from chat_client.model import Model
 from chat_client.render import READ_MARKER, visible_rows
 
 NOW = datetime(2026, 11, 21, 15, 0, tzinfo=UTC).timestamp()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from chat_client.buffer import Buffer, Line
 from chat_client.clock import Clock
-from chat_client.model import Buffer, Line
 from chat_client.render import day_row, line_parts, nick_style, rows_for, visible_rows, wrap
 
 # Every test here is pinned to one moment and one zone: nothing may depend on the day the
@@ -102,7 +102,7 @@ def test_visible_rows_fill_from_the_bottom_and_show_the_marker() -> None:
 
 
 def test_input_history_recall() -> None:
-    from chat_client.tui import InputHistory
+    from chat_client.inputline import InputHistory
 
     h = InputHistory(size=3)
     assert h.up("draft") is None

@@ -10,9 +10,9 @@ from typing import Any
 
 from test_client_model import ids, join_reply, msg, welcome
 
+from chat_client.buffer import SERVER
 from chat_client.catchup import MAX_DM_POINTS
 from chat_client.core import Core
-from chat_client.model import SERVER
 from chat_client.store import ClientState, StateStore
 from chatd.protocol import nick_key
 

@@ -15,8 +15,9 @@ from fakechatd import FakeChatd, message
 from tuirunner import CTRL_END, CTRL_HOME, END, HOME, PGDN, PGUP, TUI, wheel
 
 from chat_client import render
+from chat_client.buffer import Line
 from chat_client.clock import Clock
-from chat_client.model import Line, Model
+from chat_client.model import Model
 from chat_client.tui import MessagesControl
 
 NOW = datetime(2026, 11, 21, 15, 0, tzinfo=UTC).timestamp()

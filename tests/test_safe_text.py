@@ -15,9 +15,11 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from chat_client.buffer import Line
 from chat_client.clock import Clock
-from chat_client.model import Line, Model, clean, clean_line
+from chat_client.model import Model
 from chat_client.plain import format_line
+from chat_client.safetext import clean, clean_line
 from chatd import protocol as p
 from chatd.protocol import ProtocolError
 
