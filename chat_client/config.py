@@ -219,7 +219,7 @@ def _colours(table: dict[str, Any]) -> dict[str, str]:
 def _keys(table: dict[str, Any]) -> dict[str, list[str]]:
     from prompt_toolkit.key_binding import KeyBindings
 
-    from .tui import ACTIONS
+    from .keys import ACTIONS
 
     _known(table, tuple(ACTIONS), "keys.")
     out: dict[str, list[str]] = {}

@@ -21,8 +21,10 @@ import re
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-Fragments = list[tuple[str, str]]
+if TYPE_CHECKING:
+    from .render import Fragments  # (render imports this module)
 
 URL_CLASS = "class:url"
 MORE_CLASS = "class:url.more"

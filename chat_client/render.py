@@ -26,7 +26,7 @@ from .safetext import clean, clean_line
 
 log = logging.getLogger(__name__)
 
-Fragments = list[tuple[str, str]]
+Fragments = list[tuple[str, str]]  # one screen row: (style, text) pieces
 NICK_WIDTH = 12
 READ_MARKER = " new since you were away "
 # A message longer than this (a server may send megabytes in one) shows its start and how

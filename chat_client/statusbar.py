@@ -18,10 +18,9 @@ from prompt_toolkit.utils import get_cwidth
 from .buffer import HOT, LOW, MSG, Buffer
 from .lifecycle import ConnState
 from .model import Model
-from .render import fit
+from .render import Fragments, fit
 from .safetext import clean_line
 
-Fragments = list[tuple[str, str]]
 STYLES = {HOT: "class:status.hot", MSG: "class:status.act", LOW: "class:status.low"}
 
 

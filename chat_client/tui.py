@@ -1,4 +1,6 @@
-"""Full-screen prompt_toolkit UI over the model: message pane, status bar, input line."""
+"""Full-screen prompt_toolkit UI over the model: the layout (message pane, status bar,
+input line), its style, what Enter and quitting do, and run_tui, which runs it over a
+Connection. The pane is messagepane.py, the keys keys.py, Ctrl+R search.py."""
 
 from __future__ import annotations
 
@@ -10,16 +12,12 @@ from typing import Any
 
 from prompt_toolkit.application import Application
 from prompt_toolkit.buffer import Buffer as InputBuffer
-from prompt_toolkit.data_structures import Point
-from prompt_toolkit.document import Document
-from prompt_toolkit.filters import Condition
+from prompt_toolkit.formatted_text import StyleAndTextTuples
 from prompt_toolkit.input import Input
-from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.layout import HSplit, Layout, Window
-from prompt_toolkit.layout.controls import BufferControl, FormattedTextControl, UIContent, UIControl
+from prompt_toolkit.layout.controls import BufferControl, FormattedTextControl
 from prompt_toolkit.layout.dimension import Dimension
 from prompt_toolkit.layout.processors import BeforeInput
-from prompt_toolkit.mouse_events import MouseEvent, MouseEventType
 from prompt_toolkit.output import Output
 from prompt_toolkit.styles import Style
 from prompt_toolkit.utils import get_cwidth
@@ -30,10 +28,11 @@ from .connection import Connection
 from .core import Core
 from .gcpolicy import Collector
 from .inputline import Completion, InputHistory
-from .localcmds import find_back
-from .model import Model
-from .render import WHEEL_ROWS, Fragments, page_rows, scroll_by, top_bottom, visible_rows
+from .keys import key_bindings
+from .messagepane import MessagesControl
+from .render import visible_rows
 from .safetext import clean_line
+from .search import BufferSearch, SearchMode
 from .store import StateStore
 from .stream import Opener, TCPOpener
 
@@ -61,20 +60,6 @@ STYLES = {
     "found": "reverse",
     "url": "underline",
 }
-STYLE = Style.from_dict(STYLES)
-
-# Key bindings that the config file may change: action -> (default keys, what it does).
-# A key is prompt_toolkit's name ("c-r", "pageup", "f5"); "escape a" is Alt+A.
-ACTIONS: dict[str, tuple[list[str], str]] = {
-    "next_active": (["escape a"], "go to the buffer with the most important activity"),
-    "search": (["c-r"], "search the current buffer as you type"),
-    "next_buffer": (["c-n"], "next buffer"),
-    "prev_buffer": (["c-p"], "previous buffer"),
-    "page_up": (["pageup"], "scroll a page up"),
-    "page_down": (["pagedown"], "scroll a page down"),
-    "top": (["c-home"], "top of the buffer"),
-    "bottom": (["c-end"], "bottom of the buffer"),
-}
 SAVE_EVERY = 2.0  # seconds between saves of the read markers and ignores (when changed)
 
 
@@ -87,69 +72,6 @@ class UIOptions:
     hyperlinks: bool = False  # OSC 8 links (links.py)
 
 
-@dataclass
-class SearchMode:
-    """Ctrl+R: the input line holds the search text while this lasts."""
-
-    key: str  # the buffer searched
-    draft: str  # the input line before, given back at the end
-    anchor: int | None  # the view before, for Esc
-    start: int  # matches are looked for above this absolute index
-    missed: bool = False
-
-
-class MessagesControl(UIControl):
-    """Renders the current buffer bottom-up at the real window size."""
-
-    def __init__(self, model: Model) -> None:
-        self.model = model
-        self.width, self.height = 80, 24
-        self.rows: list[Fragments] = []  # as last drawn, top to bottom (for the links)
-
-    def create_content(self, width: int, height: int) -> UIContent:
-        self.width, self.height = width, height
-        try:
-            rows = visible_rows(self.model.cur, width, height, self.model.nick, self.model.clock)
-        except Exception as exc:  # a rendering bug must not kill the session
-            rows = [[("class:error", f"render error: {type(exc).__name__}: {exc}")]]
-        rows = [[] for _ in range(height - len(rows))] + rows  # stick to the bottom
-        self.rows = rows
-
-        def get_line(i: int) -> Fragments:
-            return rows[i] if 0 <= i < len(rows) else []
-
-        return UIContent(get_line=get_line, line_count=len(rows),
-                         cursor_position=Point(0, max(0, len(rows) - 1)), show_cursor=False)
-
-    def is_focusable(self) -> bool:
-        return False
-
-    # Scrolling: each of these visits O(screen) lines (see render.py), at any buffer size.
-    def scroll(self, pages: int) -> None:
-        self.scroll_rows(pages * page_rows(self.height))
-
-    def scroll_rows(self, rows: int) -> None:
-        m = self.model
-        m.cur.scroll_to(scroll_by(m.cur, self.width, self.height, m.nick, rows, m.clock))
-
-    def scroll_top(self) -> None:
-        m = self.model
-        m.cur.scroll_to(top_bottom(m.cur, self.width, self.height, m.nick, m.clock))
-
-    def scroll_bottom(self) -> None:
-        self.model.cur.scroll_to(None)
-
-    def mouse_handler(self, mouse_event: MouseEvent) -> Any:
-        """The mouse wheel over the messages scrolls them."""
-        if mouse_event.event_type == MouseEventType.SCROLL_UP:
-            self.scroll_rows(-WHEEL_ROWS)
-        elif mouse_event.event_type == MouseEventType.SCROLL_DOWN:
-            self.scroll_rows(WHEEL_ROWS)
-        else:
-            return NotImplemented
-        return None
-
-
 class ChatUI:
     def __init__(self, core: Core, input: Input | None = None, output: Output | None = None,
                  options: UIOptions | None = None) -> None:
@@ -160,11 +82,10 @@ class ChatUI:
         self.messages = MessagesControl(self.model)
         self.completion = Completion(self.model)
         self.history = InputHistory()
-        self.searching: SearchMode | None = None
         self.presses = 0  # keys pressed so far
         self.asked_at: int | None = None  # the key press that asked "quit?"
         self.input = InputBuffer(multiline=False, accept_handler=self._accept)
-        self.input.on_text_changed += self._search_typed
+        self.search = BufferSearch(self.model, self.input)
         input_window = Window(
             BufferControl(self.input, input_processors=[BeforeInput(self._prompt)]),
             height=lambda: Dimension(min=1, max=6,
@@ -177,12 +98,18 @@ class ChatUI:
         ]), focused_element=input_window)
         style = Style.from_dict({**STYLES, **self.options.colours})
         self.app: Application[int] = Application(
-            layout=layout, key_bindings=self._bindings(), style=style, full_screen=True,
-            mouse_support=True, refresh_interval=1.0, input=input, output=output)
+            layout=layout, key_bindings=key_bindings(self, self.options.keys), style=style,
+            full_screen=True, mouse_support=True, refresh_interval=1.0, input=input,
+            output=output)
         self.last_key = self.model.clock.monotonic()
         self.app.key_processor.before_key_press += self._key_pressed
         if self.options.hyperlinks:
             self.app.after_render += self._draw_links
+
+    @property
+    def searching(self) -> SearchMode | None:
+        """The Ctrl+R search going on, if any."""
+        return self.search.mode
 
     def _key_pressed(self, _: object) -> None:
         self.last_key = self.model.clock.monotonic()
@@ -199,16 +126,15 @@ class ChatUI:
                 refresher.cancel()
 
     # Status bar and prompt
-    def status(self) -> Fragments:
+    def status(self) -> StyleAndTextTuples:
         note = None
         if self.asked_at is not None and self.asked_at == self.presses:
             note = "Quit and lose the typed line? Ctrl+C again quits; any other key goes on"
-        return statusbar.status(self.model, self.app.output.get_size().columns, note)
+        return list(statusbar.status(self.model, self.app.output.get_size().columns, note))
 
-    def _prompt(self) -> Fragments:
-        if self.searching is not None:
-            miss = ": no match" if self.searching.missed else ""
-            return [("class:prompt", f"(search{miss}; Ctrl+R older, Enter stay, Ctrl+G back) ")]
+    def _prompt(self) -> StyleAndTextTuples:
+        if self.search.mode is not None:
+            return [("class:prompt", self.search.prompt())]
         return [("class:prompt", f"[{clean_line(self.model.cur.name)}] ")]
 
     def _draw_links(self, _: object) -> None:
@@ -232,9 +158,9 @@ class ChatUI:
 
     # Input
     def _accept(self, buf: InputBuffer) -> bool:
-        if self.searching is not None:
-            self.end_search(keep=True)
-            return True  # end_search put the draft back
+        if self.search.mode is not None:
+            self.search.end(keep=True)
+            return True  # end() put the draft back
         text = buf.text
         self.history.add(text)
         if text.strip():
@@ -246,139 +172,13 @@ class ChatUI:
             self.app.exit(result=0)
         return False  # False: clear the input line (and keep it in the history)
 
-    # Searching the buffer (Ctrl+R)
-    def start_search(self) -> None:
-        buf = self.model.cur
-        self.searching = SearchMode(buf.key, self.input.text, buf.anchor, buf.bottom() + 1)
-        self.input.reset()
-
-    def search_older(self) -> None:
-        if self.searching is not None and self.model.cur.found is not None:
-            with contextlib.suppress(ValueError):
-                buf = self.model.cur
-                self.searching.start = buf.index_of(buf.found) + buf.trimmed
-        self._search_typed(None)
-
-    def _search_typed(self, _: object) -> None:
-        mode, buf = self.searching, self.model.cur
-        if mode is None:
+    def interrupt(self) -> None:
+        """Ctrl+C: quit; with a typed line, ask first (the line would be lost)."""
+        typed = self.input.text if self.search.mode is None else self.search.mode.draft
+        if typed and self.asked_at != self.presses - 1:
+            self.asked_at = self.presses
             return
-        if mode.key != buf.key:  # the buffer changed under the search
-            self.end_search(keep=True)
-            return
-        text = self.input.text
-        hit = find_back(buf, text, mode.start) if text else None
-        mode.missed = bool(text) and hit is None
-        if hit is not None:
-            buf.found = buf.lines[hit - buf.trimmed]
-            buf.scroll_to(hit)
-        elif not text:
-            buf.found = None
-            buf.scroll_to(mode.anchor)
-
-    def end_search(self, keep: bool) -> None:
-        """Enter keeps the view where the search took it; Ctrl+G goes back."""
-        mode, self.searching = self.searching, None
-        if mode is None:
-            return
-        buf = self.model.get(mode.key)
-        if buf is not None and not keep:
-            buf.found = None
-            buf.scroll_to(mode.anchor)
-        self.model.search_text = None
-        self.input.document = Document(mode.draft, len(mode.draft))
-
-    def _bindings(self) -> KeyBindings:
-        kb = KeyBindings()
-        m = self.model
-        searching = Condition(lambda: self.searching is not None)
-
-        @kb.add("c-c")
-        def _(event: KeyPressEvent) -> None:
-            # With a typed line, ask first: the line would be lost.
-            typed = self.input.text if self.searching is None else self.searching.draft
-            if typed and self.asked_at != self.presses - 1:
-                self.asked_at = self.presses
-                return
-            self.quit()
-
-        @kb.add("c-d")
-        def _(event: KeyPressEvent) -> None:
-            buf = event.current_buffer
-            if buf.text:
-                buf.delete()
-            else:
-                self.quit()
-
-        @kb.add("escape", "enter")
-        def _(event: KeyPressEvent) -> None:
-            event.current_buffer.insert_text("\n")
-
-        @kb.add("up")
-        def _(event: KeyPressEvent) -> None:
-            buf = event.current_buffer
-            if buf.document.cursor_position_row > 0:
-                buf.cursor_up()
-            elif (text := self.history.up(buf.text)) is not None:
-                buf.document = Document(text, len(text))
-
-        @kb.add("down")
-        def _(event: KeyPressEvent) -> None:
-            buf = event.current_buffer
-            if buf.document.cursor_position_row < buf.document.line_count - 1:
-                buf.cursor_down()
-            elif (text := self.history.down()) is not None:
-                buf.document = Document(text, len(text))
-
-        @kb.add("tab")
-        def _(event: KeyPressEvent) -> None:
-            if self.searching is None:
-                self.completion.complete(event.current_buffer)
-
-        @kb.add("c-g", filter=searching)
-        @kb.add("escape", filter=searching)
-        def _(event: KeyPressEvent) -> None:
-            self.end_search(keep=False)
-
-        # Home/End move in the input line while it has text; on an empty line (where they
-        # would do nothing) they go to the top/bottom of the buffer, as Ctrl+Home/Ctrl+End
-        # always do.
-        empty = Condition(lambda: not self.input.text)
-
-        @kb.add("home", filter=empty)
-        def _(event: KeyPressEvent) -> None:
-            self.messages.scroll_top()
-
-        @kb.add("end", filter=empty)
-        def _(event: KeyPressEvent) -> None:
-            self.messages.scroll_bottom()
-
-        def search() -> None:
-            if self.searching is None:
-                self.start_search()
-            else:
-                self.search_older()
-
-        actions = {
-            "next_active": m.jump_active,
-            "search": search,
-            "next_buffer": lambda: m.cycle(1),
-            "prev_buffer": lambda: m.cycle(-1),
-            "page_up": lambda: self.messages.scroll(-1),
-            "page_down": lambda: self.messages.scroll(1),
-            "top": self.messages.scroll_top,
-            "bottom": self.messages.scroll_bottom,
-        }
-        for action, run in actions.items():
-            for key in self.options.keys.get(action, ACTIONS[action][0]):
-                kb.add(*key.split())(lambda event, run=run: run())
-
-        for digit in "123456789":
-            @kb.add("escape", digit)
-            def _(event: KeyPressEvent, n: int = int(digit)) -> None:
-                m.switch_index(n - 1)
-
-        return kb
+        self.quit()
 
     def quit(self) -> None:
         if not self.core.quitting:

@@ -17,8 +17,8 @@ from tuirunner import CTRL_END, CTRL_HOME, END, HOME, PGDN, PGUP, TUI, wheel
 from chat_client import render
 from chat_client.buffer import Line
 from chat_client.clock import Clock
+from chat_client.messagepane import MessagesControl
 from chat_client.model import Model
-from chat_client.tui import MessagesControl
 
 NOW = datetime(2026, 11, 21, 15, 0, tzinfo=UTC).timestamp()
 CLOCK = Clock(now=lambda: NOW, zone=UTC)
