@@ -188,7 +188,10 @@ def summary(opts: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any]:
 
     def stats(values: list[float]) -> dict[str, float]:
         values = sorted(values)
-        pick = lambda q: values[min(len(values) - 1, int(q * len(values)))]  # noqa: E731
+
+        def pick(q: float) -> float:
+            return values[min(len(values) - 1, int(q * len(values)))]
+
         return {"n": len(values), "p50": round(pick(0.5), 2), "p99": round(pick(0.99), 2),
                 "max": round(values[-1], 2)}
 

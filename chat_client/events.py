@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from chatd.protocol import nick_key
 
 from . import inbound
-from .buffer import SERVER, Line
+from .buffer import SERVER, Buffer, Line
 from .lifecycle import HelloRefused
 from .requests import Frame, Req
 
@@ -174,6 +174,7 @@ def on_joined(core: Core, f: Frame, req: Req | None, now: float) -> None:
 def on_history(core: Core, f: Frame, req: Req | None, now: float) -> None:
     m = core.model
     msgs = f["messages"]
+    buf: Buffer | None
     if "room" in f:
         buf = m.room(f["room"])
     else:  # an empty reply does not reopen a direct-message buffer the user closed

@@ -145,10 +145,10 @@ def timestamp(value: Any) -> int:
 
 def session_id(value: Any) -> str:
     """Sent back in the next hello: printable ASCII of a sane length only."""
-    value = _str(value)
-    if not (0 < len(value) <= MAX_LABEL and value.isascii() and value.isprintable()):
+    text = _str(value)
+    if not (0 < len(text) <= MAX_LABEL and text.isascii() and text.isprintable()):
         raise Bad("not a usable session id")
-    return value
+    return text
 
 
 def token(value: Any) -> str | int | bytes:
