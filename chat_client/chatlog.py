@@ -19,13 +19,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 from collections import OrderedDict
 from pathlib import Path
 from typing import TextIO
 
 from .buffer import SERVER, Buffer, Line
+from .jsonfile import write_json
 from .model import Model
 from .safetext import clean, clean_line
 
@@ -96,10 +96,7 @@ class ChatLog:
         if self.last_ids == self.saved_ids:
             return
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.ids_path.with_name(f"last-ids.json.tmp{os.getpid()}")
-            tmp.write_text(json.dumps(self.last_ids, indent=1))
-            os.replace(tmp, self.ids_path)
+            write_json(self.ids_path, self.last_ids)
             self.saved_ids = dict(self.last_ids)
         except OSError as exc:
             log.info("cannot save %s: %s", self.ids_path, exc)

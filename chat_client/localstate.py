@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 from chatd.protocol import MAX_NICK, NICK_CHARS, NICK_RE, ROOM_RE, nick_key
 
 from .buffer import SERVER
+from .jsonfile import write_json
 from .model import Model
 
 log = logging.getLogger(__name__)
@@ -65,10 +65,7 @@ class LocalState:
         if data == self.saved:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f"{self.path.name}.tmp{os.getpid()}")
-            tmp.write_text(json.dumps(data, indent=1))
-            os.replace(tmp, self.path)
+            write_json(self.path, data)
             self.saved = data
         except OSError as exc:
             self._problem(model, f"cannot save read markers and ignores to {self.path}: {exc}")
