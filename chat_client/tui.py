@@ -36,7 +36,9 @@ from .search import BufferSearch, SearchMode
 from .store import StateStore
 from .stream import Opener, TCPOpener
 
-STYLES = {
+# The style classes the renderer and the status bar use; `[colours]` in the config file may
+# restyle each (config.py checks the names against these).
+STYLES: dict[str, str] = {
     "time": "fg:ansibrightblack",
     "sep": "fg:ansibrightblack",
     "notice": "fg:ansibrightblack",
@@ -73,6 +75,8 @@ class UIOptions:
 
 
 class ChatUI:
+    """The full-screen application over one Core; run_tui gives it its Connection."""
+
     def __init__(self, core: Core, input: Input | None = None, output: Output | None = None,
                  options: UIOptions | None = None) -> None:
         self.core = core
