@@ -133,7 +133,8 @@ class ChatUI:
     def status(self) -> StyleAndTextTuples:
         note = None
         if self.asked_at is not None and self.asked_at == self.presses:
-            note = "Quit and lose the typed line? Ctrl+C again quits; any other key goes on"
+            # The key comes first: on a narrow bar (or behind a long lag) the tail is cut.
+            note = "Ctrl+C again quits and loses the typed line; any other key goes on"
         return list(statusbar.status(self.model, self.app.output.get_size().columns, note))
 
     def _prompt(self) -> StyleAndTextTuples:
