@@ -23,6 +23,7 @@ from typing import Any
 
 import msgpack
 
+from chatd import channel
 from chatd import protocol as p
 from chatd.channel import CATCHUP, DONE
 from chatd.config import Config
@@ -161,7 +162,7 @@ class Broker:
             # A bug must cost one session, never the parent.
             log.exception("broker failed on a request from session %s", member.session)
             self.outbox[sid].append(p.error_frame("internal", label=label))
-            self.outbox[sid].append({"c": "close", "code": "internal"})
+            self.outbox[sid].append(channel.close("internal"))
         if rtype in CATCHUP and not later:  # answered, whatever the outcome: the session
             self.outbox[sid].append(DONE)  # may send more (a read's reply brings its own)
 
@@ -216,7 +217,7 @@ class Broker:
         if previous:
             welcome["previous"] = {"code": previous[0], "message": previous[1]}
         self._reply(member, welcome, label)
-        self.outbox[member.sid].append({"c": "welcome", "nick": nick})
+        self.outbox[member.sid].append(channel.welcome(nick))
 
     def _free_nick(self, member: Member, nick: str) -> str:
         p.check_nick(nick)
@@ -267,7 +268,6 @@ class Broker:
                                      "ts": now}))
             room.members[member.sid] = member
             member.rooms.add(name)
-            self._state(member)
         self._reply_paged(member, {"type": "joined", "room": name, "topic": room.topic},
                           "members", self._members_after(room, None), label)
         return self.history.join(member.sid, name, req.get("after"), label)
@@ -278,7 +278,6 @@ class Broker:
         self._reply(member, {"type": "parted", "room": room.name}, label)
         self._leave(member, room, {"type": "part", "room": room.name, "nick": member.nick,
                                    "reason": reason, "ts": now})
-        self._state(member)
 
     def _msg(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
         text = p.check_text(req["text"], self.config.max_text)
@@ -325,7 +324,6 @@ class Broker:
         for name in sorted(member.rooms):
             self._fanout(self.rooms[name], pack({"type": "nick", "room": name, "old": old,
                                                  "new": new, "ts": now}), skip=member.sid)
-        self._state(member)
 
     def _topic(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
         if "topic" not in req:
@@ -402,11 +400,6 @@ class Broker:
                                     req.get("after"), limit, label)
 
     # ---- helpers ----
-
-    def _state(self, member: Member) -> None:
-        """Tell the session process its nick and rooms (kept for re-registration)."""
-        self.outbox[member.sid].append({"c": "state", "nick": member.nick,
-                                        "rooms": sorted(member.rooms)})
 
     def _leave(self, member: Member, room: Room, notice: dict[str, Any]) -> None:
         del room.members[member.sid]

@@ -1,9 +1,19 @@
-"""Framing of the parent <-> session channel (a socketpair per session).
+"""The parent <-> session channel: its whole vocabulary, and its one parser.
+
+Like h11's `_events.py`, every control the two sides exchange is defined here, once.
 
 Parent -> session: envelopes of a 1-byte kind and a 4-byte big-endian length.
 RAW envelopes hold already-encoded client frames, which the session forwards
 to its client untouched (no per-message work in the session); CTRL envelopes
-hold one msgpack map for the session process itself.
+hold one msgpack map for the session process itself, `{"c": KIND, ...}`:
+
+    client   {"c": "client", "token": str, "ip": str, "tls": bool}
+             a spare process is handed its client (the socket rides along, SCM_RIGHTS)
+    welcome  {"c": "welcome", "nick": str}      the hello was accepted
+    close    {"c": "close", "code": str, "limit"?: str, "message"?: str}
+             end the session with this error (the broker already forgot it)
+    config   {"c": "config", "values": {...}}   the settings after a reload
+    done     {"c": "done"}                       a catch-up request (CATCHUP) is answered
 
 Session -> parent: ordinary protocol frames (chatd.protocol), re-encoded by
 the session from validated fields only, so the parent never sees client bytes.
@@ -12,7 +22,7 @@ the session from validated fields only, so the parent never sees client bytes.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import msgpack
@@ -22,10 +32,37 @@ RAW, CTRL = 0, 1
 # Requests whose replies can be large. The broker follows its answer to each (reply or
 # error) with the DONE control, so a session can keep few of them in flight.
 CATCHUP = frozenset({"join", "history"})
-DONE: dict[str, Any] = {"c": "done"}
+
+Control = dict[str, Any]
+CLIENT, WELCOME, CLOSE, CONFIG, DONE_KIND = "client", "welcome", "close", "config", "done"
+KINDS = frozenset({CLIENT, WELCOME, CLOSE, CONFIG, DONE_KIND})
+DONE: Control = {"c": DONE_KIND}
 
 
-def encode_items(items: Iterable[bytes | dict[str, Any]]) -> bytes:
+def client(token: str, ip: str, tls: bool = False) -> Control:
+    return {"c": CLIENT, "token": token, "ip": ip, "tls": tls}
+
+
+def welcome(nick: str) -> Control:
+    return {"c": WELCOME, "nick": nick}
+
+
+def close(code: str, limit: str | None = None) -> Control:
+    ctrl: Control = {"c": CLOSE, "code": code}
+    if limit:
+        ctrl["limit"] = limit
+    return ctrl
+
+
+def config(values: dict[str, Any]) -> Control:
+    return {"c": CONFIG, "values": values}
+
+
+def is_close(item: bytes | Control) -> bool:
+    return isinstance(item, dict) and item.get("c") == CLOSE
+
+
+def encode_items(items: Iterable[bytes | Control]) -> bytes:
     """Encode a queue of raw frames and controls, coalescing adjacent raw frames."""
     parts: list[bytes] = []
     raw: list[bytes] = []
@@ -48,45 +85,47 @@ def _raw(frames: list[bytes]) -> bytes:
     return ENVELOPE.pack(RAW, len(body)) + body
 
 
-def control(item: dict[str, Any]) -> bytes:
+def control(item: Control) -> bytes:
     return encode_items([item])
 
 
 class EnvelopeReader:
-    """Splits the parent's stream into (kind, body) pairs."""
+    """The one parser of the parent's stream into (kind, body) pairs.
+
+    Bodies are memoryview slices of what was received, not copies: a burst of RAW
+    deliveries goes to the client with one send and no copy. Only the bytes of a
+    partial envelope at the end are kept (copied) until the rest arrives.
+    """
 
     def __init__(self) -> None:
         self._buf = bytearray()
-
-    def receive_data(self, data: bytes) -> None:
-        self._buf += data
 
     def buffered(self) -> bool:
         """Whether bytes of a partial envelope are waiting for more."""
         return bool(self._buf)
 
-    def leftover(self) -> bytes:
-        """Bytes not yet returned as envelopes (taken out of the reader)."""
-        out = bytes(self._buf)
-        self._buf.clear()
+    def feed(self, data: bytes | memoryview) -> list[tuple[int, memoryview]]:
+        """The whole envelopes that `data` completes, in order."""
+        if self._buf:
+            self._buf += data
+            data = bytes(self._buf)
+            self._buf.clear()
+        view = memoryview(data)
+        size, pos, header = len(view), 0, ENVELOPE.size
+        out: list[tuple[int, memoryview]] = []
+        while size - pos >= header:
+            kind, length = ENVELOPE.unpack_from(view, pos)
+            end = pos + header + length
+            if end > size:
+                break
+            out.append((kind, view[pos + header : end]))
+            pos = end
+        if pos < size:
+            self._buf += view[pos:]
         return out
 
-    def envelopes(self) -> Iterator[tuple[int, bytes]]:
-        buf = self._buf
-        pos = 0
-        try:
-            while len(buf) - pos >= ENVELOPE.size:
-                kind, size = ENVELOPE.unpack_from(buf, pos)
-                end = pos + ENVELOPE.size + size
-                if end > len(buf):
-                    break
-                yield kind, bytes(buf[pos + ENVELOPE.size : end])
-                pos = end
-        finally:
-            del buf[:pos]
 
-
-def decode_control(body: bytes) -> dict[str, Any]:
+def decode_control(body: bytes | memoryview) -> Control:
     obj = msgpack.unpackb(body, raw=False)
     if not isinstance(obj, dict):
         raise ValueError("control is not a map")

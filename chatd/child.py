@@ -21,9 +21,10 @@ import ssl
 import struct
 import termios
 import time
+from dataclasses import dataclass, field
 
-from chatd import logsetup, tls
-from chatd.channel import CTRL, ENVELOPE, RAW, EnvelopeReader, decode_control
+from chatd import channel, logsetup, tls
+from chatd.channel import CTRL, RAW, EnvelopeReader, decode_control
 from chatd.config import Config
 from chatd.session import Session
 
@@ -33,8 +34,6 @@ CLIENT_READ_SIZE = 16384  # from the client: requests are small
 IOV_MAX = 512
 CPU_GRACE = 5  # CPU seconds between SIGXCPU and the kernel's SIGKILL
 EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
-HEADER = ENVELOPE.size
-unpack_header = ENVELOPE.unpack_from
 FINAL_FLUSH = 2.0  # seconds to hand the parent our last words (a quit) before closing
 ACK_POLL = 0.01  # seconds between looks at what the client has not acknowledged yet
 LINGER_RESET = struct.pack("ii", 1, 0)  # close() resets the connection
@@ -53,6 +52,18 @@ def close_inherited(keep: set[int]) -> None:
             os.closerange(low, fd)
         low = max(low, fd + 1)
     os.closerange(low, max(low, resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
+
+
+@dataclass
+class Handed:
+    """What a spare process is handed: its client and what followed on the channel."""
+
+    sock: socket.socket
+    token: str
+    ip: str
+    tls: bool  # it came to the TLS listener: the handshake comes first
+    reader: EnvelopeReader = field(default_factory=EnvelopeReader)
+    pending: list[tuple[int, memoryview]] = field(default_factory=list)
 
 
 class ResourceLimit(Exception):
@@ -186,13 +197,12 @@ class ClientOutbox(Outbox):
                                     LINGER_RESET if self.reset_on_close else LINGER_OFF)
 
 
-def wait_for_client(chan: socket.socket
-                    ) -> tuple[socket.socket, str, str, bytes, bool] | None:
+def wait_for_client(chan: socket.socket) -> Handed | None:
     """A spare session process blocks here until the parent hands it a client socket.
 
-    Returns (client socket, session id, peer address, channel bytes that followed the
-    hand-over, whether it came to the TLS listener), or None when the parent closed the
-    channel instead (retired, or gone).
+    Returns the client socket, its token, its address and the channel's reader with the
+    envelopes that followed the hand-over; None when the parent closed the channel
+    instead (retired, or gone).
     """
     reader = EnvelopeReader()
     fds: list[int] = []
@@ -208,72 +218,73 @@ def wait_for_client(chan: socket.socket
             for fd in fds:
                 os.close(fd)
             return None
-        reader.receive_data(data)
-        envelopes = list(reader.envelopes())
+        envelopes = reader.feed(data)
         for i, (kind, body) in enumerate(envelopes):
             ctrl = decode_control(body) if kind == CTRL else {}
-            if ctrl.get("c") == "client" and fds:
+            if ctrl.get("c") == channel.CLIENT and fds:
                 for extra in fds[1:]:
                     os.close(extra)
                 sock = socket.socket(fileno=fds[0])
-                rest = b"".join(ENVELOPE.pack(k, len(b)) + b for k, b in envelopes[i + 1 :])
-                return (sock, str(ctrl["session"]), str(ctrl["ip"]), rest + reader.leftover(),
-                        bool(ctrl.get("tls")))
+                return Handed(sock, str(ctrl["token"]), str(ctrl["ip"]),
+                              bool(ctrl.get("tls")), reader, envelopes[i + 1 :])
 
 
 def serve_tls(sock: socket.socket, chan: socket.socket, config: Config, session_id: str,
-              peer: str, context: ssl.SSLContext, pending: bytes = b"") -> int:
+              peer: str, context: ssl.SSLContext, reader: EnvelopeReader | None = None,
+              pending: list[tuple[int, memoryview]] | None = None) -> int:
     """Serve a client of the TLS listener: the TLS handshake before anything else, within
     handshake_timeout (which then also bounds the hello), then serve() over TLS."""
     started = time.monotonic()
     tune_client_socket(sock, config)
-    stream, pending = _tls_accept(sock, chan, context, started + config.handshake_timeout,
-                                  pending)
+    reader = reader or EnvelopeReader()
+    pending = list(pending or [])
+    stream = _tls_accept(sock, chan, context, started + config.handshake_timeout, reader,
+                         pending)
     if stream is None:
         sock.close()
         return 0
-    return serve(stream, chan, config, session_id, peer, pending, started=started)
+    return serve(stream, chan, config, session_id, peer, reader, pending, started=started)
 
 
 def _tls_accept(sock: socket.socket, chan: socket.socket, context: ssl.SSLContext,
-                deadline: float, pending: bytes) -> tuple[tls.TLSStream | None, bytes]:
+                deadline: float, reader: EnvelopeReader,
+                pending: list[tuple[int, memoryview]]) -> tls.TLSStream | None:
     """Do the server side of the TLS handshake; returns the stream (None if the handshake
-    failed, or the parent meanwhile closed the channel or told us to close) and the
-    channel bytes read meanwhile, for serve()."""
+    failed, or the parent meanwhile closed the channel or told us to close). Envelopes
+    read meanwhile are added to `pending`, for serve()."""
     handshake = tls.ServerHandshake(context, sock, deadline)
-    received = bytearray(pending)
     poller = select.poll()
     poller.register(chan, select.POLLIN)
-    while not _told_to_close(received):
+    while not _told_to_close(pending):
         try:
             want = handshake.step(time.monotonic())
         except tls.HandshakeFailed as exc:
             log.info("TLS handshake failed: %s", exc)
-            return None, b""
+            return None
         if not want:
             stream = handshake.stream()
             log.debug("TLS handshake done: %s", stream.version())
-            return stream, bytes(received)
+            return stream
         poller.register(sock, want)
         for fd, _ev in poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
             if fd == chan.fileno():
                 data = _recv(chan)
                 if data == b"":
-                    return None, b""  # the parent is gone: no session to start
-                received += data or b""
-    return None, b""
+                    return None  # the parent is gone: no session to start
+                pending += reader.feed(data or b"")
+    return None
 
 
-def _told_to_close(data: bytes | bytearray) -> bool:
-    """Whether channel bytes hold a close control (the parent is shutting down...)."""
-    reader = EnvelopeReader()
-    reader.receive_data(bytes(data))
-    return any(kind == CTRL and decode_control(body).get("c") == "close"
-               for kind, body in reader.envelopes())
+def _told_to_close(envelopes: list[tuple[int, memoryview]]) -> bool:
+    """Whether channel envelopes hold a close control (the parent is shutting down...)."""
+    return any(kind == CTRL and channel.is_close(decode_control(body))
+               for kind, body in envelopes)
 
 
 def serve(sock: socket.socket, chan: socket.socket, config: Config, session_id: str,
-          peer: str, pending: bytes = b"", started: float | None = None) -> int:
+          peer: str, reader: EnvelopeReader | None = None,
+          pending: list[tuple[int, memoryview]] | None = None,
+          started: float | None = None) -> int:
     """Serve one client until the session ends; returns the exit status.
 
     `sock` may be a tls.TLSStream; `started` is when the handshake deadline started
@@ -290,9 +301,7 @@ def serve(sock: socket.socket, chan: socket.socket, config: Config, session_id: 
     session = Session(config, monotonic() if started is None else started)
     # Plaintext a TLS stream holds is invisible to epoll: the loop reads it without waiting.
     tls_buffered = sock.buffered if isinstance(sock, tls.TLSStream) else None
-    reader = EnvelopeReader()
-    reader.receive_data(pending)
-    buffered = bool(pending)  # the reader holds bytes: new channel data goes through it
+    reader = reader or EnvelopeReader()
     to_client, to_broker = ClientOutbox(), Outbox()
     sfd, cfd = sock.fileno(), chan.fileno()
     ep = select.epoll(2)
@@ -305,6 +314,8 @@ def serve(sock: socket.socket, chan: socket.socket, config: Config, session_id: 
     log.info("serving %s", peer)
     status = 0
     try:
+        if pending and _from_broker(pending, session, to_client):
+            deadline = monotonic()  # the Session was fed: tick it first thing
         while not session.ended:
             # Always read the parent: its controls (a close order above all) must get through.
             # What piles up for a client that does not read is bounded below (client_queue).
@@ -352,27 +363,8 @@ def serve(sock: socket.socket, chan: socket.socket, config: Config, session_id: 
                             session.broker_lost(now)
                             fed = True
                             continue
-                        elif buffered:
-                            reader.receive_data(data)
-                            for kind, body in reader.envelopes():
-                                if kind == RAW:
-                                    to_client.add(body)
-                                elif kind == CTRL:
-                                    session.control(decode_control(body))
-                                    fed = True
-                            buffered = reader.buffered()
                         else:
-                            rest = _split(data, to_client)
-                            while rest is not None:
-                                kind, body, tail = rest
-                                if body is None:  # a partial envelope: the reader keeps it
-                                    reader.receive_data(tail)
-                                    buffered = True
-                                    break
-                                if kind == CTRL:
-                                    session.control(decode_control(body))
-                                    fed = True
-                                rest = _split(tail, to_client)
+                            fed = _from_broker(reader.feed(data), session, to_client) or fed
                     if (chan_mask & EPOLLOUT and ev & ~EPOLLIN and broker_open
                             and not _send(to_broker, chan)):
                         broker_open = False
@@ -407,29 +399,17 @@ def serve(sock: socket.socket, chan: socket.socket, config: Config, session_id: 
     return status
 
 
-def _split(data: bytes | memoryview, out: Outbox
-           ) -> tuple[int, memoryview | None, memoryview] | None:
-    """Queue the leading whole RAW envelopes of `data` for the client, uncopied.
-
-    Returns None when that was all of it; else (kind, body, the rest) at the first
-    other whole envelope, or (RAW, None, the rest) at a partial one.
-    """
-    view = memoryview(data)
-    size = len(view)
-    pos = 0
-    while size - pos >= HEADER:
-        kind, length = unpack_header(view, pos)
-        end = pos + HEADER + length
-        if end > size:
-            break
+def _from_broker(envelopes: list[tuple[int, memoryview]], session: Session,
+                 to_client: Outbox) -> bool:
+    """RAW bodies to the client uncopied, controls to the Session; True if it was fed."""
+    fed = False
+    for kind, body in envelopes:
         if kind == RAW:
-            out.add(view[pos + HEADER : end])
-        else:
-            return kind, view[pos + HEADER : end], view[end:]
-        pos = end
-    if pos == size:
-        return None
-    return RAW, None, view[pos:]
+            to_client.add(body)
+        elif kind == CTRL:
+            session.control(decode_control(body))
+            fed = True
+    return fed
 
 
 def _recv(sock: socket.socket) -> bytes | None:

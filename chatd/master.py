@@ -251,7 +251,7 @@ class Master:
                         data = encoded[key] = channel.encode_items(items)
                 except TypeError:
                     data = channel.encode_items(items)
-                    if any(isinstance(i, dict) and i.get("c") == "close" for i in items):
+                    if any(map(channel.is_close, items)):
                         self._doom(kid.pid)  # the broker ended it (a bug in a request)
                 kid.out.add(data)
                 self._flush(kid)  # child_queue bounds what stays queued, not one delivery
@@ -282,10 +282,7 @@ class Master:
             self.reader.drop(kid.sid)
             kid.attached = False
         kid.out.discard()
-        ctrl = {"c": "close", "code": code}
-        if limit:
-            ctrl["limit"] = limit
-        kid.out.add(channel.control(ctrl))
+        kid.out.add(channel.control(channel.close(code, limit)))
         kid.closing = True
         self._doom(kid.pid)
 
@@ -442,12 +439,13 @@ class Master:
             handed = child.wait_for_client(theirs)
             if handed is None:  # the parent retired us or went away
                 return 0
-            conn, session, ip, pending, over_tls = handed
-            logsetup.set_session(session)
-            if over_tls and self.tls is not None:
-                return child.serve_tls(conn, theirs, self.config, session, ip,
-                                       self.tls.context, pending)
-            return child.serve(conn, theirs, self.config, session, ip, pending)
+            logsetup.set_session(handed.token)
+            if handed.tls and self.tls is not None:
+                return child.serve_tls(handed.sock, theirs, self.config, handed.token,
+                                       handed.ip, self.tls.context, handed.reader,
+                                       handed.pending)
+            return child.serve(handed.sock, theirs, self.config, handed.token, handed.ip,
+                               handed.reader, handed.pending)
 
         try:
             pid, ours = self._spawn(run)
@@ -461,8 +459,7 @@ class Master:
         while self.spares:
             pid, chan = self.spares.popitem()
             session = secrets.token_hex(8)
-            hello = channel.control({"c": "client", "session": session, "ip": ip,
-                                     "tls": over_tls})
+            hello = channel.control(channel.client(session, ip, over_tls))
             try:
                 socket.send_fds(chan, [hello], [conn.fileno()])
             except OSError as exc:  # it died, or its channel is full: retire it
@@ -699,7 +696,7 @@ class Master:
                 # the old or the new one until it has read this control: accept both.
                 kid.decoder.max_frame = max(kid.decoder.max_frame, self.config.max_frame)
                 if not kid.closing:
-                    kid.out.add(channel.control({"c": "config", "values": values}))
+                    kid.out.add(channel.control(channel.config(values)))
                     self._flush(kid)
 
     def _reload_tls(self, old: Config, new: Config) -> bool:

@@ -14,6 +14,7 @@ import logging
 from collections import deque
 from typing import Any
 
+from chatd import channel
 from chatd import protocol as p
 from chatd.channel import CATCHUP
 from chatd.config import Config
@@ -48,7 +49,6 @@ class Session:
         self.to_broker: list[bytes] = []
         self.hello_sent = False
         self.nick: str | None = None
-        self.rooms: list[str] = []
         self.ended: str | None = None
         self.drop_pending = False  # the shell discards unsent client output
         self.last_rx = now
@@ -198,18 +198,16 @@ class Session:
 
     def control(self, ctrl: dict[str, Any]) -> None:
         kind = ctrl.get("c")
-        if kind == "welcome":
+        if kind == channel.WELCOME:
             self.nick = ctrl.get("nick")
             self.handshake_deadline = None
-        elif kind == "state":
-            self.nick, self.rooms = ctrl.get("nick"), list(ctrl.get("rooms", []))
-        elif kind == "close":
+        elif kind == channel.CLOSE:
             code = ctrl.get("code", "internal")
             self.fail(code if code in p.ERRORS else "internal", ctrl.get("message", ""),
                       limit=ctrl.get("limit"), tell_broker=False)
-        elif kind == "config":
+        elif kind == channel.CONFIG:
             self.reconfigure(self.config.with_values(ctrl["values"]))
-        elif kind == "done":
+        elif kind == channel.DONE_KIND:
             self.catchup_inflight = max(0, self.catchup_inflight - 1)
             if not self.ended:
                 self._release()

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from frames import decode_all
+from cores import decode_all
 
 from chatd.broker import Broker
 from chatd.config import BY_KEY, FRAME_OVERHEAD, WELCOME_OVERHEAD, Config, parse_settings

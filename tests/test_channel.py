@@ -12,8 +12,7 @@ def test_adjacent_raw_frames_coalesce_and_order_is_kept() -> None:
     reader = EnvelopeReader()
     got = []
     for i in range(0, len(data), 3):  # byte-by-byte-ish arrival
-        reader.receive_data(data[i : i + 3])
-        got += list(reader.envelopes())
+        got += reader.feed(data[i : i + 3])
     assert [k for k, _ in got] == [RAW, CTRL, RAW]
     assert got[0][1] == a + b and got[2][1] == c
     assert decode_control(got[1][1]) == {"c": "state", "nick": "x"}

@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 import msgpack
-from frames import answer_reads
+from cores import answer_reads
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

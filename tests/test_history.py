@@ -13,7 +13,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from frames import decode_all
+from cores import decode_all
 from test_broker import Harness
 from test_store import CommitFails, Room
 

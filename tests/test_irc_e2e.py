@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from irchub import Conn, Hub
+from cores import Conn, Hub
 
 from chatd.irc import Line
 

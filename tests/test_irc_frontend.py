@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from frames import decode_all
+from cores import decode_all
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

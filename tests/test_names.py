@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from frames import answer_reads
+from cores import answer_reads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
-from frames import decode_all
+from cores import decode_all
 
 from chatd.config import Config, parse_settings
 from chatd.protocol import pack

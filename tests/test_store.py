@@ -11,7 +11,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from frames import answer_reads, decode_all
+from cores import answer_reads, decode_all
 from storefaults import damage_page_holding
 
 from chatd.broker import Broker

@@ -1,21 +1,47 @@
-"""In memory: IRC front ends and native clients, each with a real Session, on one real
-Broker (with a Store on a SQLite file): the process loops' work done by hand."""
+"""The sans-I/O cores wired together in memory, like h11's ConnectionPair.
+
+`Hub` is Session -> Broker -> Session without processes: IRC front ends and native
+clients, each with a real Session, on one real Broker (with a Store on a SQLite file),
+the process loops' work done by hand. `decode_all` and `answer_reads` read what the
+cores produce and answer the broker's history reads as the reader process does."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from frames import answer_reads
-
 from chatd.broker import Broker
 from chatd.config import Config, parse_settings
 from chatd.irc import IrcFrontEnd, Line, parse
 from chatd.protocol import FrameDecoder, decode_payload, pack
+from chatd.reader import answer
 from chatd.session import Session
 from chatd.store import Store
 
 EPOCH_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: the broker's clock starts here
+
+
+def decode_all(data: bytes) -> list[dict[str, Any]]:
+    decoder = FrameDecoder(max_frame=1 << 24)
+    decoder.receive_data(data)
+    frames = [decode_payload(p) for p in decoder.payloads()]
+    assert decoder.buffered == 0, "trailing partial frame"
+    return frames
+
+
+def answer_reads(broker: Broker, reader: Store | None = None) -> None:
+    """Answer the broker's history reads, and the reads those lead to, as the reader
+    process does: after a commit, with chatd.reader's own code, through `reader` (a
+    read-only Store on the same file), or through the broker's store for an in-memory
+    database."""
+    store = reader or broker.store
+    while True:
+        broker.store.flush()
+        reads = broker.take_reads()
+        if not reads:
+            return
+        for _sid, read in reads:
+            broker.read_done(answer(store, read))
 
 
 class Conn:
