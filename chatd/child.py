@@ -395,6 +395,7 @@ def serve(sock: socket.socket, chan: socket.socket, config: Config, session_id: 
         status = 1
     ep.close()
     _finish(sock, chan if broker_open else None, session, to_client, to_broker, client_open)
+    session.finished()
     log.info("session ended: %s", session.ended)
     return status
 

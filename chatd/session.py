@@ -9,6 +9,7 @@ Room and nick semantics belong to the broker.
 
 from __future__ import annotations
 
+import enum
 import itertools
 import logging
 from collections import deque
@@ -41,15 +42,25 @@ QUIT_REASONS = {
 }
 
 
+class State(enum.Enum):
+    """Where a session is in its life; it only moves down this list (any -> CLOSING)."""
+
+    AWAITING_HELLO = "awaiting hello"  # only hello, ping, pong and quit go on
+    REGISTERING = "registering"  # a hello went to the broker: everything goes on
+    WELCOMED = "welcomed"  # the broker welcomed a nick: a second hello is refused
+    CLOSING = "closing"  # the end is decided (`ended` says why): last frames go out
+    ENDED = "ended"  # the shell has delivered them and closed the connection
+
+
 class Session:
     def __init__(self, config: Config, now: float) -> None:
         self.config = config
         self.decoder = p.FrameDecoder(config.max_frame)
         self.to_client: list[bytes] = []
         self.to_broker: list[bytes] = []
-        self.hello_sent = False
+        self.state = State.AWAITING_HELLO
         self.nick: str | None = None
-        self.ended: str | None = None
+        self.ended: str | None = None  # why the session ends, from CLOSING on
         self.drop_pending = False  # the shell discards unsent client output
         self.last_rx = now
         self.ping_deadline: float | None = None
@@ -108,10 +119,11 @@ class Session:
                 return
             charged = True
             if rtype == "hello":
-                if self.nick is not None:
+                if self.state is State.WELCOMED:
                     raise ProtocolError("already_registered")
-                self.hello_sent = True
-            elif not self.hello_sent and rtype not in p.PRE_WELCOME:
+                if self.state is State.AWAITING_HELLO:
+                    self._enter(State.REGISTERING)
+            elif self.state is State.AWAITING_HELLO and rtype not in p.PRE_WELCOME:
                 raise ProtocolError("not_registered")
             log.debug("request %s", rtype)
             self._forward(rtype, self._canonical(req, rtype))
@@ -123,7 +135,7 @@ class Session:
         """Leave at once: what still waits is never answered. Only a `reason` that is a
         string goes on (the broker replaces one that breaks the rules with "quit")."""
         self.held.clear()
-        self.ended = "quit"
+        self._close("quit")
         out: dict[str, Any] = {"type": "quit"}
         if isinstance(req.get("reason"), str):
             out["reason"] = req["reason"]
@@ -201,6 +213,8 @@ class Session:
         if kind == channel.WELCOME:
             self.nick = ctrl.get("nick")
             self.handshake_deadline = None
+            if not self.ended:
+                self._enter(State.WELCOMED)
         elif kind == channel.CLOSE:
             code = ctrl.get("code", "internal")
             self.fail(code if code in p.ERRORS else "internal", ctrl.get("message", ""),
@@ -263,8 +277,22 @@ class Session:
         if tell_broker:
             self._end(code, QUIT_REASONS.get(code, code.replace("_", " ")))
         else:
-            self.ended = code
+            self._close(code)
 
     def _end(self, code: str, reason: str) -> None:
         self.to_broker.append(pack({"type": "quit", "reason": reason, "code": code}))
+        self._close(code)
+
+    def _close(self, code: str) -> None:
         self.ended = code
+        self._enter(State.CLOSING)
+
+    def finished(self) -> None:
+        """The shell has delivered the last frames (or given up) and closed the socket."""
+        self._enter(State.ENDED)
+
+    def _enter(self, state: State) -> None:
+        """The one place a session changes state, and logs it."""
+        log.debug("%s -> %s%s", self.state.value, state.value,
+                  f" ({self.ended})" if state is State.CLOSING else "")
+        self.state = state

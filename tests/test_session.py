@@ -9,7 +9,7 @@ from cores import decode_all
 
 from chatd.config import Config, parse_settings
 from chatd.protocol import pack
-from chatd.session import CATCHUP_WINDOW, MAX_HELD, Session
+from chatd.session import CATCHUP_WINDOW, MAX_HELD, Session, State
 
 
 def make(now: float = 0.0, **settings: Any) -> Session:
@@ -264,3 +264,26 @@ def test_ping_with_a_bad_label_or_token_is_an_error_like_any_request() -> None:
     feed(s, type="ping", token=1.5)
     feed(s, type="ping", token=1, label=[1])
     assert [f["code"] for f in out(s)] == ["wrong_type", "wrong_type"]
+
+
+def test_states_walk_hello_welcome_closing_ended(caplog: Any) -> None:
+    s = make()
+    caplog.set_level("DEBUG", logger="chatd.session")
+    assert s.state is State.AWAITING_HELLO
+    feed(s, type="hello", version=1, nick="a")
+    assert s.state is State.REGISTERING
+    feed(s, type="hello", version=1, nick="b")  # a retry while registering goes on
+    assert [f["nick"] for f in forwarded(s)] == ["a", "b"] and out(s) == []
+    s.control({"c": "welcome", "nick": "b"})
+    assert s.state is State.WELCOMED
+    feed(s, type="hello", version=1, nick="c")
+    assert out(s)[0]["code"] == "already_registered" and s.state is State.WELCOMED
+    s.client_closed()
+    assert s.state is State.CLOSING and s.ended == "closed"
+    s.control({"c": "welcome", "nick": "x"})  # too late: no way back
+    assert s.state is State.CLOSING
+    s.finished()
+    assert s.state is State.ENDED
+    moves = [r.getMessage() for r in caplog.records if "->" in r.getMessage()]
+    assert moves == ["awaiting hello -> registering", "registering -> welcomed",
+                     "welcomed -> closing (closed)", "closing -> ended"]
