@@ -115,7 +115,7 @@ def _take(decoder: FrameDecoder, queue: deque[Any], out: bytearray, max_queue: i
 
 
 def prepare(keep: Iterable[int], max_memory_mb: int = MAX_MEMORY_MB) -> None:
-    """Fork hygiene, first thing in the helper (as chatd.child.prepare for a session)."""
+    """Fork hygiene, first thing in the helper (as SessionWorker.init_process for a session)."""
     from chatd.child import close_inherited  # the parent has it loaded already
 
     gc.freeze()  # the parent's objects are only read here: keep the collector off them

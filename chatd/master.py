@@ -18,11 +18,12 @@ import secrets
 import selectors
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from chatd import channel, child, logsetup, reader, tls
+from chatd import channel, child, outbox, reader, tls
 from chatd.admission import SourceRates, source_of
 from chatd.broker import Broker
 from chatd.config import Config, ConfigError, diff, load_file
@@ -49,11 +50,11 @@ class Child:
     pid: int
     sid: int
     chan: socket.socket
-    session: str
+    token: str  # the session's token (the broker's Member.session); `sid` is its number
     ip: str
     decoder: FrameDecoder
     source: str = ""  # what the per-source caps count (admission.source_of)
-    out: child.Outbox = field(default_factory=child.Outbox)
+    out: outbox.Outbox = field(default_factory=outbox.Outbox)
     closing: bool = False  # told to close: it gets nothing more from the broker
     attached: bool = True
     handler: object = None  # the selector callback bound to this child
@@ -275,7 +276,7 @@ class Master:
 
     def _kick(self, kid: Child, code: str, why: str, limit: str | None = None) -> None:
         """Tell a session process to end with `code`; it gets nothing else from us."""
-        log.warning("ending session %s (pid %d): %s", kid.session, kid.pid, why)
+        log.warning("ending session %s (pid %d): %s", kid.token, kid.pid, why)
         if kid.attached:
             reason = QUIT_REASONS.get(code, code.replace("_", " "))
             self.broker.detach(kid.sid, reason, now_ms(), code=code)
@@ -304,7 +305,7 @@ class Master:
             kid = self.children.pop(pid, None)
             reader_pid = pid == self.reader.pid or pid in self.old_readers
             what = ("history reader" if reader_pid else "spare") if kid is None \
-                else f"session {kid.session}"
+                else f"session {kid.token}"
             log.warning("pid %d did not stop; killing it (%s, queues.close_grace=%gs + "
                         "keepalive.stop_timeout=%gs)", pid, what, self.config.close_grace,
                         self.config.stop_timeout)
@@ -403,52 +404,32 @@ class Master:
                                limit="session_rate", retry_after=round(wait, 3))
         return None
 
-    def _spawn(self, run: Callable[[socket.socket], int]) -> tuple[int, socket.socket]:
-        """Fork a session process that runs `run(its channel end)` and then exits.
+    def _spawn(self, worker: child.SessionWorker) -> tuple[int, socket.socket]:
+        """Fork a session process that runs `worker` (built here, before the fork).
 
         Signals stay blocked across fork() so the new process cannot run our handlers
-        before child.prepare() resets them. Returns (pid, our end of the channel).
+        before its init_process() resets them. Returns (pid, our end of the channel).
         """
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours, worker.chan = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         try:
             pid = os.fork()
         except OSError:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
             ours.close()
-            theirs.close()
+            worker.chan.close()
             raise
-        if pid == 0:  # the session process; never returns
-            status = 1
-            try:
-                status = run(theirs)
-            except BaseException:
-                logging.getLogger("chatd.session").exception("session crashed")
-            finally:
-                logging.shutdown()
-                os._exit(status)
+        if pid == 0:  # the session process
+            worker.main()  # never returns
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
-        theirs.close()
+        worker.chan.close()
         return pid, ours
 
     def _fork_spare(self) -> None:
         """Fork a session process ahead of time; it waits for a client on its channel."""
-
-        def run(theirs: socket.socket) -> int:
-            child.prepare(self.config, {theirs.fileno()}, "spare")
-            handed = child.wait_for_client(theirs)
-            if handed is None:  # the parent retired us or went away
-                return 0
-            logsetup.set_session(handed.token)
-            if handed.tls and self.tls is not None:
-                return child.serve_tls(handed.sock, theirs, self.config, handed.token,
-                                       handed.ip, self.tls.context, handed.reader,
-                                       handed.pending)
-            return child.serve(handed.sock, theirs, self.config, handed.token, handed.ip,
-                               handed.reader, handed.pending)
-
         try:
-            pid, ours = self._spawn(run)
+            worker = child.SessionWorker(self.config, tls_context=self._tls_context())
+            pid, ours = self._spawn(worker)
         except OSError as exc:
             log.error("cannot fork a spare session process: %s", exc)
             return
@@ -458,8 +439,8 @@ class Master:
         """Pass the accepted socket to a pre-forked process (SCM_RIGHTS); False if none."""
         while self.spares:
             pid, chan = self.spares.popitem()
-            session = secrets.token_hex(8)
-            hello = channel.control(channel.client(session, ip, over_tls))
+            token = secrets.token_hex(8)
+            hello = channel.control(channel.client(token, ip, over_tls))
             try:
                 socket.send_fds(chan, [hello], [conn.fileno()])
             except OSError as exc:  # it died, or its channel is full: retire it
@@ -467,7 +448,7 @@ class Master:
                 chan.close()
                 continue
             chan.setblocking(False)
-            self._register(pid, chan, session, ip)
+            self._register(pid, chan, token, ip)
             return True
         return False
 
@@ -480,31 +461,28 @@ class Master:
         self.spares.clear()
 
     def _fork(self, conn: socket.socket, ip: str, over_tls: bool = False) -> None:
-        session = secrets.token_hex(8)
-
-        def run(theirs: socket.socket) -> int:
-            child.prepare(self.config, {conn.fileno(), theirs.fileno()}, session)
-            if over_tls and self.tls is not None:
-                return child.serve_tls(conn, theirs, self.config, session, ip,
-                                       self.tls.context)
-            return child.serve(conn, theirs, self.config, session, ip)
-
-        pid, ours = self._spawn(run)
+        token = secrets.token_hex(8)
+        worker = child.SessionWorker(self.config, conn, token, ip, over_tls,
+                                     self._tls_context())
+        pid, ours = self._spawn(worker)
         ours.setblocking(False)
-        self._register(pid, ours, session, ip)
+        self._register(pid, ours, token, ip)
 
-    def _register(self, pid: int, ours: socket.socket, session: str, ip: str) -> None:
+    def _tls_context(self) -> ssl.SSLContext | None:
+        return self.tls.context if self.tls is not None else None
+
+    def _register(self, pid: int, ours: socket.socket, token: str, ip: str) -> None:
         sid = self.next_sid
         self.next_sid += 1
-        kid = Child(pid, sid, ours, session, ip, FrameDecoder(self.config.max_frame),
+        kid = Child(pid, sid, ours, token, ip, FrameDecoder(self.config.max_frame),
                     source=source_of(ip))
         self.children[pid] = kid
         self.by_sid[sid] = kid
         self.per_ip[kid.source] = self.per_ip.get(kid.source, 0) + 1
         kid.handler = lambda _chan, mask: self._channel(kid, mask)
         self.sel.register(ours, selectors.EVENT_READ, kid.handler)
-        self.broker.attach(sid, session)
-        log.info("session %s from %s: pid %d (%d sessions)", session, ip, pid,
+        self.broker.attach(sid, token)
+        log.info("session %s from %s: pid %d (%d sessions)", token, ip, pid,
                  len(self.children))
 
     # ---- session channels ----
@@ -533,7 +511,7 @@ class Master:
                 self.broker.receive(kid.sid, payload, now)
         except ProtocolError:
             # Only our own session code writes here: this is a bug or a compromise.
-            log.error("session %s (pid %d) broke channel framing", kid.session, kid.pid)
+            log.error("session %s (pid %d) broke channel framing", kid.token, kid.pid)
             os.kill(kid.pid, signal.SIGKILL)
 
     def _channel_closed(self, kid: Child, reason: str) -> None:
@@ -627,13 +605,14 @@ class Master:
                 self.retiring.discard(pid)
                 spare = self.spares.pop(pid, None)
                 if spare is not None:
-                    log.warning("spare pid %d ended before it had a client", pid)
+                    log.warning("spare pid %d ended before it had a client: %s", pid,
+                                child.exit_reason(status))
                     spare.close()
                 continue
-            how = (f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-                   if os.WIFSIGNALED(status) else f"exit status {os.WEXITSTATUS(status)}")
-            level = logging.INFO if how == "exit status 0" else logging.WARNING
-            log.log(level, "session %s (pid %d) ended: %s", kid.session, pid, how)
+            level = (logging.INFO if os.WIFEXITED(status) and os.WEXITSTATUS(status) ==
+                     child.EXIT_OK else logging.WARNING)
+            log.log(level, "session %s (pid %d) ended: %s", kid.token, pid,
+                    child.exit_reason(status))
             self._free_slot(kid)
             # The broker hears of the end from the channel's EOF, after any last words.
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import msgpack
 
-from chatd import child, logsetup
+from chatd import logsetup, outbox
 from chatd.history import page_frame
 from chatd.protocol import HEADER, FrameDecoder, ProtocolError, pack
 from chatd.store import StorageError, Store, StoreUnusable, message_map
@@ -159,7 +159,7 @@ class ReaderLink:
         self.inside: dict[int, dict[str, Any]] = {}  # token -> read, in the reader
         self.sids: dict[int, int] = {}  # token -> session, for what waits or is inside
         self.tries: dict[int, int] = {}  # token -> times the reader died holding it
-        self.out = child.Outbox()
+        self.out = outbox.Outbox()
         self.max_frame = max_frame
         self.decoder = FrameDecoder(self._reply_limit())
 

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from chatd.child import ClientOutbox
+from chatd.outbox import ClientOutbox
 from chatd.protocol import FrameDecoder, pack
 
 

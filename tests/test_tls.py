@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from chatd import tls
-from chatd.child import ClientOutbox
+from chatd.outbox import ClientOutbox
 from chatd.protocol import pack
 
 TLS_DIR = Path(__file__).parent / "tls"

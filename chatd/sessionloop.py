@@ -1,0 +1,248 @@
+"""The session process's loop: small handlers between the client socket, the broker
+channel and the Session (the sans-I/O core that decides everything)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import socket
+import time
+
+from chatd import tls
+from chatd.channel import CTRL, RAW, EnvelopeReader, decode_control
+from chatd.config import Config
+from chatd.outbox import (
+    LINGER_RESET,
+    ClientOutbox,
+    Outbox,
+    discard_input,
+    flush_until,
+    recv,
+    recv_client,
+    send_or_drop,
+    tune_client_socket,
+    wait_delivered,
+)
+from chatd.session import Session
+
+log = logging.getLogger("chatd.session")
+EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
+FINAL_FLUSH = 2.0  # seconds to hand the parent our last words (a quit) before closing
+Envelopes = list[tuple[int, memoryview]]
+
+
+class ResourceLimit(Exception):
+    """The session process hit a resource limit; `limit` names the setting."""
+
+    def __init__(self, limit: str) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+
+class Loop:
+    """Serve one client until the session ends.
+
+    The common wakeup is the parent forwarding RAW frames while the client is quiet:
+    that path makes no Session call, no selector change and no bytes copy (memoryview
+    slices of the received block go to the client with one send). The Session is
+    ticked only when it was fed something or its next deadline has come.
+    """
+
+    def __init__(self, sock: socket.socket | tls.TLSStream, chan: socket.socket,
+                 config: Config, peer: str, reader: EnvelopeReader, pending: Envelopes,
+                 started: float) -> None:
+        """`sock` may be a tls.TLSStream; `started` is when the handshake deadline started
+        (now, unless a TLS handshake came first)."""
+        self.sock, self.chan, self.peer = sock, chan, peer
+        self.reader, self.pending = reader, pending
+        self.session = Session(config, started)
+        # Plaintext a TLS stream holds is invisible to epoll: the loop reads it without
+        # waiting.
+        self.tls_buffered = sock.buffered if isinstance(sock, tls.TLSStream) else None
+        self.to_client, self.to_broker = ClientOutbox(), Outbox()
+        self.client_open = self.broker_open = True
+        self.fed = False  # the Session was fed something: tick it and take its output
+        self.ep = select.epoll(2)
+        self.sock_mask = self.chan_mask = EPOLLIN
+
+    def serve(self) -> int:
+        """Returns 1 if the process hit a resource limit, else 0 (see child.EXIT_*)."""
+        sock, chan, session = self.sock, self.chan, self.session
+        tune_client_socket(sock, session.config)
+        chan.setblocking(False)
+        sfd, cfd = sock.fileno(), chan.fileno()
+        self.ep.register(sfd, EPOLLIN)
+        self.ep.register(cfd, EPOLLIN)
+        monotonic = time.monotonic
+        log.info("serving %s", self.peer)
+        status = 0
+        try:
+            self.on_envelopes(self.pending)
+            deadline = monotonic() if self.fed else session.next_deadline()
+            while not session.ended:
+                self.watch()
+                timeout = deadline - monotonic()
+                held = self.tls_buffered is not None and self.client_open and \
+                    self.tls_buffered()
+                events = self.ep.poll(0.0 if held else 3600.0 if timeout > 3600.0 else
+                                      timeout if timeout > 0.0 else 0.0)
+                if held and all(fd != sfd for fd, _ev in events):
+                    events.append((sfd, EPOLLIN))
+                now = monotonic()
+                self.fed = now >= deadline  # the Session has something to do (or to be told)
+                for fd, ev in events:
+                    if fd == sfd:
+                        self.on_client(ev, now)
+                    elif fd == cfd:
+                        self.on_channel(ev, now)
+                if self.fed:
+                    self.on_session(monotonic())
+                    deadline = session.next_deadline()
+                if self.flush():
+                    self.on_session(monotonic())
+                    deadline = session.next_deadline()
+        except (MemoryError, ResourceLimit) as exc:
+            # Over a limit this process alone dies of: free what we can and tell the client.
+            limit = exc.limit if isinstance(exc, ResourceLimit) else "max_memory_mb"
+            session.decoder.clear()
+            self.to_client.discard()
+            session.to_client.clear()
+            log.error("session over its %s", limit, exc_info=isinstance(exc, MemoryError))
+            session.fail("resource_limit", f"the session process hit its {limit}", limit=limit)
+            status = 1
+        self.ep.close()
+        self.finish()
+        log.info("session ended: %s", session.ended)
+        return status
+
+    # ---- handlers ----
+
+    def watch(self) -> None:
+        """Always read the parent: its controls (a close order above all) must get through.
+        What piles up for a client that does not read is bounded (client_queue)."""
+        if self.broker_open:
+            want = EPOLLIN | EPOLLOUT if self.to_broker.chunks else EPOLLIN
+            if want != self.chan_mask:
+                self.ep.modify(self.chan, want)
+                self.chan_mask = want
+        want = EPOLLIN | EPOLLOUT if self.to_client.chunks else EPOLLIN
+        if want != self.sock_mask:
+            self.ep.modify(self.sock.fileno(), want)
+            self.sock_mask = want
+
+    def on_client(self, ev: int, now: float) -> None:
+        if self.sock_mask & EPOLLOUT and ev & ~EPOLLIN:
+            self.send_client()
+        if ev & ~EPOLLOUT and self.client_open:
+            data = recv_client(self.sock)
+            if data:
+                self.session.receive_data(data, now)
+                self.fed = True
+            elif data is not None:
+                self.client_lost()
+
+    def on_channel(self, ev: int, now: float) -> None:
+        if ev & ~EPOLLOUT:
+            data = recv(self.chan)
+            if data is None:
+                pass
+            elif not data:
+                log.warning("broker gone; waiting %.0fs for it", self.session.config.broker_grace)
+                self.broker_lost(now)
+                return
+            else:
+                self.on_envelopes(self.reader.feed(data))
+        if self.chan_mask & EPOLLOUT and ev & ~EPOLLIN and self.broker_open:
+            self.send_broker(now)
+
+    def on_envelopes(self, envelopes: Envelopes) -> None:
+        """RAW bodies to the client uncopied, controls to the Session."""
+        for kind, body in envelopes:
+            if kind == RAW:
+                self.to_client.add(body)
+            elif kind == CTRL:
+                self.session.control(decode_control(body))
+                self.fed = True
+
+    def on_session(self, now: float) -> None:
+        """Tick the Session and take what it produced."""
+        self.fed = False
+        self.session.tick(now)
+        self.drain()
+
+    def flush(self) -> bool:
+        """Send both ways as far as the sockets take; True if the Session must hear of
+        something (a peer gone, or the client over its queue)."""
+        session = self.session
+        was = session.ended
+        if self.to_broker.chunks and self.broker_open:
+            self.send_broker(time.monotonic())
+        if self.to_client.chunks and self.client_open:
+            self.send_client()
+        queue = session.config.client_queue
+        if self.to_client.size > queue and not session.ended:
+            session.fail("slow_consumer", f"over client_queue={queue} bytes unread",
+                         limit="client_queue")
+        return self.fed or session.ended != was  # (on_session cleared fed)
+
+    def send_client(self) -> None:
+        if not send_or_drop(self.to_client, self.sock):
+            self.client_lost()
+
+    def send_broker(self, now: float) -> None:
+        if not send_or_drop(self.to_broker, self.chan):
+            self.broker_lost(now)
+
+    def client_lost(self) -> None:
+        self.client_open = False
+        self.session.client_closed()
+        self.fed = True
+
+    def broker_lost(self, now: float) -> None:
+        if self.broker_open:
+            self.broker_open = False
+            self.ep.unregister(self.chan)
+        self.session.broker_lost(now)
+        self.fed = True
+
+    def drain(self) -> None:
+        session = self.session
+        if session.drop_pending:
+            self.to_client.discard()
+            session.drop_pending = False
+        if session.to_client:
+            self.to_client.add(b"".join(session.to_client))
+            session.to_client.clear()
+        if session.to_broker:
+            self.to_broker.add(b"".join(session.to_broker))
+            session.to_broker.clear()
+
+    # ---- the end ----
+
+    def finish(self) -> None:
+        """Deliver the last frames (bounded in time), then close both ends.
+
+        The parent gets our last words first. The client then has `close_grace` seconds
+        to take every frame up to the last (a fatal error, when there is one); nothing
+        new is queued meanwhile. The stream then ends cleanly after that frame. If the
+        frames are not all handed to the kernel by then, the connection is reset
+        instead: it never ends cleanly in the middle of a frame.
+        """
+        self.drain()
+        if self.broker_open:
+            flush_until(self.to_broker, self.chan, time.monotonic() + FINAL_FLUSH)
+            self.chan.close()
+        sock = self.sock
+        if self.client_open:
+            deadline = time.monotonic() + self.session.config.close_grace
+            if flush_until(self.to_client, sock, deadline):
+                wait_delivered(sock, deadline)
+                discard_input(sock)  # unread input would make close() reset the connection
+            else:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+                log.info("client did not take its last frames within close_grace (or is "
+                         "gone): resetting the connection")
+        sock.close()
+        self.session.finished()
