@@ -27,6 +27,7 @@ from chatd import channel, child, outbox, reader, tls
 from chatd.admission import SourceRates, source_of
 from chatd.broker import Broker
 from chatd.config import Config, ConfigError, diff, load_file
+from chatd.lifecycle import Lifecycle
 from chatd.protocol import FrameDecoder, ProtocolError, error_frame
 from chatd.ratelimit import TokenBucket
 from chatd.retention import Retention
@@ -76,7 +77,7 @@ class Master:
         self.retention = Retention()
         # History reads run in a helper process, never on this loop (chatd/reader.py).
         self.reader = reader.ReaderLink(config.max_frame)
-        self.reader_due: float | None = 0.0  # when to start it; None while it runs
+        self.reader_restart_at: float | None = 0.0  # when to start it; None while it runs
         self._reader_writing = False  # its channel is registered for EVENT_WRITE too
         self.old_readers: set[int] = set()  # readers that are gone but not yet reaped
         self.sel = selectors.DefaultSelector()
@@ -86,8 +87,8 @@ class Master:
         self.spares: dict[int, socket.socket] = {}
         # Told to exit, holding no slot, not yet reaped: retired spares, killed sessions.
         self.retiring: set[int] = set()
-        # pid -> when it is killed: every process told to end, until it is reaped.
-        self.kill_at: dict[int, float] = {}
+        # pid -> its kill deadline: every process told to end, until it is reaped.
+        self.kill_deadline: dict[int, float] = {}
         self.last_accept = 0.0
         self.by_sid: dict[int, Child] = {}
         self.per_ip: dict[str, int] = {}  # sessions by source (admission.source_of)
@@ -98,7 +99,7 @@ class Master:
         self.busy_refused = 0  # refusals over session_rate not yet logged
         self.busy_logged = -BUSY_LOG_EVERY
         self.next_sid = 1
-        self.stopping_since: float | None = None
+        self.life = Lifecycle()  # running, stopping, killing, stopped (chatd/lifecycle.py)
         self.wake_r, self.wake_w = socket.socketpair()
 
     # ---- start-up ----
@@ -176,27 +177,23 @@ class Master:
         gc.freeze()  # what exists now is shared with every child; keep its pages clean
         self._start_reader()
         log.info("chatd %d ready (max_sessions=%d)", os.getpid(), self.config.max_sessions)
-        while not (self.stopping_since is not None and not self.children and not self.spares
-                   and not self.retiring and self.reader.pid is None
-                   and not self.old_readers):
-            refill = self.stopping_since is None and len(self.spares) < self.config.spare_children
+        while not self.life.stopped:
+            running = self.life.running
+            refill = running and len(self.spares) < self.config.spare_children
             now = time.monotonic()
             quiet = now - self.last_accept
-            timeout = max(0.0, REFILL_QUIET - quiet) if refill else None
-            if self.kill_at:
-                due = max(0.0, min(self.kill_at.values()) - now)
-                timeout = due if timeout is None else min(timeout, due)
-            prune = self.retention.timeout(self.config, now)
-            if prune is not None and (timeout is None or prune < timeout):
-                timeout = prune
-            if self.reader_due is not None and self.stopping_since is None:
-                wait = max(0.0, self.reader_due - now)
-                timeout = wait if timeout is None else min(timeout, wait)
-            events = self.sel.select(timeout)
+            deadlines = [self.life.timeout(now), self.retention.timeout(self.config, now)]
+            if refill:
+                deadlines.append(max(0.0, REFILL_QUIET - quiet))
+            if self.kill_deadline:
+                deadlines.append(max(0.0, min(self.kill_deadline.values()) - now))
+            if self.reader_restart_at is not None and running:
+                deadlines.append(max(0.0, self.reader_restart_at - now))
+            events = self.sel.select(min((d for d in deadlines if d is not None), default=None))
             for key, mask in events:
                 key.data(key.fileobj, mask)
-            if (self.reader_due is not None and self.stopping_since is None
-                    and time.monotonic() >= self.reader_due):
+            if (self.reader_restart_at is not None and self.life.running
+                    and time.monotonic() >= self.reader_restart_at):
                 self._start_reader()
             self._route()
             # One small batch at most per iteration, after the routing it must not delay.
@@ -207,11 +204,17 @@ class Master:
             # clients is better served by the spares left plus forking on accept.
             if refill and not events and quiet >= REFILL_QUIET:
                 self._fork_spare()
-            if self.kill_at:
+            if self.kill_deadline:
                 self._kill_overdue(time.monotonic())
+            self.life.advance(time.monotonic(), self._processes())
         self.store.close()
         log.info("stopped")
         return 0
+
+    def _processes(self) -> int:
+        """Processes of ours not yet reaped: the parent stops only when none is left."""
+        return (len(self.children) + len(self.spares) + len(self.retiring)
+                + (self.reader.pid is not None) + len(self.old_readers))
 
     def _signals(self, sock: socket.socket, mask: int) -> None:
         try:
@@ -292,16 +295,16 @@ class Master:
         ended within keepalive.stop_timeout (a stopped or wedged process holds its slot)
         after the close_grace it may spend handing its client the last frames."""
         if pid in self.children:  # not reaped, so the pid is still ours to signal
-            self.kill_at.setdefault(pid, time.monotonic() + self._stop_time())
+            self.kill_deadline.setdefault(pid, time.monotonic() + self._stop_time())
 
     def _stop_time(self) -> float:
         return self.config.close_grace + self.config.stop_timeout
 
     def _kill_overdue(self, now: float) -> None:
-        for pid, due in list(self.kill_at.items()):
+        for pid, due in list(self.kill_deadline.items()):
             if due > now:
                 continue
-            del self.kill_at[pid]
+            del self.kill_deadline[pid]
             kid = self.children.pop(pid, None)
             reader_pid = pid == self.reader.pid or pid in self.old_readers
             what = ("history reader" if reader_pid else "spare") if kid is None \
@@ -457,7 +460,7 @@ class Master:
         for pid, chan in self.spares.items():
             chan.close()
             self.retiring.add(pid)
-            self.kill_at[pid] = time.monotonic() + self._stop_time()
+            self.kill_deadline[pid] = time.monotonic() + self._stop_time()
         self.spares.clear()
 
     def _fork(self, conn: socket.socket, ip: str, over_tls: bool = False) -> None:
@@ -534,11 +537,11 @@ class Master:
                                      cfg.max_memory_mb)
         except OSError as exc:
             log.error("cannot start the history reader: %s", exc)
-            self.reader_due = time.monotonic() + reader.RESTART_PAUSE
+            self.reader_restart_at = time.monotonic() + reader.RESTART_PAUSE
             return
         self.reader.attach(pid, chan, time.monotonic())
         self.sel.register(chan, selectors.EVENT_READ, self._reader_ready)
-        self.reader_due = None
+        self.reader_restart_at = None
         self._reader_writing = False
         log.info("history reader: pid %d", pid)
         self.reader.pump()  # what the last one left unanswered
@@ -578,8 +581,8 @@ class Master:
             self.old_readers.add(self.reader.pid)  # to reap, and to log how it ended
         for failure in self.reader.lost():
             self.broker.read_done(failure)
-        if self.stopping_since is None:
-            self.reader_due = max(time.monotonic(),
+        if self.life.running:
+            self.reader_restart_at = max(time.monotonic(),
                                   self.reader.started + reader.RESTART_PAUSE)
 
     # ---- signals ----
@@ -592,12 +595,12 @@ class Master:
                 return
             if pid == 0:
                 return
-            self.kill_at.pop(pid, None)
+            self.kill_deadline.pop(pid, None)
             if pid == self.reader.pid:
                 self._reader_lost()  # (before its channel's EOF said so)
             if pid in self.old_readers:
                 self.old_readers.discard(pid)
-                level = logging.INFO if self.stopping_since is not None else logging.WARNING
+                level = logging.WARNING if self.life.running else logging.INFO
                 log.log(level, "history reader (pid %d) ended: %s", pid, _how(status))
                 continue
             kid = self.children.pop(pid, None)
@@ -617,10 +620,10 @@ class Master:
             # The broker hears of the end from the channel's EOF, after any last words.
 
     def handle_sigterm(self) -> None:
-        if self.stopping_since is not None:
+        now = time.monotonic()
+        if not self.life.stop(now, self._stop_time()):
             return
         log.info("stopping: telling %d sessions", len(self.children))
-        self.stopping_since = time.monotonic()
         for listener in self.listeners:
             self.sel.unregister(listener)
             listener.close()
@@ -631,7 +634,7 @@ class Master:
             self.reader.close()
         for pid in [self.reader.pid, *self.old_readers]:
             if pid is not None:
-                self.kill_at[pid] = time.monotonic() + self._stop_time()
+                self.kill_deadline[pid] = now + self._stop_time()  # the stop deadline
         for kid in list(self.by_sid.values()):
             # Kicked sessions get nothing more, so nobody hears the others' quit notices.
             self._kick(kid, "shutting_down", "server shutting down")
