@@ -5,15 +5,22 @@ A fork and a process start cost the parent's loop milliseconds; a client that co
 resets as fast as it can would otherwise buy one per connection and starve everyone else.
 As with sshd's PerSourcePenalties and MaxStartups, each source address gets a token bucket
 of new connections, in a table of bounded size, and all sources together a bucket of new
-sessions (see Master._refusal for the order of the checks).
+sessions (see Gate.refusal for the order of the checks).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections import OrderedDict
+from collections.abc import Mapping
 
+from chatd.config import Config
+from chatd.protocol import error_frame
 from chatd.ratelimit import TokenBucket
+
+log = logging.getLogger("chatd.master")
+BUSY_LOG_EVERY = 10.0  # seconds between log lines about refusals over session_rate
 
 EXPIRE_STEP = 4  # sources looked at per take(): forgetting is cheap and spread out
 
@@ -114,3 +121,63 @@ class SourceRates:
             entry.bucket.tokens = max(entry.bucket.tokens, -float(burst))
         while len(self.table) > size:
             self._drop(*self.table.popitem(last=False))
+
+
+class Gate:
+    """Decides, per new connection, whether it may become a session (sans-I/O)."""
+
+    def __init__(self, config: Config, now: float) -> None:
+        self.config = config
+        self.sources = SourceRates(config.conn_rate_per_ip, config.conn_burst_per_ip,
+                                   config.conn_sources)
+        self.new_sessions = TokenBucket(config.session_rate, config.session_burst, now)
+        self.busy_refused = 0  # refusals over session_rate not yet logged
+        self.busy_logged = -BUSY_LOG_EVERY
+
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
+        self.sources.reconfigure(config.conn_rate_per_ip, config.conn_burst_per_ip,
+                                 config.conn_sources)
+        self.new_sessions.reconfigure(config.session_rate, config.session_burst)
+
+    def refusal(self, ip: str, source: str, now: float, sessions: int,
+                per_source: Mapping[str, int]) -> bytes | None:
+        """The error frame refusing a new connection, or None to admit it.
+
+        Cheapest and most specific first: the source's connection rate (a refusal costs
+        a token too, so a source that hammers gets nothing), the session caps (`sessions`
+        in all, `per_source` by source), then the rate of new sessions from everyone (only
+        sessions about to be started count).
+        """
+        cfg = self.config
+        wait = self.sources.take(source, now)
+        for gone, count in self.sources.forgotten:
+            log.info("%s: %d connections were refused over conn_rate_per_ip", gone, count)
+        self.sources.forgotten.clear()
+        if wait:
+            if self.sources.refused(source) == 1:  # once per run of refusals
+                log.warning("refusing new connections from %s: over conn_rate_per_ip=%g/s "
+                            "(burst %d)", source, cfg.conn_rate_per_ip, cfg.conn_burst_per_ip)
+            return error_frame("too_many_connections", f"conn_rate_per_ip="
+                               f"{cfg.conn_rate_per_ip:g}/s exceeded by {source}",
+                               limit="conn_rate_per_ip", retry_after=round(wait, 3))
+        if sessions >= cfg.max_sessions:
+            log.info("refused %s: at a session cap", ip)
+            return error_frame("server_full", f"max_sessions={cfg.max_sessions} reached",
+                               limit="max_sessions")
+        if per_source.get(source, 0) >= cfg.max_sessions_per_ip:
+            log.info("refused %s: at a session cap", ip)
+            return error_frame("too_many_connections", f"max_sessions_per_ip="
+                               f"{cfg.max_sessions_per_ip} reached for {source}",
+                               limit="max_sessions_per_ip")
+        wait = self.new_sessions.take(now)
+        if wait:
+            self.busy_refused += 1
+            if now - self.busy_logged >= BUSY_LOG_EVERY:
+                log.warning("refused %d new connections over session_rate=%g/s (burst %d) "
+                            "since the last such line", self.busy_refused, cfg.session_rate,
+                            cfg.session_burst)
+                self.busy_refused, self.busy_logged = 0, now
+            return error_frame("server_busy", f"session_rate={cfg.session_rate:g}/s reached",
+                               limit="session_rate", retry_after=round(wait, 3))
+        return None
