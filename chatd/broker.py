@@ -29,7 +29,8 @@ from chatd.channel import CATCHUP, DONE
 from chatd.config import Config
 from chatd.history import History
 from chatd.protocol import ProtocolError, pack
-from chatd.store import StorageError, Store, StoreUnusable, dm_key
+from chatd.store import StorageError, StoreUnusable, dm_key
+from chatd.stores import HistoryStore
 
 log = logging.getLogger("chatd.broker")
 Item = bytes | dict[str, Any]
@@ -55,7 +56,7 @@ class Room:
 
 
 class Broker:
-    def __init__(self, store: Store, config: Config) -> None:
+    def __init__(self, store: HistoryStore, config: Config) -> None:
         self.store = store
         self._config = config
         self.members: dict[int, Member] = {}

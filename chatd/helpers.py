@@ -19,6 +19,7 @@ from chatd import reader
 from chatd.broker import Broker
 from chatd.config import Config
 from chatd.sessiontable import how_it_ended
+from chatd.stores import history_location
 
 log = logging.getLogger("chatd.master")
 
@@ -46,7 +47,7 @@ class HistoryReaderHelper:
     def start(self) -> None:
         cfg = self.config
         try:
-            pid, chan = reader.spawn(cfg.data_dir / "history.sqlite3", cfg.log_level,
+            pid, chan = reader.spawn(history_location(cfg.data_dir), cfg.log_level,
                                      cfg.max_memory_mb)
         except OSError as exc:
             log.error("cannot start the history reader: %s", exc)

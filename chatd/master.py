@@ -34,7 +34,7 @@ from chatd.listeners import listen, raise_fd_limit
 from chatd.retention import Retention
 from chatd.routing import Router, now_ms
 from chatd.sessiontable import Child, SessionTable
-from chatd.store import Store
+from chatd.stores import history_location, open_history
 
 log = logging.getLogger("chatd.master")
 SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -49,7 +49,7 @@ class Master:
     def __init__(self, config: Config) -> None:
         self.config = config
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(config.data_dir / "history.sqlite3")
+        self.store = open_history(history_location(config.data_dir))
         self.broker = Broker(self.store, config)
         # The TLS context sessions on tls.port get (a bad certificate stops start-up).
         self.tls = tls.ServerTLS(config.values, config.config_file) if config.tls_cert else None

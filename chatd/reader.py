@@ -29,7 +29,8 @@ import msgpack
 from chatd import logsetup, outbox
 from chatd.history import page_frame
 from chatd.protocol import HEADER, FrameDecoder, ProtocolError, pack
-from chatd.store import StorageError, Store, StoreUnusable, message_map
+from chatd.store import StorageError, StoreUnusable, message_map
+from chatd.stores import HistoryReads, open_reads
 
 log = logging.getLogger("chatd.reader")
 NAME = "chatd-reader"  # its process name (/proc/PID/comm), to tell it from the sessions
@@ -42,7 +43,7 @@ TRIES = 2  # a read the reader died on this often is answered with an error
 # ---- the reader process ----
 
 
-def answer(store: Store, req: dict[str, Any]) -> dict[str, Any]:
+def answer(store: HistoryReads, req: dict[str, Any]) -> dict[str, Any]:
     """Run one read. With `head` the reply is one `history` frame; without, it is the
     messages as `message` frames (a catch-up's last gap). Both stay within `max`."""
     where = {"room": req["room"]} if "room" in req else {"dm": req["dm"]}
@@ -69,7 +70,7 @@ def answer(store: Store, req: dict[str, Any]) -> dict[str, Any]:
             "last": rows[-1][0] if rows else req.get("after", 0)}
 
 
-def spawn(path: Path, log_level: str, max_memory_mb: int) -> tuple[int, socket.socket]:
+def spawn(path: Path | str, log_level: str, max_memory_mb: int) -> tuple[int, socket.socket]:
     """Start a reader; returns (its pid, our end of its channel).
 
     A fresh interpreter, not a fork of the parent: SQLite keeps per-process state about
@@ -111,14 +112,14 @@ def main(argv: list[str]) -> int:
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
     chan = socket.socket(fileno=fd)
     try:
-        store = Store(path, readonly=True)
+        store = open_reads(str(path))
     except StoreUnusable as exc:  # the parent starts another one a second later
         log.error("%s", exc)
         return 1
     return serve(chan, store)
 
 
-def serve(chan: socket.socket, store: Store) -> int:
+def serve(chan: socket.socket, store: HistoryReads) -> int:
     """The reader's loop: answer reads until the parent closes the channel."""
     chan.setblocking(True)
     decoder = FrameDecoder(max_frame=1 << 20)

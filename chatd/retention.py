@@ -12,7 +12,7 @@ import logging
 from collections.abc import Container
 
 from chatd.config import Config
-from chatd.store import Store
+from chatd.stores import HistoryStore
 
 log = logging.getLogger("chatd.retention")
 # Rows per step. A step is ~0.5 ms; a larger one dirties more index pages (the oldest
@@ -40,7 +40,7 @@ class Retention:
             return None
         return 0.0 if self.running else max(0.0, self.next_run - now)
 
-    def step(self, config: Config, store: Store, now: float, wall_ms: int,
+    def step(self, config: Config, store: HistoryStore, now: float, wall_ms: int,
              live: Container[str]) -> None:
         """One batch, when one is due. `live`: rooms that have members now."""
         if not enabled(config) or (not self.running and now < self.next_run):
