@@ -237,7 +237,7 @@ class Broker:
         self._leave_all(member, reason, now)
         # "closed": the client vanished without a quit (what detach() records too).
         known = isinstance(code, str) and (code in p.ERRORS or code == "closed")
-        self._remember(member.session, code if known else "quit", reason)
+        self._remember(member.session, str(code) if known else "quit", reason)
         member.gone = True
 
     def _room(self, name: str) -> Room:

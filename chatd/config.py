@@ -10,9 +10,11 @@ import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar, get_args, overload
 
 from .protocol import DEFAULT_LIMITS as LIMITS
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -139,9 +141,27 @@ FRAME_OVERHEAD = 512  # bytes of a msg/message frame besides its text, with room
 WELCOME_OVERHEAD = 1800
 
 
+class Value(Generic[T]):
+    """A setting read as a typed attribute of Config (declared below, checked against
+    SETTINGS at import: SETTINGS stays the one source of names, defaults and bounds)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, config: None, owner: type) -> Value[T]: ...
+    @overload
+    def __get__(self, config: Config, owner: type) -> T: ...
+    def __get__(self, config: Config | None, owner: type) -> Value[T] | T:
+        if config is None:
+            return self
+        value: T = config.values[self.name]
+        return value
+
+
 @dataclass(frozen=True)
 class Config:
-    """Every setting as a flat attribute (see SETTINGS for meanings)."""
+    """Every setting as a flat, typed attribute (see SETTINGS for meanings)."""
 
     host: str = "127.0.0.1"
     port: int = 7777
@@ -151,11 +171,51 @@ class Config:
     values: dict[str, Any] = field(default_factory=lambda: {
         s.key: s.default for s in SETTINGS})
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.__dict__["values"][name]
-        except KeyError:
-            raise AttributeError(name) from None
+    server_name = Value[str]()
+    motd = Value[str]()
+    max_sessions = Value[int]()
+    max_sessions_per_ip = Value[int]()
+    conn_rate_per_ip = Value[float]()
+    conn_burst_per_ip = Value[int]()
+    conn_sources = Value[int]()
+    session_rate = Value[float]()
+    session_burst = Value[int]()
+    max_frame = Value[int]()
+    max_text = Value[int]()
+    max_rooms = Value[int]()
+    history_page = Value[int]()
+    history_on_join = Value[int]()
+    history_recent = Value[int]()
+    history_recent_mb = Value[int]()
+    ping_interval = Value[float]()
+    ping_timeout = Value[float]()
+    handshake_timeout = Value[float]()
+    broker_grace = Value[float]()
+    stop_timeout = Value[float]()
+    tcp_keepalive = Value[float]()
+    msg_rate = Value[float]()
+    msg_burst = Value[int]()
+    history_rate = Value[float]()
+    history_burst = Value[int]()
+    cmd_rate = Value[float]()
+    cmd_burst = Value[int]()
+    flood_strikes = Value[int]()
+    child_queue = Value[int]()
+    client_queue = Value[int]()
+    close_grace = Value[float]()
+    max_memory_mb = Value[int]()
+    max_files = Value[int]()
+    max_cpu_seconds = Value[int]()
+    spare_children = Value[int]()
+    max_age_days = Value[float]()
+    max_messages = Value[int]()
+    room_idle_days = Value[float]()
+    max_topics = Value[int]()
+    retention_interval = Value[float]()
+    tls_cert = Value[str]()
+    tls_key = Value[str]()
+    tls_port = Value[int]()
+    tls_plain = Value[bool]()
 
     def with_values(self, values: dict[str, Any]) -> Config:
         return replace(self, values=values)
@@ -164,6 +224,20 @@ class Config:
         """The limits a client is told about in welcome (the keys of DEFAULT_LIMITS)."""
         v = self.values
         return {key: type(default)(v[key]) for key, default in LIMITS.items()}
+
+
+def _declared() -> dict[str, type]:
+    """The typed attributes Config declares, by name (their type from Value[...])."""
+    declared = {name: attr for name, attr in vars(Config).items() if isinstance(attr, Value)}
+    return {name: get_args(attr.__orig_class__)[0]  # type: ignore[attr-defined]
+            for name, attr in declared.items()}
+
+
+_missing = {s.key for s in SETTINGS} ^ set(_declared())
+_mistyped = [s.key for s in SETTINGS if _declared().get(s.key) is not type(s.default)]
+if _missing or _mistyped:  # a setting added or retyped in SETTINGS alone
+    raise TypeError(f"Config's declared settings disagree with SETTINGS: "
+                    f"{sorted(_missing) + _mistyped}")
 
 
 class ConfigError(Exception):

@@ -314,7 +314,8 @@ class History:
         if ring is None:  # the room is gone, and so is the member's place in it
             return
         if ring.floor <= snap:
-            newer = [data for msg_id, data in ring.entries if msg_id > snap]
+            newer: list[bytes | dict[str, Any]] = [
+                data for msg_id, data in ring.entries if msg_id > snap]
             if newer:
                 self.emit(cu.sid, newer)
             self._live(cu)

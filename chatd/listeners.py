@@ -43,7 +43,7 @@ def listen(config: Config, port: int, message: str = "listening on %s:%d"
         sock.setblocking(False)
         port = sock.getsockname()[1]  # later families share the first one's port
         listeners.append(sock)
-        host = addr[0]
+        host = str(addr[0])
         shown = f"[{host}]" if ":" in host else host
         log.info(message, shown, port)
     return listeners

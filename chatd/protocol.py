@@ -97,7 +97,7 @@ class ProtocolError(Exception):
 
 def pack(obj: dict[str, Any]) -> bytes:
     """Encode one frame: length header plus msgpack payload."""
-    payload = msgpack.packb(obj, use_bin_type=True)
+    payload: bytes = msgpack.packb(obj, use_bin_type=True)
     return HEADER.pack(len(payload)) + payload
 
 
@@ -232,7 +232,8 @@ def validate_request(obj: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             names = "/".join(t.__name__ for t in types)
             raise ProtocolError("wrong_type", f"{rtype}: field {field!r} must be {names}")
-        if types is _INT and not -(2**63) <= value < 2**63:  # ids, limits: SQLite's range
+        # ids, limits: SQLite's range
+        if types is _INT and isinstance(value, int) and not -(2**63) <= value < 2**63:
             raise ProtocolError("invalid_value", f"{rtype}: field {field!r} is out of range")
     for pair in _ONE_OF.get(rtype, ()):
         given = [f for f in pair if f in obj]

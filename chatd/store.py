@@ -298,7 +298,8 @@ class Store:
         With `after`, the oldest rows above it (below `before` too, when given) and
         whether more follow; otherwise the newest rows (below `before`) and whether
         older ones exist."""
-        where, args = ("room = ?", [room]) if room is not None else ("dm = ?", [dm])
+        where = "room = ?" if room is not None else "dm = ?"
+        args: list[Any] = [room if room is not None else dm]
         if before is not None:
             where += " AND id < ?"
             args.append(before)

@@ -27,7 +27,7 @@ import socket
 import ssl
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 log = logging.getLogger("chatd.tls")
 MIN_VERSION = ssl.TLSVersion.TLSv1_2
@@ -287,7 +287,8 @@ class TLSStream(socket.socket):
         filled = 0
         while filled < size:
             try:
-                got = pipe.ssl.read(size - filled, view[filled:size])
+                # With a buffer it returns a count (typeshed says bytes either way).
+                got = cast(int, pipe.ssl.read(size - filled, view[filled:size]))
             except ssl.SSLWantReadError:
                 self._flush_quietly()  # a read can make OpenSSL answer (a key update)
                 if not pipe.pull(self):
