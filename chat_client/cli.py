@@ -204,7 +204,7 @@ def make_opener(parser: argparse.ArgumentParser, args: argparse.Namespace, host:
     refusal goes too (plain mode prints why the connection ended anyway)."""
     if not args.tls:
         return TCPOpener(host, port)
-    from .model import SERVER
+    from .buffer import SERVER
     from .trust import tls_opener
 
     def notify(text: str, kind: str = "notice") -> None:
