@@ -150,13 +150,12 @@ class Broker:
         rtype = None
         later = False
         try:
-            req = p.decode_payload(payload)
-            label = p.label_of(req)
+            # The session process has checked this request already; it is parsed again
+            # (by the same parser) because the parent trusts no session.
+            req, label = p.parse_request(payload)
             rtype = req["type"]
-            p.validate_request(req)
-            if member.nick is None and req["type"] not in p.PRE_WELCOME:
-                raise ProtocolError("not_registered")
-            later = bool(self._handlers[req["type"]](member, req, label, now))
+            p.check_registration(rtype, member.nick is not None)
+            later = bool(self._handlers[rtype](member, req, label, now))
         except ProtocolError as exc:
             self.outbox[sid].append(p.error_from(exc, label))
         except Exception:
@@ -197,8 +196,6 @@ class Broker:
         pass
 
     def _hello(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
-        if member.nick is not None:
-            raise ProtocolError("already_registered")
         if req["version"] not in p.SUPPORTED_VERSIONS:
             self.outbox[member.sid].append(p.error_frame(
                 "unsupported_version", f"version {req['version']} is not supported",

@@ -89,6 +89,9 @@ class ProtocolError(Exception):
         self.code = code
         self.message = message or ERRORS[code][1]
         self.limit = limit
+        # The refused request's label, when parse_request found a valid one: the error
+        # answers that request.
+        self.label: Any = None
 
     @property
     def fatal(self) -> bool:
@@ -115,6 +118,9 @@ def error_frame(code: str, message: str = "", *, label: Any = None, **extra: Any
 
 
 def error_from(exc: ProtocolError, label: Any = None) -> bytes:
+    """The error frame for `exc`, with `label` (by default, the one `exc` carries)."""
+    if label is None:
+        label = exc.label
     extra = {"limit": exc.limit} if exc.limit else {}
     return error_frame(exc.code, exc.message, label=label, **extra)
 
@@ -243,6 +249,42 @@ def validate_request(obj: dict[str, Any]) -> dict[str, Any]:
     if rtype == "history" and "before" in obj and "after" in obj:
         raise ProtocolError("invalid_value", "history: give at most one of 'before', 'after'")
     return obj
+
+
+def parse_request(payload: bytes) -> tuple[dict[str, Any], Any]:
+    """One request payload as (request, label): the one parser of client requests, used by
+    the session process for its client's frames and by the broker, which trusts no session,
+    for what a session sends it. A refusal is a ProtocolError that carries the request's
+    label when it had a valid one.
+
+    The request comes back as decoded: every field its schema knows has the right type
+    (fields nobody reads are left for the reader to ignore). A `quit` always parses, since
+    it ends the session whatever it holds: a field of the wrong type is dropped instead."""
+    req = decode_payload(payload)
+    label = label_of(req)
+    if req["type"] == "quit":
+        if not isinstance(req.get("reason"), str):
+            req.pop("reason", None)
+        return req, label
+    try:
+        validate_request(req)
+    except ProtocolError as exc:
+        exc.label = label
+        raise
+    return req, label
+
+
+def check_registration(rtype: str, registered: bool | None) -> None:
+    """The one rule for what may come when (protocol.md §4): before welcome only
+    PRE_WELCOME requests, after it no second hello. `registered` None: not known yet (a
+    hello is on its way to the broker), so the broker, which knows, decides."""
+    if registered is None:
+        return
+    if registered:
+        if rtype == "hello":
+            raise ProtocolError("already_registered")
+    elif rtype not in PRE_WELCOME:
+        raise ProtocolError("not_registered")
 
 
 def check_nick(nick: str) -> str:

@@ -52,6 +52,14 @@ class State(enum.Enum):
     ENDED = "ended"  # the shell has delivered them and closed the connection
 
 
+# What the session knows of its registration, for protocol.check_registration (None: not
+# yet known, the broker decides). Requests of an ended session are never looked at.
+REGISTERED: dict[State, bool | None] = {
+    State.AWAITING_HELLO: False, State.REGISTERING: None, State.WELCOMED: True,
+    State.CLOSING: None, State.ENDED: None,
+}
+
+
 class Session:
     def __init__(self, config: Config, now: float) -> None:
         self.config = config
@@ -100,44 +108,41 @@ class Session:
     def _frame(self, payload: bytes, now: float) -> None:
         """One frame costs one token at most: a request its own bucket's, a frame that is
         not a valid request one of `cmd` (protocol.md §7)."""
-        label = None
-        charged = False
         try:
-            req = p.decode_payload(payload)
-            label = p.label_of(req)
-            rtype = req["type"]
-            if rtype == "quit":  # always ends the session, whatever its fields or budget
-                self._quit(req, label)
-                return
-            p.validate_request(req)  # also for ping/pong: a bad label or token is an error
-            if rtype == "ping":
-                self._send_pong(req, label)
-                return
-            if rtype == "pong":
-                return
-            if not self._allow(BUCKET_OF.get(rtype, "cmd"), label, now):
-                return
-            charged = True
-            if rtype == "hello":
-                if self.state is State.WELCOMED:
-                    raise ProtocolError("already_registered")
-                if self.state is State.AWAITING_HELLO:
-                    self._enter(State.REGISTERING)
-            elif self.state is State.AWAITING_HELLO and rtype not in p.PRE_WELCOME:
-                raise ProtocolError("not_registered")
-            log.debug("request %s", rtype)
-            self._forward(rtype, self._canonical(req, rtype))
+            req, label = p.parse_request(payload)
         except ProtocolError as exc:
-            if charged or self._allow("cmd", label, now):
-                self.to_client.append(p.error_from(exc, label))
+            if self._allow("cmd", exc.label, now):
+                self.to_client.append(p.error_from(exc, exc.label))
+            return
+        rtype = req["type"]
+        if rtype == "quit":  # always ends the session, whatever its fields or budget
+            self._quit(req, label)
+            return
+        if rtype == "ping":
+            self._send_pong(req, label)
+            return
+        if rtype == "pong":
+            return
+        if not self._allow(BUCKET_OF.get(rtype, "cmd"), label, now):
+            return
+        try:
+            p.check_registration(rtype, REGISTERED[self.state])
+        except ProtocolError as exc:
+            self.to_client.append(p.error_from(exc, label))
+            return
+        if self.state is State.AWAITING_HELLO:  # (so this is a hello)
+            self._enter(State.REGISTERING)
+        log.debug("request %s", rtype)
+        self._forward(rtype, self._canonical(req, rtype, label))
 
     def _quit(self, req: dict[str, Any], label: Any) -> None:
-        """Leave at once: what still waits is never answered. Only a `reason` that is a
-        string goes on (the broker replaces one that breaks the rules with "quit")."""
+        """Leave at once: what still waits is never answered. Only a `reason` goes on
+        (parse_request kept it only if a string; the broker replaces one that breaks the
+        rules with "quit")."""
         self.held.clear()
         self._close("quit")
         out: dict[str, Any] = {"type": "quit"}
-        if isinstance(req.get("reason"), str):
+        if "reason" in req:
             out["reason"] = req["reason"]
         if label is not None:
             out["label"] = label
@@ -181,11 +186,10 @@ class Session:
             self._to_broker(rtype, data)
 
     @staticmethod
-    def _canonical(req: dict[str, Any], rtype: str) -> bytes:
+    def _canonical(req: dict[str, Any], rtype: str, label: Any) -> bytes:
         """Only known fields go on to the broker; nothing else from the client does."""
         out = {k: req[k] for k in p.SCHEMAS[rtype] if k in req}
         out["type"] = rtype
-        label = p.label_of(req)
         if label is not None:
             out["label"] = label
         return pack(out)

@@ -443,6 +443,22 @@ def test_every_bounded_frame_fits_the_smallest_max_frame() -> None:
     assert h.largest <= smallest, f"a {h.largest}-byte frame; max_frame={smallest}"
 
 
+def test_a_quit_from_a_session_ends_it_whatever_its_fields(h: Harness) -> None:
+    """The broker parses what a session sends with the session's own parser: a quit with
+    a reason of the wrong type still ends the membership (with reason "quit")."""
+    h.connect(1, "a")
+    h.connect(2, "b")
+    h.send(1, type="join", room="#r")
+    h.send(2, type="join", room="#r")
+    h.take(1), h.take(2)
+    h.send(2, type="quit", reason=5, label=[1])
+    assert h.take(2) == []
+    assert [(f["nick"], f["reason"]) for f in h.take(1) if f["type"] == "quit"] == \
+        [("b", "quit")]
+    h.send(2, type="rooms")  # gone: nothing more is answered
+    assert h.take(2) == []
+
+
 def test_the_welcome_overhead_covers_the_worst_welcome() -> None:
     """config.WELCOME_OVERHEAD (what a welcome needs besides motd and name, which the
     configuration check reserves in max_frame) covers the longest label, nick and

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -72,6 +73,52 @@ def test_request_validation(req: dict, code: str) -> None:
 def test_valid_requests_pass_unchanged() -> None:
     req = {"type": "msg", "room": "#a", "text": "hi", "label": "m1", "extra": 1}
     assert validate_request(req) is req
+
+
+def test_parse_request_gives_the_request_and_its_label() -> None:
+    req = {"type": "msg", "room": "#a", "text": "hi", "label": "m1"}
+    assert p.parse_request(msgpack.packb(req)) == (req, "m1")
+    assert p.parse_request(msgpack.packb({"type": "rooms"})) == ({"type": "rooms"}, None)
+
+
+@pytest.mark.parametrize(("payload", "code", "label"), [
+    (b"\xc1", "malformed", None),
+    (msgpack.packb([1]), "not_a_map", None),
+    (msgpack.packb({"type": "dance", "label": 3}), "unknown_type", 3),
+    (msgpack.packb({"type": "join", "room": 1, "label": "j"}), "wrong_type", "j"),
+    (msgpack.packb({"type": "join", "room": "#a", "label": [1]}), "wrong_type", None),
+])
+def test_parse_request_refusals_carry_the_label(payload: bytes, code: str, label: Any) -> None:
+    """The error answers the request it refuses: with its label, when that was valid."""
+    with pytest.raises(ProtocolError) as info:
+        p.parse_request(payload)
+    assert (info.value.code, info.value.label) == (code, label)
+    frame = msgpack.unpackb(p.error_from(info.value)[4:])
+    assert frame.get("label") == label and frame["code"] == code
+
+
+def test_parse_request_always_parses_a_quit() -> None:
+    """A quit ends the session whatever it holds (protocol.md §4): a field of the wrong
+    type is dropped, for the session process and the broker alike."""
+    quit = {"type": "quit", "reason": 5, "label": None, "code": "flood"}
+    assert p.parse_request(msgpack.packb(quit)) == ({"type": "quit", "label": None,
+                                                    "code": "flood"}, None)
+    quit = {"type": "quit", "reason": "bye", "label": 2}
+    assert p.parse_request(msgpack.packb(quit)) == (quit, 2)
+
+
+@pytest.mark.parametrize(("rtype", "registered", "code"), [
+    ("join", False, "not_registered"), ("hello", False, None), ("ping", False, None),
+    ("quit", False, None), ("hello", True, "already_registered"), ("join", True, None),
+    ("hello", None, None), ("join", None, None),
+])
+def test_check_registration(rtype: str, registered: bool | None, code: str | None) -> None:
+    if code is None:
+        p.check_registration(rtype, registered)
+        return
+    with pytest.raises(ProtocolError) as info:
+        p.check_registration(rtype, registered)
+    assert info.value.code == code
 
 
 @pytest.mark.parametrize("nick", ["a", "Alice", "_x", "[bot]", "a-b", "x" * 30])
