@@ -39,8 +39,8 @@ REMEMBERED_ENDINGS = 4096
 
 @dataclass(slots=True, eq=False)
 class Member:
-    sid: int
-    session: str
+    sid: int  # the session's number: its channel in the parent
+    token: str  # the session's token: the client's name for it (welcome.session)
     nick: str | None = None
     rooms: set[str] = field(default_factory=set)
     gone: bool = False
@@ -85,8 +85,8 @@ class Broker:
 
     # ---- session lifetime (called by the parent's loop) ----
 
-    def attach(self, sid: int, session: str) -> None:
-        self.members[sid] = Member(sid, session)
+    def attach(self, sid: int, token: str) -> None:
+        self.members[sid] = Member(sid, token)
 
     def detach(self, sid: int, reason: str, now: int, code: str = "") -> None:
         """The session's channel is gone: leave everything, tell the rooms."""
@@ -94,7 +94,7 @@ class Broker:
         self.outbox.pop(sid, None)
         if member is not None and not member.gone:
             self._leave_all(member, reason, now)
-            self._remember(member.session, code or "closed", reason)
+            self._remember(member.token, code or "closed", reason)
 
     @property
     def config(self) -> Config:
@@ -160,7 +160,7 @@ class Broker:
             self.outbox[sid].append(p.error_from(exc, label))
         except Exception:
             # A bug must cost one session, never the parent.
-            log.exception("broker failed on a request from session %s", member.session)
+            log.exception("broker failed on a request from session %s", member.token)
             self.outbox[sid].append(p.error_frame("internal", label=label))
             self.outbox[sid].append(channel.close("internal"))
         if rtype in CATCHUP and not later:  # answered, whatever the outcome: the session
@@ -208,7 +208,7 @@ class Broker:
         cfg = self.config
         welcome: dict[str, Any] = {
             "type": "welcome", "version": p.VERSION, "server": cfg.server_name,
-            "session": member.session, "nick": nick, "motd": cfg.motd, "time": now,
+            "session": member.token, "nick": nick, "motd": cfg.motd, "time": now,
             "limits": cfg.limits(),
         }
         previous = self.endings.get(req.get("session", ""))
@@ -234,7 +234,7 @@ class Broker:
         self._leave_all(member, reason, now)
         # "closed": the client vanished without a quit (what detach() records too).
         known = isinstance(code, str) and (code in p.ERRORS or code == "closed")
-        self._remember(member.session, str(code) if known else "quit", reason)
+        self._remember(member.token, str(code) if known else "quit", reason)
         member.gone = True
 
     def _room(self, name: str) -> Room:
@@ -420,7 +420,7 @@ class Broker:
             del self.nicks[p.nick_key(member.nick)]
         self.history.forget(member.sid)
 
-    def _remember(self, session: str, code: str, reason: str) -> None:
-        self.endings[session] = (code, reason)
+    def _remember(self, token: str, code: str, reason: str) -> None:
+        self.endings[token] = (code, reason)
         while len(self.endings) > REMEMBERED_ENDINGS:
             self.endings.popitem(last=False)

@@ -27,7 +27,7 @@ class Child:
     pid: int
     sid: int
     chan: socket.socket
-    token: str  # the session's token (the broker's Member.session); `sid` is its number
+    token: str  # the session's token (the broker's Member.token); `sid` is its number
     ip: str
     decoder: FrameDecoder
     source: str = ""  # what the per-source caps count (admission.source_of)
