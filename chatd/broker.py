@@ -88,12 +88,12 @@ class Broker:
     def attach(self, sid: int, token: str) -> None:
         self.members[sid] = Member(sid, token)
 
-    def detach(self, sid: int, reason: str, now: int, code: str = "") -> None:
+    def detach(self, sid: int, reason: str, now_ms: int, code: str = "") -> None:
         """The session's channel is gone: leave everything, tell the rooms."""
         member = self.members.pop(sid, None)
         self.outbox.pop(sid, None)
         if member is not None and not member.gone:
-            self._leave_all(member, reason, now)
+            self._leave_all(member, reason, now_ms)
             self._remember(member.token, code or "closed", reason)
 
     @property
@@ -141,7 +141,7 @@ class Broker:
 
     # ---- requests from a session ----
 
-    def receive(self, sid: int, payload: bytes, now: int) -> None:
+    def receive(self, sid: int, payload: bytes, now_ms: int) -> None:
         """Handle one request frame payload from session `sid`'s channel."""
         member = self.members.get(sid)
         if member is None or member.gone:
@@ -155,7 +155,7 @@ class Broker:
             req, label = p.parse_request(payload)
             rtype = req["type"]
             p.check_registration(rtype, member.nick is not None)
-            later = bool(self._handlers[rtype](member, req, label, now))
+            later = bool(self._handlers[rtype](member, req, label, now_ms))
         except ProtocolError as exc:
             self.outbox[sid].append(p.error_from(exc, label))
         except Exception:
@@ -192,10 +192,10 @@ class Broker:
             if sid not in held:
                 outbox[sid].append(data)
 
-    def _ignore(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
+    def _ignore(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> None:
         pass
 
-    def _hello(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
+    def _hello(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> None:
         if req["version"] not in p.SUPPORTED_VERSIONS:
             self.outbox[member.sid].append(p.error_frame(
                 "unsupported_version", f"version {req['version']} is not supported",
@@ -208,7 +208,7 @@ class Broker:
         cfg = self.config
         welcome: dict[str, Any] = {
             "type": "welcome", "version": p.VERSION, "server": cfg.server_name,
-            "session": member.token, "nick": nick, "motd": cfg.motd, "time": now,
+            "session": member.token, "nick": nick, "motd": cfg.motd, "time": now_ms,
             "limits": cfg.limits(),
         }
         previous = self.endings.get(req.get("session", ""))
@@ -224,14 +224,14 @@ class Broker:
             raise ProtocolError("nick_taken", f"nick {nick!r} is in use")
         return nick
 
-    def _quit(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
+    def _quit(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> None:
         try:
             reason = p.check_line(req.get("reason", ""), "reason", p.MAX_REASON) or "quit"
         except ProtocolError:  # the session ends anyway: a bad reason must not hide that
             reason = "quit"
         # The session process adds `code` when it ends the session itself.
         code = req.get("code")
-        self._leave_all(member, reason, now)
+        self._leave_all(member, reason, now_ms)
         # "closed": the client vanished without a quit (what detach() records too).
         known = isinstance(code, str) and (code in p.ERRORS or code == "closed")
         self._remember(member.token, str(code) if known else "quit", reason)
@@ -250,7 +250,7 @@ class Broker:
             raise ProtocolError("not_in_room", f"you are not in {canon}")
         return room
 
-    def _join(self, member: Member, req: dict[str, Any], label: Any, now: int) -> bool:
+    def _join(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> bool:
         name = p.check_room(req["room"])
         room = self.rooms.get(name)
         if room is None or member.sid not in room.members:
@@ -263,31 +263,31 @@ class Broker:
                 self.history.room_created(name)
             log.debug("%s joins %s", member.nick, name)
             self._fanout(room, pack({"type": "join", "room": name, "nick": member.nick,
-                                     "ts": now}))
+                                     "ts": now_ms}))
             room.members[member.sid] = member
             member.rooms.add(name)
         self._reply_paged(member, {"type": "joined", "room": name, "topic": room.topic},
                           "members", self._members_after(room, None), label)
         return self.history.join(member.sid, name, req.get("after"), label)
 
-    def _part(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
+    def _part(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> None:
         room = self._my_room(member, req["room"])
         reason = p.check_line(req.get("reason", ""), "reason", p.MAX_REASON)
         self._reply(member, {"type": "parted", "room": room.name}, label)
         self._leave(member, room, {"type": "part", "room": room.name, "nick": member.nick,
-                                   "reason": reason, "ts": now})
+                                   "reason": reason, "ts": now_ms})
 
-    def _msg(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
+    def _msg(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> None:
         text = p.check_text(req["text"], self.config.max_text)
         action = bool(req.get("action", False))
         nick = member.nick
         assert nick is not None
         if "room" in req:
             room = self._my_room(member, req["room"])
-            msg_id = self.store.add_message(now, nick, text, action, room=room.name)
-            ack: dict[str, Any] = {"type": "ack", "id": msg_id, "ts": now, "room": room.name}
+            msg_id = self.store.add_message(now_ms, nick, text, action, room=room.name)
+            ack: dict[str, Any] = {"type": "ack", "id": msg_id, "ts": now_ms, "room": room.name}
             ack_data = self._reply(member, ack, label)
-            data = pack({"type": "message", "id": msg_id, "ts": now, "room": room.name,
+            data = pack({"type": "message", "id": msg_id, "ts": now_ms, "room": room.name,
                          "from": nick, "text": text, "action": action})
             self._post(room, msg_id, data)
             self._unsettled.append((label, ack_data, data, msg_id))
@@ -295,35 +295,35 @@ class Broker:
         target = self.nicks.get(p.nick_key(p.check_nick(req["to"])))
         if target is None or target.nick is None:
             raise ProtocolError("no_such_nick", f"nobody is called {req['to']!r}")
-        msg_id = self.store.add_message(now, nick, text, action, target=target.nick)
+        msg_id = self.store.add_message(now_ms, nick, text, action, target=target.nick)
         self.history.posted(msg_id)
-        ack_data = self._reply(member, {"type": "ack", "id": msg_id, "ts": now,
+        ack_data = self._reply(member, {"type": "ack", "id": msg_id, "ts": now_ms,
                                         "to": target.nick}, label)
-        data = pack({"type": "message", "id": msg_id, "ts": now, "to": target.nick,
+        data = pack({"type": "message", "id": msg_id, "ts": now_ms, "to": target.nick,
                      "from": nick, "text": text, "action": action})
         self.outbox[member.sid].append(data)
         if target is not member:
             self.outbox[target.sid].append(data)
         self._unsettled.append((label, ack_data, data, msg_id))
 
-    def _nick(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
+    def _nick(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> None:
         old = member.nick
         assert old is not None
         new = self._free_nick(member, req["nick"])
         if new == old:  # nothing changes: answer, but do not tell the rooms
-            self._reply(member, {"type": "nick", "old": old, "new": new, "ts": now}, label)
+            self._reply(member, {"type": "nick", "old": old, "new": new, "ts": now_ms}, label)
             return
         del self.nicks[p.nick_key(old)]
         member.nick = new
         self.nicks[p.nick_key(new)] = member
         if p.nick_key(new) != p.nick_key(old):  # a new direct-message history
             self.history.took_nick(member.sid)
-        self._reply(member, {"type": "nick", "old": old, "new": new, "ts": now}, label)
+        self._reply(member, {"type": "nick", "old": old, "new": new, "ts": now_ms}, label)
         for name in sorted(member.rooms):
             self._fanout(self.rooms[name], pack({"type": "nick", "room": name, "old": old,
-                                                 "new": new, "ts": now}), skip=member.sid)
+                                                 "new": new, "ts": now_ms}), skip=member.sid)
 
-    def _topic(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
+    def _topic(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> None:
         if "topic" not in req:
             room = self._room(req["room"])
             self._reply(member, {"type": "topic", "room": room.name, "topic": room.topic,
@@ -331,21 +331,21 @@ class Broker:
             return
         room = self._my_room(member, req["room"])
         topic = p.check_line(req["topic"], "topic", p.MAX_TOPIC)
-        self.store.set_topic(room.name, topic, member.nick or "", now)
-        room.topic, room.topic_by, room.topic_ts = topic, member.nick, now
+        self.store.set_topic(room.name, topic, member.nick or "", now_ms)
+        room.topic, room.topic_by, room.topic_ts = topic, member.nick, now_ms
         frame = {"type": "topic", "room": room.name, "topic": topic, "by": member.nick,
-                 "ts": now}
+                 "ts": now_ms}
         self._fanout(room, pack(frame), skip=member.sid)
         self._reply(member, frame, label)
 
-    def _rooms(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
+    def _rooms(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> None:
         names = self.room_names
         start = bisect_right(names, p.check_room(req["after"])) if "after" in req else 0
         listing = ({"room": room.name, "members": len(room.members), "topic": room.topic}
                    for room in (self.rooms[names[i]] for i in range(start, len(names))))
         self._reply_paged(member, {"type": "rooms"}, "rooms", listing, label)
 
-    def _who(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
+    def _who(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> None:
         room = self._room(req["room"])
         after = p.check_nick(req["after"]) if "after" in req else None
         self._reply_paged(member, {"type": "members", "room": room.name}, "members",
@@ -381,7 +381,7 @@ class Broker:
         frame.update({key: kept, "more": more})
         self.outbox[member.sid].append(pack(frame))
 
-    def _history(self, member: Member, req: dict[str, Any], label: Any, now: int) -> bool:
+    def _history(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> bool:
         page = self.config.history_page
         limit = req.get("limit", page)
         if limit < 1:
@@ -411,11 +411,11 @@ class Broker:
             del self.room_names[bisect_left(self.room_names, room.name)]
             self.store.touch_room(room.name, notice["ts"])  # retention counts from here
 
-    def _leave_all(self, member: Member, reason: str, now: int) -> None:
+    def _leave_all(self, member: Member, reason: str, now_ms: int) -> None:
         for name in sorted(member.rooms):
             self._leave(member, self.rooms[name], {"type": "quit", "room": name,
                                                    "nick": member.nick, "reason": reason,
-                                                   "ts": now})
+                                                   "ts": now_ms})
         if member.nick is not None and self.nicks.get(p.nick_key(member.nick)) is member:
             del self.nicks[p.nick_key(member.nick)]
         self.history.forget(member.sid)

@@ -1,6 +1,7 @@
 """One client connection's state machine (sans-I/O; lives in the session process).
 
-Fed client bytes, broker controls and the time; produces frames for the
+Fed client bytes, broker controls and the time (`now_ms`: a monotonic clock in integer
+milliseconds; deadlines are on it too); produces frames for the
 client (`to_client`), canonical requests for the broker (`to_broker`) and, when
 the session must end, `ended` (the error code). It owns what is per-connection:
 framing limits, schema checks, the handshake deadline, keepalive, rate limits.
@@ -23,7 +24,7 @@ from chatd.protocol import ProtocolError, pack
 from chatd.ratelimit import TokenBucket
 
 log = logging.getLogger("chatd.session")
-FLOOD_PAUSE = 10.0
+FLOOD_PAUSE_MS = 10_000  # a rate-limit strike is forgotten after this long
 # join/history replies can each be up to max_frame; with this many in flight at most, a
 # reconnect that re-joins 50 busy rooms at once cannot flood its own queues (and be
 # ended as a slow consumer for it). The broker answers each with a `done` control, which
@@ -40,6 +41,11 @@ QUIT_REASONS = {
     "shutting_down": "server shutting down", "server_gone": "server gone",
     "resource_limit": "resource limit", "internal": "internal error",
 }
+
+
+def ms(seconds: float) -> int:
+    """A duration setting (seconds, as configured) on the session's clock."""
+    return round(seconds * 1000)
 
 
 class State(enum.Enum):
@@ -61,7 +67,7 @@ REGISTERED: dict[State, bool | None] = {
 
 
 class Session:
-    def __init__(self, config: Config, now: float) -> None:
+    def __init__(self, config: Config, now_ms: int) -> None:
         self.config = config
         self.decoder = p.FrameDecoder(config.max_frame)
         self.to_client: list[bytes] = []
@@ -70,32 +76,32 @@ class Session:
         self.nick: str | None = None
         self.ended: str | None = None  # why the session ends, from CLOSING on
         self.drop_pending = False  # the shell discards unsent client output
-        self.last_rx = now
-        self.ping_deadline: float | None = None
-        self.broker_deadline: float | None = None
+        self.last_rx = now_ms
+        self.ping_deadline: int | None = None
+        self.broker_deadline: int | None = None
         self._tokens = itertools.count(1)
         self.buckets = {
-            "msg": TokenBucket(config.msg_rate, config.msg_burst, now),
-            "history": TokenBucket(config.history_rate, config.history_burst, now),
-            "cmd": TokenBucket(config.cmd_rate, config.cmd_burst, now),
+            "msg": TokenBucket(config.msg_rate, config.msg_burst, now_ms / 1000),
+            "history": TokenBucket(config.history_rate, config.history_burst, now_ms / 1000),
+            "cmd": TokenBucket(config.cmd_rate, config.cmd_burst, now_ms / 1000),
         }
         self.catchup_inflight = 0
         self.held: deque[tuple[str, bytes]] = deque()  # requests waiting, in order
         self.strikes = 0
-        self.last_strike = 0.0
-        self.handshake_deadline: float | None = now + config.handshake_timeout
+        self.last_strike = 0
+        self.handshake_deadline: int | None = now_ms + ms(config.handshake_timeout)
 
     # ---- input from the client ----
 
-    def receive_data(self, data: bytes, now: float) -> None:
+    def receive_data(self, data: bytes, now_ms: int) -> None:
         if self.ended:
             return
-        self.last_rx = now
+        self.last_rx = now_ms
         self.ping_deadline = None
         self.decoder.receive_data(data)
         try:
             for payload in self.decoder.payloads():
-                self._frame(payload, now)
+                self._frame(payload, now_ms)
                 if self.ended:
                     return
         except ProtocolError as exc:  # only framing errors escape payloads()
@@ -105,13 +111,13 @@ class Session:
         if not self.ended:
             self._end("closed", "connection closed")
 
-    def _frame(self, payload: bytes, now: float) -> None:
+    def _frame(self, payload: bytes, now_ms: int) -> None:
         """One frame costs one token at most: a request its own bucket's, a frame that is
         not a valid request one of `cmd` (protocol.md §7)."""
         try:
             req, label = p.parse_request(payload)
         except ProtocolError as exc:
-            if self._allow("cmd", exc.label, now):
+            if self._allow("cmd", exc.label, now_ms):
                 self.to_client.append(p.error_from(exc, exc.label))
             return
         rtype = req["type"]
@@ -123,7 +129,7 @@ class Session:
             return
         if rtype == "pong":
             return
-        if not self._allow(BUCKET_OF.get(rtype, "cmd"), label, now):
+        if not self._allow(BUCKET_OF.get(rtype, "cmd"), label, now_ms):
             return
         try:
             p.check_registration(rtype, REGISTERED[self.state])
@@ -194,14 +200,14 @@ class Session:
             out["label"] = label
         return pack(out)
 
-    def _allow(self, bucket: str, label: Any, now: float) -> bool:
-        wait = self.buckets[bucket].take(now)
+    def _allow(self, bucket: str, label: Any, now_ms: int) -> bool:
+        wait = self.buckets[bucket].take(now_ms / 1000)  # rates and waits are per second
         if not wait:
             return True
-        if now - self.last_strike > FLOOD_PAUSE:
+        if now_ms - self.last_strike > FLOOD_PAUSE_MS:
             self.strikes = 0
         self.strikes += 1
-        self.last_strike = now
+        self.last_strike = now_ms
         if self.strikes > self.config.flood_strikes:
             self.fail("flood", limit="flood_strikes")
         else:
@@ -236,36 +242,38 @@ class Session:
         for name, bucket in self.buckets.items():
             bucket.reconfigure(getattr(config, f"{name}_rate"), getattr(config, f"{name}_burst"))
 
-    def broker_lost(self, now: float) -> None:
+    def broker_lost(self, now_ms: int) -> None:
         """The parent vanished: wait `broker_grace` for it, then give up."""
         if self.broker_deadline is None:
-            self.broker_deadline = now + self.config.broker_grace
+            self.broker_deadline = now_ms + ms(self.config.broker_grace)
 
     # ---- time ----
 
     def next_deadline(self) -> float:
+        """When tick() next has something to do, in ms (infinity once the session ended)."""
         if self.ended:
             return float("inf")
         # While a ping is outstanding its deadline replaces the next ping time.
-        candidates = [self.last_rx + self.config.ping_interval
+        candidates = [self.last_rx + ms(self.config.ping_interval)
                       if self.ping_deadline is None else self.ping_deadline]
         for deadline in (self.handshake_deadline, self.broker_deadline):
             if deadline is not None:
                 candidates.append(deadline)
         return min(candidates)
 
-    def tick(self, now: float) -> None:
+    def tick(self, now_ms: int) -> None:
         if self.ended:
             return
-        if self.broker_deadline is not None and now >= self.broker_deadline:
+        if self.broker_deadline is not None and now_ms >= self.broker_deadline:
             self.fail("server_gone", tell_broker=False)
-        elif self.handshake_deadline is not None and now >= self.handshake_deadline:
+        elif self.handshake_deadline is not None and now_ms >= self.handshake_deadline:
             self.fail("handshake_timeout", limit="handshake_timeout")
-        elif self.ping_deadline is not None and now >= self.ping_deadline:
+        elif self.ping_deadline is not None and now_ms >= self.ping_deadline:
             self.fail("ping_timeout", limit="ping_timeout")
-        elif self.ping_deadline is None and now >= self.last_rx + self.config.ping_interval:
+        elif self.ping_deadline is None and \
+                now_ms >= self.last_rx + ms(self.config.ping_interval):
             self.to_client.append(pack({"type": "ping", "token": next(self._tokens)}))
-            self.ping_deadline = now + self.config.ping_timeout
+            self.ping_deadline = now_ms + ms(self.config.ping_timeout)
 
     # ---- ending ----
 

@@ -32,6 +32,11 @@ FINAL_FLUSH = 2.0  # seconds to hand the parent our last words (a quit) before c
 Envelopes = list[tuple[int, memoryview]]
 
 
+def now_ms() -> int:
+    """The Session's clock: monotonic, in integer milliseconds."""
+    return time.monotonic_ns() // 1_000_000
+
+
 class ResourceLimit(Exception):
     """The session process hit a resource limit; `limit` names the setting."""
 
@@ -56,7 +61,7 @@ class Loop:
         (now, unless a TLS handshake came first)."""
         self.sock, self.chan, self.peer = sock, chan, peer
         self.reader, self.pending = reader, pending
-        self.session = Session(config, started)
+        self.session = Session(config, int(started * 1000))
         # Plaintext a TLS stream holds is invisible to epoll: the loop reads it without
         # waiting.
         self.tls_buffered = sock.buffered if isinstance(sock, tls.TLSStream) else None
@@ -74,22 +79,21 @@ class Loop:
         sfd, cfd = sock.fileno(), chan.fileno()
         self.ep.register(sfd, EPOLLIN)
         self.ep.register(cfd, EPOLLIN)
-        monotonic = time.monotonic
         log.info("serving %s", self.peer)
         status = 0
         try:
             self.on_envelopes(self.pending)
-            deadline = monotonic() if self.fed else session.next_deadline()
+            deadline = now_ms() if self.fed else session.next_deadline()
             while not session.ended:
                 self.watch()
-                timeout = deadline - monotonic()
+                timeout = (deadline - now_ms()) / 1000
                 held = self.tls_buffered is not None and self.client_open and \
                     self.tls_buffered()
                 events = self.ep.poll(0.0 if held else 3600.0 if timeout > 3600.0 else
                                       timeout if timeout > 0.0 else 0.0)
                 if held and all(fd != sfd for fd, _ev in events):
                     events.append((sfd, EPOLLIN))
-                now = monotonic()
+                now = now_ms()
                 self.fed = now >= deadline  # the Session has something to do (or to be told)
                 for fd, ev in events:
                     if fd == sfd:
@@ -97,10 +101,10 @@ class Loop:
                     elif fd == cfd:
                         self.on_channel(ev, now)
                 if self.fed:
-                    self.on_session(monotonic())
+                    self.on_session(now_ms())
                     deadline = session.next_deadline()
                 if self.flush():
-                    self.on_session(monotonic())
+                    self.on_session(now_ms())
                     deadline = session.next_deadline()
         except (MemoryError, ResourceLimit) as exc:
             # Over a limit this process alone dies of: free what we can and tell the client.
@@ -131,7 +135,7 @@ class Loop:
             self.ep.modify(self.sock.fileno(), want)
             self.sock_mask = want
 
-    def on_client(self, ev: int, now: float) -> None:
+    def on_client(self, ev: int, now: int) -> None:
         if self.sock_mask & EPOLLOUT and ev & ~EPOLLIN:
             self.send_client()
         if ev & ~EPOLLOUT and self.client_open:
@@ -142,7 +146,7 @@ class Loop:
             elif data is not None:
                 self.client_lost()
 
-    def on_channel(self, ev: int, now: float) -> None:
+    def on_channel(self, ev: int, now: int) -> None:
         if ev & ~EPOLLOUT:
             data = recv(self.chan)
             if data is None:
@@ -165,7 +169,7 @@ class Loop:
                 self.session.control(decode_control(body))
                 self.fed = True
 
-    def on_session(self, now: float) -> None:
+    def on_session(self, now: int) -> None:
         """Tick the Session and take what it produced."""
         self.fed = False
         self.session.tick(now)
@@ -177,7 +181,7 @@ class Loop:
         session = self.session
         was = session.ended
         if self.to_broker.chunks and self.broker_open:
-            self.send_broker(time.monotonic())
+            self.send_broker(now_ms())
         if self.to_client.chunks and self.client_open:
             self.send_client()
         queue = session.config.client_queue
@@ -190,7 +194,7 @@ class Loop:
         if not send_or_drop(self.to_client, self.sock):
             self.client_lost()
 
-    def send_broker(self, now: float) -> None:
+    def send_broker(self, now: int) -> None:
         if not send_or_drop(self.to_broker, self.chan):
             self.broker_lost(now)
 
@@ -199,7 +203,7 @@ class Loop:
         self.session.client_closed()
         self.fed = True
 
-    def broker_lost(self, now: float) -> None:
+    def broker_lost(self, now: int) -> None:
         if self.broker_open:
             self.broker_open = False
             self.ep.unregister(self.chan)

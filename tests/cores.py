@@ -49,7 +49,7 @@ class Conn:
 
     def __init__(self, hub: Hub, sid: int, irc: bool) -> None:
         self.hub, self.sid = hub, sid
-        self.session = Session(hub.config, hub.now)
+        self.session = Session(hub.config, hub.now_ms)
         self.front = IrcFrontEnd(hub.config, hub.now) if irc else None
         self.received = bytearray()  # what the client got: IRC lines or native frames
         self.detached = False
@@ -68,7 +68,7 @@ class Conn:
         self.hub.pump()
 
     def request(self, **frame: Any) -> None:
-        self.session.receive_data(pack(frame), self.hub.now)
+        self.session.receive_data(pack(frame), self.hub.now_ms)
         self.hub.pump()
 
     def lines(self) -> list[Line]:
@@ -94,7 +94,7 @@ class Conn:
             data = b"".join(self.front.to_session)
             self.front.to_session.clear()
             if data or liveness:
-                self.session.receive_data(data, self.hub.now)
+                self.session.receive_data(data, self.hub.now_ms)
 
     def _to_client(self, data: bytes) -> None:
         if self.front is None:
@@ -136,8 +136,13 @@ class Hub:
         self.broker = Broker(Store(tmp_path / "history.sqlite3"), self.config)
         # History reads are answered as the reader process does, from its own connection.
         self.reader = Store(tmp_path / "history.sqlite3", readonly=True)
-        self.now = 100.0  # the sessions' monotonic clock, in seconds
+        self.now = 100.0  # the monotonic clock, in seconds (the IRC front ends')
         self.conns: dict[int, Conn] = {}
+
+    @property
+    def now_ms(self) -> int:
+        """The sessions' clock: the same monotonic clock in milliseconds."""
+        return round(self.now * 1000)
 
     @property
     def ms(self) -> int:
@@ -167,7 +172,7 @@ class Hub:
     def advance(self, seconds: float) -> None:
         self.now += seconds
         for conn in self.conns.values():
-            conn.session.tick(self.now)
+            conn.session.tick(self.now_ms)
         self.pump()
 
     def pump(self) -> None:

@@ -235,7 +235,7 @@ CLOSE_CODES = st.sampled_from(["slow_consumer", "shutting_down", "internal", "fl
                                "no-such-code"])
 session_ops = st.one_of(
     st.tuples(st.just("data"), chunks),
-    st.tuples(st.just("tick"), st.floats(0.0, 8.0)),
+    st.tuples(st.just("tick"), st.integers(0, 8_000)),  # ms
     st.tuples(st.just("welcome"), nicks.filter(bool)),
     st.tuples(st.just("state"), st.lists(rooms, max_size=3)),
     st.tuples(st.just("close"), CLOSE_CODES),
@@ -247,7 +247,7 @@ session_ops = st.one_of(
 @given(ops=st.lists(session_ops, max_size=40))
 def test_session_survives_anything_and_emits_well_formed_frames(
         ops: list[tuple[str, Any]]) -> None:
-    now = 1000.0
+    now = 1_000_000  # ms
     session = Session(SESSION_CONFIG, now)
     to_client = bytearray()
     to_broker = bytearray()
@@ -287,7 +287,7 @@ def test_session_survives_anything_and_emits_well_formed_frames(
 @given(bursts=st.lists(st.integers(1, 40), min_size=1, max_size=6))
 def test_session_rate_limits_then_floods_never_more(bursts: list[int]) -> None:
     """Any mix of bursts: refusals name their bucket; flood is the only way out."""
-    now = 0.0
+    now = 0  # ms
     session = Session(SESSION_CONFIG, now)
     session.receive_data(pack({"type": "hello", "version": 1, "nick": "a"}), now)
     session.control({"c": "welcome", "nick": "a"})
@@ -297,7 +297,7 @@ def test_session_rate_limits_then_floods_never_more(bursts: list[int]) -> None:
             session.receive_data(pack({"type": "msg", "room": "#a", "text": "x"}), now)
         out += b"".join(session.to_client)
         session.to_client.clear()
-        now += 0.5
+        now += 500
     frames = server_frames(bytes(out), SESSION_CONFIG.max_frame)
     codes = [f["code"] for f in frames]
     assert set(codes) <= {"rate_limited", "flood"}

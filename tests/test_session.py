@@ -1,4 +1,4 @@
-"""The per-connection state machine, driven with a fake clock."""
+"""The per-connection state machine, driven with a fake clock (integer milliseconds)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from chatd.protocol import pack
 from chatd.session import CATCHUP_WINDOW, MAX_HELD, Session, State
 
 
-def make(now: float = 0.0, **settings: Any) -> Session:
-    return Session(Config().with_values(parse_settings(settings)), now)
+def make(now_ms: int = 0, **settings: Any) -> Session:
+    return Session(Config().with_values(parse_settings(settings)), now_ms)
 
 
 def out(session: Session) -> list[dict[str, Any]]:
@@ -28,8 +28,8 @@ def forwarded(session: Session) -> list[dict[str, Any]]:
     return frames
 
 
-def feed(s: Session, now: float = 0.0, **req: Any) -> None:
-    s.receive_data(pack(req), now)
+def feed(s: Session, now_ms: int = 0, **req: Any) -> None:
+    s.receive_data(pack(req), now_ms)
 
 
 def welcome(session: Session) -> None:
@@ -79,28 +79,28 @@ def test_oversized_frame_ends_the_session() -> None:
 
 def test_handshake_deadline() -> None:
     s = make(keepalive={"handshake_timeout": 5.0})
-    assert s.next_deadline() == 5.0
-    s.tick(4.9)
+    assert s.next_deadline() == 5_000
+    s.tick(4_900)
     assert s.ended is None
-    s.tick(5.0)
+    s.tick(5_000)
     assert out(s)[0]["code"] == "handshake_timeout" and s.ended == "handshake_timeout"
 
 
 def test_welcome_cancels_the_handshake_deadline() -> None:
     s = make(keepalive={"handshake_timeout": 5.0, "ping_interval": 100.0})
     welcome(s)
-    s.tick(50.0)
+    s.tick(50_000)
     assert s.ended is None
 
 
 def test_keepalive_pings_then_times_out() -> None:
     s = make(keepalive={"ping_interval": 10.0, "ping_timeout": 5.0})
     welcome(s)
-    s.tick(10.0)
+    s.tick(10_000)
     (ping,) = out(s)
     assert ping["type"] == "ping"
-    assert s.next_deadline() == 15.0
-    s.tick(15.0)
+    assert s.next_deadline() == 15_000
+    s.tick(15_000)
     assert out(s)[0]["code"] == "ping_timeout"
     assert forwarded(s) == [{"type": "quit", "reason": "ping timeout", "code": "ping_timeout"}]
 
@@ -108,12 +108,12 @@ def test_keepalive_pings_then_times_out() -> None:
 def test_any_frame_counts_as_alive() -> None:
     s = make(keepalive={"ping_interval": 10.0, "ping_timeout": 5.0})
     welcome(s)
-    s.tick(10.0)
+    s.tick(10_000)
     out(s)
-    feed(s, 12.0, type="pong", token=1)
-    s.tick(15.0)
+    feed(s, 12_000, type="pong", token=1)
+    s.tick(15_000)
     assert s.ended is None and out(s) == []
-    s.tick(22.0)
+    s.tick(22_000)
     assert out(s)[0]["type"] == "ping"  # ten seconds after the pong
 
 
@@ -121,16 +121,16 @@ def test_rate_limit_then_flood() -> None:
     s = make(rate={"msg_rate": 1.0, "msg_burst": 3, "flood_strikes": 5})
     welcome(s)
     for _ in range(3):
-        feed(s, 0.0, type="msg", room="#a", text="x")
+        feed(s, 0, type="msg", room="#a", text="x")
     assert len(forwarded(s)) == 3
-    feed(s, 0.0, type="msg", room="#a", text="x", label=7)
+    feed(s, 0, type="msg", room="#a", text="x", label=7)
     (err,) = out(s)
     assert (err["code"], err["limit"], err["label"]) == ("rate_limited", "msg_rate", 7)
     assert 0.9 <= err["retry_after"] <= 1.0
-    feed(s, 1.0, type="msg", room="#a", text="x")  # a token came back
+    feed(s, 1_000, type="msg", room="#a", text="x")  # a token came back
     assert len(forwarded(s)) == 1
     for _ in range(5):
-        feed(s, 1.0, type="msg", room="#a", text="x")
+        feed(s, 1_000, type="msg", room="#a", text="x")
     assert s.ended == "flood" and out(s)[-1]["code"] == "flood"
 
 
@@ -187,7 +187,7 @@ def test_requests_waiting_behind_catch_up_are_bounded() -> None:
 def test_strikes_reset_after_a_pause() -> None:
     s = make(rate={"cmd_rate": 0.01, "cmd_burst": 1, "flood_strikes": 3})
     welcome(s)
-    for t in (0.0, 0.0, 0.0, 11.0, 11.0, 22.0):
+    for t in (0, 0, 0, 11_000, 11_000, 22_000):
         feed(s, t, type="rooms")
     assert s.ended is None
 
@@ -237,10 +237,10 @@ def test_slow_consumer_close_drops_pending_output() -> None:
 def test_broker_loss_grace_period() -> None:
     s = make(keepalive={"broker_grace": 3.0})
     welcome(s)
-    s.broker_lost(10.0)
-    s.tick(12.9)
+    s.broker_lost(10_000)
+    s.tick(12_900)
     assert s.ended is None
-    s.tick(13.0)
+    s.tick(13_000)
     assert out(s)[0]["code"] == "server_gone"
 
 
@@ -255,7 +255,7 @@ def test_config_push_changes_limits() -> None:
 def test_garbage_stream_never_raises() -> None:
     s = make()
     for chunk in (b"\x00\x00\x00\x05" + msgpack.packb([1, 2]) + b"\xff", b"\x00" * 9):
-        s.receive_data(chunk, 0.0)
+        s.receive_data(chunk, 0)
     assert all(f["type"] == "error" for f in out(s))
 
 
