@@ -62,14 +62,10 @@ def serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:2] == ["bench", "auth"]:  # the auth helper's costs (no server needed)
-        from chatd import authbench
-
-        return authbench.main(argv[2:])
     if argv[:1] == ["bench"]:  # the benchmark parses its own options, --help included
-        from chatd import bench  # only the benchmark pays for its imports
+        from chatd.bench.cli import main as bench  # only the benchmark pays for its imports
 
-        return bench.main(argv[1:])
+        return bench(argv[1:])
     args = build_parser().parse_args(argv)
     return serve(args)
 

@@ -6,6 +6,7 @@ meaning; README's configuration table is generated from the same data.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -319,16 +320,29 @@ def diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
 
 
-def _toml(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """A TOML literal for a setting's value, as `load_file` reads it back."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    return f'"{value}"' if isinstance(value, str) else repr(value)
+    if isinstance(value, str):  # a JSON string is a TOML basic string, but for DEL
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    return repr(value)
+
+
+def dump_toml(settings: dict[str, Any]) -> str:
+    """A config file: top-level keys first, then one table per nested dict (a section)."""
+    lines = [f"{k} = {toml_value(v)}" for k, v in settings.items() if not isinstance(v, dict)]
+    for section, values in settings.items():
+        if isinstance(values, dict):
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
 
 
 def settings_table() -> str:
     """Markdown table of all settings, for README."""
     rows = ["| key | default | meaning |", "|---|---|---|"]
-    rows += [f"| `{s.section}.{s.name}` | `{_toml(s.default)}` | {s.doc} |" for s in SETTINGS]
+    rows += [f"| `{s.section}.{s.name}` | `{toml_value(s.default)}` | {s.doc} |" for s in SETTINGS]
     return "\n".join(rows)
 
 

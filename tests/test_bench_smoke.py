@@ -91,7 +91,7 @@ def test_human_report_and_text_output() -> None:
 
 
 def test_targets_say_met_or_by_how_much_and_why() -> None:
-    from chatd.bench import targets
+    from chatd.bench.clients import targets
 
     phase = {"phase": "deliver", "lost": 0, "duplicates": 0, "deliveries_per_second": 500_000,
              "server_cpu_us_per_delivery": 0.3, "latency_ms": {"p99": 6.0}}

@@ -22,7 +22,11 @@ import time
 from collections import Counter
 from typing import Any
 
-from chatd.bench import Conn, ServerProbe, Stats, Window, frame, percentiles
+from chatd.protocol import pack
+
+from .load import Conn, ServerRef, Stats, Window, open_session, percentiles, until
+from .probes import ServerProbe
+from .report import COL, cpu_line, target
 
 ATTACKER = "127.0.0.1"
 BYSTANDER = "127.0.0.2"
@@ -30,6 +34,11 @@ CHAT_RATE = 50.0  # bystander messages per second: p99 of a 4 s phase rests on 2
 WELCOME_EVERY = 0.2  # seconds between the bystander's new sessions
 WELCOME_GOAL_MS = 50.0
 CHAT_GOAL_X = 2.0
+ADMISSION = True  # the server keeps its admission defaults: they are what is measured
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "churn": {"clients": 1, "senders": 0, "messages": 0, "rate": 0.0, "room_size": -1,
+              "inflight": [1], "phase_seconds": 4.0},
+}
 DESCRIPTION = ("a bystander at {bystander} chats ({chat:g} messages/s) and opens a session "
                "every {every:g} s, idle and then while {attacker} connects{say} and resets "
                "at {rate}")
@@ -80,7 +89,7 @@ def attack(host: str, port: int, source: str, rate: float, seconds: float,
 
 def start_attacker(host: str, port: int, rate: float, seconds: float,
                    say: int) -> subprocess.Popen[str]:
-    code = ("import json, sys; from chatd.bench_churn import attack; "
+    code = ("import json, sys; from chatd.bench.churn import attack; "
             "print(json.dumps(attack(sys.argv[1], int(sys.argv[2]), sys.argv[3], "
             "float(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6]))))")
     return subprocess.Popen([sys.executable, "-c", code, host, str(port), ATTACKER,
@@ -116,22 +125,8 @@ class Bystander:
         self.opened = 0
 
     async def _session(self, nick: str, room: str | None) -> Conn:
-        loop = asyncio.get_running_loop()
-        _transport, conn = await asyncio.wait_for(loop.create_connection(
-            lambda: Conn(self.stats, nick, room), self.host, self.port,
-            local_addr=(BYSTANDER, 0)), self.timeout)
-        try:
-            waits = [conn.request({"type": "hello", "version": 1, "nick": nick,
-                                   "client": "chatd-bench"}, 0)]
-            if room is not None:
-                waits.append(conn.request({"type": "join", "room": room}, 1))
-            for reply in await asyncio.wait_for(asyncio.gather(*waits), self.timeout):
-                if reply.get("type") == "error":
-                    raise ConnectionError(reply.get("code", "error"))
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        return await open_session(self.host, self.port, self.stats, nick, room, self.timeout,
+                                  local_addr=(BYSTANDER, 0))
 
     async def start(self) -> None:
         self.talker = await self._session(f"{self.tag}_talk", self.room)
@@ -162,7 +157,7 @@ class Bystander:
             if delay > 0:
                 await asyncio.sleep(delay)
             text = f"{self.stats.tag}{k} {time.monotonic_ns()}"
-            talker.transport.write(frame({"type": "msg", "room": self.room, "text": text}))
+            talker.transport.write(pack({"type": "msg", "room": self.room, "text": text}))
         self.stats.target = n
 
     async def phase(self, name: str, seconds: float, probe: ServerProbe) -> dict[str, Any]:
@@ -174,9 +169,8 @@ class Bystander:
         failures: Counter[str] = Counter()
         win = Window(probe).start()
         await asyncio.gather(self.chat(seconds), self.welcomes(seconds, times, failures))
-        deadline = time.monotonic() + self.timeout  # let the last messages come back
-        while stats.received < stats.target and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        # Let the last messages come back.
+        await until(lambda: stats.received >= stats.target, self.timeout, 0.01)
         out = {"phase": name, **win.stop(), "messages": stats.target,
                "received": stats.received, "lost": stats.target - stats.received,
                "duplicates": stats.duplicates, "errors": dict(stats.errors),
@@ -190,8 +184,8 @@ class Bystander:
             self.talker.close()
 
 
-async def run(host: str, port: int, probe: ServerProbe, opts: argparse.Namespace,
-              tag: str) -> dict[str, Any]:
+async def run(server: ServerRef, opts: argparse.Namespace, tag: str) -> dict[str, Any]:
+    host, port, probe = server.host, server.port, server.probe
     bystander = Bystander(host, port, tag, opts.timeout)
     phases = []
     attacker: dict[str, Any] = {}
@@ -221,20 +215,18 @@ def ok(report: dict[str, Any]) -> bool:
 
 
 def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
-    from chatd.bench import _target
-
     by = {ph["phase"]: ph for ph in report["phases"]}
     if "idle" not in by or "attack" not in by:
         return []
     idle, hit = by["idle"], by["attack"]
     why = "the attacker shares these cores: each of its connections costs the kernel (and, " \
           "if it writes first, the parent a refusal) CPU the bystander's processes wait for"
-    out = [_target("bystander welcome p99 under attack", hit["welcome_ms"]["p99"],
+    out = [target("bystander welcome p99 under attack", hit["welcome_ms"]["p99"],
                    WELCOME_GOAL_MS, "ms", True, why)]
     base = idle["chat_ms"]["p99"]
     if base:
         goal = round(CHAT_GOAL_X * base, 3)
-        out.append(_target(f"bystander chat p99 under attack (2x idle {base} ms)",
+        out.append(target(f"bystander chat p99 under attack (2x idle {base} ms)",
                            hit["chat_ms"]["p99"], goal, "ms", True, why))
     return out
 
@@ -243,27 +235,24 @@ def render(report: dict[str, Any]) -> list[str]:
     lines = []
     att = report.get("attacker", {})
     if "error" in att:
-        lines.append(f"{'attacker':<14} {att['error']}")
+        lines.append(f"{'attacker':<{COL}} {att['error']}")
     elif att:
-        lines.append(f"{'attacker':<14} {att['connected']:,}/{att['attempts']:,} connections "
+        lines.append(f"{'attacker':<{COL}} {att['connected']:,}/{att['attempts']:,} connections "
                      f"from {att['source']} in {att['seconds']:.1f} s = "
                      f"{att['per_second']:,.0f}/s"
                      + (f"; errors {att['errors']}" if att["errors"] else ""))
     for ph in report["phases"]:
         w, c = ph["welcome_ms"], ph["chat_ms"]
-        lines.append(f"{ph['phase']:<14} bystander welcome p50 {w['p50']} ms, p99 {w['p99']} "
+        lines.append(f"{ph['phase']:<{COL}} bystander welcome p50 {w['p50']} ms, p99 {w['p99']} "
                      f"ms, max {w['max']} ms ({ph['welcomes']} sessions"
                      + (f", failed {ph['welcome_failures']}" if ph["welcome_failures"] else "")
                      + ")")
-        lines.append(f"{'':<14} bystander chat round trip p50 {c['p50']} ms, p99 {c['p99']} "
+        lines.append(f"{'':<{COL}} bystander chat round trip p50 {c['p50']} ms, p99 {c['p99']} "
                      f"ms, max {c['max']} ms ({ph['received']}/{ph['messages']} back, "
                      f"lost {ph['lost']}, duplicates {ph['duplicates']})"
                      + (f", errors {ph['errors']}" if ph["errors"] else ""))
-        cpu = ph.get("server_cpu_s")
-        if cpu is not None:
-            lines.append(f"{'':<14} server CPU {cpu:.3f} s (parent "
-                         f"{ph['server_cpu_parent_s']:.3f}, sessions "
-                         f"{ph['server_cpu_sessions_s']:.3f}) in {ph['seconds']:.1f} s; "
+        if ph.get("server_cpu_s") is not None:
+            lines.append(f"{'':<{COL}} {cpu_line(ph)} in {ph['seconds']:.1f} s; "
                          f"loadgen CPU {ph['loadgen_cpu_s']:.3f} s")
     return lines
 

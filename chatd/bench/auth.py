@@ -20,11 +20,13 @@ from typing import Any
 
 import scramp
 
-from chatd.accounts import DEFAULT_ITERATIONS
+from chatd.accounts import DEFAULT_ITERATIONS, MAX_ITERATIONS, MIN_ITERATIONS
 from chatd.authhelper import HelperClient, spawn
 from chatd.authlimit import LimitSettings
 from chatd.authservice import AuthSettings
-from chatd.bench import kib, smaps_rollup
+
+from .probes import smaps_rollup
+from .report import kib
 
 OPEN = LimitSettings(account_burst=10**9, address_burst=10**9, register_burst=10**9)
 PASSWORD = "correct horse battery staple"
@@ -149,6 +151,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--accounts", type=int, default=5)
     parser.add_argument("--json", action="store_true")
     opts = parser.parse_args(argv)
+    if not MIN_ITERATIONS <= opts.iterations <= MAX_ITERATIONS:  # else the helper refuses
+        parser.error(f"--iterations must be {MIN_ITERATIONS:,} to {MAX_ITERATIONS:,}")
     report = run(opts.iterations, max(1, opts.logins), max(1, opts.accounts))
     print(json.dumps(report, indent=2) if opts.json else render(report))
     return 0

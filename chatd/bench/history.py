@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import random
-import struct
 import subprocess
 import sys
 import time
@@ -26,14 +25,23 @@ from typing import Any
 
 import msgpack
 
-from chatd.bench import Conn, ServerProbe, Stats, Window, frame, own_cpu, percentiles
+from chatd.protocol import HEADER, pack
+
+from .load import Conn, ServerRef, Stats, Window, open_session, percentiles, until
+from .probes import ServerProbe, own_cpu
+from .report import COL, target
 
 CHAT_RATE = 50.0  # bystander messages per second
 GOAL_X = 2.0
 PAGE = 200
 TEXT = 200  # bytes of each seeded message: a page of 200 is ~50 KB
-HEADER = struct.Struct(">I")
 PACE = 0.95  # of the allowed rate: arrival jitter must not push a request over it
+ADMISSION = False  # admission is lifted; the history allowance is the default (prepare())
+# clients: the sessions that read history; messages: the messages in their room
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "history": {"clients": 40, "senders": 0, "messages": 5000, "rate": 0.0, "room_size": -1,
+                "inflight": [1], "phase_seconds": 10.0},
+}
 DESCRIPTION = ("a bystander chats ({chat:g} messages/s), idle, then while {clients} sessions "
                "read history pages of {page} at random places in a room of {messages:,} "
                "messages at their allowed rate ({rate:g}/s, burst {burst}), then after")
@@ -61,7 +69,7 @@ class Reader(asyncio.Protocol):
         fut = asyncio.get_running_loop().create_future()
         self.labels[label] = fut
         assert self.transport is not None
-        self.transport.write(frame({**obj, "label": label}))
+        self.transport.write(pack({**obj, "label": label}))
         return fut
 
     def data_received(self, data: bytes) -> None:
@@ -115,7 +123,7 @@ async def _attack(host: str, port: int, room: str, low: int, high: int, sessions
             if due > loop.time():
                 await asyncio.sleep(due - loop.time())
             before = rng.randint(low + PAGE, high + 1)
-            conn.transport.write(frame({"type": "history", "room": room, "before": before,
+            conn.transport.write(pack({"type": "history", "room": room, "before": before,
                                         "limit": PAGE}))
             sent += 1
             stats["requests"] += 1
@@ -171,15 +179,8 @@ class Bystander:
         self.conn: Conn | None = None
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        _t, conn = await loop.create_connection(
-            lambda: Conn(self.stats, f"{self.stats.tag.strip()}_by", self.room),
-            self.host, self.port)
-        self.conn = conn
-        await asyncio.wait_for(conn.request({"type": "hello", "version": 1,
-                                             "nick": conn.nick}, 0), self.timeout)
-        await asyncio.wait_for(conn.request({"type": "join", "room": self.room}, 1),
-                               self.timeout)
+        self.conn = await open_session(self.host, self.port, self.stats,
+                                       f"{self.stats.tag.strip()}_by", self.room, self.timeout)
 
     async def phase(self, name: str, seconds: float, probe: ServerProbe) -> dict[str, Any]:
         stats, conn = self.stats, self.conn
@@ -196,10 +197,8 @@ class Bystander:
             if delay > 0:
                 await asyncio.sleep(delay)
             text = f"{stats.tag}{name}{k} {time.monotonic_ns()}"
-            conn.transport.write(frame({"type": "msg", "room": self.room, "text": text}))
-        deadline = time.monotonic() + self.timeout  # let the last ones come back
-        while stats.received < n and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+            conn.transport.write(pack({"type": "msg", "room": self.room, "text": text}))
+        await until(lambda: stats.received >= n, self.timeout, 0.01)  # the last ones back
         return {"phase": name, **win.stop(), "messages": n, "received": stats.received,
                 "lost": n - stats.received, "duplicates": stats.duplicates,
                 "errors": dict(stats.errors), "chat_ms": percentiles(stats.latencies)}
@@ -213,7 +212,7 @@ def _start_attacker(host: str, port: int, room: str, low: int, high: int,
                     opts: argparse.Namespace, tag: str) -> subprocess.Popen[str]:
     args = [host, str(port), room, str(low), str(high), str(opts.clients),
             str(opts.history_rate), str(opts.history_burst), str(opts.phase_seconds), tag]
-    code = "import sys; from chatd.bench_history import attack; attack(sys.argv[1:])"
+    code = "import sys; from chatd.bench.history import attack; attack(sys.argv[1:])"
     return subprocess.Popen([sys.executable, "-c", code, *args], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
 
@@ -232,8 +231,15 @@ def _finish_attacker(proc: subprocess.Popen[str], timeout: float) -> dict[str, A
     return report
 
 
-async def run(host: str, port: int, probe: ServerProbe, opts: argparse.Namespace,
-              tag: str) -> dict[str, Any]:
+def prepare(opts: argparse.Namespace, extra: dict[str, dict[str, Any]]) -> None:
+    """The attackers read at the server's default allowance, not at a lifted one."""
+    rate = extra.setdefault("rate", {})
+    opts.history_rate = float(rate.setdefault("history_rate", 20.0))
+    opts.history_burst = int(rate.setdefault("history_burst", 100))
+
+
+async def run(server: ServerRef, opts: argparse.Namespace, tag: str) -> dict[str, Any]:
+    host, port, probe = server.host, server.port, server.probe
     room = f"#{tag}-old"
     low, high = await seed(host, port, room, opts.messages, tag)
     bystander = Bystander(host, port, tag, opts.timeout)
@@ -272,8 +278,6 @@ def ok(report: dict[str, Any]) -> bool:
 
 
 def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
-    from chatd.bench import _target
-
     by = {ph["phase"]: ph for ph in report["phases"]}
     if "idle" not in by or "attack" not in by or not by["idle"]["chat_ms"]["p99"]:
         return []
@@ -282,7 +286,7 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     why = ("the reads run in the history reader at nice 19, but the attacking sessions "
            "forward what it reads to their clients, on the same cores as the bystander "
            "(and whatever else runs on the machine); see the server CPU under attack")
-    return [_target(f"bystander chat p99 under attack (2x idle {base} ms)",
+    return [target(f"bystander chat p99 under attack (2x idle {base} ms)",
                     by["attack"]["chat_ms"]["p99"], goal, "ms", True, why)]
 
 
@@ -290,10 +294,10 @@ def render(report: dict[str, Any]) -> list[str]:
     lines = []
     att = report.get("attacker", {})
     if "error" in att:
-        lines.append(f"{'attacker':<14} {att['error']}")
+        lines.append(f"{'attacker':<{COL}} {att['error']}")
     elif att:
         errors = {k[6:]: v for k, v in att.items() if k.startswith("error ")}
-        lines.append(f"{'attacker':<14} {att['sessions']} sessions, {att.get('requests', 0):,} "
+        lines.append(f"{'attacker':<{COL}} {att['sessions']} sessions, {att.get('requests', 0):,} "
                      f"history requests in {att['seconds']:.1f} s = "
                      f"{att['requests_per_second']:,.0f}/s; {att.get('pages', 0):,} pages "
                      f"back ({att.get('bytes', 0) / 1e6:,.1f} MB); its CPU "
@@ -301,12 +305,12 @@ def render(report: dict[str, Any]) -> list[str]:
                      + (f"; errors {errors}" if errors else ""))
     for ph in report["phases"]:
         c = ph["chat_ms"]
-        lines.append(f"{ph['phase']:<14} bystander chat round trip p50 {c['p50']} ms, p99 "
+        lines.append(f"{ph['phase']:<{COL}} bystander chat round trip p50 {c['p50']} ms, p99 "
                      f"{c['p99']} ms, max {c['max']} ms ({ph['received']}/{ph['messages']} "
                      f"back, lost {ph['lost']}, duplicates {ph['duplicates']})"
                      + (f", errors {ph['errors']}" if ph["errors"] else ""))
         if ph.get("server_cpu_s") is not None:
-            lines.append(f"{'':<14} server CPU {ph['server_cpu_s']:.3f} s (parent "
+            lines.append(f"{'':<{COL}} server CPU {ph['server_cpu_s']:.3f} s (parent "
                          f"{ph['server_cpu_parent_s']:.3f}, history reader "
                          f"{ph['server_cpu_reader_s']:.3f}, sessions "
                          f"{ph['server_cpu_sessions_s']:.3f}) in {ph['seconds']:.1f} s; "

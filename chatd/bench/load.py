@@ -1,0 +1,250 @@
+"""The load generator: many client connections in one process, and what a phase costs.
+
+One process with non-blocking sockets (asyncio protocols) that decodes the server's frames
+with a streaming msgpack Unpacker, so it stays well below one core; its own CPU use is in
+every phase of the report, so a reader can check it was not the bottleneck. Each message
+carries its send time (monotonic ns) at the end of its text: a delivery's latency is its
+arrival minus that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from chatd.protocol import pack
+
+from .probes import CpuSample, ServerProbe, own_cpu
+
+PROGRESS_EVERY = 2.0  # seconds between progress lines (only on runs longer than that)
+
+@dataclass
+class Stats:
+    """Delivery counters shared by all connections of a run."""
+
+    tag: str
+    received: int = 0
+    duplicates: int = 0
+    foreign: int = 0
+    acks: int = 0
+    latencies: list[int] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    target: int = 0
+    done: asyncio.Event | None = None
+
+    def check_done(self) -> None:
+        if self.done is not None and self.received >= self.target:
+            self.done.set()
+
+
+class Conn(asyncio.Protocol):
+    """One client connection; counts deliveries with their latency as frames arrive."""
+
+    def __init__(self, stats: Stats, nick: str, room: str | None) -> None:
+        self.stats = stats
+        self.nick = nick
+        self.room = room
+        self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False,
+                                         max_buffer_size=64 << 20)
+        self.fed = 0
+        self.need_header = True
+        self.transport: asyncio.Transport | None = None
+        self.seen: set[int] = set()
+        self.replies: dict[Any, asyncio.Future[dict[str, Any]]] = {}
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def request(self, obj: dict[str, Any], label: Any) -> asyncio.Future[dict[str, Any]]:
+        fut = asyncio.get_running_loop().create_future()
+        self.replies[label] = fut
+        assert self.transport is not None
+        self.transport.write(pack({**obj, "label": label}))
+        return fut
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic_ns()
+        unp = self.unpacker
+        unp.feed(data)
+        self.fed += len(data)
+        stats = self.stats
+        seen = self.seen
+        lat = stats.latencies
+        tag = stats.tag
+        got = 0
+        while True:
+            if self.need_header:
+                if self.fed - unp.tell() < 4:
+                    break
+                unp.read_bytes(4)
+                self.need_header = False
+            try:
+                obj = unp.unpack()
+            except msgpack.OutOfData:
+                break
+            self.need_header = True
+            kind = obj.get("type")
+            if kind == "message":
+                text = obj["text"]
+                if not text.startswith(tag):
+                    stats.foreign += 1
+                    continue
+                mid = obj["id"]
+                if mid in seen:
+                    stats.duplicates += 1
+                    continue
+                seen.add(mid)
+                got += 1
+                lat.append(now - int(text[text.rindex(" ") + 1 :]))
+            elif kind == "ack":
+                stats.acks += 1
+            else:
+                if kind == "error":
+                    stats.errors[obj.get("code", "?")] += 1
+                label = obj.get("label")
+                if label is not None and kind != "joined":
+                    fut = self.replies.pop(label, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(obj)
+        if got:
+            stats.received += got
+            stats.check_done()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for fut in self.replies.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("connection closed by the server"))
+        self.replies.clear()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def open_session(host: str, port: int, stats: Stats, nick: str, room: str | None,
+                       timeout: float, local_addr: tuple[str, int] | None = None) -> Conn:
+    """Connect, say hello and (with a room) join; ConnectionError if either is refused."""
+    loop = asyncio.get_running_loop()
+    _transport, conn = await asyncio.wait_for(loop.create_connection(
+        lambda: Conn(stats, nick, room), host, port, local_addr=local_addr), timeout)
+    try:
+        waits = [conn.request({"type": "hello", "version": 1, "nick": nick,
+                               "client": "chatd-bench"}, 0)]
+        if room is not None:
+            waits.append(conn.request({"type": "join", "room": room}, 1))
+        for reply in await asyncio.wait_for(asyncio.gather(*waits), timeout):
+            if reply.get("type") == "error":
+                raise ConnectionError(reply.get("code", "error"))
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+async def until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Poll `predicate` without blocking the loop; False if the deadline passed first."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(interval)
+    return True
+
+
+@dataclass
+class ServerRef:
+    """The server a scenario drives, and how to watch it."""
+
+    host: str
+    port: int
+    probe: ServerProbe
+    spare: int = 0  # its pool of spare session processes (as spawned by the benchmark)
+
+
+@dataclass
+class Window:
+    """CPU and wall clock around one measured phase."""
+
+    probe: ServerProbe
+    wall: float = 0.0
+    own: float = 0.0
+    server: CpuSample | None = None
+
+    def start(self) -> Window:
+        self.server = self.probe.cpu()
+        self.own = own_cpu()
+        self.wall = time.monotonic()
+        return self
+
+    def stop(self) -> dict[str, Any]:
+        wall = time.monotonic() - self.wall
+        own = own_cpu() - self.own
+        end = self.probe.cpu()
+        out: dict[str, Any] = {"seconds": round(wall, 4), "loadgen_cpu_s": round(own, 4),
+                               "loadgen_cpu_pct": round(100 * own / wall, 1) if wall else 0.0}
+        if self.server is not None and end is not None:
+            parent = end.parent - self.server.parent
+            sessions = end.sessions - self.server.sessions
+            reader = max(0.0, end.reader - self.server.reader)  # (0 if it was restarted)
+            out.update({"server_cpu_s": round(parent + sessions + reader, 3),
+                        "server_cpu_parent_s": round(parent, 3),
+                        "server_cpu_sessions_s": round(sessions, 3),
+                        "server_cpu_reader_s": round(reader, 3)})
+        else:
+            out.update({"server_cpu_s": None, "server_cpu_parent_s": None,
+                        "server_cpu_sessions_s": None, "server_cpu_reader_s": None})
+        return out
+
+
+class Progress:
+    """Prints a line to stderr every few seconds while a phase runs."""
+
+    def __init__(self, enabled: bool, name: str, count: Callable[[], str]) -> None:
+        self.enabled, self.name, self.count = enabled, name, count
+        self.task: asyncio.Task[None] | None = None
+        self.t0 = time.monotonic()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY)
+            print(f"[bench] {self.name}: {self.count()} "
+                  f"({time.monotonic() - self.t0:.0f} s)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> Progress:
+        if self.enabled:
+            self.task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
+def percentiles(samples_ns: list[int]) -> dict[str, float | None]:
+    """p50, p90, p99 and max of durations in ns, in ms."""
+    if not samples_ns:
+        return {"p50": None, "p90": None, "p99": None, "max": None}
+    data = sorted(samples_ns)
+    n = len(data)
+
+    def at(q: float) -> float:
+        return round(data[max(0, math.ceil(q * n) - 1)] / 1e6, 3)
+
+    return {"p50": at(0.50), "p90": at(0.90), "p99": at(0.99),
+            "max": round(data[-1] / 1e6, 3)}

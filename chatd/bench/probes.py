@@ -1,0 +1,250 @@
+"""What /proc says about a server and its session processes (Linux only).
+
+The one place that reads /proc, for the benchmark, the test harness (tests/serverproc.py)
+and the soak (tests/soak.py): process state and parent, children, CPU, memory, open fds
+and listening sockets.
+
+CPU is read from /proc/PID/task/*/schedstat: nanoseconds on the CPU, summed over every
+thread of every live process of the server's tree. The utime/stime of /proc/PID/stat is
+counted in whole clock ticks per process, charged to whichever process is running when a
+tick lands, and undercounts a tree of many briefly running processes (issue 15 measured
+40 % too little). A session that has ended and been reaped is gone from /proc; what is
+left of it is the parent's cutime+cstime, in ticks: the only record there is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+TICK = os.sysconf("SC_CLK_TCK")
+CPU_SOURCE = ("/proc/PID/task/*/schedstat (ns) of every live process of the server's tree; "
+              "ended sessions from the parent's cutime+cstime (clock ticks)")
+
+
+class Stat(NamedTuple):
+    """The fields of /proc/PID/stat the probes use (times in clock ticks)."""
+
+    state: str  # R, S, D, T, Z, ...
+    ppid: int
+    utime: int
+    stime: int
+    cutime: int  # reaped children's
+    cstime: int
+
+
+def proc_stat(pid: int) -> Stat | None:
+    """The process's state, parent and CPU ticks, or None when it is gone."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: fields start after the last ")".
+    fields = data[data.rindex(b")") + 2 :].split()
+    return Stat(fields[0].decode(), int(fields[1]), *(int(f) for f in fields[11:15]))
+
+
+# /proc/PID/task/TID/children needs CONFIG_PROC_CHILDREN; without it, scan every process.
+HAVE_CHILDREN = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+
+
+def children_of(pid: int) -> list[int]:
+    """PIDs whose parent is `pid`, zombies included; [] when `pid` is gone."""
+    if not HAVE_CHILDREN:
+        return [int(e) for e in os.listdir("/proc")
+                if e.isdigit() and (st := proc_stat(int(e))) is not None and st.ppid == pid]
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    kids: list[int] = []
+    for tid in tids:
+        with contextlib.suppress(OSError):  # a thread that just ended
+            kids += map(int, Path(f"/proc/{pid}/task/{tid}/children").read_bytes().split())
+    return kids
+
+
+
+
+def is_reader(pid: int) -> bool:
+    """Whether `pid` is a server's history reader (a helper, not a session): it runs
+    `python -m chatd.reader`, which its command line says from its first moment."""
+    try:
+        return b"chatd.reader" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
+def sessions_of(pid: int) -> list[int]:
+    """The children of a server that are session processes (not its history reader)."""
+    return [kid for kid in children_of(pid) if not is_reader(kid)]
+
+
+def child_states(ppid: int, helpers: bool = False) -> list[tuple[int, str]]:
+    """(pid, state letter) of each child of `ppid`, zombies included: its session
+    processes, and with `helpers` its history reader too."""
+    out = []
+    for pid in children_of(ppid):
+        st = proc_stat(pid)
+        if st is not None and (helpers or not is_reader(pid)):
+            out.append((pid, st.state))
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (children, their children, ...)."""
+    out: list[int] = []
+    todo = children_of(pid)
+    while todo:
+        kid = todo.pop()
+        out.append(kid)
+        todo += children_of(kid)
+    return out
+
+
+def cpu_ns(pid: int) -> int | None:
+    """CPU time of all threads of one process in nanoseconds (None when it is gone)."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_bytes().split()[0])
+        except (OSError, ValueError, IndexError):  # a thread that just ended
+            continue
+    return total
+
+
+def tree_cpu(pid: int) -> float:
+    """Seconds of CPU of `pid` and every live process below it."""
+    return sum(cpu_ns(p) or 0 for p in (pid, *descendants(pid))) / 1e9
+
+
+def smaps_rollup(pid: int) -> dict[str, int] | None:
+    """RSS, PSS and USS (private clean + private dirty) of one process in KiB."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return None
+    vals: dict[str, int] = {}
+    for line in text.splitlines()[1:]:
+        name, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            vals[name] = int(parts[0])
+    return {"rss": vals.get("Rss", 0), "pss": vals.get("Pss", 0),
+            "uss": vals.get("Private_Clean", 0) + vals.get("Private_Dirty", 0)}
+
+
+def open_fds(pid: int) -> int | None:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+def _listening() -> dict[str, int]:
+    """Socket inode -> port of every listening TCP socket (IPv4 and IPv6)."""
+    out: dict[str, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                cols = row.split()
+                if cols[3] == "0A":  # LISTEN
+                    out[f"socket:[{cols[9]}]"] = int(cols[1].rsplit(":", 1)[1], 16)
+    return out
+
+
+def _sockets(pid: int) -> set[str]:
+    links = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                links.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    return links
+
+
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports that process `pid` listens on."""
+    table = _listening()
+    return {table[link] for link in _sockets(pid) if link in table}
+
+
+def find_listener_pid(port: int) -> int | None:
+    """The pid holding a listening TCP socket on `port` (same host only)."""
+    inodes = {inode for inode, p in _listening().items() if p == port}
+    if not inodes:
+        return None
+    found = [int(entry) for entry in os.listdir("/proc")
+             if entry.isdigit() and _sockets(int(entry)) & inodes]
+    return min(found) if found else None  # the parent: its sessions are forked later
+
+
+@dataclass
+class CpuSample:
+    parent: float
+    sessions: float  # live session processes (and below) plus those reaped by the parent
+    reader: float = 0.0  # the live history reader
+
+
+class ServerProbe:
+    """CPU and memory of the server parent and all its session processes."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+
+    def cpu(self) -> CpuSample | None:
+        if self.pid is None:
+            return None
+        # Read the parent first: a child reaped after this is still counted live below.
+        st, own = proc_stat(self.pid), cpu_ns(self.pid)
+        if st is None or own is None:
+            return None
+        reaped = (st.cutime + st.cstime) / TICK
+        live = reader = 0.0
+        for kid in children_of(self.pid):
+            if is_reader(kid):
+                reader += tree_cpu(kid)
+            else:
+                live += tree_cpu(kid)
+        return CpuSample(own / 1e9, reaped + live, reader)
+
+    def memory(self) -> dict[str, Any] | None:
+        if self.pid is None:
+            return None
+        parent = smaps_rollup(self.pid)
+        if parent is None:
+            return None
+        total = {"rss": 0, "pss": 0, "uss": 0}
+        n = 0
+        for kid in sessions_of(self.pid):
+            m = smaps_rollup(kid)
+            if m is None:
+                continue
+            n += 1
+            for k in total:
+                total[k] += m[k]
+        per = {k: round(v / n) for k, v in total.items()} if n else None
+        everything = {k: total[k] + parent[k] for k in total}
+        return {"unit": "KiB", "parent": parent, "sessions": n, "sessions_total": total,
+                "per_session": per, "total": everything,
+                "total_per_session": {k: round(v / n) for k, v in everything.items()}
+                if n else None}
+
+    def fds(self) -> int | None:
+        return None if self.pid is None else open_fds(self.pid)
+
+    def session_count(self) -> int | None:
+        return None if self.pid is None else len(sessions_of(self.pid))
+
+
+def own_cpu() -> float:
+    """This process's CPU time in seconds (the load generator's)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
