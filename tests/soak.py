@@ -25,12 +25,9 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import random
-import re
 import sqlite3
 import statistics
-import struct
 import sys
 import tempfile
 import time
@@ -43,46 +40,11 @@ if __package__ in (None, ""):  # run as a script: make `chatd` and `tests` impor
 
 import msgpack  # noqa: E402
 
-from tests.serverproc import ServerProcess, child_states  # noqa: E402
+from chatd.bench.probes import child_states, open_fds, smaps_rollup  # noqa: E402
+from chatd.protocol import HEADER, pack  # noqa: E402
+from tests.serverproc import ServerProcess, wait_until  # noqa: E402
 
-HEADER = struct.Struct(">I")
-SESSION_PID_RE = re.compile(r"session (\S+) from \S+: pid (\d+)")
-
-
-# ---- /proc observation (also used by the hardening tests) ----
-
-
-def smaps_kb(pid: int) -> dict[str, int] | None:
-    """The smaps_rollup counters of a process in kB (None if it is gone)."""
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    out = {}
-    for line in text.splitlines()[1:]:
-        name, _, rest = line.partition(":")
-        with contextlib.suppress(ValueError, IndexError):
-            out[name] = int(rest.split()[0])
-    return out
-
-
-def pss_kb(pid: int) -> int | None:
-    rollup = smaps_kb(pid)
-    return None if rollup is None else rollup.get("Pss")
-
-
-def uss_kb(pid: int) -> int | None:
-    rollup = smaps_kb(pid)
-    if rollup is None:
-        return None
-    return rollup.get("Private_Clean", 0) + rollup.get("Private_Dirty", 0)
-
-
-def fd_count(pid: int) -> int | None:
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
+# ---- samples of the server's processes, from /proc ----
 
 
 @dataclass
@@ -100,7 +62,7 @@ class Sample:
 
 
 def sample(server_pid: int, t: float) -> Sample | None:
-    rollup, parent_fds = smaps_kb(server_pid), fd_count(server_pid)
+    rollup, parent_fds = smaps_rollup(server_pid), open_fds(server_pid)
     if rollup is None or parent_fds is None:
         return None
     states = child_states(server_pid)
@@ -108,11 +70,10 @@ def sample(server_pid: int, t: float) -> Sample | None:
     for pid, state in states:
         if state == "Z":
             continue
-        kid, fds = smaps_kb(pid), fd_count(pid)
+        kid, fds = smaps_rollup(pid), open_fds(pid)
         if kid is not None and fds is not None:
-            child_pss[pid], child_rss[pid], child_fds[pid] = kid["Pss"], kid["Rss"], fds
-    return Sample(t, rollup["Pss"], rollup["Private_Clean"] + rollup["Private_Dirty"],
-                  rollup["Rss"], parent_fds, len(states),
+            child_pss[pid], child_rss[pid], child_fds[pid] = kid["pss"], kid["rss"], fds
+    return Sample(t, rollup["pss"], rollup["uss"], rollup["rss"], parent_fds, len(states),
                   [pid for pid, state in states if state == "Z"], child_pss, child_rss,
                   child_fds)
 
@@ -186,8 +147,7 @@ class SoakClient:
 
     def send(self, frame: dict[str, Any]) -> None:
         assert self.writer is not None
-        payload = msgpack.packb(frame, use_bin_type=True)
-        self.writer.write(HEADER.pack(len(payload)) + payload)
+        self.writer.write(pack(frame))
 
     async def call(self, frame: dict[str, Any], replies: int = 1,
                    timeout: float = 30.0) -> list[dict[str, Any]]:
@@ -387,7 +347,6 @@ class Soak:
         self.samples: list[Sample] = []
         self.deadline = float("inf")
         self.server: ServerProcess | None = None
-        self.session_pids: dict[str, int] = {}
 
     async def sampler(self, server_pid: int, started: float) -> None:
         while True:
@@ -667,9 +626,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def final_process_checks(server: ServerProcess, report: dict[str, Any]) -> None:
     """After everyone left: every session process gone and reaped, the parent alive."""
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and child_states(server.pid):
-        time.sleep(0.05)
+    with contextlib.suppress(TimeoutError):
+        wait_until(lambda: not child_states(server.pid), 15, 0.05, "the sessions to end")
     left = child_states(server.pid)
     if left:
         report["problems"].append(f"session processes left after everyone quit: {left}")

@@ -20,6 +20,7 @@ import pytest
 from serverproc import ServerProcess
 from wire import connect
 
+from chatd.bench.probes import smaps_rollup
 from chatd.protocol import pack
 from tests import soak
 
@@ -70,13 +71,13 @@ def test_a_session_does_not_creep_up_in_memory_over_many_small_reads(tmp_path: P
                     client.backlog.clear()
 
         chat(4000)  # warm-up: allocator pools, buffers at their working size
-        before = soak.smaps_kb(pid)
+        before = smaps_rollup(pid)
         chat(40000)
-        after = soak.smaps_kb(pid)
+        after = smaps_rollup(pid)
         assert before is not None and after is not None
-        growth = after["Rss"] - before["Rss"]
-        print(f"\nsession RSS {before['Rss']} -> {after['Rss']} kB over 40,000 frames "
-              f"(PSS {before['Pss']} -> {after['Pss']} kB)")
+        growth = after["rss"] - before["rss"]
+        print(f"\nsession RSS {before['rss']} -> {after['rss']} kB over 40,000 frames "
+              f"(PSS {before['pss']} -> {after['pss']} kB)")
         assert growth < 400, growth
     finally:
         server.stop()

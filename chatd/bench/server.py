@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from chatd.config import dump_toml
 
@@ -72,7 +72,7 @@ class Server:
         self._drained = False  # the server closed its stderr (exited)
         self.proc: subprocess.Popen[str] | None = None
 
-    def start(self, timeout: float = 15.0, port_from_log: bool = True) -> Server:
+    def start(self, timeout: float = 15.0, port_from_log: bool = True) -> Self:
         """Start and learn the port from the "listening on" line, or (port_from_log=False,
         for quiet log levels) from the kernel's table of listening sockets."""
         cmd = [sys.executable, "-m", "chatd", "serve", "--host", self.host, "--port", "0",
