@@ -31,6 +31,8 @@ from serverproc import (
 )
 from wire import Client, Frame, connect
 
+from chatd.bench.probes import TICK
+
 FAST: dict[str, Any] = {"rate": {
     "msg_rate": 100000.0, "msg_burst": 100000, "history_rate": 100000.0,
     "history_burst": 100000, "cmd_rate": 100000.0, "cmd_burst": 100000},
@@ -562,8 +564,9 @@ def test_host_unspecified_ipv6_takes_ipv4_clients_too(tmp_path, clients):
 
 def reaped_cpu_seconds(pid: int) -> float:
     """CPU time of the reaped children of `pid` (cutime + cstime)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+    st = proc_stat(pid)
+    assert st is not None
+    return (st.cutime + st.cstime) / TICK
 
 
 def test_keepalive_ping_and_ping_timeout(tmp_path, clients):
