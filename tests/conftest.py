@@ -27,6 +27,15 @@ def start(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 
 
 @pytest.fixture
+def clients() -> Iterator[list[Client]]:
+    """Clients a test makes; closed after it."""
+    made: list[Client] = []
+    yield made
+    for c in made:
+        c.close()
+
+
+@pytest.fixture
 def bob(server: ServerProcess) -> Iterator[Client]:
     """A plain protocol client in #general, on the module's `server`."""
     client = connect(server, "bob")

@@ -15,10 +15,15 @@ from typing import Any
 from chatd.bench.probes import child_states, listening_ports, proc_stat
 from chatd.bench.server import Server, kill_quietly, wait_until, write_config
 
-__all__ = ["ServerProcess", "child_states", "kill_quietly", "listening_ports",
+__all__ = ["FAST", "ServerProcess", "child_states", "kill_quietly", "listening_ports",
            "newest_session", "proc_stat", "reap", "set_child_subreaper", "wait_until",
            "write_config"]
 
+# Rate limits lifted for tests that send faster than a person types (the rate tests set
+# their own).
+FAST: dict[str, Any] = {"rate": {
+    "msg_rate": 100000.0, "msg_burst": 100000, "history_rate": 100000.0,
+    "history_burst": 100000, "cmd_rate": 100000.0, "cmd_burst": 100000}}
 SESSION_RE = re.compile(r"session (\S+) from \S+: pid (\d+)")
 
 # Every test client connects from 127.0.0.1, a module's tests often dozens a second, which

@@ -1,134 +1,19 @@
 """The full-screen client (prompt_toolkit pipe input, DummyOutput) against a real server.
 
-The application runs on its own event loop in a thread; the test types keys into the pipe,
-watches the other side with the blocking tests/wire.py client, and reads the client's
-state on the client's loop. Every wait has a deadline.
+The application runs in tests/tuirunner.py; the test types keys into the pipe, watches the
+other side with the blocking tests/wire.py client, and reads the client's state on the
+client's loop. Every wait has a deadline.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from prompt_toolkit.input import PipeInput, create_pipe_input
-from prompt_toolkit.output import DummyOutput, Output
-from serverproc import ServerProcess
+from serverproc import FAST, ServerProcess
+from tuirunner import ENTER, PGDN, PGUP, TAB, TUI
 from wire import Client, connect
-
-from chat_client.cli import setup
-from chat_client.config import Config
-from chat_client.core import Core
-from chat_client.store import StateStore
-from chat_client.tui import ChatUI, UIOptions, run_tui
-
-FAST: dict[str, Any] = {"rate": {
-    "msg_rate": 100000.0, "msg_burst": 100000, "history_rate": 100000.0,
-    "history_burst": 100000, "cmd_rate": 100000.0, "cmd_burst": 100000}}
-ENTER, TAB, PGUP, PGDN = "\r", "\t", "\x1b[5~", "\x1b[6~"
-
-
-class CountingOutput(DummyOutput):
-    """DummyOutput that counts terminal bells."""
-
-    bells = 0
-
-    def bell(self) -> None:
-        self.bells += 1
-
-
-class AppRunner:
-    """One chat-client TUI on a private event loop thread, driven through a pipe."""
-
-    def __init__(self, host: str, port: int, nick: str, state_dir: Path,
-                 rooms: tuple[str, ...] = ("#general",), output: Output | None = None,
-                 config: Config | None = None, options: UIOptions | None = None,
-                 **conn_opts: Any) -> None:
-        self.store = StateStore(f"{host}:{port}", nick, state_dir)
-        self.core = Core(nick, list(rooms), self.store.load())
-        # As chat-client starts: read markers and ignores from the state dir.
-        savers = setup(self.core, config or Config(), None, self.store, f"{host}:{port}")
-        self.ui: ChatUI | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.output = output or CountingOutput()
-        self._cm = create_pipe_input()
-        self.pipe: PipeInput = self._cm.__enter__()
-        ready = threading.Event()
-
-        async def main() -> None:
-            self.loop = asyncio.get_running_loop()
-            self.result = await run_tui(self.core, host, port, self.store, input=self.pipe,
-                                        output=self.output, savers=savers, options=options,
-                                        ui_ready=lambda ui: (setattr(self, "ui", ui),
-                                                             ready.set()), **conn_opts)
-
-        def thread() -> None:
-            try:
-                asyncio.run(main())
-            except BaseException as exc:  # reported by close()
-                self.error = exc
-            finally:
-                ready.set()
-
-        self.thread = threading.Thread(target=thread, daemon=True)
-        self.thread.start()
-        assert ready.wait(10)
-
-    def type(self, text: str) -> None:
-        self.pipe.send_text(text)
-
-    def call(self, fn: Callable[[], Any]) -> Any:
-        """Run fn on the client's loop (the model is only touched there)."""
-        assert self.loop is not None
-        if threading.current_thread() is self.thread or not self.thread.is_alive():
-            return fn()
-
-        async def run() -> Any:
-            return fn()
-
-        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
-
-    def wait(self, pred: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = self.call(pred)
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                ui = self.ui
-                raise AssertionError(f"timed out waiting for {what}; input line "
-                                     f"{ui.input.text if ui else None!r}; screen:\n"
-                                     + self.screen())
-            time.sleep(0.02)
-
-    def screen(self) -> str:
-        assert self.ui is not None
-        ui = self.ui
-        return str(self.call(lambda: ui.screen_text(100, 30)))
-
-    def status(self) -> str:
-        assert self.ui is not None
-        ui = self.ui
-        return str(self.call(lambda: "".join(t for _, t in ui.status())))
-
-    def ready(self) -> None:
-        self.wait(lambda: self.core.ready and self.core.model.cur.joined, "joined")
-
-    def close(self) -> Any:
-        if self.thread.is_alive():
-            self.type("\x03\x03")  # Ctrl-C (twice: with a typed line, the first asks)
-            self.thread.join(10)
-        self._cm.__exit__(None, None, None)
-        assert not self.thread.is_alive(), "client did not exit"
-        if self.error is not None:
-            raise self.error
-        return self.result
 
 
 @pytest.fixture
@@ -141,14 +26,14 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture
-def app(server: ServerProcess, tmp_path: Path) -> Iterator[AppRunner]:
-    runner = AppRunner(server.host, server.port, "alice", tmp_path / "state")
+def app(server: ServerProcess, tmp_path: Path) -> Iterator[TUI]:
+    runner = TUI(server.host, server.port, "alice", state_dir=tmp_path / "state")
     runner.ready()
     yield runner
     runner.close()
 
 
-def test_typing_a_message_delivers_it(app: AppRunner, bob: Client) -> None:
+def test_typing_a_message_delivers_it(app: TUI, bob: Client) -> None:
     app.type("hello from the app" + ENTER)
     got = bob.wait_type("message", room="#general", text="hello from the app")
     assert got["from"] == "alice"
@@ -158,7 +43,7 @@ def test_typing_a_message_delivers_it(app: AppRunner, bob: Client) -> None:
     assert "(sending…)" not in app.screen()
 
 
-def test_incoming_messages_and_notices_are_shown(app: AppRunner, bob: Client,
+def test_incoming_messages_and_notices_are_shown(app: TUI, bob: Client,
                                                  server: ServerProcess) -> None:
     bob.say("#general", "hi alice")
     bob.say("#general", "waves", action=True)
@@ -171,7 +56,7 @@ def test_incoming_messages_and_notices_are_shown(app: AppRunner, bob: Client,
     app.wait(lambda: "carol quit #general" in app.ui.screen_text(100, 30), "quit notice")  # type: ignore[union-attr]
 
 
-def test_join_switches_to_the_room(app: AppRunner, bob: Client) -> None:
+def test_join_switches_to_the_room(app: TUI, bob: Client) -> None:
     app.type("/join #Rust" + ENTER)
     app.wait(lambda: app.core.model.current == "#rust" and app.core.model.cur.joined, "#rust")
     joined, _ = bob.join("#rust")
@@ -182,7 +67,7 @@ def test_join_switches_to_the_room(app: AppRunner, bob: Client) -> None:
     assert "[3:#rust]" in status and "2:#general " in status  # current one in brackets
 
 
-def test_msg_opens_a_direct_buffer(app: AppRunner, bob: Client) -> None:
+def test_msg_opens_a_direct_buffer(app: TUI, bob: Client) -> None:
     app.type("/msg bob psst" + ENTER)
     got = bob.wait_type("message", to="bob", text="psst")
     assert got["from"] == "alice"
@@ -199,7 +84,7 @@ def test_msg_opens_a_direct_buffer(app: AppRunner, bob: Client) -> None:
     bob.wait_type("message", to="bob", text="and more")
 
 
-def test_nick_change(app: AppRunner, bob: Client) -> None:
+def test_nick_change(app: TUI, bob: Client) -> None:
     app.type("/nick alice2" + ENTER)
     event = bob.wait_type("nick", room="#general")
     assert (event["old"], event["new"]) == ("alice", "alice2")
@@ -209,7 +94,7 @@ def test_nick_change(app: AppRunner, bob: Client) -> None:
     app.wait(lambda: "nick_taken" in app.screen(), "nick_taken error")
 
 
-def test_tab_completion(app: AppRunner, bob: Client) -> None:
+def test_tab_completion(app: TUI, bob: Client) -> None:
     ui = app.ui
     assert ui is not None
 
@@ -234,7 +119,7 @@ def test_tab_completion(app: AppRunner, bob: Client) -> None:
     assert text() == "/history "
 
 
-def test_unknown_command_and_bad_usage_send_nothing(app: AppRunner, bob: Client) -> None:
+def test_unknown_command_and_bad_usage_send_nothing(app: TUI, bob: Client) -> None:
     app.type("/frobnicate now" + ENTER)
     app.type("/join" + ENTER)
     app.type("/msg" + ENTER)
@@ -248,12 +133,12 @@ def test_unknown_command_and_bad_usage_send_nothing(app: AppRunner, bob: Client)
     assert got["type"] == "message" and got["text"] == "marker"
 
 
-def test_help_lists_commands(app: AppRunner) -> None:
+def test_help_lists_commands(app: TUI) -> None:
     app.type("/help" + ENTER)
     app.wait(lambda: "/history [N]" in app.ui.screen_text(100, 40), "help")  # type: ignore[union-attr]
 
 
-def test_scrolling_holds_the_view_and_counts_new_lines(app: AppRunner, bob: Client) -> None:
+def test_scrolling_holds_the_view_and_counts_new_lines(app: TUI, bob: Client) -> None:
     for i in range(60):
         bob.request({"type": "msg", "room": "#general", "text": f"line {i}"})
     app.wait(lambda: "line 59" in app.ui.screen_text(100, 30), "all lines")  # type: ignore[union-attr]
@@ -270,7 +155,7 @@ def test_scrolling_holds_the_view_and_counts_new_lines(app: AppRunner, bob: Clie
     assert "while scrolled" in app.screen()
 
 
-def test_buffer_switching_keys(app: AppRunner, bob: Client) -> None:
+def test_buffer_switching_keys(app: TUI, bob: Client) -> None:
     app.type("/join #two" + ENTER)
     app.wait(lambda: app.core.model.current == "#two", "#two")
     app.type("\x1b2")  # Alt+2: the second buffer (#general; the server buffer is 1)
@@ -287,14 +172,14 @@ def test_buffer_switching_keys(app: AppRunner, bob: Client) -> None:
 
 def test_quit_and_ctrl_d_exit_cleanly(server: ServerProcess, tmp_path: Path,
                                       bob: Client) -> None:
-    one = AppRunner(server.host, server.port, "one", tmp_path / "s1")
+    one = TUI(server.host, server.port, "one", state_dir=tmp_path / "s1")
     one.ready()
     one.type("/quit gone fishing" + ENTER)
     one.thread.join(10)
     assert not one.thread.is_alive() and one.close() == 0
     event = bob.wait_type("quit", room="#general", nick="one")
     assert event["reason"] == "gone fishing"
-    two = AppRunner(server.host, server.port, "two", tmp_path / "s2")
+    two = TUI(server.host, server.port, "two", state_dir=tmp_path / "s2")
     two.ready()
     two.type("\x04")  # Ctrl-D on an empty line
     two.thread.join(10)
@@ -302,7 +187,7 @@ def test_quit_and_ctrl_d_exit_cleanly(server: ServerProcess, tmp_path: Path,
     bob.wait_type("quit", room="#general", nick="two")
 
 
-def test_pasted_block_is_one_multiline_message(app: AppRunner, bob: Client) -> None:
+def test_pasted_block_is_one_multiline_message(app: TUI, bob: Client) -> None:
     # A bracketed paste (what terminals and tmux send) lands in the input line; Enter
     # then sends it as one message with its newlines.
     app.type("\x1b[200~first line\r\nsecond line\x1b[201~")
@@ -315,7 +200,7 @@ def test_pasted_block_is_one_multiline_message(app: AppRunner, bob: Client) -> N
     assert bob.wait_type("message", room="#general")["text"] == "one\ntwo"
 
 
-def test_input_history_with_up_and_down(app: AppRunner, bob: Client) -> None:
+def test_input_history_with_up_and_down(app: TUI, bob: Client) -> None:
     ui = app.ui
     assert ui is not None
     app.type("first" + ENTER)
@@ -329,7 +214,7 @@ def test_input_history_with_up_and_down(app: AppRunner, bob: Client) -> None:
     app.wait(lambda: ui.input.text == "second", "forward again")
 
 
-def test_bell_on_mention_and_direct_message(app: AppRunner, bob: Client) -> None:
+def test_bell_on_mention_and_direct_message(app: TUI, bob: Client) -> None:
     bob.say("#general", "no highlight here")
     app.wait(lambda: "no highlight here" in app.ui.screen_text(100, 30), "plain message")  # type: ignore[union-attr]
     assert app.output.bells == 0
@@ -339,7 +224,7 @@ def test_bell_on_mention_and_direct_message(app: AppRunner, bob: Client) -> None
     app.wait(lambda: app.output.bells == 2, "bell on direct message")
 
 
-def test_server_errors_show_inline(app: AppRunner) -> None:
+def test_server_errors_show_inline(app: TUI) -> None:
     app.type("/topic #nowhere" + ENTER)
     app.wait(lambda: "error no_such_room" in app.ui.screen_text(100, 30), "inline error")  # type: ignore[union-attr]
     app.type("/part #nowhere" + ENTER)

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serverproc import ServerProcess
-from test_client_app import ENTER, FAST, TAB, AppRunner
+from serverproc import FAST, ServerProcess
+from tuirunner import ENTER, TAB, TUI
 from wire import Client
 
 from chat_client.render import READ_MARKER
@@ -27,14 +27,14 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture
-def app(server: ServerProcess, tmp_path: Path) -> Iterator[AppRunner]:
-    runner = AppRunner(server.host, server.port, "alice", tmp_path / "state")
+def app(server: ServerProcess, tmp_path: Path) -> Iterator[TUI]:
+    runner = TUI(server.host, server.port, "alice", state_dir=tmp_path / "state")
     runner.ready()
     yield runner
     runner.close()
 
 
-def test_alt_a_jumps_to_the_mention_first_then_back(app: AppRunner, bob: Client) -> None:
+def test_alt_a_jumps_to_the_mention_first_then_back(app: TUI, bob: Client) -> None:
     m = app.core.model
     app.type("/join #two" + ENTER)
     app.wait(lambda: m.current == "#two" and m.cur.joined, "#two")
@@ -56,7 +56,7 @@ def test_alt_a_jumps_to_the_mention_first_then_back(app: AppRunner, bob: Client)
 
 def test_ctrl_c_asks_before_losing_a_typed_line(server: ServerProcess,
                                                 tmp_path: Path) -> None:
-    one = AppRunner(server.host, server.port, "one", tmp_path / "s")
+    one = TUI(server.host, server.port, "one", state_dir=tmp_path / "s")
     one.ready()
     ui = one.ui
     assert ui is not None
@@ -75,7 +75,7 @@ def test_ctrl_c_asks_before_losing_a_typed_line(server: ServerProcess,
     assert not one.thread.is_alive() and one.close() == 0
 
 
-def test_ctrl_r_searches_as_you_type(app: AppRunner, bob: Client) -> None:
+def test_ctrl_r_searches_as_you_type(app: TUI, bob: Client) -> None:
     m, ui = app.core.model, app.ui
     assert ui is not None
     for i in range(80):
@@ -104,7 +104,7 @@ def test_ctrl_r_searches_as_you_type(app: AppRunner, bob: Client) -> None:
     assert m.cur.found is None and ui.input.text == "draft"
 
 
-def test_switch_completes_buffer_names(app: AppRunner) -> None:
+def test_switch_completes_buffer_names(app: TUI) -> None:
     ui = app.ui
     assert ui is not None
     app.type("/join #twelve" + ENTER)
@@ -118,7 +118,7 @@ def test_switch_completes_buffer_names(app: AppRunner) -> None:
 def test_read_markers_and_ignores_survive_a_restart(server: ServerProcess,
                                                     bob: Client, tmp_path: Path) -> None:
     state = tmp_path / "state"
-    first = AppRunner(server.host, server.port, "alice", state, rooms=("#general", "#two"))
+    first = TUI(server.host, server.port, "alice", state_dir=state, rooms=("#general", "#two"))
     first.wait(lambda: all(b.joined for b in first.core.model.order() if b.kind == "room"),
                "both joined")
     m = first.core.model
@@ -138,7 +138,7 @@ def test_read_markers_and_ignores_survive_a_restart(server: ServerProcess,
     troll.join("#general")
     troll.say("#general", "alice: you will see this")
 
-    again = AppRunner(server.host, server.port, "alice", state, rooms=("#general",))
+    again = TUI(server.host, server.port, "alice", state_dir=state, rooms=("#general",))
     again.ready()
     again.type("/switch #general" + ENTER)  # (the restart restored #two as the current one)
     again.wait(lambda: "said while alice was gone" in again.screen(), "caught up")

@@ -22,7 +22,7 @@ from fakechatd import T0 as TS
 from fakechatd import FakeChatd, Frame, Peer, honest, welcome
 from prompt_toolkit.data_structures import Size
 from prompt_toolkit.output.vt100 import Vt100_Output
-from test_client_app import AppRunner
+from tuirunner import TUI
 
 from chat_client import inbound
 from chatd.protocol import DEFAULT_LIMITS, safe_text
@@ -167,7 +167,7 @@ def test_full_screen_mode_writes_nothing_from_a_hostile_server_to_the_terminal(
     terminal = io.StringIO()
     output = Vt100_Output(terminal, lambda: Size(rows=30, columns=100), term="xterm")
     with FakeChatd(handler=hostile) as server:
-        app = AppRunner(server.host, server.port, "alice", tmp_path / "state",
+        app = TUI(server.host, server.port, "alice", state_dir=tmp_path / "state",
                         output=output)
         try:
             app.ready()

@@ -26,7 +26,7 @@ def test_a_page_of_20000_in_descending_id_order_is_cheap_and_whole() -> None:
     # It froze the client for 12 s of CPU: each message walked the buffer from its end.
     server = FakeChatd(lambda room: [message(i) for i in range(PAGE, 0, -1)])
     steps = StepCounter(model.__file__, buffer.__file__)
-    client = TUI(server.host, server.port, "alice", ["#a"], CLOCK, trace=steps)
+    client = TUI(server.host, server.port, "alice", ["#a"], clock=CLOCK, trace=steps)
     try:
         buf = client.wait(lambda: (b := client.core.model.get("#a")) is not None
                           and b.last_id == PAGE and b, "the page", timeout=40)
@@ -57,7 +57,7 @@ def test_absurd_timestamps_show_their_lines_and_break_nothing() -> None:
                for i, (name, ts) in enumerate(HOSTILE_TS.items())]
     server = FakeChatd(lambda room: [message(1, "before"), *hostile,
                                      message(len(hostile) + 2, "after")])
-    client = TUI(server.host, server.port, "alice", ["#a"], CLOCK)
+    client = TUI(server.host, server.port, "alice", ["#a"], clock=CLOCK)
     try:
         client.wait(lambda: client.core.model.cur.key == "#a"
                     and client.core.model.cur.message_count() == len(hostile) + 2, "joined")

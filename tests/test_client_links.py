@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import re
 import threading
@@ -11,13 +10,12 @@ from datetime import UTC, datetime
 import pytest
 from fakechatd import FakeChatd, message
 from prompt_toolkit.data_structures import Size
-from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output.vt100 import Vt100_Output
 from prompt_toolkit.utils import get_cwidth
+from tuirunner import TUI
 
 from chat_client.buffer import Line
 from chat_client.clock import Clock
-from chat_client.core import Core
 from chat_client.links import (
     find_urls,
     linkify,
@@ -26,7 +24,7 @@ from chat_client.links import (
     terminal_has_hyperlinks,
 )
 from chat_client.render import NICK_WIDTH, line_parts, wrap
-from chat_client.tui import UIOptions, run_tui
+from chat_client.tui import UIOptions
 
 NOW = datetime(2026, 11, 21, 15, 0, tzinfo=UTC).timestamp()
 CLOCK = Clock(now=lambda: NOW, zone=UTC)
@@ -154,21 +152,13 @@ def test_the_real_client_links_urls_and_server_text_injects_nothing() -> None:
     server = FakeChatd(lambda room: history)
     term = Terminal()
     output = Vt100_Output(term, lambda: Size(rows=24, columns=100), term="xterm-256color")
-    core = Core("alice", ["#a"], clock=CLOCK)
     try:
-        with create_pipe_input() as pipe:
-            async def main() -> None:
-                task = asyncio.create_task(run_tui(
-                    core, server.host, server.port, None, input=pipe, output=output,
-                    options=UIOptions(hyperlinks=True)))
-                for _ in range(500):  # the links are written by the redraw that shows them
-                    await asyncio.sleep(0.02)
-                    if "evil.example" in term.text():
-                        break
-                pipe.send_text("\x03")
-                await asyncio.wait_for(task, 20)
-
-            asyncio.run(main())
+        client = TUI(server.host, server.port, "alice", ["#a"], clock=CLOCK, output=output,
+                     options=UIOptions(hyperlinks=True))
+        try:  # the links are written by the redraw that shows them
+            client.wait(lambda: "evil.example" in term.text(), "the links drawn")
+        finally:
+            client.close()
     finally:
         server.close()
     out = term.text()

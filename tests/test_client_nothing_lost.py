@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serverproc import ServerProcess, kill_quietly
-from test_client_app import FAST, AppRunner
+from serverproc import FAST, ServerProcess, kill_quietly
+from tuirunner import TUI
 from wire import Client, connect
 
 from chat_client.lifecycle import ConnState
@@ -28,7 +28,7 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     srv.stop()
 
 
-def dm_texts(app: AppRunner, peer: str) -> list[str]:
+def dm_texts(app: TUI, peer: str) -> list[str]:
     def get() -> list[str]:
         buf = app.core.model.get(peer)
         return [ln.text for ln in buf.lines if ln.id is not None] if buf else []
@@ -40,7 +40,7 @@ def test_a_dm_sent_while_the_nick_was_held_arrives_once_it_is_taken_back(
         server: ServerProcess, tmp_path: Path) -> None:
     erin = connect(server, "erin")
     before = set(server.children())
-    dave = AppRunner(server.host, server.port, "dave", tmp_path / "state", keepalive=0.4,
+    dave = TUI(server.host, server.port, "dave", state_dir=tmp_path / "state", keepalive=0.4,
                      dead_after=1.0, **FAST_RETRY)
     stopped: int | None = None
     try:
@@ -73,7 +73,7 @@ def test_a_restarted_client_catches_up_its_direct_messages(server: ServerProcess
                                                            tmp_path: Path) -> None:
     state = tmp_path / "state"
     erin = connect(server, "erin")
-    dave = AppRunner(server.host, server.port, "dave", state)
+    dave = TUI(server.host, server.port, "dave", state_dir=state)
     dave.ready()
     erin.call({"type": "msg", "to": "dave", "text": "one"})
     dave.wait(lambda: dm_texts(dave, "erln") == ["one"], "a DM")
@@ -86,7 +86,7 @@ def test_a_restarted_client_catches_up_its_direct_messages(server: ServerProcess
     other.close()
     # (If that session has not ended yet, the client starts as dave_ and catches up once
     # it has dave back: keepalive is when it tries.)
-    again = AppRunner(server.host, server.port, "dave", state, rooms=(), keepalive=0.4)
+    again = TUI(server.host, server.port, "dave", state_dir=state, rooms=(), keepalive=0.4)
     try:
         again.wait(lambda: again.core.model.nick == "dave", "dave", timeout=15)
         again.wait(lambda: dm_texts(again, "erln")[-2:] == ["two", "three"], "caught up",
@@ -104,7 +104,7 @@ def test_a_restart_brings_back_rooms_buffers_and_the_current_one(server: ServerP
     state = tmp_path / "state"
     rooms = [f"#room{n}" for n in range(10)]
     bob.join("#room3")
-    alice = AppRunner(server.host, server.port, "alice", state)
+    alice = TUI(server.host, server.port, "alice", state_dir=state)
     alice.ready()
     for room in rooms:
         alice.type(f"/join {room}\r")
@@ -117,7 +117,7 @@ def test_a_restart_brings_back_rooms_buffers_and_the_current_one(server: ServerP
     order = alice.call(lambda: [b.key for b in alice.core.model.order()])
     assert alice.close() == 0
     bob.say("#room3", "while you were away")
-    again = AppRunner(server.host, server.port, "alice", state, rooms=())
+    again = TUI(server.host, server.port, "alice", state_dir=state, rooms=())
     try:
         again.wait(lambda: again.core.ready and again.core.model.current == "#room4",
                    "restored")

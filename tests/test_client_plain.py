@@ -14,15 +14,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
-from serverproc import ServerProcess
+from serverproc import FAST, ServerProcess
 from wire import Client, connect
 
 from chat_client.cli import parse_address
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST: dict[str, Any] = {"rate": {
-    "msg_rate": 100000.0, "msg_burst": 100000, "history_rate": 100000.0,
-    "history_burst": 100000, "cmd_rate": 100000.0, "cmd_burst": 100000}}
 CLIENT = [sys.executable, "-m", "chat_client"]
 
 

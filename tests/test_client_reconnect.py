@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from serverproc import ServerProcess, kill_quietly
-from test_client_app import AppRunner
+from tuirunner import TUI
 from wire import Client, connect
 
 from chat_client.lifecycle import ConnState
@@ -40,7 +40,7 @@ def send(client: Client, room: str, texts: list[str]) -> list[int]:
     return [client.reply(label)["id"] for label in labels]
 
 
-def room_ids(app: AppRunner, room: str = "#general") -> list[int]:
+def room_ids(app: TUI, room: str = "#general") -> list[int]:
     def get() -> list[int]:
         buf = app.core.model.get(room)
         return [ln.id for ln in buf.lines if ln.id is not None] if buf else []
@@ -48,7 +48,7 @@ def room_ids(app: AppRunner, room: str = "#general") -> list[int]:
     return list(app.call(get))
 
 
-def wait_ids(app: AppRunner, expected: list[int], room: str = "#general") -> None:
+def wait_ids(app: TUI, expected: list[int], room: str = "#general") -> None:
     try:
         app.wait(lambda: room_ids(app, room)[-len(expected):] == expected, "ids")
     except AssertionError:
@@ -77,7 +77,7 @@ def test_killed_session_catches_up_without_gap_or_duplicate(server: ServerProces
     bob = connect(server, "bob")
     bob.join("#general")
     before = set(server.children())
-    app = AppRunner(server.host, server.port, "alice", tmp_path / "state", **FAST_RETRY)
+    app = TUI(server.host, server.port, "alice", state_dir=tmp_path / "state", **FAST_RETRY)
     try:
         app.ready()
         first = send(bob, "#general", [f"before {i}" for i in range(5)])
@@ -104,7 +104,7 @@ def test_server_restart_mid_conversation(data_dir: Path, tmp_path: Path) -> None
     port = free_port()
     srv = ServerProcess(data_dir, CONFIG, extra_args=["--port", str(port)]).start()
     assert srv.port == port
-    app = AppRunner(srv.host, port, "alice", tmp_path / "state", rooms=("#general", "#b"),
+    app = TUI(srv.host, port, "alice", state_dir=tmp_path / "state", rooms=("#general", "#b"),
                     **FAST_RETRY)
     bob: Client | None = None
     try:
@@ -146,14 +146,14 @@ def test_restarted_client_catches_up_from_its_state_dir(server: ServerProcess,
     bob = connect(server, "bob")
     bob.join("#general")
     first = send(bob, "#general", [f"seen {i}" for i in range(3)])
-    app = AppRunner(server.host, server.port, "alice", state)
+    app = TUI(server.host, server.port, "alice", state_dir=state)
     app.ready()
     wait_ids(app, first)
     assert app.close() == 0
     saved = [p for p in state.glob("*.json") if not p.name.endswith(".local.json")]
     assert len(saved) == 1 and f'"#general": {first[-1]}' in saved[0].read_text()
     missed = send(bob, "#general", [f"missed {i}" for i in range(10)])
-    again = AppRunner(server.host, server.port, "alice", state)
+    again = TUI(server.host, server.port, "alice", state_dir=state)
     try:
         again.ready()
         # All ten missed ones, over several pages; enough that no older context is added
@@ -169,7 +169,7 @@ def test_restarted_client_catches_up_from_its_state_dir(server: ServerProcess,
 def test_lag_is_shown_and_a_dead_server_is_detected(server: ServerProcess,
                                                     tmp_path: Path) -> None:
     before = set(server.children())
-    app = AppRunner(server.host, server.port, "alice", tmp_path / "state",
+    app = TUI(server.host, server.port, "alice", state_dir=tmp_path / "state",
                     keepalive=0.4, dead_after=1.0, **FAST_RETRY)
     stopped: int | None = None
     try:

@@ -154,7 +154,7 @@ def test_a_huge_message_shows_its_start_and_what_is_left_out() -> None:
 @pytest.fixture
 def tui() -> Iterator[TUI]:
     server = FakeChatd(lambda room: [message(i) for i in range(1, 301)])
-    client = TUI(server.host, server.port, "alice", ["#a"], CLOCK)
+    client = TUI(server.host, server.port, "alice", ["#a"], clock=CLOCK)
     try:
         client.wait(lambda: client.core.model.cur.key == "#a"
                     and client.core.model.cur.message_count() == 300, "the join's history")

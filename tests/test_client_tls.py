@@ -185,7 +185,7 @@ def test_the_full_screen_client_shows_a_refusal_and_does_not_retry(server, tmp_p
     opener = TLSOpener("127.0.0.1", port, client_context(tofu=True),
                        check=pin_check(f"127.0.0.1:{port}", known, print),
                        on_refused=shown.append)
-    client = TUI("127.0.0.1", port, "alice", ["#general"], Clock(zone=UTC), opener=opener)
+    client = TUI("127.0.0.1", port, "alice", ["#general"], clock=Clock(zone=UTC), opener=opener)
     try:
         client.wait(lambda: client.ui.conn.state is ConnState.CLOSED, "the connection to end")
         assert len(shown) == 1 and "REFUSED: the TLS key of" in shown[0]

@@ -11,19 +11,15 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from serverproc import ServerProcess, wait_until
+from serverproc import FAST, ServerProcess, wait_until
 from wire import Client, Frame, connect
 
 from chatd import protocol as p
 from chatd.config import BY_KEY, Config
 
 DOC = (Path(__file__).parent.parent / "protocol.md").read_text()
-FAST: dict[str, Any] = {"rate": {
-    "msg_rate": 100000.0, "msg_burst": 100000, "history_rate": 100000.0,
-    "history_burst": 100000, "cmd_rate": 100000.0, "cmd_burst": 100000}}
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,8 @@ from typing import Any
 
 import msgpack
 import pytest
-from serverproc import ServerProcess
+from serverproc import FAST, ServerProcess
 from wire import Client, Frame, connect
-
-FAST: dict[str, Any] = {"rate": {
-    "msg_rate": 100000.0, "msg_burst": 100000, "history_rate": 100000.0,
-    "history_burst": 100000, "cmd_rate": 100000.0, "cmd_burst": 100000}}
 
 
 def frame(payload: bytes) -> bytes:
@@ -35,14 +31,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     yield srv
     assert srv.stop() == 0
     assert "Traceback" not in "\n".join(srv.lines)
-
-
-@pytest.fixture
-def clients(server: ServerProcess) -> Iterator[list[Client]]:
-    made: list[Client] = []
-    yield made
-    for c in made:
-        c.close()
 
 
 def new(server: ServerProcess, clients: list[Client], nick: str | None = None) -> Client:

@@ -12,13 +12,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from serverproc import ServerProcess
+from serverproc import FAST, ServerProcess
 from wire import Client, Frame, connect
 
 # Rate limits out of the way: these tests are about semantics, not about flood control.
-FAST: dict[str, Any] = {"rate": {
-    "msg_rate": 100000.0, "msg_burst": 100000, "history_rate": 100000.0,
-    "history_burst": 100000, "cmd_rate": 100000.0, "cmd_burst": 100000}}
 SESSION_RE = re.compile(r"[0-9a-f]{16}\Z")
 LIMIT_KEYS = {"max_frame", "max_text", "max_rooms", "history_page", "history_on_join",
               "ping_interval", "ping_timeout", "msg_rate", "msg_burst", "history_rate",

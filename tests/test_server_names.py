@@ -7,15 +7,10 @@ message text, made the newline it means).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from serverproc import ServerProcess
+from serverproc import FAST, ServerProcess
 from wire import Client, connect
-
-FAST: dict[str, Any] = {"rate": {
-    "msg_rate": 100000.0, "msg_burst": 100000, "history_rate": 100000.0,
-    "history_burst": 100000, "cmd_rate": 100000.0, "cmd_burst": 100000}}
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +19,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     yield srv
     assert srv.stop() == 0
     assert "Traceback" not in "\n".join(srv.lines)
-
-
-@pytest.fixture
-def clients(server: ServerProcess) -> Iterator[list[Client]]:
-    made: list[Client] = []
-    yield made
-    for c in made:
-        c.close()
 
 
 def test_look_alike_nicks_are_refused_and_reach_the_holder(server: ServerProcess,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import serverproc
 from serverproc import (
     ServerProcess,
     child_states,
@@ -33,20 +34,10 @@ from wire import Client, Frame, connect
 
 from chatd.bench.probes import TICK
 
-FAST: dict[str, Any] = {"rate": {
-    "msg_rate": 100000.0, "msg_burst": 100000, "history_rate": 100000.0,
-    "history_burst": 100000, "cmd_rate": 100000.0, "cmd_burst": 100000},
-    "server": {"spare_children": 0}}  # one process per client, counted exactly
+# One process per client, counted exactly.
+FAST: dict[str, Any] = {**serverproc.FAST, "server": {"spare_children": 0}}
 LOG_RE = re.compile(r"^\S+ \S+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) chatd\[(\d+)\] (\S+) "
                     r"(chatd[.\w]*): ")
-
-
-@pytest.fixture
-def clients() -> Iterator[list[Client]]:
-    made: list[Client] = []
-    yield made
-    for c in made:
-        c.close()
 
 
 @pytest.fixture

@@ -1,7 +1,12 @@
 """The full-screen client (run_tui) on its own thread, typed into through a pipe.
 
-Used against tests/fakechatd.py. Like test_client_app's runner, but without a state file,
-with a pinned Clock and a trace hook for counting the client's work on its thread.
+The one harness for the prompt_toolkit application, against the real server or
+tests/fakechatd.py: the application runs on its own event loop in a thread, with pipe
+input and a DummyOutput that counts bells (or the test's own output); the test types
+keys into the pipe and reads the client's state on the client's loop. Optional: a state
+dir (as chat-client keeps last-seen ids, read markers and ignores), a config and UI
+options, a pinned Clock, and a trace hook for counting the client's work on its thread.
+Every wait has a deadline.
 """
 
 from __future__ import annotations
@@ -10,18 +15,22 @@ import asyncio
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from prompt_toolkit.input import PipeInput, create_pipe_input
-from prompt_toolkit.output import DummyOutput
+from prompt_toolkit.output import DummyOutput, Output
 
-from chat_client.clock import Clock
+from chat_client.cli import setup
+from chat_client.clock import SYSTEM, Clock
+from chat_client.config import Config
 from chat_client.core import Core
-from chat_client.tui import ChatUI, run_tui
+from chat_client.store import StateStore
+from chat_client.tui import ChatUI, UIOptions, run_tui
 
 HOME, END, CTRL_HOME, CTRL_END = "\x1b[H", "\x1b[F", "\x1b[1;5H", "\x1b[1;5F"
-PGUP, PGDN, ENTER = "\x1b[5~", "\x1b[6~", "\r"
+PGUP, PGDN, ENTER, TAB = "\x1b[5~", "\x1b[6~", "\r", "\t"
 
 
 def wheel(up: bool, x: int = 10, y: int = 5) -> str:
@@ -29,13 +38,34 @@ def wheel(up: bool, x: int = 10, y: int = 5) -> str:
     return f"\x1b[<{64 if up else 65};{x};{y}M"
 
 
+class CountingOutput(DummyOutput):
+    """DummyOutput that counts terminal bells."""
+
+    bells = 0
+
+    def bell(self) -> None:
+        self.bells += 1
+
+
 class TUI:
-    def __init__(self, host: str, port: int, nick: str, rooms: list[str], clock: Clock,
-                 trace: Any = None, **conn_opts: Any) -> None:
-        self.core = Core(nick, rooms, clock=clock)
+    """One chat-client TUI on a private event loop thread, driven through a pipe."""
+
+    def __init__(self, host: str, port: int, nick: str, rooms: Sequence[str] = ("#general",),
+                 *, state_dir: Path | None = None, clock: Clock | None = None,
+                 trace: Any = None, output: Output | None = None, config: Config | None = None,
+                 options: UIOptions | None = None, **conn_opts: Any) -> None:
+        self.store = None if state_dir is None else \
+            StateStore(f"{host}:{port}", nick, state_dir)
+        saved = None if self.store is None else self.store.load()
+        self.core = Core(nick, list(rooms), saved, clock=clock or SYSTEM)
+        # As chat-client starts: read markers and ignores from the state dir.
+        savers = [] if self.store is None else \
+            setup(self.core, config or Config(), None, self.store, f"{host}:{port}")
         self.ui: ChatUI | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.result: Any = None
         self.error: BaseException | None = None
+        self.output = output or CountingOutput()
         self._cm = create_pipe_input()
         self.pipe: PipeInput = self._cm.__enter__()
         ready = threading.Event()
@@ -46,8 +76,9 @@ class TUI:
 
         async def main() -> None:
             self.loop = asyncio.get_running_loop()
-            await run_tui(self.core, host, port, None, input=self.pipe,
-                          output=DummyOutput(), ui_ready=found, **conn_opts)
+            self.result = await run_tui(self.core, host, port, self.store, input=self.pipe,
+                                        output=self.output, ui_ready=found, options=options,
+                                        savers=savers, **conn_opts)
 
         def thread() -> None:
             if trace is not None:
@@ -70,7 +101,7 @@ class TUI:
     def call(self, fn: Callable[[], Any]) -> Any:
         """Run fn on the client's loop (the model is only touched there)."""
         assert self.loop is not None
-        if threading.current_thread() is self.thread:
+        if threading.current_thread() is self.thread or not self.thread.is_alive():
             return fn()
 
         async def run() -> Any:
@@ -85,9 +116,21 @@ class TUI:
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; screen:\n"
-                                     + "\n".join(self.pane()))
+                ui = self.ui
+                raise AssertionError(f"timed out waiting for {what}; input line "
+                                     f"{ui.input.text if ui else None!r}; screen:\n"
+                                     + self.screen())
             time.sleep(0.02)
+
+    def screen(self) -> str:
+        assert self.ui is not None
+        ui = self.ui
+        return str(self.call(lambda: ui.screen_text(100, 30)))
+
+    def status(self) -> str:
+        assert self.ui is not None
+        ui = self.ui
+        return str(self.call(lambda: "".join(t for _, t in ui.status())))
 
     def pane(self) -> list[str]:
         """The message pane as the terminal gets it (MessagesControl, not a shortcut),
@@ -103,7 +146,10 @@ class TUI:
         rows: list[str] = self.call(grab)
         return rows
 
-    def close(self) -> None:
+    def ready(self) -> None:
+        self.wait(lambda: self.core.ready and self.core.model.cur.joined, "joined")
+
+    def close(self) -> Any:
         if self.thread.is_alive():
             self.type("\x03\x03")  # Ctrl-C (twice: with a typed line, the first asks)
             self.thread.join(20)
@@ -111,3 +157,4 @@ class TUI:
         assert not self.thread.is_alive(), "client did not exit"
         if self.error is not None:
             raise self.error
+        return self.result
