@@ -1,6 +1,6 @@
 """Soak test for chatd: many clients chatting and reconnecting for a long time.
 
-Runs in CI time-compressed (tests/test_hardening_soak.py) and for hours by hand:
+Runs in CI time-compressed (tests/test_server_soak.py) and for hours by hand:
 
     python tests/soak.py --duration 7200 --clients 50
 

@@ -1,4 +1,5 @@
-"""A tiny run of every `chatd bench` scenario: the report's shape and zero loss.
+"""A tiny run of each scenario of chatd/bench/clients.py (burst, steady, idle, connect):
+the report's shape and zero loss.
 
 Keeps the benchmark working; it asserts no timing (the numbers live in README).
 """

@@ -141,7 +141,7 @@ FLOODER = textwrap.dedent("""
 def test_flood_is_throttled_then_disconnected_and_others_carry_on(start: Any) -> None:
     # The documented request rates (msg 5/s burst 20, cmd 5/s burst 30, 50 strikes); the
     # flooder reconnects as fast as it can, which the per-address connection rate would
-    # refuse (tests/test_hardening_admission.py), so that one is lifted.
+    # refuse (tests/test_server_admission.py), so that one is lifted.
     server = start({"limits": {"conn_rate_per_ip": 1000.0, "conn_burst_per_ip": 1000}})
     room = "#crowd"
     speaker, *listeners = [connect(server, f"calm{i}") for i in range(3)]
