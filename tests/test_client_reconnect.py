@@ -14,17 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serverproc import ServerProcess, kill_quietly
+from serverproc import FAST, ServerProcess, kill_quietly
 from tuirunner import TUI
 from wire import Client, connect
 
 from chat_client.lifecycle import ConnState
 
-CONFIG: dict[str, Any] = {
-    "rate": {"msg_rate": 100000.0, "msg_burst": 100000, "history_rate": 100000.0,
-             "history_burst": 100000, "cmd_rate": 100000.0, "cmd_burst": 100000},
-    "history": {"page": 4, "on_join": 3},
-}
+CONFIG: dict[str, Any] = {**FAST, "history": {"page": 4, "on_join": 3}}
 FAST_RETRY = {"backoff_base": 0.6, "backoff_cap": 1.0}
 
 
