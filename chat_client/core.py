@@ -57,6 +57,9 @@ class Core:
         self.refused: HelloRefused | None = None  # set when retrying cannot help
         self.quitting = False
         self.failures = 0  # requests the server refused (plain mode's exit status)
+        # Handlers that raised. inbound.check() keeps bad frames away from them, so each is
+        # a bug in the client (shown, counted for the tests, and survived: see events.py).
+        self.handler_errors = 0
         self.hello_nick = nick
         self.context = context
 

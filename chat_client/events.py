@@ -8,6 +8,7 @@ catch-up page). Unknown types are ignored (protocol §1).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,10 +23,11 @@ if TYPE_CHECKING:
     from .core import Core
 
 Handler = Callable[["Core", Frame, "Req | None", float], None]
+log = logging.getLogger(__name__)
 
 
 def receive(core: Core, frame: Frame, now: float) -> None:
-    """Apply one server frame. Anything malformed becomes an error line, never a crash."""
+    """Apply one server frame. Anything malformed is reported (inbound.py), never a crash."""
     ftype = frame.get("type")
     handler = HANDLERS.get(ftype) if isinstance(ftype, str) else None
     req = core.requests.reply_to(frame)
@@ -39,9 +41,14 @@ def receive(core: Core, frame: Frame, now: float) -> None:
     frame = checked
     try:
         handler(core, frame, req, now)
-    except Exception as exc:  # a bad frame must never take the client down
-        core.model.note(core.model.get(SERVER), f"ignored a bad {ftype!r} frame from the "
-                        f"server ({type(exc).__name__}: {exc})", "error")
+    except Exception as exc:
+        # Not the server's fault (inbound.check turned bad frames away): a bug here. It
+        # must not take the client down, nor hide: it is shown, and counted so that the
+        # tests that throw garbage at the client fail on it.
+        core.handler_errors += 1
+        log.debug("the %r handler failed on %r", ftype, frame, exc_info=True)
+        core.model.note(core.model.get(SERVER), f"client bug: could not handle a {ftype!r} "
+                        f"frame ({type(exc).__name__}: {exc})", "error")
 
 
 def _unanswered(core: Core, req: Req, frame: Frame) -> None:

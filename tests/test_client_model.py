@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chat_client import events
 from chat_client.buffer import SERVER, Buffer, Line
 from chat_client.core import Core
 from chat_client.lifecycle import HelloRefused
@@ -325,11 +326,48 @@ def test_membership_events_update_members_and_show_notices() -> None:
     {"type": "welcome"},
     {"type": "what-is-this", "x": 1},
     {"type": "topic", "room": None},
+    # Bad in parts the checks on arrival repair or drop: these reach their handlers.
+    {"type": "welcome", "nick": 5, "limits": "x"},
+    {"type": "error", "code": 5, "message": None, "fatal": "yes"},
+    {"type": "message", "room": "#a", "id": 3, "ts": -1, "from": "bob", "text": "\x1b[2J"},
+    {"type": "joined", "room": "#a", "members": "x", "topic": 3},
+    {"type": "history", "room": "#a", "messages": [1, {"id": "x"}], "more": "maybe"},
+    {"type": "parted", "room": "#a", "reason": 4},
+    {"type": "rooms", "rooms": [1, {"room": 2}], "more": 1},
+    {"type": "members", "room": "#a", "members": [1, None]},
+    {"type": "topic", "room": "#a", "topic": 5, "by": []},
+    {"type": "join", "room": "#a", "nick": "carol", "ts": "x"},
+    {"type": "part", "room": "#a", "nick": "bob", "reason": 7},
+    {"type": "quit", "room": "#a", "nick": "bob", "reason": {"x": 1}},
+    {"type": "nick", "room": "#a", "old": "bob", "new": "rob", "ts": "x"},
+    {"type": "ping", "token": {"x": 1}},
+    {"type": "pong", "token": []},
 ])
 def test_garbage_from_the_server_never_raises(frame: dict[str, Any]) -> None:
     core = Core("alice", ["#a"])
     join_reply(core, welcome(core)[0], [])
     core.receive(frame)
+    # Refused by the checks on arrival, not caught after a handler threw.
+    assert core.handler_errors == 0
+
+
+def test_a_handler_that_throws_is_survived_counted_and_shown(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last line of defence behind the checks on arrival: a bug in a handler does not
+    take the client down, and does not hide either."""
+    core = Core("alice", ["#a"])
+    join_reply(core, welcome(core)[0], [])
+
+    def broken(*_: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(events.HANDLERS, "topic", broken)
+    core.receive({"type": "topic", "room": "#a", "topic": "t", "by": "bob", "ts": 1})
+    assert core.handler_errors == 1
+    errors = [ln.text for ln in core.model.buffers[SERVER].lines if ln.kind == "error"]
+    assert errors[-1] == "client bug: could not handle a 'topic' frame (RuntimeError: a bug)"
+    core.receive(msg(2))  # and it keeps working
+    assert 2 in core.model.get("#a").ids  # type: ignore[union-attr]
 
 
 def test_ping_is_answered_and_pong_measures_lag() -> None:
@@ -420,6 +458,7 @@ def test_fuzzed_server_frames_never_raise(ftype: str, fields: dict[str, Any],
     if use_label:
         frame["label"] = core.take_outbox()[0]["label"]
     core.receive(frame)
+    assert core.handler_errors == 0  # refused on arrival, not caught after a handler threw
     core.receive(msg(2))  # and it keeps working afterwards
     assert 2 in core.model.get("#a").ids  # type: ignore[union-attr]
 
