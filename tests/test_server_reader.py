@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from serverproc import ServerProcess, kill_quietly, proc_stat, wait_until
-from test_catchup import room_ids
+from test_server_catchup import room_ids
 from wire import connect
 
 # recent = 0: no page comes from the parent's memory, every one is read by the reader.
