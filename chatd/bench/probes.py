@@ -72,7 +72,8 @@ def children_of(pid: int) -> list[int]:
 
 def is_reader(pid: int) -> bool:
     """Whether `pid` is a server's history reader (a helper, not a session): it runs
-    `python -m chatd.reader`, which its command line says from its first moment."""
+    `python -m chatd.reader`, which its command line says once it has exec'd (for a
+    moment before, it is a copy of the parent, like a session)."""
     try:
         return b"chatd.reader" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:

@@ -83,23 +83,30 @@ class Server:
                                      stderr=subprocess.PIPE, encoding="utf-8",
                                      errors="replace", env=env)
         threading.Thread(target=self._drain, daemon=True).start()
+        proc = self.proc
         if port_from_log:
             match = LISTEN_RE.search(self.wait_for_log(LISTEN_RE, timeout))
             assert match
             self.port = int(match.group(2))
-            return self
-        proc = self.proc
-        try:
-            ports = wait_until(lambda: listening_ports(proc.pid) or proc.poll() is not None,
-                               timeout, message="a listening socket")
-        except TimeoutError:
-            raise TimeoutError("chatd serve did not start listening:\n"
-                               + self.log_tail()) from None
-        if proc.poll() is not None:
-            raise RuntimeError(f"chatd serve exited with {proc.returncode}:\n"
-                               + self.log_tail())
-        assert isinstance(ports, set)
-        self.port = sorted(ports)[0]
+        else:
+            try:
+                ports = wait_until(lambda: listening_ports(proc.pid) or proc.poll() is not None,
+                                   timeout, message="a listening socket")
+            except TimeoutError:
+                raise TimeoutError("chatd serve did not start listening:\n"
+                                   + self.log_tail()) from None
+            if proc.poll() is not None:
+                raise RuntimeError(f"chatd serve exited with {proc.returncode}:\n"
+                                   + self.log_tail())
+            assert isinstance(ports, set)
+            self.port = sorted(ports)[0]
+        # Right after listening the parent starts its history reader. Until that process
+        # has exec'd `python -m chatd.reader`, /proc shows a copy of the parent, just like
+        # a session: wait for it, so that counts of sessions are right from the start.
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: proc.poll() is not None
+                       or any(map(is_reader, children_of(proc.pid))), timeout, 0.005,
+                       "the history reader")
         return self
 
     @property
