@@ -156,10 +156,10 @@ class Server:
 
     def reader(self) -> int:
         """PID of the server's history reader (waits for it to be started)."""
-        def find() -> int | None:
+        def find() -> int:  # 0 until there is exactly one
             pids = [pid for pid, st in child_states(self.pid, helpers=True)
                     if st != "Z" and is_reader(pid)]
-            return pids[0] if len(pids) == 1 else None
+            return pids[0] if len(pids) == 1 else 0
         return wait_until(find, message="the history reader")
 
     def signal(self, sig: int) -> None:
