@@ -47,7 +47,7 @@ class Outbox:
         """Drop all but a partly sent head, so the stream stays frame-aligned."""
         keep = self.chunks[:1] if self.offset else []
         self.chunks = keep
-        self.size = sum(map(len, keep))
+        self.size = sum(map(len, keep)) - self.offset  # the head's unsent part
 
     def send(self, sock: socket.socket) -> None:
         while self.chunks:
