@@ -1,19 +1,24 @@
 """Start the real `chatd serve` as a subprocess on an ephemeral loopback port.
 
-The spawner and the /proc probes are the benchmark's (chatd/bench/server.py and
-probes.py); this adds what tests want on top: a debug log to assert on, and connection
-rates that let a module's many clients in.
+The spawner, the poller and the /proc probes are the benchmark's (chatd/bench/server.py
+and probes.py); this adds what tests want on top: a debug log to assert on, connection
+rates that let a module's many clients in, and a failed assertion (not a TimeoutError)
+when something a test waits for does not come.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self, TypeVar
 
+from chatd.bench import server as bench
 from chatd.bench.probes import child_states, listening_ports, proc_stat
-from chatd.bench.server import Server, kill_quietly, wait_until, write_config
+from chatd.bench.server import Server, kill_quietly, write_config
+
+T = TypeVar("T")
 
 __all__ = ["FAST", "ServerProcess", "child_states", "kill_quietly", "listening_ports",
            "newest_session", "proc_stat", "reap", "set_child_subreaper", "wait_until",
@@ -39,13 +44,36 @@ def with_harness_limits(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "limits": {**HARNESS_LIMITS, **limits}}
 
 
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02,
+               message: str = "condition") -> T:
+    """chatd.bench.server.wait_until, failing the test at the deadline."""
+    try:
+        return bench.wait_until(predicate, timeout, interval, message)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
+
+
 class ServerProcess(Server):
-    """One `chatd serve` subprocess at log level debug; its log lines are in `lines`."""
+    """One `chatd serve` subprocess at log level debug; its log lines are in `lines`. A
+    server that does not start, or a log line that does not come, fails the test."""
 
     def __init__(self, data_dir: Path, config: dict[str, Any] | None = None,
                  host: str = "127.0.0.1", extra_args: list[str] | None = None) -> None:
         super().__init__(data_dir, with_harness_limits(config or {}), host=host,
                          log_level="debug", extra_args=extra_args)
+
+    def start(self, timeout: float = 15.0, port_from_log: bool = True) -> Self:
+        try:
+            return super().start(timeout, port_from_log)
+        except (TimeoutError, RuntimeError) as exc:
+            raise AssertionError(str(exc)) from None
+
+    def wait_for_log(self, pattern: str | re.Pattern[str], timeout: float = 10.0,
+                     start: int = 0) -> str:
+        try:
+            return super().wait_for_log(pattern, timeout, start)
+        except TimeoutError as exc:
+            raise AssertionError(str(exc)) from None
 
 
 def newest_session(server: ServerProcess, start: int) -> tuple[str, int]:

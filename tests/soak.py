@@ -41,8 +41,9 @@ if __package__ in (None, ""):  # run as a script: make `chatd` and `tests` impor
 import msgpack  # noqa: E402
 
 from chatd.bench.probes import child_states, open_fds, smaps_rollup  # noqa: E402
+from chatd.bench.server import wait_until  # noqa: E402
 from chatd.protocol import HEADER, pack  # noqa: E402
-from tests.serverproc import ServerProcess, wait_until  # noqa: E402
+from tests.serverproc import ServerProcess  # noqa: E402
 
 # ---- samples of the server's processes, from /proc ----
 
