@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from serverproc import ServerProcess, write_config
 from test_client_plain import CLIENT, ROOT, client_env
-from test_tls_server import OTHER_CERT, OTHER_KEY, TLS_DIR, pin_of, tls_port, tls_settings
+from test_server_tls import OTHER_CERT, OTHER_KEY, TLS_DIR, pin_of, tls_port, tls_settings
 from tuirunner import TUI
 from wire import Client
 
