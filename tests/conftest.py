@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serverproc import ServerProcess
+from serverproc import FAST, ServerProcess
+from tuirunner import TUI
 from wire import Client, connect
 
 
@@ -24,6 +25,25 @@ def start(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield start_server
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A fresh server with the rate limits lifted, for a module that defines no other."""
+    data = tmp_path / "server"
+    data.mkdir()
+    srv = ServerProcess(data, FAST).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def app(server: ServerProcess, tmp_path: Path) -> Iterator[TUI]:
+    """The full-screen client as alice in #general (state in tmp_path), ready."""
+    runner = TUI(server.host, server.port, "alice", state_dir=tmp_path / "state")
+    runner.ready()
+    yield runner
+    runner.close()
 
 
 @pytest.fixture

@@ -7,30 +7,11 @@ client's loop. Every wait has a deadline.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from serverproc import FAST, ServerProcess
+from serverproc import ServerProcess
 from tuirunner import ENTER, PGDN, PGUP, TAB, TUI
 from wire import Client, connect
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    data = tmp_path / "server"
-    data.mkdir()
-    srv = ServerProcess(data, FAST).start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def app(server: ServerProcess, tmp_path: Path) -> Iterator[TUI]:
-    runner = TUI(server.host, server.port, "alice", state_dir=tmp_path / "state")
-    runner.ready()
-    yield runner
-    runner.close()
 
 
 def test_typing_a_message_delivers_it(app: TUI, bob: Client) -> None:

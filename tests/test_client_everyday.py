@@ -4,34 +4,15 @@ markers, ignores)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from serverproc import FAST, ServerProcess
+from serverproc import ServerProcess
 from tuirunner import ENTER, TAB, TUI
 from wire import Client
 
 from chat_client.render import READ_MARKER
 
 ALT_A, CTRL_C, CTRL_R, CTRL_G = "\x1ba", "\x03", "\x12", "\x07"
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    data = tmp_path / "server"
-    data.mkdir()
-    srv = ServerProcess(data, FAST).start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def app(server: ServerProcess, tmp_path: Path) -> Iterator[TUI]:
-    runner = TUI(server.host, server.port, "alice", state_dir=tmp_path / "state")
-    runner.ready()
-    yield runner
-    runner.close()
 
 
 def test_alt_a_jumps_to_the_mention_first_then_back(app: TUI, bob: Client) -> None:

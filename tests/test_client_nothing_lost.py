@@ -6,26 +6,15 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from serverproc import FAST, ServerProcess, kill_quietly
+from serverproc import ServerProcess, kill_quietly
 from tuirunner import TUI
 from wire import Client, connect
 
 from chat_client.lifecycle import ConnState
 
 FAST_RETRY = {"backoff_base": 0.3, "backoff_cap": 0.6}
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    data = tmp_path / "server"
-    data.mkdir()
-    srv = ServerProcess(data, FAST).start()
-    yield srv
-    srv.stop()
 
 
 def dm_texts(app: TUI, peer: str) -> list[str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import socket
 import struct
 import subprocess
@@ -22,9 +21,18 @@ import time
 from collections import Counter
 from typing import Any
 
-from chatd.protocol import pack
-
-from .load import Conn, ServerRef, Stats, Window, open_session, percentiles, until
+from .load import (
+    Conn,
+    ServerRef,
+    Stats,
+    Window,
+    attacker_report,
+    chat,
+    chat_phase,
+    open_session,
+    percentiles,
+    until,
+)
 from .probes import ServerProbe
 from .report import COL, cpu_line, target
 
@@ -97,20 +105,6 @@ def start_attacker(host: str, port: int, rate: float, seconds: float,
                             text=True)
 
 
-def finish_attacker(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()  # our own child, by its handle
-        proc.communicate()
-        return {"error": "the attacker did not finish"}
-    try:
-        report: dict[str, Any] = json.loads(out)
-    except ValueError:
-        return {"error": f"the attacker exited with {proc.returncode}"}
-    return report
-
-
 # ---------------------------------------------------------------------------------------
 # the bystander
 
@@ -145,39 +139,20 @@ class Bystander:
                 failures[str(exc) or type(exc).__name__] += 1
             await asyncio.sleep(max(0.0, t0 + WELCOME_EVERY - time.monotonic()))
 
-    async def chat(self, seconds: float) -> None:
-        """Messages at CHAT_RATE; each one's round trip is timed by Conn as it returns."""
-        talker = self.talker
-        assert talker is not None and talker.transport is not None
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        n = int(seconds * CHAT_RATE)
-        for k in range(n):
-            delay = t0 + k / CHAT_RATE - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            text = f"{self.stats.tag}{k} {time.monotonic_ns()}"
-            talker.transport.write(pack({"type": "msg", "room": self.room, "text": text}))
-        self.stats.target = n
-
     async def phase(self, name: str, seconds: float, probe: ServerProbe) -> dict[str, Any]:
-        stats = self.stats
-        stats.received = stats.duplicates = 0
-        stats.latencies = []
-        stats.errors.clear()
+        stats, talker = self.stats, self.talker
+        assert talker is not None
+        stats.new_phase()
         times: list[float] = []
         failures: Counter[str] = Counter()
         win = Window(probe).start()
-        await asyncio.gather(self.chat(seconds), self.welcomes(seconds, times, failures))
+        sent, _ = await asyncio.gather(chat(talker, CHAT_RATE, seconds),
+                                       self.welcomes(seconds, times, failures))
         # Let the last messages come back.
-        await until(lambda: stats.received >= stats.target, self.timeout, 0.01)
-        out = {"phase": name, **win.stop(), "messages": stats.target,
-               "received": stats.received, "lost": stats.target - stats.received,
-               "duplicates": stats.duplicates, "errors": dict(stats.errors),
-               "chat_ms": percentiles(stats.latencies),
-               "welcomes": len(times), "welcome_failures": dict(failures),
-               "welcome_ms": percentiles([int(t * 1e9) for t in times])}
-        return out
+        await until(lambda: stats.received >= sent, self.timeout, 0.01)
+        return {**chat_phase(name, win.stop(), stats, sent),
+                "welcomes": len(times), "welcome_failures": dict(failures),
+                "welcome_ms": percentiles([int(t * 1e9) for t in times])}
 
     def close(self) -> None:
         if self.talker is not None:
@@ -197,7 +172,7 @@ async def run(server: ServerRef, opts: argparse.Namespace, tag: str) -> dict[str
         try:
             phases.append(await bystander.phase("attack", opts.phase_seconds, probe))
         finally:
-            attacker = await asyncio.to_thread(finish_attacker, proc, opts.timeout)
+            attacker = await asyncio.to_thread(attacker_report, proc, opts.timeout)
     finally:
         bystander.close()
     return {"phases": phases, "attacker": attacker, "memory": None, "parent_fds": probe.fds(),

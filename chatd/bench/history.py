@@ -19,7 +19,6 @@ import json
 import random
 import subprocess
 import sys
-import time
 from collections import Counter
 from typing import Any
 
@@ -27,7 +26,17 @@ import msgpack
 
 from chatd.protocol import HEADER, pack
 
-from .load import Conn, ServerRef, Stats, Window, open_session, percentiles, until
+from .load import (
+    Conn,
+    ServerRef,
+    Stats,
+    Window,
+    attacker_report,
+    chat,
+    chat_phase,
+    open_session,
+    until,
+)
 from .probes import ServerProbe, own_cpu
 from .report import COL, target
 
@@ -184,24 +193,12 @@ class Bystander:
 
     async def phase(self, name: str, seconds: float, probe: ServerProbe) -> dict[str, Any]:
         stats, conn = self.stats, self.conn
-        assert conn is not None and conn.transport is not None
-        stats.received = stats.duplicates = 0
-        stats.latencies = []
-        stats.errors.clear()
-        loop = asyncio.get_running_loop()
+        assert conn is not None
+        stats.new_phase()
         win = Window(probe).start()
-        n = int(seconds * CHAT_RATE)
-        t0 = loop.time()
-        for k in range(n):
-            delay = t0 + k / CHAT_RATE - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            text = f"{stats.tag}{name}{k} {time.monotonic_ns()}"
-            conn.transport.write(pack({"type": "msg", "room": self.room, "text": text}))
-        await until(lambda: stats.received >= n, self.timeout, 0.01)  # the last ones back
-        return {"phase": name, **win.stop(), "messages": n, "received": stats.received,
-                "lost": n - stats.received, "duplicates": stats.duplicates,
-                "errors": dict(stats.errors), "chat_ms": percentiles(stats.latencies)}
+        sent = await chat(conn, CHAT_RATE, seconds, name)
+        await until(lambda: stats.received >= sent, self.timeout, 0.01)  # the last ones back
+        return chat_phase(name, win.stop(), stats, sent)
 
     def close(self) -> None:
         if self.conn is not None:
@@ -215,20 +212,6 @@ def _start_attacker(host: str, port: int, room: str, low: int, high: int,
     code = "import sys; from chatd.bench.history import attack; attack(sys.argv[1:])"
     return subprocess.Popen([sys.executable, "-c", code, *args], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
-
-
-def _finish_attacker(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()  # our own child, by its handle
-        proc.communicate()
-        return {"error": "the attacker did not finish"}
-    try:
-        report: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return {"error": f"the attacker exited with {proc.returncode}"}
-    return report
 
 
 def prepare(opts: argparse.Namespace, extra: dict[str, dict[str, Any]]) -> None:
@@ -256,7 +239,7 @@ async def run(server: ServerRef, opts: argparse.Namespace, tag: str) -> dict[str
         proc.stdin.write("go\n")
         proc.stdin.flush()
         phases.append(await bystander.phase("attack", opts.phase_seconds, probe))
-        attacker = await asyncio.to_thread(_finish_attacker, proc, opts.timeout)
+        attacker = await asyncio.to_thread(attacker_report, proc, opts.timeout)
         phases.append(await bystander.phase("after", opts.phase_seconds, probe))
     finally:
         bystander.close()

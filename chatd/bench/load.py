@@ -10,8 +10,10 @@ arrival minus that.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import socket
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -44,6 +46,12 @@ class Stats:
     def check_done(self) -> None:
         if self.done is not None and self.received >= self.target:
             self.done.set()
+
+    def new_phase(self) -> None:
+        """Count a bystander's next phase from zero."""
+        self.received = self.duplicates = 0
+        self.latencies = []
+        self.errors.clear()
 
 
 class Conn(asyncio.Protocol):
@@ -157,6 +165,29 @@ async def open_session(host: str, port: int, stats: Stats, nick: str, room: str 
     return conn
 
 
+async def chat(conn: Conn, rate: float, seconds: float, label: str = "") -> int:
+    """`rate` messages a second into the connection's room for `seconds`, each carrying
+    its send time (Conn times its round trip as it comes back); how many were sent."""
+    assert conn.transport is not None and conn.room is not None
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    n = int(seconds * rate)
+    for k in range(n):
+        delay = t0 + k / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        text = f"{conn.stats.tag}{label}{k} {time.monotonic_ns()}"
+        conn.transport.write(pack({"type": "msg", "room": conn.room, "text": text}))
+    return n
+
+
+def chat_phase(name: str, window: dict[str, Any], stats: Stats, sent: int) -> dict[str, Any]:
+    """A bystander's phase in the report: its chat's round trips, and what the phase cost."""
+    return {"phase": name, **window, "messages": sent, "received": stats.received,
+            "lost": sent - stats.received, "duplicates": stats.duplicates,
+            "errors": dict(stats.errors), "chat_ms": percentiles(stats.latencies)}
+
+
 async def until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
     """Poll `predicate` without blocking the loop; False if the deadline passed first."""
     deadline = time.monotonic() + timeout
@@ -165,6 +196,22 @@ async def until(predicate: Callable[[], bool], timeout: float, interval: float =
             return False
         await asyncio.sleep(interval)
     return True
+
+
+def attacker_report(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
+    """Wait for an attacker process (our own child) and read its report: the JSON object
+    on its last line of output, or {"error": ...} when it hangs or says nothing."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # by its handle
+        proc.communicate()
+        return {"error": "the attacker did not finish"}
+    try:
+        report: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"error": f"the attacker exited with {proc.returncode}"}
+    return report
 
 
 @dataclass
