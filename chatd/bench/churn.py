@@ -34,7 +34,7 @@ from .load import (
     until,
 )
 from .probes import ServerProbe
-from .report import COL, cpu_line, target
+from .report import COL, chat_line, cpu_line, target
 
 ATTACKER = "127.0.0.1"
 BYSTANDER = "127.0.0.2"
@@ -217,15 +217,12 @@ def render(report: dict[str, Any]) -> list[str]:
                      f"{att['per_second']:,.0f}/s"
                      + (f"; errors {att['errors']}" if att["errors"] else ""))
     for ph in report["phases"]:
-        w, c = ph["welcome_ms"], ph["chat_ms"]
+        w = ph["welcome_ms"]
         lines.append(f"{ph['phase']:<{COL}} bystander welcome p50 {w['p50']} ms, p99 {w['p99']} "
                      f"ms, max {w['max']} ms ({ph['welcomes']} sessions"
                      + (f", failed {ph['welcome_failures']}" if ph["welcome_failures"] else "")
                      + ")")
-        lines.append(f"{'':<{COL}} bystander chat round trip p50 {c['p50']} ms, p99 {c['p99']} "
-                     f"ms, max {c['max']} ms ({ph['received']}/{ph['messages']} back, "
-                     f"lost {ph['lost']}, duplicates {ph['duplicates']})"
-                     + (f", errors {ph['errors']}" if ph["errors"] else ""))
+        lines.append(f"{'':<{COL}} {chat_line(ph)}")
         if ph.get("server_cpu_s") is not None:
             lines.append(f"{'':<{COL}} {cpu_line(ph)} in {ph['seconds']:.1f} s; "
                          f"loadgen CPU {ph['loadgen_cpu_s']:.3f} s")

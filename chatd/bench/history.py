@@ -38,7 +38,7 @@ from .load import (
     until,
 )
 from .probes import ServerProbe, own_cpu
-from .report import COL, target
+from .report import COL, chat_line, target
 
 CHAT_RATE = 50.0  # bystander messages per second
 GOAL_X = 2.0
@@ -287,11 +287,7 @@ def render(report: dict[str, Any]) -> list[str]:
                      f"{att.get('cpu_s', 0):.3f} s"
                      + (f"; errors {errors}" if errors else ""))
     for ph in report["phases"]:
-        c = ph["chat_ms"]
-        lines.append(f"{ph['phase']:<{COL}} bystander chat round trip p50 {c['p50']} ms, p99 "
-                     f"{c['p99']} ms, max {c['max']} ms ({ph['received']}/{ph['messages']} "
-                     f"back, lost {ph['lost']}, duplicates {ph['duplicates']})"
-                     + (f", errors {ph['errors']}" if ph["errors"] else ""))
+        lines.append(f"{ph['phase']:<{COL}} {chat_line(ph)}")
         if ph.get("server_cpu_s") is not None:
             lines.append(f"{'':<{COL}} server CPU {ph['server_cpu_s']:.3f} s (parent "
                          f"{ph['server_cpu_parent_s']:.3f}, history reader "

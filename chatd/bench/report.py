@@ -35,6 +35,15 @@ def cpu_line(ph: dict[str, Any]) -> str:
         f"sessions {ph['server_cpu_sessions_s']:.3f})")
 
 
+def chat_line(ph: dict[str, Any]) -> str:
+    """A bystander's chat in one phase (load.chat_phase)."""
+    c = ph["chat_ms"]
+    return (f"bystander chat round trip p50 {c['p50']} ms, p99 {c['p99']} ms, max "
+            f"{c['max']} ms ({ph['received']}/{ph['messages']} back, lost {ph['lost']}, "
+            f"duplicates {ph['duplicates']})"
+            + (f", errors {ph['errors']}" if ph["errors"] else ""))
+
+
 def render(report: dict[str, Any], phase_lines: list[str]) -> str:
     lines = [f"chatd bench: {report['scenario']} - {report['description']}"]
     srv = report["server"]
