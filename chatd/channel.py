@@ -7,8 +7,9 @@ RAW envelopes hold already-encoded client frames, which the session forwards
 to its client untouched (no per-message work in the session); CTRL envelopes
 hold one msgpack map for the session process itself, `{"c": KIND, ...}`:
 
-    client   {"c": "client", "token": str, "ip": str, "tls": bool}
-             a spare process is handed its client (the socket rides along, SCM_RIGHTS)
+    client   {"c": "client", "token": str, "ip": str, "tls": bool, "irc": bool}
+             a spare process is handed its client (the socket rides along, SCM_RIGHTS);
+             tls/irc say which listener it came to (the client speaks TLS, IRC)
     welcome  {"c": "welcome", "nick": str}      the hello was accepted
     close    {"c": "close", "code": str, "limit"?: str, "message"?: str}
              end the session with this error (the broker already forgot it)
@@ -39,8 +40,8 @@ KINDS = frozenset({CLIENT, WELCOME, CLOSE, CONFIG, DONE_KIND})
 DONE: Control = {"c": DONE_KIND}
 
 
-def client(token: str, ip: str, tls: bool = False) -> Control:
-    return {"c": CLIENT, "token": token, "ip": ip, "tls": tls}
+def client(token: str, ip: str, tls: bool = False, irc: bool = False) -> Control:
+    return {"c": CLIENT, "token": token, "ip": ip, "tls": tls, "irc": irc}
 
 
 def welcome(nick: str) -> Control:

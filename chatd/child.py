@@ -115,6 +115,7 @@ class Handed:
     token: str
     ip: str
     tls: bool  # it came to the TLS listener: the handshake comes first
+    irc: bool  # it came to the IRC listener: the client speaks IRC
     reader: EnvelopeReader = field(default_factory=EnvelopeReader)
     pending: Envelopes = field(default_factory=list)
 
@@ -128,9 +129,10 @@ class SessionWorker:
 
     def __init__(self, config: Config, conn: socket.socket | None = None,
                  token: str = "", ip: str = "", over_tls: bool = False,
-                 tls_context: ssl.SSLContext | None = None) -> None:
+                 tls_context: ssl.SSLContext | None = None, irc: bool = False) -> None:
         self.config = config
         self.conn, self.token, self.ip, self.over_tls = conn, token, ip, over_tls
+        self.irc = irc  # the client came to the IRC listener
         self.tls_context = tls_context  # for a client of the TLS listener
         self.chan: socket.socket | None = None  # set by the parent's spawn, before fork
         self.reader = EnvelopeReader()
@@ -170,7 +172,7 @@ class SessionWorker:
                 return EXIT_OK
             self.conn, self.token, self.ip, self.over_tls = (handed.sock, handed.token,
                                                              handed.ip, handed.tls)
-            self.reader, self.pending = handed.reader, handed.pending
+            self.reader, self.pending, self.irc = handed.reader, handed.pending, handed.irc
             logsetup.set_session(self.token)
         started = time.monotonic()
         client: socket.socket | tls.TLSStream = self.conn
@@ -181,7 +183,7 @@ class SessionWorker:
                 return EXIT_OK
             client = stream
         return Loop(client, self.chan, self.config, self.ip, self.reader, self.pending,
-                    started).serve()
+                    started, self.irc).serve()
 
     def handshake(self, deadline: float) -> tls.TLSStream | None:
         """The server side of the TLS handshake, first of all, within handshake_timeout
@@ -243,4 +245,5 @@ def wait_for_client(chan: socket.socket) -> Handed | None:
                     os.close(extra)
                 sock = socket.socket(fileno=fds[0])
                 return Handed(sock, str(ctrl["token"]), str(ctrl["ip"]),
-                              bool(ctrl.get("tls")), reader, envelopes[i + 1 :])
+                              bool(ctrl.get("tls")), bool(ctrl.get("irc")), reader,
+                              envelopes[i + 1 :])

@@ -12,6 +12,7 @@ import time
 from chatd import tls
 from chatd.channel import CTRL, RAW, EnvelopeReader, decode_control
 from chatd.config import Config
+from chatd.frontends import Codec, IrcCodec, NativeCodec
 from chatd.outbox import (
     LINGER_RESET,
     ClientOutbox,
@@ -52,13 +53,16 @@ class Loop:
     that path makes no Session call, no selector change and no bytes copy (memoryview
     slices of the received block go to the client with one send). The Session is
     ticked only when it was fed something or its next deadline has come.
+
+    What the client's bytes mean is the codec's business (chatd/frontends.py): the
+    native protocol's, or IRC's when the connection came to the IRC listener.
     """
 
     def __init__(self, sock: socket.socket | tls.TLSStream, chan: socket.socket,
                  config: Config, peer: str, reader: EnvelopeReader, pending: Envelopes,
-                 started: float) -> None:
+                 started: float, irc: bool = False) -> None:
         """`sock` may be a tls.TLSStream; `started` is when the handshake deadline started
-        (now, unless a TLS handshake came first)."""
+        (now, unless a TLS handshake came first); `irc`: the client speaks IRC."""
         self.sock, self.chan, self.peer = sock, chan, peer
         self.reader, self.pending = reader, pending
         self.session = Session(config, int(started * 1000))
@@ -66,6 +70,10 @@ class Loop:
         # waiting.
         self.tls_buffered = sock.buffered if isinstance(sock, tls.TLSStream) else None
         self.to_client, self.to_broker = ClientOutbox(), Outbox()
+        self.codec: Codec = IrcCodec(self.session, self.to_client, int(started * 1000)) if irc else \
+            NativeCodec(self.session, self.to_client)
+        # The native fast path: a RAW frame goes to the outbox with no call of ours.
+        self.forward_raw = self.to_client.add if self.codec.forwards_raw else None
         self.client_open = self.broker_open = True
         self.fed = False  # the Session was fed something: tick it and take its output
         self.ep = select.epoll(2)
@@ -82,13 +90,13 @@ class Loop:
         log.info("serving %s", self.peer)
         status = 0
         try:
-            self.on_envelopes(self.pending)
+            self.on_envelopes(self.pending, now_ms())
             deadline = now_ms() if self.fed else session.next_deadline()
             while not session.ended:
                 self.watch()
                 timeout = (deadline - now_ms()) / 1000
                 held = self.tls_buffered is not None and self.client_open and \
-                    self.tls_buffered()
+                    not self.codec.paused and self.tls_buffered()
                 events = self.ep.poll(0.0 if held else 3600.0 if timeout > 3600.0 else
                                       timeout if timeout > 0.0 else 0.0)
                 if held and all(fd != sfd for fd, _ev in events):
@@ -105,7 +113,8 @@ class Loop:
                     deadline = session.next_deadline()
                 if self.flush():
                     self.on_session(now_ms())
-                    deadline = session.next_deadline()
+                    # (an IRC codec may have fed the Session again meanwhile: no waiting)
+                    deadline = now_ms() if self.fed else session.next_deadline()
         except (MemoryError, ResourceLimit) as exc:
             # Over a limit this process alone dies of: free what we can and tell the client.
             limit = exc.limit if isinstance(exc, ResourceLimit) else "max_memory_mb"
@@ -130,7 +139,9 @@ class Loop:
             if want != self.chan_mask:
                 self.ep.modify(self.chan, want)
                 self.chan_mask = want
-        want = EPOLLIN | EPOLLOUT if self.to_client.chunks else EPOLLIN
+        # A paused codec (IRC commands waiting for answers) leaves the input unread.
+        want = (0 if self.codec.paused else EPOLLIN) | \
+            (EPOLLOUT if self.to_client.chunks else 0)
         if want != self.sock_mask:
             self.ep.modify(self.sock.fileno(), want)
             self.sock_mask = want
@@ -138,11 +149,10 @@ class Loop:
     def on_client(self, ev: int, now: int) -> None:
         if self.sock_mask & EPOLLOUT and ev & ~EPOLLIN:
             self.send_client()
-        if ev & ~EPOLLOUT and self.client_open:
+        if ev & ~EPOLLOUT and self.client_open and not self.codec.paused:
             data = recv_client(self.sock)
             if data:
-                self.session.receive_data(data, now)
-                self.fed = True
+                self.fed = self.codec.client_data(data, now)
             elif data is not None:
                 self.client_lost()
 
@@ -156,18 +166,24 @@ class Loop:
                 self.broker_lost(now)
                 return
             else:
-                self.on_envelopes(self.reader.feed(data))
+                self.on_envelopes(self.reader.feed(data), now)
         if self.chan_mask & EPOLLOUT and ev & ~EPOLLIN and self.broker_open:
             self.send_broker(now)
 
-    def on_envelopes(self, envelopes: Envelopes) -> None:
-        """RAW bodies to the client uncopied, controls to the Session."""
+    def on_envelopes(self, envelopes: Envelopes, now: int) -> None:
+        """RAW bodies to the client (natively: uncopied), controls to the Session."""
+        forward_raw = self.forward_raw
         for kind, body in envelopes:
             if kind == RAW:
-                self.to_client.add(body)
+                if forward_raw is not None:
+                    forward_raw(body)
+                else:
+                    self.codec.raw(body, now)
             elif kind == CTRL:
                 self.session.control(decode_control(body))
                 self.fed = True
+        if self.codec.take_fed():
+            self.fed = True
 
     def on_session(self, now: int) -> None:
         """Tick the Session and take what it produced."""
@@ -215,9 +231,9 @@ class Loop:
         if session.drop_pending:
             self.to_client.discard()
             session.drop_pending = False
-        if session.to_client:
-            self.to_client.add(b"".join(session.to_client))
-            session.to_client.clear()
+        self.codec.drain(now_ms())
+        if self.codec.take_fed():
+            self.fed = True
         if session.to_broker:
             self.to_broker.add(b"".join(session.to_broker))
             session.to_broker.clear()
