@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 
 from chatd.config import Config
+from chatd.frontends import irc_refusal
 from chatd.protocol import error_frame
 from chatd.ratelimit import TokenBucket
 
@@ -141,8 +142,10 @@ class Gate:
         self.new_sessions.reconfigure(config.session_rate, config.session_burst)
 
     def refusal(self, ip: str, source: str, now: float, sessions: int,
-                per_source: Mapping[str, int]) -> bytes | None:
-        """The error frame refusing a new connection, or None to admit it.
+                per_source: Mapping[str, int], irc: bool = False) -> bytes | None:
+        """The error frame refusing a new connection, or None to admit it. On the IRC
+        listener (`irc`) it is one fixed `ERROR :Closing link` line instead, which an IRC
+        client can read (the parent formats it; it parses nothing).
 
         Cheapest and most specific first: the source's connection rate (a refusal costs
         a token too, so a source that hammers gets nothing), the session caps (`sessions`
@@ -150,6 +153,12 @@ class Gate:
         sessions about to be started count).
         """
         cfg = self.config
+
+        def refuse(code: str, message: str, **extra: object) -> bytes:
+            if irc:
+                return irc_refusal(cfg.server_name, message)
+            return error_frame(code, message, **extra)
+
         wait = self.sources.take(source, now)
         for gone, count in self.sources.forgotten:
             log.info("%s: %d connections were refused over conn_rate_per_ip", gone, count)
@@ -158,16 +167,16 @@ class Gate:
             if self.sources.refused(source) == 1:  # once per run of refusals
                 log.warning("refusing new connections from %s: over conn_rate_per_ip=%g/s "
                             "(burst %d)", source, cfg.conn_rate_per_ip, cfg.conn_burst_per_ip)
-            return error_frame("too_many_connections", f"conn_rate_per_ip="
+            return refuse("too_many_connections", f"conn_rate_per_ip="
                                f"{cfg.conn_rate_per_ip:g}/s exceeded by {source}",
                                limit="conn_rate_per_ip", retry_after=round(wait, 3))
         if sessions >= cfg.max_sessions:
             log.info("refused %s: at a session cap", ip)
-            return error_frame("server_full", f"max_sessions={cfg.max_sessions} reached",
+            return refuse("server_full", f"max_sessions={cfg.max_sessions} reached",
                                limit="max_sessions")
         if per_source.get(source, 0) >= cfg.max_sessions_per_ip:
             log.info("refused %s: at a session cap", ip)
-            return error_frame("too_many_connections", f"max_sessions_per_ip="
+            return refuse("too_many_connections", f"max_sessions_per_ip="
                                f"{cfg.max_sessions_per_ip} reached for {source}",
                                limit="max_sessions_per_ip")
         wait = self.new_sessions.take(now)
@@ -178,6 +187,6 @@ class Gate:
                             "since the last such line", self.busy_refused, cfg.session_rate,
                             cfg.session_burst)
                 self.busy_refused, self.busy_logged = 0, now
-            return error_frame("server_busy", f"session_rate={cfg.session_rate:g}/s reached",
+            return refuse("server_busy", f"session_rate={cfg.session_rate:g}/s reached",
                                limit="session_rate", retry_after=round(wait, 3))
         return None

@@ -134,6 +134,9 @@ SETTINGS: tuple[Setting, ...] = (
             0, 65535, attr="tls_port"),
     Setting("tls", "plain", True, "also listen for plain TCP on `--port` when TLS is on "
             "(false: TLS only); a change needs a restart", attr="tls_plain"),
+    Setting("irc", "port", 6667, "TCP port of the IRC listener (protocol.md §13), on "
+            "`--host`; 0 turns it off, -1 picks a free one (logged as `listening for IRC on "
+            "HOST:PORT`); a change needs a restart", -1, 65535, attr="irc_port"),
 )
 BY_KEY = {f"{s.section}.{s.name}": s for s in SETTINGS}
 FRAME_OVERHEAD = 512  # bytes of a msg/message frame besides its text, with room to spare
@@ -217,6 +220,7 @@ class Config:
     tls_key = Value[str]()
     tls_port = Value[int]()
     tls_plain = Value[bool]()
+    irc_port = Value[int]()
 
     def with_values(self, values: dict[str, Any]) -> Config:
         return replace(self, values=values)

@@ -80,6 +80,8 @@ class Master:
             self._listen(cfg.port, self._accept, "listening on %s:%d")
         if self.tls is not None:
             self._listen(cfg.tls_port, self._accept_tls, "listening for TLS on %s:%d")
+        if cfg.irc_port:  # (-1: any free port)
+            self._listen(max(cfg.irc_port, 0), self._accept_irc, "listening for IRC on %s:%d")
         return [sock.getsockname()[:2] for sock in self.listeners]
 
     def _listen(self, port: int, accept: Callable[[socket.socket, int], None],
@@ -154,7 +156,12 @@ class Master:
         """The TLS listener: its connections are the session processes' to decrypt."""
         self._accept(listener, mask, over_tls=True)
 
-    def _accept(self, listener: socket.socket, mask: int, over_tls: bool = False) -> None:
+    def _accept_irc(self, listener: socket.socket, mask: int) -> None:
+        """The IRC listener: its sessions' front end speaks IRC (we only pass that on)."""
+        self._accept(listener, mask, irc=True)
+
+    def _accept(self, listener: socket.socket, mask: int, over_tls: bool = False,
+                irc: bool = False) -> None:
         forks = 0
         for _ in range(ACCEPT_BATCH):  # refusing is cheap: many per turn
             try:
@@ -164,16 +171,17 @@ class Master:
             except OSError as exc:  # EMFILE and friends: shed, keep serving
                 log.error("accept failed: %s", exc)
                 return
-            forks += self._admit(conn, addr[0], over_tls)
+            forks += self._admit(conn, addr[0], over_tls, irc)
             if forks >= FORKS_PER_TURN:  # the rest wait in the backlog for the next turn
                 return
 
-    def _admit(self, conn: socket.socket, ip: str, over_tls: bool = False) -> bool:
+    def _admit(self, conn: socket.socket, ip: str, over_tls: bool = False,
+               irc: bool = False) -> bool:
         """Refuse (an error frame, then close) or hand on; True if that took a fork."""
         now = time.monotonic()
         self.last_accept = now
         refusal = self.gate.refusal(ip, source_of(ip), now, len(self.table.children),
-                                    self.table.per_ip)
+                                    self.table.per_ip, irc)
         if refusal is not None:
             # A TLS client could not read a plain frame, and the parent speaks no TLS:
             # it is only closed.
@@ -183,9 +191,9 @@ class Master:
             conn.close()
             return False
         try:
-            if self._hand_to_spare(conn, ip, over_tls):
+            if self._hand_to_spare(conn, ip, over_tls, irc):
                 return False
-            self._fork(conn, ip, over_tls)
+            self._fork(conn, ip, over_tls, irc)
         except OSError as exc:
             log.error("fork failed, dropping %s: %s", ip, exc)
         finally:
@@ -223,12 +231,13 @@ class Master:
             return
         self.spares[pid] = ours
 
-    def _hand_to_spare(self, conn: socket.socket, ip: str, over_tls: bool = False) -> bool:
+    def _hand_to_spare(self, conn: socket.socket, ip: str, over_tls: bool = False,
+                       irc: bool = False) -> bool:
         """Pass the accepted socket to a pre-forked process (SCM_RIGHTS); False if none."""
         while self.spares:
             pid, chan = self.spares.popitem()
             token = secrets.token_hex(8)
-            hello = channel.control(channel.client(token, ip, over_tls))
+            hello = channel.control(channel.client(token, ip, over_tls, irc))
             try:
                 socket.send_fds(chan, [hello], [conn.fileno()])
             except OSError as exc:  # it died, or its channel is full: retire it
@@ -240,10 +249,11 @@ class Master:
             return True
         return False
 
-    def _fork(self, conn: socket.socket, ip: str, over_tls: bool = False) -> None:
+    def _fork(self, conn: socket.socket, ip: str, over_tls: bool = False,
+              irc: bool = False) -> None:
         token = secrets.token_hex(8)
         worker = child.SessionWorker(self.config, conn, token, ip, over_tls,
-                                     self._tls_context())
+                                     self._tls_context(), irc)
         pid, ours = self._spawn(worker)
         ours.setblocking(False)
         self._register(pid, ours, token, ip)

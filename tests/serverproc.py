@@ -29,6 +29,7 @@ __all__ = ["FAST", "ServerProcess", "child_states", "kill_quietly", "listening_p
 FAST: dict[str, Any] = {"rate": {
     "msg_rate": 100000.0, "msg_burst": 100000, "history_rate": 100000.0,
     "history_burst": 100000, "cmd_rate": 100000.0, "cmd_burst": 100000}}
+IRC_LISTEN_RE = re.compile(r"listening for IRC on (\S+):(\d+)")
 SESSION_RE = re.compile(r"session (\S+) from \S+: pid (\d+)")
 
 # Every test client connects from 127.0.0.1, a module's tests often dozens a second, which
@@ -67,6 +68,13 @@ class ServerProcess(Server):
             return super().start(timeout, port_from_log)
         except (TimeoutError, RuntimeError) as exc:
             raise AssertionError(str(exc)) from None
+
+    @property
+    def irc_port(self) -> int:
+        """The IRC listener's port (the server was started with `"irc": {"port": -1}`)."""
+        match = IRC_LISTEN_RE.search(self.wait_for_log(IRC_LISTEN_RE))
+        assert match
+        return int(match.group(2))
 
     def wait_for_log(self, pattern: str | re.Pattern[str], timeout: float = 10.0,
                      start: int = 0) -> str:

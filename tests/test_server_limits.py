@@ -237,7 +237,8 @@ def test_refuses_to_start_when_the_session_cap_needs_more_files_than_allowed(
 
 
 def test_raises_its_open_file_limit_to_what_the_session_cap_needs(tmp_path: Path) -> None:
-    config = write_config(tmp_path / "chatd.toml", {"limits": {"max_sessions": 1000}})
+    config = write_config(tmp_path / "chatd.toml", {"limits": {"max_sessions": 1000},
+                                                    "irc": {"port": 0}})
     proc = subprocess.Popen(serve_cmd(tmp_path, config), preexec_fn=with_nofile(128, 4096),
                             stderr=subprocess.PIPE, text=True)
     try:

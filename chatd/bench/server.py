@@ -61,7 +61,9 @@ class Server:
                  host: str = "127.0.0.1", log_level: str = "debug",
                  extra_args: list[str] | None = None) -> None:
         self.data_dir = data_dir
-        self.settings = settings or {}
+        self.settings = settings = settings or {}
+        if "irc" not in settings:  # 6667 is one port for the whole machine: off unless asked
+            self.settings = {**settings, "irc": {"port": 0}}
         self.config_path = write_config(data_dir / "chatd.toml", self.settings)
         self.host = host
         self.log_level = log_level
