@@ -29,6 +29,7 @@ from chatd.session import Session
 
 log = logging.getLogger("chatd.session")
 EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
+EPOLLHUP, EPOLLERR = select.EPOLLHUP, select.EPOLLERR
 FINAL_FLUSH = 2.0  # seconds to hand the parent our last words (a quit) before closing
 Envelopes = list[tuple[int, memoryview]]
 
@@ -149,7 +150,10 @@ class Loop:
     def on_client(self, ev: int, now: int) -> None:
         if self.sock_mask & EPOLLOUT and ev & ~EPOLLIN:
             self.send_client()
-        if ev & ~EPOLLOUT and self.client_open and not self.codec.paused:
+        # A paused codec reads nothing, unless the client is gone: epoll reports a hang-up
+        # or an error whatever the mask, and unread it would wake us again at once.
+        if ev & ~EPOLLOUT and self.client_open and (not self.codec.paused or
+                                                    ev & (EPOLLHUP | EPOLLERR)):
             data = recv_client(self.sock)
             if data:
                 self.fed = self.codec.client_data(data, now)

@@ -3,8 +3,11 @@ and the IRC codec's wiring of IrcFrontEnd to the Session as chatd/irc's notes as
 
 from __future__ import annotations
 
+import select
 import socket
 from typing import Any
+
+import pytest
 
 from chatd import channel
 from chatd import protocol as p
@@ -95,3 +98,26 @@ def test_quit_before_registration_ends_the_session_too() -> None:
     codec = IrcCodec(session, out, 0.0)
     codec.client_data(b"CAP LS 302\r\nQUIT\r\n", 1.0)
     assert lines(out)[-1] == "ERROR" and session.ended
+
+
+def test_a_paused_irc_session_reads_nothing_until_the_client_hangs_up(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    try:
+        loop = Loop(a, c, Config(), "peer", EnvelopeReader(), [], 0.0, irc=True)
+        monkeypatch.setattr(IrcCodec, "paused", property(lambda self: True))
+        loop.ep.register(a.fileno(), select.EPOLLIN)
+        loop.watch()
+        assert loop.sock_mask == 0  # commands wait for answers: the input waits unread
+        b.sendall(b"PING :x\r\n")
+        assert loop.ep.poll(0.05) == []
+        b.close()  # the client hangs up: that is reported whatever the mask
+        ((fd, ev),) = loop.ep.poll(1.0)
+        loop.on_client(ev, 1.0)
+        loop.on_client(ev, 1.0)  # the line first, then the end of the stream
+        assert not loop.client_open and loop.session.ended == "closed"
+    finally:
+        loop.ep.close()
+        for sock in (a, c, d):
+            sock.close()
