@@ -14,10 +14,11 @@ DEFER_ACCEPT = 1  # seconds (Linux rounds up to a SYN-ACK retransmission, the fi
 FD_RESERVE = 64  # listeners, database, wakeup pipe, logs, and room to breathe
 
 
-def listen(config: Config, port: int, message: str = "listening on %s:%d"
-           ) -> list[socket.socket]:
+def listen(config: Config, port: int, message: str = "listening on %s:%d",
+           setting: str = "--port") -> list[socket.socket]:
     """Bind every address `config.host` resolves to, on `port` (0: the first one's
-    ephemeral port for all); non-blocking sockets, each logged with `message`."""
+    ephemeral port for all); non-blocking sockets, each logged with `message`. A port
+    that cannot be bound stops start-up, naming it and its `setting`."""
     infos = socket.getaddrinfo(config.host or None, port, type=socket.SOCK_STREAM,
                                flags=socket.AI_PASSIVE)
     listeners: list[socket.socket] = []
@@ -34,7 +35,7 @@ def listen(config: Config, port: int, message: str = "listening on %s:%d"
             sock.close()
             if listeners and exc.errno == errno.EADDRINUSE:
                 continue
-            raise
+            raise OSError(exc.errno, f"{exc.strerror}: port {port} ({setting})") from None
         sock.listen(1024)
         # The kernel holds a connection back until its first bytes (the hello) arrive,
         # or about a second has passed: one that connects and resets without a word

@@ -77,16 +77,18 @@ class Master:
         cfg = self.config
         raise_fd_limit(cfg)
         if self.tls is None or cfg.tls_plain:
-            self._listen(cfg.port, self._accept, "listening on %s:%d")
+            self._listen(cfg.port, self._accept, "listening on %s:%d", "--port")
         if self.tls is not None:
-            self._listen(cfg.tls_port, self._accept_tls, "listening for TLS on %s:%d")
+            self._listen(cfg.tls_port, self._accept_tls, "listening for TLS on %s:%d",
+                         "tls.port")
         if cfg.irc_port:  # (-1: any free port)
-            self._listen(max(cfg.irc_port, 0), self._accept_irc, "listening for IRC on %s:%d")
+            self._listen(max(cfg.irc_port, 0), self._accept_irc, "listening for IRC on %s:%d",
+                         "irc.port")
         return [sock.getsockname()[:2] for sock in self.listeners]
 
     def _listen(self, port: int, accept: Callable[[socket.socket, int], None],
-                message: str) -> None:
-        for sock in listen(self.config, port, message):
+                message: str, setting: str) -> None:
+        for sock in listen(self.config, port, message, setting):
             self.listeners.append(sock)
             self.sel.register(sock, selectors.EVENT_READ, accept)
 

@@ -3,11 +3,14 @@ clients: both see each other, IRCv3 extras work, and the parent's refusals are I
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from ircwire import IrcClient, irc_connect
-from serverproc import ServerProcess
+from serverproc import ServerProcess, write_config
 from wire import connect
 
 from chatd.irc import Line
@@ -145,3 +148,14 @@ def test_the_handshake_deadline_and_spares_serve_irc_too(start) -> None:  # noqa
     alice.send("PING :x1")
     assert alice.wait_command("PONG").params[-1] == "x1"
     alice.close()
+
+
+def test_an_irc_port_in_use_stops_start_up_naming_it(server: ServerProcess,
+                                                     tmp_path: Path) -> None:
+    config = write_config(tmp_path / "chatd.toml", {"irc": {"port": server.irc_port}})
+    done = subprocess.run([sys.executable, "-m", "chatd", "serve", "--host", "127.0.0.1",
+                           "--port", "0", "--data-dir", str(tmp_path / "data"), "--config",
+                           str(config)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1, done.stderr
+    assert f"in use: port {server.irc_port} (irc.port)" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
