@@ -29,11 +29,10 @@ class NativeCodec:
     """The native protocol: nothing to translate."""
 
     paused = False  # the Session reads every byte it is given
+    forwards_raw = True  # RAW frames go to the client as they are (the loop's fast path)
 
     def __init__(self, session: Session, out: Outbox) -> None:
         self.session, self.out = session, out
-
-    forwards_raw = True  # RAW frames go to the client as they are (the loop's fast path)
 
     def raw(self, body: memoryview, now: int) -> None:
         self.out.add(body)
@@ -107,8 +106,9 @@ class IrcCodec:
             session.receive_data(data, now)
             self.fed = True
         if front.ended and not session.ended:
-            # The front end wrote its ERROR line (a QUIT, an excess flood, ...): nothing
-            # more reaches the client, so the Session ends too.
+            # The front end wrote its ERROR line: nothing more reaches the client, so the
+            # Session ends too. (Today every such ending also sent the Session a quit or
+            # came from its fatal error; this keeps it so for whatever ends it next.)
             session.client_closed()
             self.fed = True
 
