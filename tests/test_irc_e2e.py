@@ -218,3 +218,20 @@ def test_multiline_both_ways_and_for_a_plain_client(hub: Hub) -> None:
     assert [x.params[1] for x in plain.lines()] == ["a", "b"]
     batch = modern.lines()
     assert [x.command for x in batch] == ["BATCH", "PRIVMSG", "PRIVMSG", "BATCH"]
+
+
+def test_a_join_right_behind_a_part_of_the_room_is_carried_out(hub: Hub) -> None:
+    """A client's /cycle sends PART and JOIN at once: the JOIN comes while the room is
+    still the client's, and is not 'a JOIN of a room you are in' (it was ignored)."""
+    bob = hub.native("bob")
+    bob.request(type="join", room="#general")
+    alice = hub.irc("alice")
+    alice.send("JOIN #general")
+    alice.lines()
+    bob.frames()
+    alice.send("PART #general :brb\r\nJOIN #general")
+    assert [x.command for x in alice.lines()] == ["PART", "JOIN", "353", "366"]
+    assert [(f["type"], f["nick"]) for f in events(bob)] == [("part", "alice"),
+                                                             ("join", "alice")]
+    alice.send("PART #nowhere\r\nJOIN #general")  # a failed PART leaves no trace
+    assert [x.command for x in alice.lines()] == ["442"]

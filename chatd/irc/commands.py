@@ -199,8 +199,9 @@ def join(fe: IrcFrontEnd, line: Line, reply: Reply, now: float) -> None:
                                            "not needed and not kept, anyone may join"],
                                 fe.server))
     for name in filter(None, line.params[0].split(",")):
-        if name.lower() not in fe.rooms:  # IRC ignores a JOIN of a room you are in
-            _Join(fe, reply, name)
+        key = name.lower()
+        if key not in fe.rooms or key in fe.parting:  # IRC ignores a JOIN of a room you
+            _Join(fe, reply, name)                    # are in (and are not leaving)
 
 
 def part(fe: IrcFrontEnd, line: Line, reply: Reply, now: float) -> None:
@@ -210,18 +211,31 @@ def part(fe: IrcFrontEnd, line: Line, reply: Reply, now: float) -> None:
 
 
 def _part(fe: IrcFrontEnd, reply: Reply, name: str, reason: str) -> None:
+    key = name.lower()
+    fe.parting[key] = fe.parting.get(key, 0) + 1
+
+    def answered() -> None:
+        left = fe.parting.pop(key, 1) - 1
+        if left:
+            fe.parting[key] = left
+
     def on_frame(frame: Frame) -> bool:
         if frame["type"] != "parted":
             return False
+        answered()
         room = str(frame.get("room", name))
         fe.rooms.pop(room, None)
         reply.lines.append(Line("PART", [room, reason] if reason else [room], fe.mask(fe.me)))
         return True
 
+    def on_error(frame: Frame) -> list[Line]:
+        answered()
+        return render.error(fe, frame, reply.command, name)
+
     frame: Frame = {"type": "part", "room": name}
     if reason:
         frame["reason"] = reason
-    fe.request(reply, frame, on_frame, name)
+    fe.request(reply, frame, on_frame, name, on_error)
 
 
 def topic(fe: IrcFrontEnd, line: Line, reply: Reply, now: float) -> None:
