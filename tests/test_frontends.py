@@ -45,7 +45,7 @@ def test_the_native_loop_hands_raw_frames_to_the_outbox_itself() -> None:
         assert isinstance(irc.codec, IrcCodec) and irc.forward_raw is None
         body = memoryview(p.pack({"type": "message", "id": 1, "room": "#a", "from": "x",
                                   "text": "hi", "action": False, "ts": 0}))
-        native.on_envelopes([(channel.RAW, body)], 1.0)
+        native.on_envelopes([(channel.RAW, body)], 1000)
         assert native.to_client.chunks[-1] is body  # forwarded uncopied
     finally:
         for sock in (a, b, c, d):
@@ -53,9 +53,9 @@ def test_the_native_loop_hands_raw_frames_to_the_outbox_itself() -> None:
 
 
 def test_irc_codec_registers_through_the_session_and_answers_in_irc() -> None:
-    session, out = Session(Config(), 0.0), ClientOutbox()
-    codec = IrcCodec(session, out, 0.0)
-    codec.client_data(b"NICK alice\r\nUSER alice 0 * :Alice\r\n", 1.0)
+    session, out = Session(Config(), 0), ClientOutbox()
+    codec = IrcCodec(session, out, 0)
+    codec.client_data(b"NICK alice\r\nUSER alice 0 * :Alice\r\n", 1000)
     (hello,) = requests(session)
     assert (hello["type"], hello["nick"]) == ("hello", "alice")
     # The broker's answer: the welcome control for the Session, the frame through RAW.
@@ -63,24 +63,24 @@ def test_irc_codec_registers_through_the_session_and_answers_in_irc() -> None:
     welcome = {"type": "welcome", "version": p.VERSION, "server": "chatd", "session": "t",
                "nick": "alice", "motd": "hi", "time": 0, "limits": Config().limits(),
                "label": hello["label"]}
-    codec.raw(memoryview(p.pack(welcome)), 1.1)
+    codec.raw(memoryview(p.pack(welcome)), 1100)
     assert lines(out)[:5] == ["001", "002", "003", "004", "005"]
 
 
 def test_every_client_read_is_a_sign_of_life_and_quit_ends_the_session() -> None:
-    session, out = Session(Config(), 0.0), ClientOutbox()
-    codec = IrcCodec(session, out, 0.0)
-    codec.client_data(b"", 7.0)  # no line: still the client's sign of life
-    assert session.last_rx == 7.0 and codec.take_fed()
-    codec.client_data(b"QUIT :bye\r\n", 8.0)
+    session, out = Session(Config(), 0), ClientOutbox()
+    codec = IrcCodec(session, out, 0)
+    codec.client_data(b"", 7000)  # no line: still the client's sign of life
+    assert session.last_rx == 7000 and codec.take_fed()
+    codec.client_data(b"QUIT :bye\r\n", 8000)
     assert lines(out) == ["ERROR"] and session.ended
 
 
 def test_the_session_s_own_fatal_error_is_the_error_line() -> None:
-    session, out = Session(Config(), 0.0), ClientOutbox()
-    codec = IrcCodec(session, out, 0.0)
+    session, out = Session(Config(), 0), ClientOutbox()
+    codec = IrcCodec(session, out, 0)
     session.fail("handshake_timeout")
-    codec.drain(1.0)
+    codec.drain(1000)
     data = b"".join(bytes(chunk) for chunk in out.chunks)
     assert data.startswith(b"ERROR :Closing link: chatd (") and data.endswith(b")\r\n")
 
@@ -94,9 +94,9 @@ def test_the_parent_s_refusal_line() -> None:
 
 
 def test_quit_before_registration_ends_the_session_too() -> None:
-    session, out = Session(Config(), 0.0), ClientOutbox()
-    codec = IrcCodec(session, out, 0.0)
-    codec.client_data(b"CAP LS 302\r\nQUIT\r\n", 1.0)
+    session, out = Session(Config(), 0), ClientOutbox()
+    codec = IrcCodec(session, out, 0)
+    codec.client_data(b"CAP LS 302\r\nQUIT\r\n", 1000)
     assert lines(out)[-1] == "ERROR" and session.ended
 
 
@@ -114,8 +114,8 @@ def test_a_paused_irc_session_reads_nothing_until_the_client_hangs_up(
         assert loop.ep.poll(0.05) == []
         b.close()  # the client hangs up: that is reported whatever the mask
         ((fd, ev),) = loop.ep.poll(1.0)
-        loop.on_client(ev, 1.0)
-        loop.on_client(ev, 1.0)  # the line first, then the end of the stream
+        loop.on_client(ev, 1000)
+        loop.on_client(ev, 1000)  # the line first, then the end of the stream
         assert not loop.client_open and loop.session.ended == "closed"
     finally:
         loop.ep.close()
