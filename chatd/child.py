@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import NoReturn
 
-from chatd import channel, logsetup, tls
+from chatd import channel, logsetup, sandbox, tls
 from chatd.channel import CTRL, EnvelopeReader, decode_control
 from chatd.config import Config
 from chatd.outbox import recv, tune_client_socket
@@ -105,6 +105,8 @@ def prepare(config: Config, keep: set[int], label: str) -> None:
             soft, cap = min(soft, hard), min(cap, hard)
         signal.signal(signal.SIGXCPU, _on_sigxcpu)
         resource.setrlimit(resource.RLIMIT_CPU, (soft, cap))
+    # Last, before the first client byte: the unprivileged user, then the seccomp filter.
+    sandbox.apply(config)
 
 
 @dataclass

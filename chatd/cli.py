@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from chatd import logsetup
+from chatd import logsetup, sandbox
 from chatd.config import Config, ConfigError, default_data_dir, load_file
 
 
@@ -51,7 +51,9 @@ def serve(args: argparse.Namespace) -> int:
     try:
         master = Master(config)
         master.listen()
-    except (StoreUnusable, TLSConfigError) as exc:  # one line saying what is wrong
+        # Once, before the first session: what sessions get (and a user we cannot be).
+        sandbox.probe(config)
+    except (StoreUnusable, TLSConfigError, sandbox.SandboxError) as exc:  # one line
         print(f"chatd: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

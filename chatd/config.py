@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar, get_args, overload
 
+from . import sandbox
 from .protocol import DEFAULT_LIMITS as LIMITS
 
 T = TypeVar("T")
@@ -114,6 +115,14 @@ SETTINGS: tuple[Setting, ...] = (
             "(0: none)", 0, 1 << 31),
     Setting("server", "spare_children", 0,
             "pre-forked idle children waiting for connections (0: fork on accept)", 0, 65536),
+    Setting("server", "user", "", "when chatd runs as root, the user (and its groups) each "
+            "session process switches to for good right after the fork, before it reads "
+            "from its client; empty: sessions keep chatd's user. An unknown user or root is "
+            "a configuration error (see [Security](#security-unprivileged-sandboxed-"
+            "sessions))"),
+    Setting("server", "sandbox", True, "session processes lose the file system, new sockets "
+            "and connections, and other processes (a seccomp filter); where the kernel or "
+            "the CPU architecture has no seccomp filters the log says so once at start-up"),
     Setting("retention", "max_age_days", 0.0,
             "delete messages older than this many days (0: keep them forever)", 0, 1e6),
     Setting("retention", "max_messages", 0,
@@ -302,6 +311,12 @@ def parse_settings(doc: dict[str, Any]) -> dict[str, Any]:
     if not errors and not values["tls_cert"] and (values["tls_key"] or not values["tls_plain"]):
         errors.append("tls.key and tls.plain = false need tls.cert (without it there is no "
                       "TLS listener)")
+    if not errors and values["user"]:
+        # Looked up here, in the parent (at start-up and on SIGHUP): a session process
+        # makes no user-database look-up after the fork.
+        problem = sandbox.resolve_user(values["user"])
+        if problem:
+            errors.append(problem)
     if errors:
         raise ConfigError("; ".join(errors))
     return values
