@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("chatd.sandbox")
 
 # linux/prctl.h, linux/seccomp.h, linux/filter.h, linux/audit.h
-PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
+PR_SET_NO_NEW_PRIVS, PR_GET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 39, 22, 2
 RET_KILL_PROCESS, RET_ERRNO, RET_ALLOW = 0x80000000, 0x00050000, 0x7FFF0000
 # BPF_LD|BPF_W|BPF_ABS; BPF_JMP with BPF_JA, BPF_JEQ|BPF_K, BPF_JGT|BPF_K, BPF_JGE|BPF_K
 LD_ABS, JA, JEQ, JGT, JGE, RET = 0x20, 0x05, 0x15, 0x25, 0x35, 0x06  # RET: BPF_RET|BPF_K
@@ -129,7 +129,15 @@ class Identity:
     name: str
     uid: int
     gid: int
-    groups: tuple[int, ...]
+    groups: list[int]
+
+    @property
+    def uids(self) -> tuple[int, int, int]:
+        return (self.uid,) * 3
+
+    @property
+    def gids(self) -> tuple[int, int, int]:
+        return (self.gid,) * 3
 
 
 _identities: dict[str, Identity] = {}  # filled in the parent, read after fork
@@ -149,7 +157,7 @@ def resolve_user(name: str) -> str | None:
         return f"server.user: no such user {name!r}"
     if pw.pw_uid == 0:
         return f"server.user: {name!r} is root (uid 0); name an unprivileged user"
-    groups = tuple(os.getgrouplist(name, pw.pw_gid))
+    groups = sorted(set(os.getgrouplist(name, pw.pw_gid)))  # as the kernel keeps them
     _identities[name] = Identity(name, pw.pw_uid, pw.pw_gid, groups)
     return None
 
@@ -249,17 +257,24 @@ def _install(prog: bytes) -> None:
     _prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(_sock_fprog(prog)))
 
 
-def _drop(ident: Identity) -> None:
-    """Become `ident` for good: groups first (they need root), then gid, then uid."""
+def _drop(ident: Identity, prove: bool = False) -> None:
+    """Become `ident` for good: groups first (they need root), then gid, then uid.
+
+    With `prove` (the start-up probe), also check that root cannot be had back (as
+    OpenSSH's permanently_set_uid() does). Whether it can depends on the kernel and on
+    securebits every session inherits alike, so sessions skip that costly failed call.
+    """
     try:
-        os.setgroups(list(ident.groups))
+        os.setgroups(ident.groups)
         os.setresgid(ident.gid, ident.gid, ident.gid)
         os.setresuid(ident.uid, ident.uid, ident.uid)
     except OSError as exc:
         raise SandboxError(f"cannot switch to user {ident.name}: {exc}") from None
-    if (os.getresuid() != (ident.uid,) * 3 or os.getresgid() != (ident.gid,) * 3
-            or sorted(os.getgroups()) != sorted(ident.groups)):
+    if (os.getresuid() != ident.uids or os.getresgid() != ident.gids
+            or os.getgroups() != ident.groups):
         raise SandboxError(f"switching to user {ident.name} did not take")
+    if not prove:
+        return
     try:
         os.setuid(0)
     except PermissionError:
@@ -304,7 +319,10 @@ def probe(config: Config) -> None:
     global _unsupported, _probed
     prog = program()  # built here once: every session process inherits it
     if prog is not None:
+        # ctypes sets up its call machinery on the first call: done here, it is shared
+        # with every session instead of costing each one 0.1 ms of copied pages.
         _sock_fprog(prog)
+        _prctl(PR_GET_NO_NEW_PRIVS, 0)
     ours, theirs = os.pipe()
     pid = os.fork()
     if pid == 0:  # the throwaway process: it reports and exits, whatever happens
@@ -346,7 +364,7 @@ def _try_out(config: Config) -> str:
     socket() are refused. Returns "ok", "unsupported REASON" or "error REASON"."""
     try:
         if config.user and os.geteuid() == 0:
-            _drop(identity(config.user))
+            _drop(identity(config.user), prove=True)
         _prctl(PR_SET_NO_NEW_PRIVS, 1)
     except (SandboxError, OSError) as exc:
         return f"error {exc}"
