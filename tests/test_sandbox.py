@@ -26,6 +26,8 @@ import re
 import select
 import socket
 import struct
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -448,3 +450,15 @@ def test_start_up_says_once_what_sessions_get(tmp_path: Path) -> None:
         assert server.stop() == 0
     assert sum("sandboxed" in line for line in server.lines) == 1
 
+
+@pytest.mark.timeout(180)
+def test_bench_sandbox_compares_a_scenario_with_the_sandbox_on_and_off() -> None:
+    cmd = [sys.executable, "-m", "chatd", "bench", "sandbox", "--rounds", "1", "--scenario",
+           "burst", "--json", "--quiet", "--", "--clients", "4", "--senders", "2",
+           "--messages", "10", "--timeout", "20"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (result,) = json.loads(done.stdout)
+    assert result["scenario"] == "burst" and result["ok"] is True
+    assert len(result["on"]) == len(result["off"]) == 1
+    assert isinstance(result["cost_pct"], float) and isinstance(result["met"], bool)

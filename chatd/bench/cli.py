@@ -136,6 +136,10 @@ def main(argv: list[str]) -> int:
         from . import auth
 
         return auth.main(argv[1:])
+    if argv[:1] == ["sandbox"]:  # the session sandbox's cost, on vs off (runs scenarios)
+        from . import sandbox
+
+        return sandbox.main(argv[1:])
     opts = options(argv)
     family = FAMILY[opts.scenario]
     raise_fd_limit(opts.clients + 64)
