@@ -230,6 +230,8 @@ class Config:
     tls_port = Value[int]()
     tls_plain = Value[bool]()
     irc_port = Value[int]()
+    user = Value[str]()
+    sandbox = Value[bool]()
 
     def with_values(self, values: dict[str, Any]) -> Config:
         return replace(self, values=values)

@@ -184,17 +184,18 @@ def _build(machine: str) -> bytes:
     calls it always allows), which took 0.16 ms per session with a linear list and takes
     0.07 ms with the tree. The allowed calls then cost nothing per call."""
     col = COLUMN[machine] + 1
-    cases = {row[col]: "deny" for row in DENIED if row[col] is not None}
+    cases: dict[int, str] = {int(nr): "deny" for row in DENIED
+                             if (nr := row[col]) is not None}
     code: list[object] = [(LD_ABS, ARCH_AT, 0, 0), (JEQ, AUDIT_ARCH[machine], 0, "kill"),
                           (LD_ABS, NR_AT, 0, 0), (JGT, NEWEST, "enosys", 0)]
     blocks: list[object] = []
     for name, *nr_by_arch, arg, values in REFUSED_ARGS:
-        cases[nr_by_arch[col - 1]] = name
+        cases[int(nr_by_arch[col - 1])] = name
         blocks += [name, (LD_ABS, ARGS_AT + 8 * arg, 0, 0)]
         blocks += [(JEQ, value, "deny", 0) for value in values]
         blocks += [(JA, "allow")]
     for name, *nr_by_arch, arg in ONLY_SELF:
-        cases[nr_by_arch[col - 1]] = name
+        cases[int(nr_by_arch[col - 1])] = name
         blocks += [name, (LD_ABS, ARGS_AT + 8 * arg, 0, 0), (JEQ, 0, "allow", "deny")]
     code += _tree(sorted(cases.items()), [0])
     code += blocks
