@@ -7,6 +7,8 @@ import socket
 import time
 from collections.abc import Callable
 
+from wire import recv_by
+
 from chatd.irc import Line, parse
 
 CAPS = ("message-tags server-time echo-message labeled-response batch draft/chathistory "
@@ -28,16 +30,9 @@ class IrcClient:
         self.sock.sendall(b"".join(line.encode() + b"\r\n" for line in lines))
 
     def _read_more(self, deadline: float) -> bool:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        data = recv_by(self.sock, deadline)
+        if data is None:
             return False
-        self.sock.settimeout(remaining)
-        try:
-            data = self.sock.recv(65536)
-        except TimeoutError:
-            return False
-        except (ConnectionResetError, BrokenPipeError):
-            data = b""
         if not data:
             self.closed = True
             return False

@@ -15,6 +15,21 @@ from chatd.protocol import FrameDecoder, decode_payload, pack
 Frame = dict[str, Any]
 
 
+def recv_by(sock: socket.socket, deadline: float) -> bytes | None:
+    """What the socket has by `deadline` (monotonic): None if nothing came in time, b""
+    at the end of the stream (a reset counts as one)."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return None
+    sock.settimeout(remaining)
+    try:
+        return sock.recv(65536)
+    except TimeoutError:
+        return None
+    except (ConnectionResetError, BrokenPipeError):
+        return b""
+
+
 class Client:
     """One TCP connection speaking chatd frames, with a receive backlog."""
 
@@ -43,16 +58,9 @@ class Client:
         return label
 
     def _read_more(self, deadline: float) -> bool:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        data = recv_by(self.sock, deadline)
+        if data is None:
             return False
-        self.sock.settimeout(remaining)
-        try:
-            data = self.sock.recv(65536)
-        except TimeoutError:
-            return False
-        except (ConnectionResetError, BrokenPipeError):
-            data = b""
         if not data:
             self.closed = True
             return False
