@@ -44,6 +44,9 @@ class Member:
     nick: str | None = None
     rooms: set[str] = field(default_factory=set)
     gone: bool = False
+    # The account the session has logged in to (its name as registered), None for a guest.
+    # Who someone *is* (moderation, operators, IRC's account-tag) is this, never the nick.
+    account: str | None = None
 
 
 @dataclass(slots=True, eq=False)

@@ -471,3 +471,11 @@ def test_the_welcome_overhead_covers_the_worst_welcome() -> None:
     h.send(2, type="hello", version=1, nick="n" * 30, session="sess1", label=wide * 64)
     h.take(2)
     assert h.largest <= WELCOME_OVERHEAD
+
+
+def test_a_new_session_is_a_guest_of_no_account() -> None:
+    """Member.account names the account a session logged in to; a session starts a guest."""
+    h = Harness()
+    h.connect(1, "alice")
+    member = h.broker.members[1]
+    assert member.account is None and member.nick == "alice"
