@@ -110,6 +110,8 @@ def on_error(core: Core, f: Frame, req: Req | None, now: float) -> None:
             core.hello(alt)
             return
         core.refused = HelloRefused(code, text)
+    elif code == "banned" and f.get("fatal") is True:  # a server ban: retrying cannot help
+        core.refused = HelloRefused(code, text)
     buf = m.get(req.buffer) if req else None
     if req is not None and req.kind == "msg":
         line = buf.find_label(f["label"]) if buf else None

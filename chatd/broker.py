@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +79,8 @@ class Broker:
                                 f"{exc.message}") from None
         # History pages and catch-up; its reads go to the history reader (see master).
         self.history = History(config, last_id, self._emit, store.flush)
+        # Server bans (chatd/adminops.py): why a nick or account may not register, or None.
+        self.screen: Callable[[str | None, str | None], str | None] | None = None
         self._handlers = {
             "hello": self._hello, "quit": self._quit, "join": self._join,
             "part": self._part, "msg": self._msg, "nick": self._nick,
@@ -205,6 +207,8 @@ class Broker:
                 label=label, supported=list(p.SUPPORTED_VERSIONS)))
             return
         nick = self._free_nick(member, req["nick"])
+        if self._banned(member, nick, now_ms):
+            return
         member.nick = nick
         self.nicks[p.nick_key(nick)] = member
         self.history.took_nick(member.sid)
@@ -226,6 +230,18 @@ class Broker:
         if holder is not None and holder is not member:
             raise ProtocolError("nick_taken", f"nick {nick!r} is in use")
         return nick
+
+    def _banned(self, member: Member, nick: str, now_ms: int) -> bool:
+        """A server ban matches `nick` (or the member's account): end the session."""
+        why = self.screen(nick, getattr(member, "account", None)) if self.screen else None
+        if why is None:
+            return False
+        log.info("session %s refused the nick %s: %s", member.token, nick, why)
+        self._leave_all(member, "banned", now_ms)
+        self._remember(member.token, "banned", why)
+        member.gone = True
+        self.outbox[member.sid].append(channel.close("banned", message=why))
+        return True
 
     def _quit(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> None:
         try:
@@ -313,6 +329,8 @@ class Broker:
         old = member.nick
         assert old is not None
         new = self._free_nick(member, req["nick"])
+        if self._banned(member, new, now_ms):
+            return
         if new == old:  # nothing changes: answer, but do not tell the rooms
             self._reply(member, {"type": "nick", "old": old, "new": new, "ts": now_ms}, label)
             return

@@ -48,10 +48,12 @@ def welcome(nick: str) -> Control:
     return {"c": WELCOME, "nick": nick}
 
 
-def close(code: str, limit: str | None = None) -> Control:
+def close(code: str, limit: str | None = None, message: str = "") -> Control:
     ctrl: Control = {"c": CLOSE, "code": code}
     if limit:
         ctrl["limit"] = limit
+    if message:
+        ctrl["message"] = message
     return ctrl
 
 

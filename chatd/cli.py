@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="log verbosity (default: info)")
     sub.add_parser("bench", help="load-test a server and print a report "
                    "(chatd bench --help)")
+    sub.add_parser("admin", help="look at and steer a running server: status, sessions, "
+                   "kick, ban, reload (chatd admin --help)")
     return parser
 
 
@@ -44,6 +46,8 @@ def serve(args: argparse.Namespace) -> int:
     config = Config(host=args.host, port=args.port,
                     data_dir=args.data_dir or default_data_dir(),
                     config_file=args.config, log_level=args.log_level, values=values)
+    from chatd.admin import AdminError
+    from chatd.bans import BanError
     from chatd.master import Master
     from chatd.store import StoreUnusable
     from chatd.tls import TLSConfigError
@@ -53,7 +57,8 @@ def serve(args: argparse.Namespace) -> int:
         master.listen()
         # Once, before the first session: what sessions get (and a user we cannot be).
         sandbox.probe(config)
-    except (StoreUnusable, TLSConfigError, sandbox.SandboxError) as exc:  # one line
+    except (StoreUnusable, TLSConfigError, sandbox.SandboxError, AdminError,
+            BanError) as exc:  # one line
         print(f"chatd: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
@@ -68,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         from chatd.bench.cli import main as bench  # only the benchmark pays for its imports
 
         return bench(argv[1:])
+    if argv[:1] == ["admin"]:
+        from chatd.admincli import main as admin
+
+        return admin(argv[1:])
     args = build_parser().parse_args(argv)
     return serve(args)
 

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 
 from chatd import channel, child, tls
+from chatd.admin import AdminServer
 from chatd.admission import Gate, source_of
 from chatd.broker import Broker
 from chatd.config import Config, ConfigError, diff, load_file
@@ -64,6 +65,10 @@ class Master:
         self.router = Router(config, self.sel, self.broker, self.table, self.reader)
         self.last_accept = 0.0
         self.wake_r, self.wake_w = socket.socketpair()
+        # `chatd admin` (chatd/admin.py); its server bans are checked at admission and,
+        # by the broker, at registration.
+        self.admin = AdminServer(self)
+        self.broker.screen = self.admin.ops.screen
 
     @property
     def spares(self) -> dict[int, socket.socket]:
@@ -84,6 +89,7 @@ class Master:
         if cfg.irc_port:  # (-1: any free port)
             self._listen(max(cfg.irc_port, 0), self._accept_irc, "listening for IRC on %s:%d",
                          "irc.port")
+        self.admin.listen()
         return [sock.getsockname()[:2] for sock in self.listeners]
 
     def _listen(self, port: int, accept: Callable[[socket.socket, int], None],
@@ -115,6 +121,7 @@ class Master:
             if restart is not None and self.life.running and time.monotonic() >= restart:
                 self.reader.start()
             self.router.route()
+            self.admin.tick(time.monotonic())
             # One small batch at most per iteration, after the routing it must not delay.
             self.retention.step(self.config, self.store, time.monotonic(), now_ms(),
                                 self.broker.rooms)
@@ -128,6 +135,7 @@ class Master:
                                         f"queues.close_grace={self.config.close_grace:g}s + "
                                         f"keepalive.stop_timeout={self.config.stop_timeout:g}s")
             self.life.advance(time.monotonic(), len(self.table) + len(self.reader.pids))
+        self.admin.close()
         self.store.close()
         log.info("stopped")
         return 0
@@ -136,7 +144,7 @@ class Master:
         """Until the nearest named deadline: the stop deadline, a kill deadline, the next
         retention run, the reader's restart, or the quiet moment to fork spares in."""
         deadlines = [self.life.timeout(now), self.table.next_kill(now),
-                     self.retention.timeout(self.config, now)]
+                     self.retention.timeout(self.config, now), self.admin.timeout(now)]
         if refill:
             deadlines.append(max(0.0, REFILL_QUIET - quiet))
         if self.reader.restart_at is not None and self.life.running:
@@ -182,8 +190,8 @@ class Master:
         """Refuse (an error frame, then close) or hand on; True if that took a fork."""
         now = time.monotonic()
         self.last_accept = now
-        refusal = self.gate.refusal(ip, source_of(ip), now, len(self.table.children),
-                                    self.table.per_ip, irc)
+        refusal = self.admin.ops.refusal(ip, irc) or self.gate.refusal(
+            ip, source_of(ip), now, len(self.table.children), self.table.per_ip, irc)
         if refusal is not None:
             # A TLS client could not read a plain frame, and the parent speaks no TLS:
             # it is only closed.
@@ -292,6 +300,7 @@ class Master:
             self.sel.unregister(listener)
             listener.close()
         self.listeners.clear()
+        self.admin.close()
         deadline = now + self.router.stop_time()  # the stop deadline, for every process
         self.table.retire_spares(deadline)
         self.reader.stop()
@@ -307,24 +316,30 @@ class Master:
     handle_sigint = handle_sigterm
 
     def handle_sighup(self) -> None:
+        self.reload()
+
+    def reload(self) -> tuple[bool, str]:
+        """SIGHUP (or `chatd admin reload`): (whether it worked, what happened)."""
         path = self.config.config_file
         if path is None:
             log.info("SIGHUP: no --config file to reload")
-            return
+            return False, "no --config file to reload"
         try:
             values = load_file(path)
             config = self.config.with_values(values)
             raise_fd_limit(config)
         except (ConfigError, SystemExit) as exc:
             log.error("SIGHUP: keeping the old configuration: %s", exc)
-            return
+            return False, f"keeping the old configuration: {exc}"
         changes = diff(self.config.values, values)
         old, self.config = self.config, config
         renewed = self._reload_tls(old, config)
         self.broker.config = self.router.config = config
         self.reader.configure(config)
         self.gate.reconfigure(config)
-        log.info("SIGHUP: reloaded %s: %s", path, "; ".join(changes) or "no changes")
+        result = f"reloaded {path}: {'; '.join(changes) or 'no changes'}" + (
+            "; new connections get the renewed TLS certificate" if renewed else "")
+        log.info("SIGHUP: %s", result)
         if renewed and not changes:  # they hold the old certificate; the loop forks new ones
             self.table.retire_spares(time.monotonic() + self.router.stop_time())
         if changes:
@@ -336,6 +351,7 @@ class Master:
                 kid.decoder.max_frame = max(kid.decoder.max_frame, config.max_frame)
                 if not kid.closing:
                     self.router.send_control(kid, channel.config(values))
+        return True, result
 
 
     def _reload_tls(self, old: Config, new: Config) -> bool:

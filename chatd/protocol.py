@@ -76,6 +76,9 @@ ERRORS: dict[str, tuple[bool, str]] = {
     "shutting_down": (True, "the server is stopping"),
     "server_gone": (True, "the server's broker vanished and did not return"),
     "resource_limit": (True, "the session process hit a resource limit ('limit' names it)"),
+    "kicked": (True, "a server administrator ended the session ('message' says why)"),
+    "banned": (True, "a server ban matches the address, nick or account ('message' says "
+                     "why and until when)"),
     "internal": (True, "a server bug; the session ends"),
 }
 

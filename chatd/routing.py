@@ -104,12 +104,14 @@ class Router:
         kid.out.add(channel.control(ctrl))
         self.flush(kid)
 
-    def kick(self, kid: Child, code: str, why: str, limit: str | None = None) -> None:
-        """Tell a session process to end with `code`; it gets nothing else from us."""
+    def kick(self, kid: Child, code: str, why: str, limit: str | None = None,
+             message: str = "", reason: str = "") -> None:
+        """Tell a session process to end with `code` (its client is told `message`, its
+        rooms `reason`, when given); it gets nothing else from us."""
         log.warning("ending session %s (pid %d): %s", kid.token, kid.pid, why)
-        self._detach(kid, QUIT_REASONS.get(code, code.replace("_", " ")), code)
+        self._detach(kid, reason or QUIT_REASONS.get(code, code.replace("_", " ")), code)
         kid.out.discard()
-        kid.out.add(channel.control(channel.close(code, limit)))
+        kid.out.add(channel.control(channel.close(code, limit, message)))
         kid.closing = True
         self.doom(kid.pid)
 

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Container
 from dataclasses import dataclass, field
 
@@ -36,6 +37,7 @@ class Child:
     attached: bool = True
     handler: object = None  # the selector callback bound to this child
     writing: bool = False  # its channel is registered for EVENT_WRITE too
+    started: float = field(default_factory=time.monotonic)  # for `chatd admin sessions`
 
 
 class SessionTable:

@@ -146,6 +146,7 @@ class Store:
         self.on_rollback: Callable[[StorageError], None] | None = None
         self._dirty = False  # the open transaction holds writes
         self._trouble: dict[str, _Trouble] = {}
+        self._last_error: tuple[float, str] | None = None  # (wall clock, what) for the admin
         self._snapshot = False  # inside snapshot(): one read transaction
         self.pruned_through = 0  # prune_messages() has deleted every id up to this
         if readonly:
@@ -222,6 +223,7 @@ class Store:
 
     def _report(self, kind: str, exc: sqlite3.Error) -> None:
         now = time.monotonic()
+        self._last_error = (time.time(), f"{exc}: {_TEXTS[kind][1]}")
         trouble = self._trouble.get(kind)
         if trouble is None:
             self._trouble[kind] = _Trouble(now, now)
@@ -232,6 +234,12 @@ class Store:
             trouble.logged = now
             log.error("history database %s still failing (%s): %d failed attempts in %.0f s",
                       self.path, exc, trouble.failures, now - trouble.since)
+
+    def trouble(self) -> dict[str, Any]:
+        """For `chatd admin status`: the kinds of failure going on, and the last error."""
+        last = self._last_error
+        return {"failing": sorted(self._trouble),
+                "last_error": None if last is None else {"time": last[0], "error": last[1]}}
 
     def _recovered(self) -> None:
         """A commit went through: write trouble is over (damage is not healed by that)."""

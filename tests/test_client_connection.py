@@ -318,6 +318,24 @@ def test_a_refused_hello_ends_the_run_with_hello_refused_and_no_retry() -> None:
     run(test)
 
 
+def test_a_server_ban_ends_the_run_with_no_retry_even_after_welcome() -> None:
+    """A server ban comes without a label (the server refuses the connection, or ends a
+    session the ban matches): reconnecting would only be refused again."""
+    async def test() -> None:
+        stream = FakeStream()
+        rig = Rig(stream, FakeStream())
+        rig.start()
+        await rig.welcomed(stream)
+        stream.send({"type": "error", "code": "banned", "fatal": True,
+                     "message": "banned from this server: spam"})
+        exc = await rig.result()
+        assert isinstance(exc, HelloRefused) and not exc.retry
+        assert str(exc) == "banned: banned from this server: spam"
+        assert len(rig.opener.attempts) == 1
+
+    run(test)
+
+
 @pytest.mark.parametrize(("breakage", "kind", "text"), [
     (lambda s: s.close(), ServerClosed, "connection closed by the server"),
     (lambda s: s.fail(ConnectionResetError(errno.ECONNRESET, "x")), ConnectionLost,
