@@ -240,7 +240,7 @@ class Ops:
         return {
             "session": kid.token, "pid": kid.pid, "address": kid.ip,
             "nick": member.nick if member else None,
-            "account": getattr(member, "account", None),
+            "account": member.account if member else None,
             "since": wall - (now - kid.started), "age": now - kid.started,
             "rooms": sorted(member.rooms) if member else [],
             "queue": kid.out.size,  # bytes the parent holds for it
@@ -301,7 +301,7 @@ class Ops:
             member = self.master.broker.members.get(kid.sid)
             if kid.closing or member is None:
                 continue
-            nick, account = member.nick, getattr(member, "account", None)
+            nick, account = member.nick, member.account
             if only.address(kid.ip, wall) or only.identity(nick, account, wall):
                 self._end(kid, "banned", f"server ban #{ban.id}", ban_message(ban),
                           "banned")

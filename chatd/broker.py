@@ -233,7 +233,7 @@ class Broker:
 
     def _banned(self, member: Member, nick: str, now_ms: int) -> bool:
         """A server ban matches `nick` (or the member's account): end the session."""
-        why = self.screen(nick, getattr(member, "account", None)) if self.screen else None
+        why = self.screen(nick, member.account) if self.screen else None
         if why is None:
             return False
         log.info("session %s refused the nick %s: %s", member.token, nick, why)

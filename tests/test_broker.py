@@ -479,3 +479,38 @@ def test_a_new_session_is_a_guest_of_no_account() -> None:
     h.connect(1, "alice")
     member = h.broker.members[1]
     assert member.account is None and member.nick == "alice"
+
+
+def test_a_server_ban_ends_the_session_at_hello_and_at_a_nick_change(h: Harness) -> None:
+    """The broker asks `screen` (the parent's server bans) before a nick is taken; a ban
+    ends the session with `banned` (a close control: the session tells its client)."""
+    asked: list[tuple[str | None, str | None]] = []
+
+    def screen(nick: str | None, account: str | None) -> str | None:
+        asked.append((nick, account))
+        return "banned from this server: spam" if (nick or "").startswith("troll") else None
+
+    h.broker.screen = screen
+    h.connect(1, "alice")
+    h.send(1, type="join", room="#r")
+    h.connect(2)
+    h.send(2, type="hello", version=1, nick="trollface", label=1)
+    assert h.take(2) == []  # no welcome
+    assert h.controls[2] == [{"c": "close", "code": "banned",
+                              "message": "banned from this server: spam"}]
+    assert "trollface" not in h.broker.nicks
+    h.connect(3, "bob")
+    h.broker.members[3].account = "bob"
+    h.send(3, type="join", room="#r")
+    h.take(1)
+    h.send(3, type="nick", nick="troll2")
+    assert h.controls[3][-1]["code"] == "banned"
+    assert [(f["type"], f["nick"], f["reason"]) for f in h.take(1)] == [
+        ("quit", "bob", "banned")]
+    assert asked[-1] == ("troll2", "bob")
+    h.send(3, type="msg", room="#r", text="still here?")  # it is gone: nothing happens
+    assert h.take(1) == []
+    h.connect(4)
+    h.send(4, type="hello", version=1, nick="carol", session="sess2")
+    assert h.take(4)[0]["previous"] == {"code": "banned",
+                                        "message": "banned from this server: spam"}
