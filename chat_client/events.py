@@ -110,7 +110,7 @@ def on_error(core: Core, f: Frame, req: Req | None, now: float) -> None:
             core.hello(alt)
             return
         core.refused = HelloRefused(code, text)
-    elif code == "banned" and f.get("fatal") is True:  # a server ban: retrying cannot help
+    elif code == "server_banned" and f.get("fatal") is True:  # a server ban: retrying cannot help
         core.refused = HelloRefused(code, text)
     buf = m.get(req.buffer) if req else None
     if req is not None and req.kind == "msg":

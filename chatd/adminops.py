@@ -179,7 +179,7 @@ class Ops:
         log.info("refused %s: server ban #%d", ip, ban.id)
         if irc:
             return irc_refusal(self.master.config.server_name, ban_message(ban))
-        return error_frame("banned", ban_message(ban))
+        return error_frame("server_banned", ban_message(ban))
 
     def screen(self, nick: str | None, account: str | None) -> str | None:
         """Why a session may not register with this nick (or account), or None."""
@@ -303,8 +303,8 @@ class Ops:
                 continue
             nick, account = member.nick, member.account
             if only.address(kid.ip, wall) or only.identity(nick, account, wall):
-                self._end(kid, "banned", f"server ban #{ban.id}", ban_message(ban),
-                          "banned")
+                self._end(kid, "server_banned", f"server ban #{ban.id}", ban_message(ban),
+                          "banned from the server")
                 ban.hits += 1
                 ended.append({"nick": nick, "session": kid.token, "address": kid.ip})
         return ended

@@ -237,10 +237,10 @@ class Broker:
         if why is None:
             return False
         log.info("session %s refused the nick %s: %s", member.token, nick, why)
-        self._leave_all(member, "banned", now_ms)
-        self._remember(member.token, "banned", why)
+        self._leave_all(member, "banned from the server", now_ms)
+        self._remember(member.token, "server_banned", why)
         member.gone = True
-        self.outbox[member.sid].append(channel.close("banned", message=why))
+        self.outbox[member.sid].append(channel.close("server_banned", message=why))
         return True
 
     def _quit(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> None:

@@ -77,7 +77,7 @@ ERRORS: dict[str, tuple[bool, str]] = {
     "server_gone": (True, "the server's broker vanished and did not return"),
     "resource_limit": (True, "the session process hit a resource limit ('limit' names it)"),
     "kicked": (True, "a server administrator ended the session ('message' says why)"),
-    "banned": (True, "a server ban matches the address, nick or account ('message' says "
+    "server_banned": (True, "a server ban matches the address, nick or account ('message' says "
                      "why and until when)"),
     "internal": (True, "a server bug; the session ends"),
 }

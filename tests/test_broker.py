@@ -483,7 +483,7 @@ def test_a_new_session_is_a_guest_of_no_account() -> None:
 
 def test_a_server_ban_ends_the_session_at_hello_and_at_a_nick_change(h: Harness) -> None:
     """The broker asks `screen` (the parent's server bans) before a nick is taken; a ban
-    ends the session with `banned` (a close control: the session tells its client)."""
+    ends the session with `server_banned` (a close control: the session tells its client)."""
     asked: list[tuple[str | None, str | None]] = []
 
     def screen(nick: str | None, account: str | None) -> str | None:
@@ -496,7 +496,7 @@ def test_a_server_ban_ends_the_session_at_hello_and_at_a_nick_change(h: Harness)
     h.connect(2)
     h.send(2, type="hello", version=1, nick="trollface", label=1)
     assert h.take(2) == []  # no welcome
-    assert h.controls[2] == [{"c": "close", "code": "banned",
+    assert h.controls[2] == [{"c": "close", "code": "server_banned",
                               "message": "banned from this server: spam"}]
     assert "trollface" not in h.broker.nicks
     h.connect(3, "bob")
@@ -504,13 +504,13 @@ def test_a_server_ban_ends_the_session_at_hello_and_at_a_nick_change(h: Harness)
     h.send(3, type="join", room="#r")
     h.take(1)
     h.send(3, type="nick", nick="troll2")
-    assert h.controls[3][-1]["code"] == "banned"
+    assert h.controls[3][-1]["code"] == "server_banned"
     assert [(f["type"], f["nick"], f["reason"]) for f in h.take(1)] == [
-        ("quit", "bob", "banned")]
+        ("quit", "bob", "banned from the server")]
     assert asked[-1] == ("troll2", "bob")
     h.send(3, type="msg", room="#r", text="still here?")  # it is gone: nothing happens
     assert h.take(1) == []
     h.connect(4)
     h.send(4, type="hello", version=1, nick="carol", session="sess2")
-    assert h.take(4)[0]["previous"] == {"code": "banned",
+    assert h.take(4)[0]["previous"] == {"code": "server_banned",
                                         "message": "banned from this server: spam"}

@@ -326,11 +326,11 @@ def test_a_server_ban_ends_the_run_with_no_retry_even_after_welcome() -> None:
         rig = Rig(stream, FakeStream())
         rig.start()
         await rig.welcomed(stream)
-        stream.send({"type": "error", "code": "banned", "fatal": True,
+        stream.send({"type": "error", "code": "server_banned", "fatal": True,
                      "message": "banned from this server: spam"})
         exc = await rig.result()
         assert isinstance(exc, HelloRefused) and not exc.retry
-        assert str(exc) == "banned: banned from this server: spam"
+        assert str(exc) == "server_banned: banned from this server: spam"
         assert len(rig.opener.attempts) == 1
 
     run(test)

@@ -241,18 +241,18 @@ def test_server_admin_ban_nick_survives_a_restart(tmp_path: Path,
         assert code == 0, err
         assert out.splitlines()[0] == "banned #1 nick Troll* until lifted: spam"
         assert "ended the session of trollx from 127.0.0.1" in out
-        assert troll.wait_closed()[-1] == {"type": "error", "code": "banned", "fatal": True,
+        assert troll.wait_closed()[-1] == {"type": "error", "code": "server_banned", "fatal": True,
                                            "message": "banned from this server: spam"}
-        assert alice.wait_type("quit", nick="trollx")["reason"] == "banned"
+        assert alice.wait_type("quit", nick="trollx")["reason"] == "banned from the server"
         # A new one is refused at registration, and the same on a nick change.
         late = Client(server.host, server.port)
         clients.append(late)
         late.send({"type": "hello", "version": 1, "nick": "TROLL2"})
-        assert late.wait_closed()[-1]["code"] == "banned"
+        assert late.wait_closed()[-1]["code"] == "server_banned"
         renamer = connect(server, "nice")
         clients.append(renamer)
         renamer.send({"type": "nick", "nick": "trollish"})
-        assert renamer.wait_closed()[-1]["code"] == "banned"
+        assert renamer.wait_closed()[-1]["code"] == "server_banned"
         assert connect(server, "atroll").sync()  # a pattern is anchored
         server.stop()
         server = ServerProcess(tmp_path, CONFIG).start()
@@ -283,13 +283,13 @@ def test_server_admin_ban_address(server: ServerProcess, clients: list[Client]) 
     assert answer["ban"]["target"] == "127.0.0.0/8"
     assert 3500 < answer["ban"]["remaining"] <= 3600
     assert [s["nick"] for s in answer["ended"]] == ["alice"]
-    assert alice.wait_closed()[-1]["code"] == "banned"
+    assert alice.wait_closed()[-1]["code"] == "server_banned"
     # Refused before anything is forked: the error comes without a hello.
     before = set(server.children())
     refused = Client(server.host, server.port)
     clients.append(refused)
     last = refused.wait_closed()[-1]
-    assert last["code"] == "banned" and last["fatal"] is True
+    assert last["code"] == "server_banned" and last["fatal"] is True
     assert last["message"].startswith("banned from this server: go away (until ")
     assert last["message"].endswith(" UTC)")
     assert not set(server.children()) - before
