@@ -176,7 +176,9 @@ class Ops:
         ban = self.bans.address(ip, time.time())
         if ban is None:
             return None
-        log.info("refused %s: server ban #%d", ip, ban.id)
+        # Once per ban at info: a banned client in a loop would fill the log (`bans` counts).
+        log.log(logging.INFO if ban.hits == 1 else logging.DEBUG,
+                "refused %s: server ban #%d", ip, ban.id)
         if irc:
             return irc_refusal(self.master.config.server_name, ban_message(ban))
         return error_frame("server_banned", ban_message(ban))
