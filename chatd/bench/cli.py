@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="chatd bench", description="Load-test a chatd server over loopback and print a "
         "report. Without --target it starts its own server with rate limits lifted.",
         epilog="`chatd bench auth [--help]` times the auth helper's logins instead (no "
-        "server needed).")
+        "server needed); `chatd bench floor [--help]` measures a minimal relay here and "
+        "chatd against it; `chatd bench sandbox [--help]` the sandbox's cost.")
     parser.add_argument("scenario", choices=sorted(SCENARIOS))
     parser.add_argument("--target", metavar="HOST:PORT",
                         help="bench a running server instead of starting one (its rate "
@@ -136,6 +137,10 @@ def main(argv: list[str]) -> int:
         from . import auth
 
         return auth.main(argv[1:])
+    if argv[:1] == ["floor"]:  # a minimal relay's cost here, and chatd against it
+        from . import floor
+
+        return floor.main(argv[1:])
     if argv[:1] == ["sandbox"]:  # the session sandbox's cost, on vs off (runs scenarios)
         from . import sandbox
 

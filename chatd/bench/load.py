@@ -252,7 +252,10 @@ class Window:
             out.update({"server_cpu_s": round(parent + sessions + reader, 3),
                         "server_cpu_parent_s": round(parent, 3),
                         "server_cpu_sessions_s": round(sessions, 3),
-                        "server_cpu_reader_s": round(reader, 3)})
+                        "server_cpu_reader_s": round(reader, 3),
+                        "parent_wakeups": end.parent_wakeups - self.server.parent_wakeups,
+                        "session_wakeups": end.session_wakeups
+                        - self.server.session_wakeups})
         else:
             out.update({"server_cpu_s": None, "server_cpu_parent_s": None,
                         "server_cpu_sessions_s": None, "server_cpu_reader_s": None})

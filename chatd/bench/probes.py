@@ -107,9 +107,11 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def cpu_ns(pid: int) -> int | None:
-    """CPU time of all threads of one process in nanoseconds (None when it is gone)."""
-    total = 0
+def cpu_usage(pid: int) -> tuple[int, int] | None:
+    """(CPU ns, voluntary context switches) summed over the threads of one process, or
+    None when it is gone. A voluntary switch is the process going to sleep (in
+    epoll_wait, mostly): each one is a wakeup after it."""
+    total = switches = 0
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
@@ -117,14 +119,22 @@ def cpu_ns(pid: int) -> int | None:
     for tid in tids:
         try:
             total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_bytes().split()[0])
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_bytes()
+            at = status.index(b"voluntary_ctxt_switches:")
+            switches += int(status[at + 24 : status.index(b"\n", at)])
         except (OSError, ValueError, IndexError):  # a thread that just ended
             continue
-    return total
+    return total, switches
 
 
-def tree_cpu(pid: int) -> float:
-    """Seconds of CPU of `pid` and every live process below it."""
-    return sum(cpu_ns(p) or 0 for p in (pid, *descendants(pid))) / 1e9
+def tree_usage(pid: int) -> tuple[int, int]:
+    """(CPU ns, voluntary context switches) of `pid` and every live process below it."""
+    ns = switches = 0
+    for p in (pid, *descendants(pid)):
+        usage = cpu_usage(p)
+        if usage is not None:
+            ns, switches = ns + usage[0], switches + usage[1]
+    return ns, switches
 
 
 def smaps_rollup(pid: int) -> dict[str, int] | None:
@@ -192,6 +202,10 @@ class CpuSample:
     parent: float
     sessions: float  # live session processes (and below) plus those reaped by the parent
     reader: float = 0.0  # the live history reader
+    # Voluntary context switches (sleeps, so wakeups) of the parent and of the live
+    # sessions: a session reaped meanwhile takes its count with it.
+    parent_wakeups: int = 0
+    session_wakeups: int = 0
 
 
 class ServerProbe:
@@ -204,17 +218,20 @@ class ServerProbe:
         if self.pid is None:
             return None
         # Read the parent first: a child reaped after this is still counted live below.
-        st, own = proc_stat(self.pid), cpu_ns(self.pid)
+        st, own = proc_stat(self.pid), cpu_usage(self.pid)
         if st is None or own is None:
             return None
         reaped = (st.cutime + st.cstime) / TICK
         live = reader = 0.0
+        wakeups = 0
         for kid in children_of(self.pid):
+            ns, switches = tree_usage(kid)
             if is_reader(kid):
-                reader += tree_cpu(kid)
+                reader += ns / 1e9
             else:
-                live += tree_cpu(kid)
-        return CpuSample(own / 1e9, reaped + live, reader)
+                live += ns / 1e9
+                wakeups += switches
+        return CpuSample(own[0] / 1e9, reaped + live, reader, own[1], wakeups)
 
     def memory(self) -> dict[str, Any] | None:
         if self.pid is None:
