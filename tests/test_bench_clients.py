@@ -41,13 +41,15 @@ def check_memory(report: dict[str, Any], sessions: int) -> None:
     assert report["parent_fds"] > sessions
 
 
-@pytest.mark.parametrize("scenario", ["burst", "steady"])
-def test_delivery_scenarios(scenario: str) -> None:
-    report = run_bench(scenario)
+@pytest.mark.parametrize("scenario,generators", [("burst", 3), ("steady", 1)])
+def test_delivery_scenarios(scenario: str, generators: int) -> None:
+    report = run_bench(scenario, "--generators", str(generators))
+    assert report["params"]["generators"] == generators
     assert report["ok"] is True
     assert report["scenario"] == scenario and report["server"]["spawned"] is True
     connect, deliver = report["phases"]
     assert set(connect) >= PHASE_KEYS and set(deliver) >= PHASE_KEYS
+    assert deliver["generators"] == generators  # (the helpers' deliveries count too)
     clients, senders = report["params"]["clients"], report["params"]["senders"]
     assert connect["connected"] == clients and connect["failed"] == 0
     messages = senders * report["params"]["messages"]

@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "-1: no room)")
     parser.add_argument("--inflight", help="connection attempts in flight, comma-separated "
                         "for several connect runs")
+    parser.add_argument("--generators", type=int, help="burst, steady: load generator "
+                        "processes (default 2 for burst, 1 otherwise); the senders stay in "
+                        "the main one, the other clients are shared out")
     parser.add_argument("--size", type=int, default=0, help="pad message texts to about "
                         "this many bytes")
     parser.add_argument("--spare", type=int, help="server.spare_children of the spawned "
@@ -111,11 +114,13 @@ def options(argv: list[str]) -> argparse.Namespace:
             setattr(opts, key, defaults[key])
     opts.inflight = ([int(x) for x in opts.inflight.split(",")] if opts.inflight
                      else list(defaults["inflight"]))
+    if opts.generators is None:
+        opts.generators = defaults.get("generators", 1)
     if opts.phase_seconds is None:
         opts.phase_seconds = defaults.get("phase_seconds")
     opts.senders = min(opts.senders, opts.clients)
     opts.progress = not opts.quiet
-    if opts.clients < 1 or any(n < 1 for n in opts.inflight):
+    if opts.clients < 1 or opts.generators < 1 or any(n < 1 for n in opts.inflight):
         raise SystemExit("chatd bench: --clients and --inflight must be at least 1")
     if opts.scenario in ("burst", "steady") and opts.room_size < 0:
         raise SystemExit("chatd bench: burst and steady need rooms (--room-size >= 0)")
@@ -175,7 +180,7 @@ def main(argv: list[str]) -> int:
             "params": {"clients": opts.clients, "senders": opts.senders,
                        "messages": opts.messages, "rate": opts.rate,
                        "room_size": opts.room_size, "inflight": opts.inflight,
-                       "size": opts.size},
+                       "size": opts.size, "generators": opts.generators},
             "server": {"spawned": server is not None, "pid": pid, "address": f"{host}:{port}",
                        "spare_children": spare},
             "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],

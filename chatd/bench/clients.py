@@ -14,18 +14,21 @@ import contextlib
 import math
 import time
 from collections import Counter
+from collections.abc import Awaitable
 from typing import Any
 
 from chatd.protocol import pack
 
+from .generators import Helper
 from .load import Conn, Progress, ServerRef, Stats, Window, open_session, percentiles, until
 from .probes import ServerProbe
 from .report import COL, cpu_line, target
 
 ADMISSION = False  # the server's admission limits are lifted: not what is measured
 SCENARIOS: dict[str, dict[str, Any]] = {
+    # Decoding a burst's deliveries takes a generator process a core: two share them.
     "burst": {"clients": 100, "senders": 10, "messages": 100, "rate": 0.0, "room_size": 0,
-              "inflight": [100]},
+              "inflight": [100], "generators": 2},
     "steady": {"clients": 100, "senders": 10, "messages": 100, "rate": 200.0, "room_size": 0,
                "inflight": [100]},
     "idle": {"clients": 1000, "senders": 0, "messages": 0, "rate": 0.0, "room_size": 100,
@@ -68,12 +71,14 @@ class Bench:
         self.conns: list[Conn] = []
         self.baseline_sessions = baseline_sessions
         self.spare = spare
+        self.helpers: list[Helper] = []  # other load generator processes (generators.py)
+        self.helper_rooms: list[list[str | None]] = []  # the rooms of each one's clients
 
     async def settle(self) -> None:
         """Wait (bounded) until the server has refilled its pool of spare processes."""
         if self.probe.pid is None or not self.spare:
             return
-        want = len(self.conns) + self.spare
+        want = len(self.conns) + sum(map(len, self.helper_rooms)) + self.spare
         await until(lambda: (self.probe.session_count() or 0) >= want,
                     max(30.0, self.opts.timeout))
 
@@ -101,16 +106,35 @@ class Bench:
             times.append(time.monotonic() - t0)
             return conn
 
+    def share(self, clients: int) -> list[list[int]]:
+        """Which clients each generator process holds: the senders and every n-th of
+        the rest are ours ([0]), the others the helpers'."""
+        n = 1 + len(self.helpers)
+        out: list[list[int]] = [list(range(min(self.opts.senders, clients)))] + \
+            [[] for _ in self.helpers]
+        for k, i in enumerate(range(len(out[0]), clients)):
+            out[k % n].append(i)
+        return out
+
     async def connect(self, clients: int, inflight: int, name: str) -> dict[str, Any]:
-        sem = asyncio.Semaphore(inflight)
+        shares = self.share(clients)
+        sem = asyncio.Semaphore(max(1, inflight * len(shares[0]) // clients))
         failures: Counter[str] = Counter()
         times: list[float] = []
         win = Window(self.probe).start()
+        self.helper_rooms = [[self.room_of(i) for i in share] for share in shares[1:]]
+        for helper, share in zip(self.helpers, shares[1:], strict=True):
+            helper.order("open", clients=[[f"{self.tag}_{i}", self.room_of(i)]
+                                          for i in share],
+                         inflight=max(1, inflight * len(share) // clients))
         with Progress(self.opts.progress, name,
                       lambda: f"{len(times)}/{clients} sessions, "
                               f"{sum(failures.values())} failed"):
             opened = await asyncio.gather(*(self._open(i, sem, failures, times)
-                                            for i in range(clients)))
+                                            for i in shares[0]))
+            for reply in await asyncio.gather(*(h.answer() for h in self.helpers)):
+                failures.update(reply["failures"])
+                times += reply["times"]
         out = {"phase": name, "clients": clients, "inflight": inflight,
                "connected": len(times), "failed": sum(failures.values()),
                "failures": dict(failures), **win.stop()}
@@ -124,11 +148,12 @@ class Bench:
 
     async def quiesce(self) -> None:
         """A broker round trip on every connection: everything queued before it is in."""
-        waits = []
+        waits: list[Awaitable[Any]] = []
         for n, conn in enumerate(self.conns):
             if conn.room is not None and conn.transport is not None \
                     and not conn.transport.is_closing():
                 waits.append(conn.request({"type": "who", "room": conn.room}, f"q{n}"))
+        waits += [h.call("quiesce") for h in self.helpers]
         if waits:
             await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True),
                                    self.opts.timeout * 4)
@@ -137,13 +162,30 @@ class Bench:
         opts = self.opts
         senders = self.conns[: opts.senders]
         members: Counter[str | None] = Counter(c.room for c in self.conns)
+        for rooms in self.helper_rooms:
+            members.update(rooms)
         expected = sum(members[s.room] for s in senders) * opts.messages
+        into: Counter[str | None] = Counter(s.room for s in senders)  # senders per room
         total_msgs = len(senders) * opts.messages
         stats = self.stats
         stats.received = stats.duplicates = stats.acks = 0
         stats.latencies = []
-        stats.target = expected
-        stats.done = asyncio.Event()
+        stats.target = sum(into[c.room] for c in self.conns) * opts.messages
+        stats.done = all_ours = asyncio.Event()
+        stats.check_done()
+        targets = [sum(into[room] for room in rooms) * opts.messages
+                   for rooms in self.helper_rooms]
+        for helper, theirs in zip(self.helpers, targets, strict=True):
+            helper.progress = 0
+            helper.order("expect", target=theirs)
+        finals = [asyncio.ensure_future(h.answer()) for h in self.helpers]
+
+        def received() -> int:
+            return stats.received + sum(h.progress for h in self.helpers)
+
+        def done() -> bool:
+            return all_ours.is_set() and all(
+                h.progress >= t for h, t in zip(self.helpers, targets, strict=True))
         pad = "x" * max(0, opts.size - 30)
         loop = asyncio.get_running_loop()
         last = [0, time.monotonic()]  # received count and when it last moved
@@ -169,23 +211,37 @@ class Bench:
 
         win = Window(self.probe).start()
         with Progress(opts.progress, "deliver",
-                      lambda: f"{stats.received}/{expected} deliveries"):
+                      lambda: f"{received()}/{expected} deliveries"):
             sender = loop.create_task(send_all())
-            while not stats.done.is_set():
+            while not done():
+                if all_ours.is_set():  # (waiting on a set Event would never yield)
+                    await asyncio.sleep(0.02)  # for the helpers' counts
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stats.done.wait(), 0.5)
-                if stats.received != last[0]:
-                    last[:] = [stats.received, time.monotonic()]
+                    await asyncio.wait_for(all_ours.wait(), 0.05 if self.helpers else 0.5)
+                if received() != last[0]:
+                    last[:] = [received(), time.monotonic()]
                 elif sender.done() and time.monotonic() - last[1] > opts.timeout:
                     break  # stalled: report the loss
             await sender
         out = {"phase": "deliver", "senders": len(senders), "messages": total_msgs,
-               "acks": stats.acks, "expected": expected, "received": stats.received,
-               "lost": expected - stats.received, "duplicates": stats.duplicates,
-               "errors": dict(stats.errors), **win.stop()}
+               "generators": 1 + len(self.helpers), **win.stop()}
+        latencies, errors = stats.latencies, Counter(stats.errors)
+        got, dups, acks = stats.received, stats.duplicates, stats.acks
+        for helper in self.helpers:
+            helper.order("stop")
+        for reply in await asyncio.gather(*finals):
+            got, dups, acks = got + reply["received"], dups + reply["duplicates"], \
+                acks + reply["acks"]
+            latencies = latencies + reply["latencies"]
+            errors.update(reply["errors"])
+            out["loadgen_cpu_s"] = round(out["loadgen_cpu_s"] + reply["cpu_s"], 4)
+        if self.helpers and out["seconds"]:  # (of all its processes, over the phase)
+            out["loadgen_cpu_pct"] = round(100 * out["loadgen_cpu_s"] / out["seconds"], 1)
+        out.update({"acks": acks, "expected": expected, "received": got,
+                    "lost": expected - got, "duplicates": dups, "errors": dict(errors)})
         out["deliveries_per_second"] = round(out["received"] / out["seconds"]) \
             if out["seconds"] else 0
-        out["latency_ms"] = percentiles(stats.latencies)
+        out["latency_ms"] = percentiles(latencies)
         if out["server_cpu_s"] is not None and out["received"]:
             received = out["received"]
             out["server_cpu_us_per_delivery"] = round(1e6 * out["server_cpu_s"] / received, 3)
@@ -241,6 +297,10 @@ class Bench:
                     memory = self.probe.memory()
                     await self.close_all()
             else:
+                if scenario in ("burst", "steady"):
+                    self.helpers = [await Helper.start(self.host, self.port, self.tag,
+                                                       opts.timeout)
+                                    for _ in range(opts.generators - 1)]
                 phases.append(await self.connect(opts.clients, opts.inflight[0], "connect"))
                 await self.quiesce()
                 await self.settle()
@@ -252,6 +312,8 @@ class Bench:
                 answer = await self.probe_answer()
         finally:
             fds = self.probe.fds()
+            for helper in self.helpers:
+                await helper.close()
             await self.close_all(wait=False)
         return {"phases": phases, "memory": memory, "parent_fds": fds,
                 "responsiveness": answer}
