@@ -28,6 +28,9 @@ from chatd import protocol as p
 from chatd.channel import CATCHUP, DONE
 from chatd.config import Config
 from chatd.history import History
+from chatd.moderation import RoomPolicy
+from chatd.modrequests import handlers as moderation_handlers
+from chatd.modrequests import who
 from chatd.protocol import ProtocolError, pack
 from chatd.store import StorageError, StoreUnusable, dm_key
 from chatd.stores import HistoryStore
@@ -56,6 +59,7 @@ class Room:
     topic_by: str | None
     topic_ts: int | None
     members: dict[int, Member] = field(default_factory=dict)
+    policy: RoomPolicy = field(default_factory=RoomPolicy)  # operators, bans, modes (§14)
 
 
 class Broker:
@@ -86,6 +90,7 @@ class Broker:
             "part": self._part, "msg": self._msg, "nick": self._nick,
             "topic": self._topic, "rooms": self._rooms, "who": self._who,
             "history": self._history, "ping": self._ignore, "pong": self._ignore,
+            **moderation_handlers(self),
         }
 
     # ---- session lifetime (called by the parent's loop) ----
@@ -276,8 +281,12 @@ class Broker:
             if len(member.rooms) >= self.config.max_rooms:
                 raise ProtocolError("too_many_rooms", f"you are in max_rooms="
                                     f"{self.config.max_rooms} rooms", limit="max_rooms")
+            policy = room.policy if room is not None else \
+                RoomPolicy.from_json(self.store.policy(name), name)
+            if policy.admit(who(self, member), req.get("key"), now_ms, name, room is None):
+                self._keep_policy(name, policy)  # its creator is its operator now
             if room is None:
-                room = self.rooms[name] = Room(name, *self.store.topic(name))
+                room = self.rooms[name] = Room(name, *self.store.topic(name), policy=policy)
                 insort(self.room_names, name)
                 self.history.room_created(name)
             log.debug("%s joins %s", member.nick, name)
@@ -303,6 +312,7 @@ class Broker:
         assert nick is not None
         if "room" in req:
             room = self._my_room(member, req["room"])
+            room.policy.check_speak(who(self, member), now_ms, room.name)
             msg_id = self.store.add_message(now_ms, nick, text, action, room=room.name)
             ack: dict[str, Any] = {"type": "ack", "id": msg_id, "ts": now_ms, "room": room.name}
             ack_data = self._reply(member, ack, label)
@@ -352,6 +362,8 @@ class Broker:
             return
         room = self._my_room(member, req["room"])
         topic = p.check_line(req["topic"], "topic", p.MAX_TOPIC)
+        if room.policy.topic_lock:
+            room.policy.require_operator(who(self, member), room.name)
         self.store.set_topic(room.name, topic, member.nick or "", now_ms)
         room.topic, room.topic_by, room.topic_ts = topic, member.nick, now_ms
         frame = {"type": "topic", "room": room.name, "topic": topic, "by": member.nick,
@@ -420,17 +432,30 @@ class Broker:
 
     # ---- helpers ----
 
-    def _leave(self, member: Member, room: Room, notice: dict[str, Any]) -> None:
+    def _keep_policy(self, room: str, policy: RoomPolicy) -> None:
+        """Store a policy changed without an event (a join); a failure is only logged, and
+        the next change stores it again."""
+        try:
+            self.store.save_policy(room, policy.to_json() if policy.stored_anything() else None)
+        except StorageError as exc:
+            log.warning("room %s: moderation policy not stored: %s", room, exc.message)
+
+    def _leave(self, member: Member, room: Room, notice: dict[str, Any] | None,
+               now_ms: int = 0) -> None:
+        """`member` leaves `room`; the others get `notice` (None: they have been told)."""
         del room.members[member.sid]
         member.rooms.discard(room.name)
         self.history.left(member.sid, room.name)
+        room.policy.left(who(self, member))
         if room.members:
-            self._fanout(room, pack(notice))
+            if notice is not None:
+                self._fanout(room, pack(notice))
         else:
             del self.rooms[room.name]
             self.history.room_gone(room.name)
             del self.room_names[bisect_left(self.room_names, room.name)]
-            self.store.touch_room(room.name, notice["ts"])  # retention counts from here
+            # retention counts from here
+            self.store.touch_room(room.name, notice["ts"] if notice else now_ms)
 
     def _leave_all(self, member: Member, reason: str, now_ms: int) -> None:
         for name in sorted(member.rooms):

@@ -11,10 +11,11 @@ import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Generic, TypeVar, get_args, overload
+from typing import Any, Generic, TypeVar, get_args, get_origin, overload
 
 from . import sandbox
 from .protocol import DEFAULT_LIMITS as LIMITS
+from .protocol import NICK_RE
 
 T = TypeVar("T")
 
@@ -123,6 +124,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server", "sandbox", True, "session processes lose the file system, new sockets "
             "and connections, and other processes (a seccomp filter); where the kernel or "
             "the CPU architecture has no seccomp filters the log says so once at start-up"),
+    Setting("server", "operators", [], "accounts that are server operators: operators of "
+            "every room, who may also end any session (protocol.md §14), e.g. "
+            "`[\"alice\"]`; a reload changes them for the requests that follow"),
     Setting("retention", "max_age_days", 0.0,
             "delete messages older than this many days (0: keep them forever)", 0, 1e6),
     Setting("retention", "max_messages", 0,
@@ -232,6 +236,7 @@ class Config:
     irc_port = Value[int]()
     user = Value[str]()
     sandbox = Value[bool]()
+    operators = Value[list[str]]()
 
     def with_values(self, values: dict[str, Any]) -> Config:
         return replace(self, values=values)
@@ -245,8 +250,9 @@ class Config:
 def _declared() -> dict[str, type]:
     """The typed attributes Config declares, by name (their type from Value[...])."""
     declared = {name: attr for name, attr in vars(Config).items() if isinstance(attr, Value)}
-    return {name: get_args(attr.__orig_class__)[0]  # type: ignore[attr-defined]
-            for name, attr in declared.items()}
+    types = {name: get_args(attr.__orig_class__)[0]  # type: ignore[attr-defined]
+             for name, attr in declared.items()}
+    return {name: get_origin(t) or t for name, t in types.items()}  # list[str] -> list
 
 
 _missing = {s.key for s in SETTINGS} ^ set(_declared())
@@ -273,6 +279,8 @@ def _check(setting: Setting, value: Any) -> str | None:
         value = float(value)
     if not isinstance(value, want) or isinstance(value, bool) != (want is bool):
         return f"{key}: expected {want.__name__}, got {type(value).__name__} {value!r}"
+    if want is list and not all(isinstance(v, str) and NICK_RE.match(v) for v in value):
+        return f"{key}: expected a list of account names (each a valid nick), got {value!r}"
     if setting.low is not None and value < setting.low:
         return f"{key}: {value!r} is below the minimum {setting.low:g}"
     if setting.high is not None and value > setting.high:

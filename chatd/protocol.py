@@ -75,6 +75,13 @@ ERRORS: dict[str, tuple[bool, str]] = {
     "flood": (True, "rate limits exceeded for too long"),
     "shutting_down": (True, "the server is stopping"),
     "server_gone": (True, "the server's broker vanished and did not return"),
+    "not_operator": (False, "the request needs a room operator (protocol.md §14)"),
+    "banned": (False, "you are banned from the room"),
+    "invite_only": (False, "the room is invite-only and you were not invited"),
+    "bad_key": (False, "the room has a key and the join gave another"),
+    "muted": (False, "you are muted in the room"),
+    "list_full": (False, "the room's list of bans, mutes, operators or invitations is full"),
+    "killed": (True, "a server operator ended the session"),
     "resource_limit": (True, "the session process hit a resource limit ('limit' names it)"),
     "kicked": (True, "a server administrator ended the session ('message' says why)"),
     "server_banned": (True, "a server ban matches the address, nick or account ('message' says "
@@ -191,7 +198,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "ping": {"token": ((str, int, bytes), False)},
     "pong": {"token": ((str, int, bytes), False)},
     "quit": {"reason": (_STR, False)},
-    "join": {"room": (_STR, True), "after": (_INT, False)},
+    "join": {"room": (_STR, True), "after": (_INT, False), "key": (_STR, False)},
     "part": {"room": (_STR, True), "reason": (_STR, False)},
     "msg": {"room": (_STR, False), "to": (_STR, False), "text": (_STR, True),
             "action": ((bool,), False)},
@@ -201,9 +208,25 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "who": {"room": (_STR, True), "after": (_STR, False)},
     "history": {"room": (_STR, False), "with": (_STR, False), "before": (_INT, False),
                 "after": (_INT, False), "limit": (_INT, False)},
+    # moderation (protocol.md §14)
+    "op": {"room": (_STR, True), "nick": (_STR, True)},
+    "deop": {"room": (_STR, True), "nick": (_STR, True)},
+    "kick": {"room": (_STR, True), "nick": (_STR, True), "reason": (_STR, False)},
+    "invite": {"room": (_STR, True), "nick": (_STR, True)},
+    "ban": {"room": (_STR, True), "nick": (_STR, False), "account": (_STR, False),
+            "duration": (_INT, False), "reason": (_STR, False)},
+    "unban": {"room": (_STR, True), "nick": (_STR, False), "account": (_STR, False)},
+    "mute": {"room": (_STR, True), "nick": (_STR, False), "account": (_STR, False),
+             "duration": (_INT, False), "reason": (_STR, False)},
+    "unmute": {"room": (_STR, True), "nick": (_STR, False), "account": (_STR, False)},
+    "mode": {"room": (_STR, True), "invite_only": ((bool,), False), "key": (_STR, False),
+             "topic_lock": ((bool,), False)},
+    "bans": {"room": (_STR, True), "after": (_INT, False)},
+    "kill": {"nick": (_STR, True), "reason": (_STR, False)},
 }
 # Pairs of optional fields of which a request must give exactly one.
-_ONE_OF = {"msg": (("room", "to"),), "history": (("room", "with"),)}
+_ONE_OF = {"msg": (("room", "to"),), "history": (("room", "with"),),
+           **{t: (("nick", "account"),) for t in ("ban", "unban", "mute", "unmute")}}
 # Requests a session may send before it has been welcomed.
 PRE_WELCOME = frozenset({"hello", "ping", "pong", "quit"})
 MAX_LABEL = 64

@@ -16,6 +16,7 @@ A database that cannot be used at all at start-up raises StoreUnusable.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sqlite3
@@ -36,8 +37,8 @@ CREATE TABLE IF NOT EXISTS messages (
     dm     TEXT,             -- dm_key(sender, target) for a direct message
     sender TEXT NOT NULL,
     target TEXT,             -- recipient nick of a direct message
-    text   TEXT NOT NULL,
-    action INTEGER NOT NULL DEFAULT 0
+    text   TEXT NOT NULL,         -- for a moderation event (action 2): its fields, JSON
+    action INTEGER NOT NULL DEFAULT 0  -- 0 a message, 1 an action (/me), 2 moderation
 );
 CREATE INDEX IF NOT EXISTS messages_room ON messages (room, id) WHERE room IS NOT NULL;
 CREATE INDEX IF NOT EXISTS messages_dm ON messages (dm, id) WHERE dm IS NOT NULL;
@@ -48,7 +49,12 @@ CREATE TABLE IF NOT EXISTS topics (
     ts     INTEGER,
     active INTEGER NOT NULL DEFAULT 0  -- ms: topic set, room emptied, or its last message
 );
+CREATE TABLE IF NOT EXISTS room_policies (  -- chatd.moderation.RoomPolicy.to_json()
+    room   TEXT PRIMARY KEY,
+    policy TEXT NOT NULL
+);
 """
+MODERATION = 2  # messages.action of a moderation event (protocol.md §14)
 TOPICS_ACTIVE_INDEX = "CREATE INDEX IF NOT EXISTS topics_active ON topics (active)"
 BUSY_TIMEOUT = 0.25  # seconds a write waits for another program's lock: the loop waits too
 REMIND_EVERY = 600.0  # seconds between log lines about the same ongoing trouble
@@ -116,12 +122,30 @@ def dm_key(nick_a: str, nick_b: str) -> str:
 def message_map(row: Row) -> dict[str, Any]:
     """A stored row as the protocol's `message` map."""
     msg_id, ts, room, sender, target, text, action = row
+    if action == MODERATION:
+        return event_map(row)
     out: dict[str, Any] = {"type": "message", "id": msg_id, "ts": ts}
     if room is not None:
         out["room"] = room
     else:
         out["to"] = target
     out.update({"from": sender, "text": text, "action": bool(action)})
+    return out
+
+
+def event_map(row: Row) -> dict[str, Any]:
+    """A stored moderation event as the protocol's `moderation` map (its fields were
+    written by chatd.modrequests; a row that is not a JSON map keeps only its kind)."""
+    msg_id, ts, room, sender, _target, text, _action = row
+    out: dict[str, Any] = {"type": "moderation", "id": msg_id, "ts": ts, "room": room,
+                           "by": sender}
+    try:
+        fields = json.loads(text)
+    except ValueError:
+        fields = None
+    if not isinstance(fields, dict) or not isinstance(fields.get("kind"), str):
+        fields = {"kind": "unknown"}
+    out.update({k: v for k, v in fields.items() if k not in out})
     return out
 
 
@@ -346,6 +370,32 @@ class Store:
         self._write("INSERT OR REPLACE INTO topics (room, topic, by, ts, active) "
                     "VALUES (?, ?, ?, ?, ?)", (room, topic, by, ts, ts))
         self.commit()
+
+    def moderate(self, ts: int, room: str, by: str, event: dict[str, Any],
+                 policy: str | None) -> int:
+        """Store a moderation event and the room's policy after it (`policy` None: nothing
+        left to keep), and commit both with any pending messages; the event's id. Raises
+        StorageError with nothing stored."""
+        cur = self._write("INSERT INTO messages (ts, room, dm, sender, target, text, action) "
+                          "VALUES (?, ?, NULL, ?, NULL, ?, ?)",
+                          (ts, room, by, json.dumps(event, separators=(",", ":")), MODERATION))
+        self.save_policy(room, policy)
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def save_policy(self, room: str, policy: str | None) -> None:
+        """Store (and commit) a room's policy, or forget it (None); raises StorageError."""
+        if policy is None:
+            self._write("DELETE FROM room_policies WHERE room = ?", (room,))
+        else:
+            self._write("INSERT OR REPLACE INTO room_policies (room, policy) VALUES (?, ?)",
+                        (room, policy))
+        self.commit()
+
+    def policy(self, room: str) -> str | None:
+        """The room's stored policy (JSON), or None."""
+        rows = self._read("SELECT policy FROM room_policies WHERE room = ?", (room,))
+        return str(rows[0][0]) if rows else None
 
     def topic(self, room: str) -> tuple[str, str | None, int | None]:
         rows = self._read("SELECT topic, by, ts FROM topics WHERE room = ?", (room,))

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Container
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from chatd.store import Row, StorageError, Store, StoreUnusable
 
@@ -67,6 +67,18 @@ class HistoryStore(Protocol):
     def set_topic(self, room: str, topic: str, by: str, ts: int) -> None: ...
 
     def touch_room(self, room: str, ts: int) -> None: ...
+
+    def moderate(self, ts: int, room: str, by: str, event: dict[str, Any],
+                 policy: str | None) -> int:
+        """Store a moderation event (a history entry with its id, returned) and the room's
+        policy after it, committed together; raises StorageError with nothing stored."""
+        ...
+
+    def save_policy(self, room: str, policy: str | None) -> None:
+        """Store and commit a room's policy (chatd.moderation), or forget it (None)."""
+        ...
+
+    def policy(self, room: str) -> str | None: ...
 
     def prune_messages(self, before_ts: int | None, keep: int, batch: int) -> int: ...
 

@@ -111,7 +111,8 @@ def _messages(fe: IrcFrontEnd, reply: Reply, sub: str, target: str, refs: list[s
             return False
         state.target = str(frame.get("room", frame.get("with", target)))
         for msg in frame.get("messages", []):
-            if isinstance(msg, dict) and isinstance(msg.get("id"), int):
+            if isinstance(msg, dict) and isinstance(msg.get("id"), int) and \
+                    msg.get("type") == "message":  # moderation events are not messages
                 found[msg["id"]] = msg
         _answered()
         return True

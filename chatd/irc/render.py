@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from chatd import protocol as p
+from chatd.irc import modlines
 from chatd.irc.lines import MAX_LINE, Line, serialise, split_utf8
 
 if TYPE_CHECKING:
@@ -156,6 +157,11 @@ def event(fe: IrcFrontEnd, frame: Frame) -> list[Line]:
         by = str(frame.get("by") or fe.server)
         return [Line("TOPIC", [room, line_text(frame.get("topic"))],
                      fe.mask(by) if frame.get("by") else fe.server, tags)]
+    if kind == "moderation":
+        return modlines.lines(fe, frame, tags, line_text)
+    if kind == "invited":
+        by = str(frame.get("by") or "")
+        return [Line("INVITE", [fe.nick or "*", room], fe.mask(by) if by else fe.server, tags)]
     if kind == "ping":
         return [Line("PING", [str(frame.get("token", ""))], fe.server)]
     if kind == "error":  # never unlabelled in practice: say it rather than lose it
@@ -272,7 +278,8 @@ def names(fe: IrcFrontEnd, room: str, nicks: list[str]) -> list[Line]:
 
 def history(fe: IrcFrontEnd, target: str, frame: Frame) -> list[Line]:
     """A native `history` reply as a `chathistory` batch (plain lines without `batch`)."""
-    messages = [m for m in frame.get("messages", []) if isinstance(m, dict)]
+    messages = [m for m in frame.get("messages", [])
+                if isinstance(m, dict) and m.get("type") == "message"]
     if not fe.has("batch"):
         return [line for msg in messages for line in message(fe, msg)]
     ref = fe.new_batch()
