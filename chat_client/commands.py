@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 from chatd.protocol import MAX_REASON, MAX_TOPIC, ProtocolError, check_line, check_nick, check_room
 
+from . import moderation
+from .moderation import Moderate as Moderate
+
 
 class UsageError(Exception):
     """A local error: the line is not a valid command; nothing is sent."""
@@ -27,6 +30,7 @@ class Say:
 @dataclass(frozen=True)
 class Join:
     room: str
+    key: str | None = None  # a keyed room's key (protocol §14)
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,7 @@ class Search:
 
 
 Action = (Say | Join | Part | Msg | Nick | Topic | Who | Rooms | History | Quit | Help | Switch
-          | Ignore | Unignore | Whois | Clear | Close | Search)
+          | Ignore | Unignore | Whois | Clear | Close | Search | Moderate)
 
 DEFAULT_HISTORY = 50
 # /history N: the upper bound is the server's history page (welcome.limits), checked by
@@ -151,9 +155,32 @@ def _split(rest: str, n: int) -> list[str]:
 
 def _join(rest: str) -> Action:
     words = rest.split()
-    if len(words) != 1:
+    if len(words) not in (1, 2):
         raise UsageError("usage")
-    return Join(room_arg(words[0]))
+    return Join(room_arg(words[0]), words[1] if len(words) == 2 else None)
+
+
+def _moderate(kind: str) -> Callable[[str], Action]:
+    """/KIND [ROOM] ARGS: a moderation request (chat_client.moderation)."""
+    def parse_moderation(rest: str) -> Action:
+        room = None
+        words = _split(rest, 1)
+        if kind != "kill" and words and words[0].startswith("#"):
+            room = room_arg(words.pop(0))
+            rest = words[0] if words else ""
+        args = rest.split()
+        after = rest.split(None, 1)[1] if len(args) > 1 else ""
+        try:
+            if kind == "kill":
+                if not args:
+                    raise moderation.Usage("usage")
+                return Moderate("kill", None, (("nick", nick_arg(args[0])),
+                                               ("reason", line_arg(after, "reason",
+                                                                   MAX_REASON))))
+            return moderation.parse(kind, room, args, after)
+        except moderation.Usage:
+            raise UsageError("usage") from None
+    return parse_moderation
 
 
 def _part(rest: str) -> Action:
@@ -287,7 +314,8 @@ class Spec:
 
 
 COMMANDS: dict[str, Spec] = {
-    "join": Spec("/join ROOM", "join ROOM (the '#' is optional) and switch to it", _join),
+    "join": Spec("/join ROOM [KEY]", "join ROOM (the '#' is optional) and switch to it; "
+                 "KEY for a room that has one", _join),
     "part": Spec("/part [ROOM] [REASON]",
                  "leave ROOM (default: the current one); in a direct-message buffer, close it",
                  _part),
@@ -316,6 +344,25 @@ COMMANDS: dict[str, Spec] = {
     "unignore": Spec("/unignore NICK", "show NICK's messages again", _unignore),
     "whois": Spec("/whois NICK", "the rooms you share with NICK (all the server tells)",
                   _whois),
+    "op": Spec("/op [ROOM] NICK", "make NICK an operator of the room (operators only)",
+               _moderate("op")),
+    "deop": Spec("/deop [ROOM] NICK", "take operator status from NICK", _moderate("deop")),
+    "kick": Spec("/kick [ROOM] NICK [REASON]", "remove NICK from the room (it may come "
+                 "back: /ban keeps it out)", _moderate("kick")),
+    "ban": Spec("/ban [ROOM] PATTERN|account:NAME [30s|10m|2h|7d] [REASON]", "keep whoever "
+                "matches out of the room and silent in it (* and ? in a nick pattern), for a "
+                "while or for good", _moderate("ban")),
+    "unban": Spec("/unban [ROOM] PATTERN|account:NAME", "lift a ban", _moderate("unban")),
+    "mute": Spec("/mute [ROOM] PATTERN|account:NAME [DURATION] [REASON]", "keep whoever "
+                 "matches silent in the room", _moderate("mute")),
+    "unmute": Spec("/unmute [ROOM] PATTERN|account:NAME", "lift a mute", _moderate("unmute")),
+    "invite": Spec("/invite [ROOM] NICK", "let NICK in once, past invite-only and the key",
+                   _moderate("invite")),
+    "mode": Spec("/mode [ROOM] [+i|-i] [+t|-t] [+k KEY|-k]", "show the room's modes, or set "
+                 "them: invite-only, topic lock, key", _moderate("mode")),
+    "bans": Spec("/bans [ROOM]", "list the room's bans and mutes", _moderate("bans")),
+    "kill": Spec("/kill NICK [REASON]", "end NICK's session (server operators only)",
+                 _moderate("kill")),
     "quit": Spec("/quit [REASON]", "disconnect and exit", _quit),
     "help": Spec("/help [COMMAND]", "show this help, or the usage of COMMAND", _help),
 }

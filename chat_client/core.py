@@ -15,7 +15,7 @@ from typing import Any
 from chatd.protocol import DEFAULT_LIMITS, MAX_NICK, VERSION, ProtocolError, check_text, nick_key
 
 from . import commands as cmd
-from . import events, localcmds
+from . import events, localcmds, moderation
 from .buffer import SERVER, Buffer, Line
 from .catchup import MAX_DM_POINTS, STALE, DmPoint, Points
 from .clock import SYSTEM, Clock
@@ -211,12 +211,14 @@ class Core:
                 self._close(target)
             case _ if not self.registered:
                 self._local_error("not connected; nothing sent")
-            case cmd.Join(room):
+            case cmd.Join(room, key):
                 buf = m.get(room)
                 if buf is not None and buf.joined:
                     m.switch(room)
                 else:
-                    self.join(room, switch=True)
+                    self.join(room, switch=True, key=key)
+            case cmd.Moderate():
+                moderation.execute(self, action)
             case cmd.Part(room, reason):
                 self._part(room, reason)
             case cmd.Msg(nick, text):
@@ -261,6 +263,8 @@ class Core:
         self._local_error("not in a room buffer: give a ROOM")
         return None
 
+    current_room = _current_room
+
     def say(self, buf: Buffer, text: str, action: bool = False, echo: bool = False) -> None:
         if not self.registered:
             return self._local_error("not connected; message not sent")
@@ -284,11 +288,13 @@ class Core:
             self.model.note(None, f"-> {buf.name}: {text}")
         return None
 
-    def join(self, room: str, switch: bool = False) -> None:
+    def join(self, room: str, switch: bool = False, key: str | None = None) -> None:
         """Join, catching up after the room's catch-up point (this run's or a saved one)."""
         buf = self.model.get(room)
         point = self.points.room(room)
         frame: Frame = {"type": "join", "room": room}
+        if key:
+            frame["key"] = key
         if point.seen:
             frame["after"] = point.seen
         point.start()

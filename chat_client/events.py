@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatd.protocol import nick_key
 
-from . import inbound
+from . import inbound, moderation
 from .buffer import SERVER, Buffer, Line
 from .lifecycle import HelloRefused
 from .requests import Frame, Req
@@ -192,7 +192,8 @@ def on_history(core: Core, f: Frame, req: Req | None, now: float) -> None:
     # Messages missed while away are news; backlog shown on a plain join is not.
     new = req is not None and (req.kind == "catchup" or bool(req.extra.get("after")))
     for msg in msgs:
-        line = _message_line(core, msg)
+        line = moderation.event_line(msg) if msg.get("type") == "moderation" else \
+            _message_line(core, msg)
         line.backlog = True  # replayed from history, not live (plain mode marks it)
         if buf is not None and m.add(buf, line, new):
             got += 1
@@ -361,4 +362,5 @@ HANDLERS: dict[str, Handler] = {
     "joined": on_joined, "history": on_history, "parted": on_parted, "rooms": on_rooms,
     "members": on_members, "topic": on_topic, "join": on_join, "part": on_part,
     "quit": on_quit, "nick": on_nick, "ping": on_ping, "pong": on_pong,
+    **moderation.HANDLERS,
 }

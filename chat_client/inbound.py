@@ -240,6 +240,33 @@ _MESSAGE = {
     "room": Field(room), "to": Field(nick), "from": Field(nick, required=True),
     "text": Field(text, required=True), "action": Field(flag, default=False),
 }
+# A moderation event (protocol §14): a history entry with an id, like a message.
+_MODERATION = {
+    "id": Field(integer(1), required=True), "ts": Field(timestamp, required=True),
+    "room": Field(room, required=True), "by": Field(nick, required=True),
+    "kind": Field(line(32), required=True), "nick": Field(line(64)), "account": Field(nick),
+    "reason": Field(line(MAX_REASON), default=""), "expires": Field(timestamp),
+    "invite_only": Field(flag), "keyed": Field(flag), "topic_lock": Field(flag),
+}
+_BAN_ENTRY = {"list": Field(line(8), required=True), "nick": Field(line(64)),
+              "account": Field(nick), "by": Field(line(64), default=""),
+              "expires": Field(timestamp), "reason": Field(line(MAX_REASON), default="")}
+
+
+def history_entry(value: Any) -> Frame:
+    """An element of a history page: a message, or a moderation event (told by type)."""
+    moderation = isinstance(value, dict) and value.get("type") == "moderation"
+    check = map_of(_MODERATION) if moderation else map_of(_MESSAGE, ("room", "to"))
+    kind = "moderation" if moderation else "message"
+    try:
+        out: Frame = check(value)
+    except Fixed as fixed:
+        fixed.value["type"] = kind
+        raise
+    out["type"] = kind
+    return out
+
+
 _ROOM_ENTRY = {"room": Field(room, required=True), "members": Field(integer(0), default=0),
                "topic": Field(line(MAX_TOPIC), default="")}
 _MEMBERSHIP = {"room": Field(room, required=True), "nick": Field(nick, required=True),
@@ -263,8 +290,7 @@ SCHEMAS: dict[str, tuple[dict[str, Field], tuple[str, str] | None]] = {
                 "topic": Field(line(MAX_TOPIC), default=""),
                 "members": Field(_NICKS, default=[]), "more": Field(flag)}, None),
     "history": ({"room": Field(room), "with": Field(nick),
-                 "messages": Field(list_of(map_of(_MESSAGE, ("room", "to")), "messages"),
-                                   default=[]),
+                 "messages": Field(list_of(history_entry, "messages"), default=[]),
                  "more": Field(flag, default=False)}, ("room", "with")),
     "parted": ({"room": Field(room, required=True)}, None),
     "rooms": ({"rooms": Field(list_of(map_of(_ROOM_ENTRY), "rooms"), default=[]),
@@ -281,6 +307,16 @@ SCHEMAS: dict[str, tuple[dict[str, Field], tuple[str, str] | None]] = {
               "new": Field(nick, required=True), "ts": Field(timestamp)}, None),
     "ping": ({"token": Field(token)}, None),
     "pong": ({"token": Field(token)}, None),
+    "moderation": (_MODERATION, None),
+    "invited": ({"room": Field(room, required=True), "by": Field(nick, required=True),
+                 "ts": Field(timestamp)}, None),
+    "mode": ({"room": Field(room, required=True), "invite_only": Field(flag, default=False),
+              "keyed": Field(flag, default=False), "topic_lock": Field(flag, default=False),
+              "operator": Field(flag, default=False), "key": Field(line(32))}, None),
+    "bans": ({"room": Field(room, required=True),
+              "bans": Field(list_of(map_of(_BAN_ENTRY), "bans"), default=[]),
+              "more": Field(flag, default=False)}, None),
+    "killed": ({"nick": Field(nick, required=True)}, None),
 }
 
 
