@@ -116,9 +116,11 @@ def execute(core: Core, action: Moderate) -> None:
 
 # ---- what the server sends ----
 
-def _span(ms: int) -> str:
+def _span(ms: int, exact: bool = True) -> str:
+    """`10m`, `2h`: a span the way /ban takes it (`exact`: only in a unit that divides it;
+    else rounded down to the largest unit that fits)."""
     for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000)):
-        if ms >= size and ms % size == 0:
+        if ms >= size and (ms % size == 0 or not exact):
             return f"{ms // size}{unit}"
     return f"{max(1, ms // 1000)}s"
 
@@ -198,7 +200,10 @@ def on_bans(core: Core, f: Frame, req: Req | None, now: float) -> None:
     m.note(None, f"{f['room']}: {len(got)} ban(s) and mute(s)")
     for e in got:
         who = f"account {e['account']}" if "account" in e else e.get("nick", "?")
-        until = " (expires)" if "expires" in e else ""
+        until = ""
+        if "expires" in e:
+            left = max(1000, int(e["expires"] - m.clock.now() * 1000))
+            until = f" ({_span(left, exact=False)} left)"
         reason = f": {e['reason']}" if e.get("reason") else ""
         m.note(None, f"  {e['list']} {who} by {e['by']}{until}{reason}")
 

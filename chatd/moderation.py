@@ -147,7 +147,7 @@ class RoomPolicy:
         for code, table in (("banned", self.bans), ("muted", self.mutes)):
             entry = _match(table, who, now)
             if entry is not None:
-                until = f" until {entry.expires} (ms)" if entry.expires is not None else ""
+                until = _left(entry, now)
                 raise ProtocolError(code, f"you are {code} in {room}{until}")
 
     def require_operator(self, who: Who, room: str) -> None:
@@ -172,7 +172,7 @@ class RoomPolicy:
             return False
         ban = self.banned(who, now)
         if ban is not None:
-            until = f" until {ban.expires} (ms)" if ban.expires is not None else ""
+            until = _left(ban, now)
             why = f": {ban.reason}" if ban.reason else ""
             raise ProtocolError("banned", f"you are banned from {room}{until}{why}")
         if creating and not self.operators:
@@ -321,6 +321,14 @@ def _entry(raw: dict[str, Any]) -> Entry:
     expires = raw.get("expires")
     return Entry(kind, check_mask(kind, str(raw["mask"])), str(raw["by"]), int(raw["ts"]),
                  None if expires is None else int(expires), str(raw.get("reason", "")))
+
+
+def _left(entry: Entry, now: int) -> str:
+    """How much longer an entry lasts, for an error message."""
+    if entry.expires is None:
+        return ""
+    seconds = max(1, -(-(entry.expires - now) // 1000))
+    return f" for {seconds} more second{'s' if seconds != 1 else ''}"
 
 
 def _match(table: dict[tuple[str, str], Entry], who: Who, now: int) -> Entry | None:
