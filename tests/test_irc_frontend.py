@@ -99,7 +99,8 @@ def test_isupport_is_built_from_the_welcome_limits() -> None:
     tokens = " ".join(x for x in lines if " 005 " in x).split()
     for token in ("CHANLIMIT=#:7", "CHATHISTORY=33", "CASEMAPPING=ascii", "NICKLEN=30",
                   "CHANNELLEN=50", "TOPICLEN=300", "MAXTARGETS=4", "MSGREFTYPES=msgid",
-                  "UTF8ONLY", "CHANTYPES=#", "LINELEN=512", "PREFIX="):
+                  "UTF8ONLY", "CHANTYPES=#", "LINELEN=512", "PREFIX=(o)@",
+                      "CHANMODES=bq,k,,int"):
         assert token in tokens
     assert lines[-4:] == [":chatd 375 alice :- chatd Message of the day - ",
                           ":chatd 372 alice :- hi", ":chatd 372 alice :- there",
@@ -344,11 +345,11 @@ def test_a_client_multiline_batch_is_one_native_message() -> None:
 
 # ---- rooms and users ----
 
-def test_join_several_with_keys_is_honest_about_keys() -> None:
+def test_join_several_with_keys_sends_each_room_its_key() -> None:
     fe = registered()
-    send(fe, "JOIN #a,#b k1,k2")
-    assert [f["room"] for f in sent(fe)] == ["#a", "#b"]
-    assert "no keys" in out(fe)[0]
+    send(fe, "JOIN #a,#b,#c k1,,k3")
+    assert [(f["room"], f.get("key")) for f in sent(fe)] == [("#a", "k1"), ("#b", None),
+                                                             ("#c", "k3")]
 
 
 def test_a_quit_and_a_nick_change_come_once_for_all_shared_rooms() -> None:
@@ -364,13 +365,75 @@ def test_a_quit_and_a_nick_change_come_once_for_all_shared_rooms() -> None:
 
 def test_modes_away_kick_invite_say_what_chatd_has() -> None:
     fe = registered()
-    joined(fe)
-    send(fe, "MODE #a", "MODE #a b", "MODE #a -n", "MODE #a +o bob", "MODE alice +i",
-         "MODE bob", "AWAY :lunch", "AWAY", "KICK #a bob", "INVITE bob #a")
+    send(fe, "MODE #z +i", "MODE #z x", "MODE alice +i", "MODE bob", "AWAY :lunch", "AWAY",
+         "MODE #a e")
     assert [x.split(" ", 3)[1:3] for x in out(fe)] == [
-        ["324", "alice"], ["368", "alice"], ["482", "alice"], ["472", "alice"],
-        ["501", "alice"], ["502", "alice"], ["421", "alice"], ["305", "alice"],
-        ["482", "alice"], ["482", "alice"]]
+        ["442", "alice"], ["472", "alice"], ["501", "alice"], ["502", "alice"],
+        ["421", "alice"], ["305", "alice"], ["442", "alice"]]
+
+
+def test_mode_kick_and_invite_become_moderation_requests() -> None:
+    """protocol.md §13.4: each change is a native request of §14, done at its ack (the
+    room's `moderation` event shows the change)."""
+    fe = registered()
+    joined(fe)
+    send(fe, "MODE #a +o-b+ik bob troll!*@* sesame", "MODE #a +q ~a:eve", "MODE #a -k",
+         "KICK #a bob,carol :out", "INVITE dave #a")
+    frames = sent(fe)
+    assert [{k: v for k, v in f.items() if k != "label"} for f in frames] == [
+        {"type": "op", "room": "#a", "nick": "bob"},
+        {"type": "unban", "room": "#a", "nick": "troll"},
+        {"type": "mode", "room": "#a", "invite_only": True, "key": "sesame"},
+        {"type": "mute", "room": "#a", "account": "eve"},
+        {"type": "mode", "room": "#a", "key": ""},
+        {"type": "kick", "room": "#a", "nick": "bob", "reason": "out"},
+        {"type": "kick", "room": "#a", "nick": "carol", "reason": "out"},
+        {"type": "invite", "room": "#a", "nick": "dave"}]
+    labels = [f["label"] for f in frames]
+    answer(fe, *[{"type": "ack", "id": i + 1, "ts": TS, "room": "#a", "label": label}
+                 for i, label in enumerate(labels[:5])],
+           {"type": "error", "code": "not_operator", "message": "no", "fatal": False,
+            "label": labels[5]},
+           {"type": "error", "code": "no_such_nick", "message": "no", "fatal": False,
+            "label": labels[6]},
+           {"type": "ack", "id": 9, "ts": TS, "room": "#a", "label": labels[7]})
+    assert [x.split(" ", 4)[1:4] for x in out(fe)] == [
+        ["482", "alice", "#a"], ["441", "alice", "carol"], ["341", "alice", "dave"]]
+
+
+def test_moderation_events_are_irc_lines() -> None:
+    fe = registered()
+    joined(fe)
+    ev = {"type": "moderation", "id": 5, "ts": TS, "room": "#a", "by": "bob"}
+    answer(fe, {**ev, "kind": "op", "nick": "carol"},
+           {**ev, "kind": "ban", "nick": "tr?ll", "expires": TS + 1},
+           {**ev, "kind": "unmute", "account": "eve"},
+           {**ev, "kind": "mode", "invite_only": True, "keyed": False, "topic_lock": True},
+           {**ev, "kind": "kick", "nick": "alice", "reason": "bye"},
+           {"type": "invited", "room": "#b", "by": "bob", "ts": TS})
+    assert out(fe) == [
+        ":bob!~u@chatd MODE #a +o carol", ":bob!~u@chatd MODE #a +b tr?ll!*@*",
+        ":bob!~u@chatd MODE #a -q ~a:eve", ":bob!~u@chatd MODE #a +i-k+t *",
+        ":bob!~u@chatd KICK #a alice :bye", ":bob!~u@chatd INVITE alice #b"]
+    assert "#a" not in fe.rooms  # kicked: no longer in it
+
+
+def test_the_ban_list_and_a_refused_join() -> None:
+    fe = registered()
+    joined(fe)
+    send(fe, "MODE #a +b")
+    (bans,) = sent(fe)
+    answer(fe, {"type": "bans", "room": "#a", "more": False, "label": bans["label"],
+                "bans": [{"list": "ban", "nick": "x*", "by": "bob", "ts": 5000},
+                         {"list": "mute", "account": "eve", "by": "bob", "ts": 6000}]})
+    assert out(fe) == [":chatd 367 alice #a x*!*@* bob :5", ":chatd 368 alice #a "
+                       ":End of channel ban list"]
+    for code, numeric in (("banned", "474"), ("invite_only", "473"), ("bad_key", "475")):
+        send(fe, "JOIN #b")
+        (join,) = sent(fe)
+        answer(fe, {"type": "error", "code": code, "message": "no", "fatal": False,
+                    "label": join["label"]})
+        assert out(fe)[0].split(" ")[1:4] == [numeric, "alice", "#b"]
 
 
 # ---- chathistory ----

@@ -163,3 +163,44 @@ def test_an_irc_client_sees_the_kick_and_modes(server: ServerProcess,
         assert kick.params == ["#r", "ircbob", "out"]
     finally:
         irc.close()
+
+
+def test_an_irc_operator_moderates_with_mode_kick_and_invite(
+        server: ServerProcess, make: Callable[..., Client]) -> None:
+    """protocol.md §13.4: MODE, KICK and INVITE from IRC are §14's requests; refusals are
+    the numerics IRC clients know."""
+    irc = irc_connect(server, "ircop")
+    try:
+        irc.send("JOIN #r")
+        irc.wait_command("JOIN")
+        bob = make("bob")
+        bob.join("#r")
+        assert bob.error({"type": "kick", "room": "#r", "nick": "ircop"})["code"] == \
+            "not_operator"
+        irc.send("MODE #r +b bo?!*@*")
+        assert moderation(bob, "ban")["nick"] == "bo?"
+        assert irc.wait_command("MODE").params == ["#r", "+b", "bo?!*@*"]
+        irc.send("MODE #r +b")
+        assert irc.wait_command("367").params[1:3] == ["#r", "bo?!*@*"]
+        irc.send("KICK #r bob :spam")
+        assert moderation(bob, "kick")["reason"] == "spam"
+        assert irc.wait_command("KICK").params == ["#r", "bob", "spam"]
+        irc.send("MODE #r -b bo?!*@*", "MODE #r +ik sesame")
+        assert irc.wait_command("MODE").params == ["#r", "-b", "bo?!*@*"]
+        assert irc.wait_command("MODE").params == ["#r", "+i+k", "*"]
+        assert bob.error({"type": "join", "room": "#r", "key": "sesame"})["code"] == \
+            "invite_only"
+        irc.send("INVITE bob #r")
+        assert irc.wait_command("341").params[1:] == ["bob", "#r"]
+        assert bob.wait_type("invited")["by"] == "ircop"
+        bob.join("#r")
+        other = irc_connect(server, "other")
+        try:
+            other.send("JOIN #r")
+            assert other.wait_command("473").params[1] == "#r"
+            other.send("KICK #r bob")
+            assert other.wait_command("442").params[1] == "#r"
+        finally:
+            other.close()
+    finally:
+        irc.close()

@@ -119,14 +119,17 @@ class _Join:
     when it does not fit one frame) and the join's history, written out in that order
     once the member list and the history have both come."""
 
-    def __init__(self, fe: IrcFrontEnd, reply: Reply, name: str) -> None:
+    def __init__(self, fe: IrcFrontEnd, reply: Reply, name: str, key: str = "") -> None:
         self.fe, self.reply, self.name = fe, reply, name
         self.room: str | None = None
         self.head: list[Line] = []
         self.names: list[str] = []
         self.tail: list[Line] = []
         self.waiting = 2  # the member list and the history
-        fe.request(reply, {"type": "join", "room": name}, self.on_join, name, self.on_error)
+        frame: Frame = {"type": "join", "room": name}
+        if key:
+            frame["key"] = key
+        fe.request(reply, frame, self.on_join, name, self.on_error)
 
     def on_join(self, frame: Frame) -> bool:
         fe = self.fe
@@ -194,14 +197,11 @@ def join(fe: IrcFrontEnd, line: Line, reply: Reply, now: float) -> None:
         for room in sorted(fe.rooms):
             _part(fe, reply, room, "")
         return
-    if any(line.param(1).split(",")):
-        reply.lines.append(Line("NOTICE", [fe.me, "chatd rooms have no keys yet: the key is "
-                                           "not needed and not kept, anyone may join"],
-                                fe.server))
-    for name in filter(None, line.params[0].split(",")):
-        key = name.lower()
-        if key not in fe.rooms or key in fe.parting:  # IRC ignores a JOIN of a room you
-            _Join(fe, reply, name)                    # are in (and are not leaving)
+    keys = line.param(1).split(",")
+    for i, name in enumerate(line.params[0].split(",")):
+        canon = name.lower()
+        if name and (canon not in fe.rooms or canon in fe.parting):  # IRC ignores a JOIN of
+            _Join(fe, reply, name, keys[i] if i < len(keys) else "")  # a room you are in
 
 
 def part(fe: IrcFrontEnd, line: Line, reply: Reply, now: float) -> None:
@@ -273,7 +273,8 @@ def _table() -> dict[str, Command]:
              "PONG": Command(pong, True), "QUIT": Command(quit_, True)}
     native = {"JOIN": join, "PART": part, "TOPIC": topic, "PRIVMSG": messaging.privmsg,
               "NOTICE": messaging.privmsg, "NAMES": queries.names, "LIST": queries.list_,
-              "WHO": queries.who, "CHATHISTORY": chathistory.chathistory}
+              "WHO": queries.who, "CHATHISTORY": chathistory.chathistory,
+              "KICK": queries.kick, "INVITE": queries.invite}
     return {**early, **{k: Command(v) for k, v in native.items()},
             **{k: Command(v, local=True) for k, v in queries.LOCAL.items()},
             "TAGMSG": Command(messaging.tagmsg, local=True)}

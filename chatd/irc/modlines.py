@@ -11,6 +11,8 @@ if TYPE_CHECKING:
     from chatd.irc.frontend import IrcFrontEnd
 
 Frame = dict[str, Any]
+CHANMODES = "bq,k,,int"  # ISUPPORT: list modes, the key, (none set with an argument), flags
+ROOM_MODES = "bkinqt"  # for 004 (o is a privilege: PREFIX=(o)@)
 # kind -> (IRC mode letter, sign) for the events that are a list change
 LIST_MODES = {"op": ("o", "+"), "deop": ("o", "-"), "ban": ("b", "+"), "unban": ("b", "-"),
               "mute": ("q", "+"), "unmute": ("q", "-")}
@@ -40,7 +42,7 @@ def lines(fe: IrcFrontEnd, frame: Frame, tags: dict[str, str], text: Any) -> lis
     if kind in LIST_MODES:
         letter, sign = LIST_MODES[str(kind)]
         arg = nick if letter == "o" else ban_mask(frame)
-        return [Line("MODE", [room, sign + letter, arg], source, tags)]
+        return [Line("MODE", [room, sign + letter, arg], source, tags, colon=False)]
     if kind == "mode":
         flags, args = "", []
         for field, letter in (("invite_only", "i"), ("keyed", "k"), ("topic_lock", "t")):
@@ -48,7 +50,7 @@ def lines(fe: IrcFrontEnd, frame: Frame, tags: dict[str, str], text: Any) -> lis
                 flags += ("+" if frame[field] else "-") + letter
                 if letter == "k":
                     args.append("*")  # the key itself is not told (§14.4)
-        return [Line("MODE", [room, flags, *args], source, tags)] if flags else []
+        return [Line("MODE", [room, flags, *args], source, tags, colon=False)] if flags else []
     if kind == "invite":
         return [Line("NOTICE", [room, f"{by} invited {nick} to {room}"], fe.server, tags)]
     return []

@@ -13,16 +13,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from chatd import protocol as p
-from chatd.irc import render, welcome
+from chatd.irc import moderate, modlines, render, welcome
 from chatd.irc.lines import Line
 
 if TYPE_CHECKING:
     from chatd.irc.frontend import IrcFrontEnd, Reply
 
 Frame = dict[str, Any]
-_LISTS = {"b": ("368", "End of channel ban list (chatd has no bans yet)"),
-          "e": ("349", "End of channel exception list"),
-          "I": ("347", "End of channel invite list")}
 ROOM_MODES = "n"  # every chatd room: only its members may send to it
 
 
@@ -169,18 +166,13 @@ def mode(fe: IrcFrontEnd, line: Line, reply: Reply, now: float) -> None:
         else:
             reply.lines.append(fe.num("221", "+"))
         return
-    letters = change.lstrip("+-")
-    unknown = [c for c in letters if c not in ROOM_MODES and c not in _LISTS and c not in "+-"]
+    if moderate.mode(fe, target, change, line.params[2:], reply):
+        return  # a room you are in: chatd's moderation (a room you are not in: below)
+    unknown = [c for c in change if c not in modlines.ROOM_MODES + "oeI+-"]
     if unknown:
         reply.lines.append(fe.num("472", unknown[0], "is not a room mode chatd has"))
-    elif letters in _LISTS and not change.startswith("-") and len(line.params) == 2:
-        code, text = _LISTS[letters]
-        reply.lines.append(fe.num(code, target, text))  # the list is empty: chatd has none
-    elif change and change.lstrip("+") != ROOM_MODES:
-        reply.lines.append(fe.num("482", target, "chatd has no channel operators yet: room "
-                                                 "modes cannot be changed"))
-    elif target.lower() in fe.rooms:
-        reply.lines.append(fe.num("324", target.lower(), "+" + ROOM_MODES))
+    elif change:  # a change or a list of a room you are not in
+        reply.lines.append(fe.num("442", target, "You're not on that channel"))
     else:  # does the room exist? The native topic query says (no_such_room otherwise)
         def on_frame(frame: Frame) -> bool:
             if frame["type"] != "topic":
@@ -204,21 +196,18 @@ def kick(fe: IrcFrontEnd, line: Line, reply: Reply, now: float) -> None:
     if len(line.params) < 2:
         reply.lines.append(fe.num("461", "KICK", "Not enough parameters"))
     else:
-        reply.lines.append(fe.num("482", line.params[0], "chatd has no channel operators "
-                                                         "yet: nobody can kick"))
+        moderate.kick(fe, line, reply)
 
 
 def invite(fe: IrcFrontEnd, line: Line, reply: Reply, now: float) -> None:
     if len(line.params) < 2:
         reply.lines.append(fe.num("461", "INVITE", "Not enough parameters"))
     else:
-        reply.lines.append(fe.num("482", line.params[1], "chatd has no invitations yet: "
-                                                         "every room is open, just join it"))
+        moderate.invite(fe, line, reply)
 
 
 LOCAL = {
-    "WHOIS": whois, "USERHOST": userhost, "MODE": mode, "AWAY": away, "KICK": kick,
-    "INVITE": invite,
+    "WHOIS": whois, "USERHOST": userhost, "MODE": mode, "AWAY": away,
     "LUSERS": lambda fe, line, reply, now: reply.lines.extend(welcome.lusers(fe)),
     "MOTD": lambda fe, line, reply, now: reply.lines.extend(welcome.motd(fe)),
 }

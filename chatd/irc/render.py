@@ -161,7 +161,8 @@ def event(fe: IrcFrontEnd, frame: Frame) -> list[Line]:
         return modlines.lines(fe, frame, tags, line_text)
     if kind == "invited":
         by = str(frame.get("by") or "")
-        return [Line("INVITE", [fe.nick or "*", room], fe.mask(by) if by else fe.server, tags)]
+        return [Line("INVITE", [fe.nick or "*", room], fe.mask(by) if by else fe.server, tags,
+                     colon=False)]
     if kind == "ping":
         return [Line("PING", [str(frame.get("token", ""))], fe.server)]
     if kind == "error":  # never unlabelled in practice: say it rather than lose it
@@ -198,6 +199,13 @@ def error(fe: IrcFrontEnd, frame: Frame, command: str, target: str) -> list[Line
         "too_many_rooms": "405",
         "text_too_long": "404",
         "invalid_value": "404" if messaging else "",
+        # moderation (protocol.md §14)
+        "not_operator": "482",  # ERR_CHANOPRIVSNEEDED
+        "banned": "404" if messaging else "474",  # ERR_CANNOTSENDTOCHAN, ERR_BANNEDFROMCHAN
+        "muted": "404",
+        "invite_only": "473",  # ERR_INVITEONLYCHAN
+        "bad_key": "475",  # ERR_BADCHANNELKEY
+        "list_full": "478",  # ERR_BANLISTFULL
     }.get(code)
     if numeric:
         return [fe.num(numeric, target, text)]

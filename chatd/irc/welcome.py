@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from chatd import protocol as p
-from chatd.irc import render
+from chatd.irc import modlines, render
 from chatd.irc.lines import MAX_LINE, Line, split_utf8
 
 if TYPE_CHECKING:
@@ -39,10 +39,11 @@ def cap_values(fe: IrcFrontEnd) -> dict[str, str]:
 def isupport(fe: IrcFrontEnd) -> list[str]:
     limits = fe.limits
     return [
-        "CASEMAPPING=ascii", f"CHANLIMIT=#:{limits['max_rooms']}", "CHANMODES=,,,n",
+        "CASEMAPPING=ascii", f"CHANLIMIT=#:{limits['max_rooms']}",
+        f"CHANMODES={modlines.CHANMODES}",
         f"CHANNELLEN={CHANNEL_LEN}", "CHANTYPES=#", f"CHATHISTORY={limits['history_page']}",
         "CLIENTTAGDENY=*", "LINELEN=512", f"MAXTARGETS={MAX_TARGETS}", "MSGREFTYPES=msgid",
-        f"NETWORK={fe.server}", f"NICKLEN={p.MAX_NICK}", "PREFIX=",
+        f"NETWORK={fe.server}", f"NICKLEN={p.MAX_NICK}", "PREFIX=(o)@",
         f"TARGMAX=JOIN:,PART:,PRIVMSG:{MAX_TARGETS},NOTICE:{MAX_TARGETS},NAMES:,LIST:,"
         "WHO:1,WHOIS:1,KICK:1",
         f"TOPICLEN={p.MAX_TOPIC}", "UTF8ONLY",
@@ -166,7 +167,7 @@ def burst(fe: IrcFrontEnd) -> list[Line]:
                       f"native protocol, version {p.VERSION})"),
         fe.num("003", "This server does not tell when it was started"),
         # No user modes: '*' stands for the empty list (a middle parameter cannot be empty).
-        fe.num("004", fe.server, VERSION, "*", "n"),
+        fe.num("004", fe.server, VERSION, "*", modlines.ROOM_MODES),
     ]
     for i in range(0, len(tokens), ISUPPORT_PER_LINE):
         lines.append(fe.num("005", *tokens[i : i + ISUPPORT_PER_LINE],
