@@ -116,7 +116,7 @@ def test_unknown_command_and_bad_usage_send_nothing(app: TUI, bob: Client) -> No
 
 def test_help_lists_commands(app: TUI) -> None:
     app.type("/help" + ENTER)
-    app.wait(lambda: "/history [N]" in app.ui.screen_text(100, 40), "help")  # type: ignore[union-attr]
+    app.wait(lambda: "/history [N]" in app.ui.screen_text(100, 100), "help")  # type: ignore[union-attr]
 
 
 def test_scrolling_holds_the_view_and_counts_new_lines(app: TUI, bob: Client) -> None:

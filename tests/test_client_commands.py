@@ -56,8 +56,8 @@ def test_parse(line: str, action: c.Action) -> None:
     [
         ("/frobnicate", "unknown command /frobnicate"),
         ("/", "unknown command"),
-        ("/join", "usage: /join ROOM"),
-        ("/join #a #b", "usage: /join ROOM"),
+        ("/join", "usage: /join ROOM [KEY]"),
+        ("/join #a k extra", "usage: /join ROOM [KEY]"),
         ("/join #Bad!", "bad room name"),
         ("/join #" + "x" * 50, "bad room name"),
         ("/msg", "usage: /msg NICK"),
