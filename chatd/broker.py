@@ -23,7 +23,7 @@ from typing import Any
 
 import msgpack
 
-from chatd import channel
+from chatd import channel, takeover
 from chatd import protocol as p
 from chatd.channel import CATCHUP, DONE
 from chatd.config import Config
@@ -50,6 +50,7 @@ class Member:
     # The account the session has logged in to (its name as registered), None for a guest.
     # Who someone *is* (moderation, operators, IRC's account-tag) is this, never the nick.
     account: str | None = None
+    resume: str = ""  # the secret that lets the client take this session over (takeover.py)
 
 
 @dataclass(slots=True, eq=False)
@@ -72,6 +73,9 @@ class Broker:
         self.room_names: list[str] = []  # the keys of `rooms`, sorted: `rooms` pages by name
         self.outbox: defaultdict[int, list[Item]] = defaultdict(list)
         self.endings: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self.by_token: dict[str, Member] = {}  # the live members by session token
+        # Sessions taken over, as (sid, the new session's token): the parent closes them.
+        self.replaced: list[tuple[int, str]] = []
         # Messages stored but not committed yet: (label, ack bytes, message bytes, id), the
         # frames still in the outbox. drain() commits before it hands anything out.
         self._unsettled: list[tuple[Any, bytes, bytes, int]] = []
@@ -96,15 +100,17 @@ class Broker:
     # ---- session lifetime (called by the parent's loop) ----
 
     def attach(self, sid: int, token: str) -> None:
-        self.members[sid] = Member(sid, token)
+        self.members[sid] = self.by_token[token] = Member(sid, token)
 
     def detach(self, sid: int, reason: str, now_ms: int, code: str = "") -> None:
         """The session's channel is gone: leave everything, tell the rooms."""
         member = self.members.pop(sid, None)
         self.outbox.pop(sid, None)
+        if member is not None and self.by_token.get(member.token) is member:
+            del self.by_token[member.token]
         if member is not None and not member.gone:
             self._leave_all(member, reason, now_ms)
-            self._remember(member.token, code or "closed", reason)
+            self.remember(member.token, code or "closed", reason)
 
     @property
     def config(self) -> Config:
@@ -121,6 +127,12 @@ class Broker:
         self._unsettled.clear()
         out, self.outbox = self.outbox, defaultdict(list)
         return out
+
+    def take_replaced(self) -> list[tuple[int, str]]:
+        """Sessions taken over since the last call, as (sid, the new session's token): the
+        parent tells each to close with `taken_over` (takeover.py)."""
+        replaced, self.replaced = self.replaced, []
+        return replaced
 
     def take_reads(self) -> list[tuple[int, dict[str, Any]]]:
         """History reads for the reader, as (session, read); hand them over only after
@@ -211,19 +223,27 @@ class Broker:
                 "unsupported_version", f"version {req['version']} is not supported",
                 label=label, supported=list(p.SUPPORTED_VERSIONS)))
             return
-        nick = self._free_nick(member, req["nick"])
+        p.check_nick(req["nick"])
+        old = takeover.claimed(self, member, req)
+        nick = old.nick if old is not None else self._free_nick(member, req["nick"])
+        assert nick is not None
         if self._banned(member, nick, now_ms):
             return
-        member.nick = nick
-        self.nicks[p.nick_key(nick)] = member
-        self.history.took_nick(member.sid)
+        if old is not None:
+            takeover.hand_over(self, old, member)
+            log.info("session %s takes over session %s (%s)", member.token, old.token, nick)
+        else:
+            member.nick = nick
+            self.nicks[p.nick_key(nick)] = member
+            self.history.took_nick(member.sid)
+        member.resume = takeover.new_secret()
         cfg = self.config
         welcome: dict[str, Any] = {
             "type": "welcome", "version": p.VERSION, "server": cfg.server_name,
             "session": member.token, "nick": nick, "motd": cfg.motd, "time": now_ms,
-            "limits": cfg.limits(),
+            "limits": cfg.limits(), "resume": member.resume, "resumed": old is not None,
         }
-        previous = self.endings.get(req.get("session", ""))
+        previous = None if old else self.endings.get(req.get("session", ""))
         if previous:
             welcome["previous"] = {"code": previous[0], "message": previous[1]}
         self._reply(member, welcome, label)
@@ -243,7 +263,7 @@ class Broker:
             return False
         log.info("session %s refused the nick %s: %s", member.token, nick, why)
         self._leave_all(member, "banned from the server", now_ms)
-        self._remember(member.token, "server_banned", why)
+        self.remember(member.token, "server_banned", why)
         member.gone = True
         self.outbox[member.sid].append(channel.close("server_banned", message=why))
         return True
@@ -258,7 +278,7 @@ class Broker:
         self._leave_all(member, reason, now_ms)
         # "closed": the client vanished without a quit (what detach() records too).
         known = isinstance(code, str) and (code in p.ERRORS or code == "closed")
-        self._remember(member.token, str(code) if known else "quit", reason)
+        self.remember(member.token, str(code) if known else "quit", reason)
         member.gone = True
 
     def _room(self, name: str) -> Room:
@@ -466,7 +486,8 @@ class Broker:
             del self.nicks[p.nick_key(member.nick)]
         self.history.forget(member.sid)
 
-    def _remember(self, token: str, code: str, reason: str) -> None:
+    def remember(self, token: str, code: str, reason: str) -> None:
+        """Why session `token` ended, for a later hello.session (welcome.previous)."""
         self.endings[token] = (code, reason)
         while len(self.endings) > REMEMBERED_ENDINGS:
             self.endings.popitem(last=False)

@@ -224,6 +224,18 @@ class History:
         for token in [t for t, p in self.pending.items() if p.sid == sid]:
             del self.pending[token]
 
+    def handed_over(self, old: int, new: int, rooms: set[str]) -> None:
+        """Session `new` took over `old` (takeover.py), rooms and nick. It is catching up in
+        each room until its client's `join … after` does so: what was on its way to the old
+        connection, and what comes meanwhile, arrives in its pages, once and in order.
+        Direct messages reach it live from now on; the earlier ones by `history … after`."""
+        for room in rooms:
+            self.left(old, room)
+            self.catching[(new, room)] = Catchup(new, room)
+            self.held[room].add(new)
+        self.forget(old)
+        self.took_nick(new)
+
     # ---- requests ----
 
     def join(self, sid: int, room: str, after: int | None, label: Any) -> bool:

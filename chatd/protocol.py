@@ -86,6 +86,8 @@ ERRORS: dict[str, tuple[bool, str]] = {
     "kicked": (True, "a server administrator ended the session ('message' says why)"),
     "server_banned": (True, "a server ban matches the address, nick or account ('message' says "
                      "why and until when)"),
+    "taken_over": (True, "a new connection proved it is this session's client and took it "
+                   "over (hello.resume)"),
     "internal": (True, "a server bug; the session ends"),
 }
 
@@ -194,7 +196,7 @@ _INT = (int,)
 _LABEL = (str, int)
 SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "hello": {"version": (_INT, True), "nick": (_STR, True), "client": (_STR, False),
-              "session": (_STR, False)},
+              "session": (_STR, False), "resume": (_STR, False)},
     "ping": {"token": ((str, int, bytes), False)},
     "pong": {"token": ((str, int, bytes), False)},
     "quit": {"reason": (_STR, False)},

@@ -22,6 +22,7 @@ from chatd.helpers import HistoryReaderHelper
 from chatd.protocol import ProtocolError
 from chatd.session import QUIT_REASONS
 from chatd.sessiontable import Child, SessionTable
+from chatd.takeover import REASON
 
 log = logging.getLogger("chatd.master")
 
@@ -61,8 +62,11 @@ class Router:
             # drain() has committed: a read handed over now sees every message accepted
             # before it, and the broker never hands out a write that is rolled back.
             reads = self.broker.take_reads()
-            if not outbox and not reads:
+            replaced = self.broker.take_replaced()
+            if not outbox and not reads and not replaced:
                 break
+            for sid, by in replaced:
+                self.taken_over(sid, by)
             for sid, read in reads:
                 self.reader.link.submit(sid, read)
             limit = self.config.child_queue
@@ -114,6 +118,16 @@ class Router:
         kid.out.add(channel.control(channel.close(code, limit, message)))
         kid.closing = True
         self.doom(kid.pid)
+
+    def taken_over(self, sid: int, by: str) -> None:
+        """The broker gave session `sid`'s nick and rooms to session `by` (takeover.py):
+        its process closes its connection with `taken_over`, or is killed at the deadline
+        (a stopped process), and frees its slot either way. What was queued for it is
+        dropped: the new session catches up on it."""
+        kid = self.table.by_sid.get(sid)
+        if kid is not None and not kid.closing:
+            self.kick(kid, "taken_over", f"taken over by session {by}", message=REASON)
+            self.flush(kid)
 
     def _detach(self, kid: Child, reason: str, code: str) -> None:
         if kid.attached:
