@@ -109,7 +109,9 @@ class Connection:
         """Write what a restart restores (Core.snapshot()) when it changed, at most every
         SAVE_EVERY seconds unless forced."""
         now = self.clock.monotonic()
-        due = force or self._saved_at is None or now - self._saved_at >= SAVE_EVERY
+        # A new welcome's secret is written at once: the one in the file is worthless now.
+        new_secret = self._saved is not None and self._saved.resume != self.core.resume
+        due = force or new_secret or self._saved_at is None or now - self._saved_at >= SAVE_EVERY
         if self.store is None or not due:
             return
         self._saved_at = now

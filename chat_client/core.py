@@ -19,7 +19,7 @@ from . import events, localcmds, moderation
 from .buffer import SERVER, Buffer, Line
 from .catchup import MAX_DM_POINTS, STALE, DmPoint, Points
 from .clock import SYSTEM, Clock
-from .lifecycle import HelloRefused
+from .lifecycle import ConnectionEnded
 from .model import Model
 from .requests import Frame, Requests
 from .store import ClientState
@@ -49,12 +49,15 @@ class Core:
         self.client_name = client_name
         self.requests = Requests()
         self.registered = False
-        self.session: str | None = None
+        # The session to take over after a lost connection, and its secret (protocol.md §2,
+        # "Taking over a session"): from the last welcome, or the state file. Never logged.
+        self.session: str | None = saved.session
+        self.resume: str | None = saved.resume
         # welcome.limits, checked on arrival (inbound.py): always complete and usable
         self.limits: dict[str, int | float] = dict(DEFAULT_LIMITS)
         self.reported: set[str] = set()  # kinds of bad frames already reported
         self.nick_attempt = 0
-        self.refused: HelloRefused | None = None  # set when retrying cannot help
+        self.refused: ConnectionEnded | None = None  # set when retrying cannot help
         self.quitting = False
         self.failures = 0  # requests the server refused (plain mode's exit status)
         # Handlers that raised. inbound.check() keeps bad frames away from them, so each is
@@ -80,7 +83,7 @@ class Core:
         cur = self.model.cur
         current = {"room": cur.key, "dm": "@" + cur.name}.get(cur.kind)
         rooms, dms = self.points.saved()
-        return ClientState(buffers, current, rooms, dms)
+        return ClientState(buffers, current, rooms, dms, self.session, self.resume)
 
     def server_problem(self, what: str, text: str) -> None:
         """Something the server sent was bad (inbound.py): tell the user, once per kind
@@ -121,6 +124,8 @@ class Core:
                         "client": self.client_name}
         if self.session:
             frame["session"] = self.session
+            if self.resume:  # take the session over if it is still there
+                frame["resume"] = self.resume
         self.request(frame, "hello", SERVER)
 
     def nick_variant(self) -> str | None:

@@ -16,7 +16,7 @@ from chatd.protocol import nick_key
 
 from . import inbound, moderation
 from .buffer import SERVER, Buffer, Line
-from .lifecycle import HelloRefused
+from .lifecycle import HelloRefused, TakenOver
 from .requests import Frame, Req
 
 if TYPE_CHECKING:
@@ -46,7 +46,8 @@ def receive(core: Core, frame: Frame, now: float) -> None:
         # must not take the client down, nor hide: it is shown, and counted so that the
         # tests that throw garbage at the client fail on it.
         core.handler_errors += 1
-        log.debug("the %r handler failed on %r", ftype, frame, exc_info=True)
+        shown = {k: v for k, v in frame.items() if k != "resume"}  # a secret: never logged
+        log.debug("the %r handler failed on %r", ftype, shown, exc_info=True)
         core.model.note(core.model.get(SERVER), f"client bug: could not handle a {ftype!r} "
                         f"frame ({type(exc).__name__}: {exc})", "error")
 
@@ -80,9 +81,14 @@ def on_welcome(core: Core, f: Frame, req: Req | None, now: float) -> None:
     core.registered = True
     m.nick = f.get("nick") or core.hello_nick
     core.session = f.get("session")
+    core.resume = f.get("resume")
     core.limits = f["limits"]
     server = m.buffers[SERVER]
-    m.note(server, f"connected as {m.nick}", "notice", activity=False)
+    if f.get("resumed"):  # a half-open old connection was ours: same nick, same rooms
+        m.note(server, f"took over the previous session: back as {m.nick}", "notice",
+               activity=False)
+    else:
+        m.note(server, f"connected as {m.nick}", "notice", activity=False)
     if f.get("motd"):
         m.note(server, str(f["motd"]))
     prev = f.get("previous")
@@ -112,6 +118,8 @@ def on_error(core: Core, f: Frame, req: Req | None, now: float) -> None:
         core.refused = HelloRefused(code, text)
     elif code == "server_banned" and f.get("fatal") is True:  # a server ban: retrying cannot help
         core.refused = HelloRefused(code, text)
+    elif code == "taken_over" and f.get("fatal") is True:
+        core.refused = TakenOver(text)
     buf = m.get(req.buffer) if req else None
     if req is not None and req.kind == "msg":
         line = buf.find_label(f["label"]) if buf else None

@@ -93,6 +93,17 @@ class HelloRefused(ConnectionEnded):
         self.code, self.message = code, message
 
 
+class TakenOver(ConnectionEnded):
+    """Another connection proved it is this session's client and took the session over
+    (protocol.md §2): another copy of this client has it now. Reconnecting would only take
+    it back, or end as `nick_`."""
+
+    retry = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"taken_over: {message}; not reconnecting")
+
+
 def describe(exc: BaseException) -> str:
     """A short human text for a network exception."""
     if isinstance(exc, TimeoutError):

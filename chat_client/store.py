@@ -37,6 +37,10 @@ class ClientState:
     rooms: dict[str, int] = field(default_factory=dict)  # room -> catch-up point
     # my nick key -> peer's nick key -> (peer's nick, catch-up point)
     dms: dict[str, dict[str, tuple[str, int]]] = field(default_factory=dict)
+    # The last session and its resume secret, to take it over after a restart (protocol.md
+    # §2): the secret is why the file is readable by its owner only.
+    session: str | None = None
+    resume: str | None = None
 
 
 class StateStore:
@@ -80,10 +84,15 @@ class StateStore:
                 "dms": {me: {peer: {"nick": nick, "seen": seen}
                              for peer, (nick, seen) in peers.items()}
                         for me, peers in state.dms.items()}}
+        if state.session and state.resume:
+            data["session"], data["resume"] = state.session, state.resume
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(data, indent=1))
+            # Owner only from the start (the resume secret): not chmod after the write.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(json.dumps(data, indent=1))
             os.replace(tmp, self.path)
         except OSError as exc:
             self._trouble("save", f"cannot save the client state to {self.path}: {exc}")
@@ -111,7 +120,16 @@ def parse(data: dict[str, Any]) -> ClientState:
                 and nick_key(p["nick"]) == peer}
         if good and isinstance(me, str):
             state.dms[me] = good
+    session, resume = data.get("session"), data.get("resume")
+    if _token(session) and _token(resume):
+        state.session, state.resume = session, resume
     return state
+
+
+def _token(value: Any) -> bool:
+    """A session id or resume secret as the client would send it back (inbound.session_id)."""
+    return isinstance(value, str) and 0 < len(value) <= 64 and value.isascii() and \
+        value.isprintable()
 
 
 def _id(value: Any) -> bool:
