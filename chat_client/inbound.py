@@ -279,7 +279,7 @@ SCHEMAS: dict[str, tuple[dict[str, Field], tuple[str, str] | None]] = {
                  "limits": Field(limits, default=dict(DEFAULT_LIMITS)),
                  "previous": Field(map_of({"code": Field(line(64), required=True),
                                            "message": Field(line(500), default="")})),
-                 "resume": Field(session_id), "resumed": Field(flag, default=False)},
+                 "resume": Field(session_id), "resumed": Field(flag)},
                 None),
     "error": ({"code": Field(line(64), default="error"),
                "message": Field(line(1000), default=""), "fatal": Field(flag, default=False),

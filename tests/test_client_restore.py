@@ -114,7 +114,8 @@ def test_restore_brings_back_buffers_order_current_and_points() -> None:
     state = core.snapshot()
     assert state == ClientState(buffers=["#a", "#b", "#c", "@Bob"], current="#b",
                                 rooms={"#a": 1, "#b": 2, "#c": 2},
-                                dms={nick_key("alice"): {"bob": ("Bob", 3)}})
+                                dms={nick_key("alice"): {"bob": ("Bob", 3)}},
+                                session="s1")
     # A restart with one more room on the command line.
     again = Core("alice", ["#d", "#a"], state)
     assert [b.key for b in again.model.order()] == [SERVER, "#a", "#b", "#c", "bob", "#d"]
