@@ -47,10 +47,9 @@ def proves(secret: str, claim: Any) -> bool:
 
 
 def same_owner(old: Member, new: Member) -> bool:
-    """A guest's session is taken over by a guest; an account's only by that account.
-    The broker has no logged-in sessions yet (protocol.md §12 is being wired): every
-    session is a guest's, so any two are."""
-    return True
+    """A guest's session is taken over by a guest; an account's only by a session logged in
+    to that account (before its hello): the secret alone does not move an account."""
+    return old.account == new.account
 
 
 def claimed(broker: Broker, new: Member, req: dict[str, Any]) -> Member | None:

@@ -166,6 +166,25 @@ def test_takeover_keeps_the_old_nick_and_needs_a_valid_one(
     assert welcome["nick"] == "alice" and welcome["resumed"] is True
 
 
+@pytest.mark.parametrize(("old", "new", "taken"), [
+    ("alice", None, False),  # a guest with the secret does not get an account's session
+    ("alice", "mallory", False),
+    (None, "alice", False),  # nor an account a guest's
+    ("alice", "alice", True),
+])
+def test_an_account_s_session_is_taken_over_by_that_account_only(
+        h: Harness, alice: dict[str, Any], old: str | None, new: str | None,
+        taken: bool) -> None:
+    h.broker.members[1].account = old
+    h.broker.attach(3, "sess3")
+    h.broker.members[3].account = new  # logged in before its hello
+    h.send(3, type="hello", version=1, nick="alice", session="sess1", resume=alice["resume"])
+    (reply,) = h.take(3)
+    assert reply.get("resumed", False) is taken
+    assert reply["type"] == ("welcome" if taken else "error")
+    assert h.broker.take_replaced() == ([(1, "sess3")] if taken else [])
+
+
 def test_the_old_session_ends_with_taken_over() -> None:
     session = Session(Config(), 0)
     session.receive_data(pack({"type": "hello", "version": 1, "nick": "a"}), 1)
