@@ -188,6 +188,15 @@ class RoomPolicy:
             raise ProtocolError("bad_key", f"{room} needs a key: join with the right 'key'")
         return False
 
+    def moved(self, old: Who, new: Who) -> None:
+        """`new` took `old`'s session over (chatd/takeover.py): a guest's rights (operator,
+        an invitation) go with it. An account's are the account's already."""
+        if old.principal in self.operators:
+            self.operators.discard(old.principal)
+            self.operators.add(new.principal)
+        if old.principal in self.invites:
+            self.invites[new.principal] = self.invites.pop(old.principal)
+
     def left(self, who: Who) -> None:
         """`who` left the room: a guest's operator status goes with it."""
         if not who.account:

@@ -26,6 +26,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from chatd import protocol as p
+from chatd.moderation import Who
 
 if TYPE_CHECKING:
     from chatd.broker import Broker, Member
@@ -75,6 +76,11 @@ def hand_over(broker: Broker, old: Member, new: Member) -> str:
         del members[old.sid]
         members[new.sid] = new
     broker.history.handed_over(old.sid, new.sid, new.rooms)
+    # A guest's room rights belong to its session (moderation.Who.principal): they move.
+    # (Invitations may be to rooms it is not in, so every live room is asked.)
+    if old.account is None:
+        for room in broker.rooms.values():
+            room.policy.moved(Who(nick, old.token), Who(nick, new.token))
     old.gone = True
     old.resume = ""
     broker.by_token.pop(old.token, None)

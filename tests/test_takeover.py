@@ -85,6 +85,16 @@ def test_takeover_gives_nick_and_rooms_and_the_rooms_see_nothing(
         ("bob", "psst"), ("alice", "back")]
 
 
+def test_a_guest_s_room_operator_status_goes_with_the_session(
+        h: Harness, alice: dict[str, Any]) -> None:
+    hello(h, 3, "alice", session="sess1", resume=alice["resume"])
+    h.send(3, type="join", room="#a")
+    h.take(3)
+    h.send(3, type="kick", room="#a", nick="bob", label=1)  # it created #a: its operator
+    assert [f for f in h.take(3) if f["type"] == "error"] == []
+    assert 2 not in h.broker.rooms["#a"].members
+
+
 def test_catch_up_after_takeover_is_exact(h: Harness, alice: dict[str, Any]) -> None:
     """Messages on their way to the old connection, and those sent between the takeover
     and the client's join, come in its catch-up pages, each once and in order."""
