@@ -110,7 +110,7 @@ class Broker:
             del self.by_token[member.token]
         if member is not None and not member.gone:
             self._leave_all(member, reason, now_ms)
-            self.remember(member.token, code or "closed", reason)
+            self._remember(member.token, code or "closed", reason)
 
     @property
     def config(self) -> Config:
@@ -263,7 +263,7 @@ class Broker:
             return False
         log.info("session %s refused the nick %s: %s", member.token, nick, why)
         self._leave_all(member, "banned from the server", now_ms)
-        self.remember(member.token, "server_banned", why)
+        self._remember(member.token, "server_banned", why)
         member.gone = True
         self.outbox[member.sid].append(channel.close("server_banned", message=why))
         return True
@@ -278,7 +278,7 @@ class Broker:
         self._leave_all(member, reason, now_ms)
         # "closed": the client vanished without a quit (what detach() records too).
         known = isinstance(code, str) and (code in p.ERRORS or code == "closed")
-        self.remember(member.token, str(code) if known else "quit", reason)
+        self._remember(member.token, str(code) if known else "quit", reason)
         member.gone = True
 
     def _room(self, name: str) -> Room:
@@ -486,7 +486,7 @@ class Broker:
             del self.nicks[p.nick_key(member.nick)]
         self.history.forget(member.sid)
 
-    def remember(self, token: str, code: str, reason: str) -> None:
+    def _remember(self, token: str, code: str, reason: str) -> None:
         """Why session `token` ended, for a later hello.session (welcome.previous)."""
         self.endings[token] = (code, reason)
         while len(self.endings) > REMEMBERED_ENDINGS:

@@ -84,7 +84,7 @@ def hand_over(broker: Broker, old: Member, new: Member) -> str:
     old.gone = True
     old.resume = ""
     broker.by_token.pop(old.token, None)
-    broker.remember(old.token, "taken_over", REASON)
+    broker._remember(old.token, "taken_over", REASON)
     broker.outbox.pop(old.sid, None)  # it gets nothing more: the parent closes it
     broker.replaced.append((old.sid, new.token))
     return nick
