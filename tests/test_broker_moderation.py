@@ -194,3 +194,31 @@ def test_a_storage_failure_changes_nothing(h: Harness, monkeypatch: pytest.Monke
     assert error(h, A) == "storage_unavailable"
     assert h.take(B) == []
     assert not h.broker.rooms["#r"].policy.invite_only
+
+
+def test_an_account_creator_stays_operator_across_a_restart(tmp_path: Any) -> None:
+    """protocol.md §14.1: an account's operator status is stored with the room's policy;
+    a guest who recreates the empty room after a restart does not take it over."""
+    from chatd.broker import Broker
+    from chatd.store import Store
+
+    h = Harness()
+    h.broker = Broker(Store(tmp_path / "h.sqlite3"), h.broker.config)
+    h.connect(A, "alice")
+    h.broker.members[A].account = "alice"  # what logging in sets
+    h.send(A, type="join", room="#r")
+    h.send(A, type="mode", room="#r", key="k")
+    h.send(A, type="quit")
+    h.broker.store.close()
+    h.broker = Broker(Store(tmp_path / "h.sqlite3"), h.broker.config)  # a restart
+    h.connect(B, "bob")
+    h.send(B, type="join", room="#r")
+    assert error(h, B) == "bad_key"
+    h.send(B, type="join", room="#r", key="k")
+    h.send(B, type="mode", room="#r", topic_lock=True)
+    assert error(h, B) == "not_operator"
+    h.connect(C, "Alice2")
+    h.broker.members[C].account = "ALICE"
+    h.send(C, type="join", room="#r")
+    h.send(C, type="mode", room="#r", topic_lock=True)
+    assert event(h, C)["topic_lock"] is True

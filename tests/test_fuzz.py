@@ -44,7 +44,7 @@ values = st.recursive(scalars, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
     max_leaves=10)
 nicks = st.one_of(st.sampled_from(["alice", "Alice", "bob", "BOB", "c[1]", "1bad", "-x", "",
-                                   "n" * 30, "n" * 31, "al ice", "é"]),
+                                   "n" * 30, "n" * 31, "al ice", "é", "b*", "*", "?l?ce"]),
                   st.text(max_size=12))
 rooms = st.one_of(st.sampled_from(["#a", "#A", "#b", "#room.x-y_z", "#", "a", "#bad room",
                                    "#" + "r" * 49, "#" + "r" * 50, "#Ä"]),
@@ -60,6 +60,11 @@ FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "text": texts, "reason": texts, "topic": texts, "client": texts, "session": texts,
     "after": ints, "before": ints, "limit": ints, "action": st.booleans(),
     "token": st.one_of(ints, st.text(max_size=10), st.binary(max_size=10)),
+    # moderation (protocol.md §14): patterns, accounts, keys, durations
+    "account": nicks, "duration": st.one_of(st.sampled_from([0, 1, 31_622_400, 31_622_401]),
+                                            ints),
+    "key": st.one_of(st.sampled_from(["", "k", "a b", "a,b", "k" * 33]), st.text(max_size=8)),
+    "invite_only": st.booleans(), "topic_lock": st.booleans(),
 }
 REQUEST_TYPES = sorted(p.SCHEMAS) + ["bogus", "", "HELLO", "welcome"]
 
