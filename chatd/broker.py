@@ -303,8 +303,9 @@ class Broker:
                                     f"{self.config.max_rooms} rooms", limit="max_rooms")
             policy = room.policy if room is not None else \
                 RoomPolicy.from_json(self.store.policy(name), name)
-            if policy.admit(who(self, member), req.get("key"), now_ms, name, room is None):
-                self._keep_policy(name, policy)  # its creator is its operator now
+            if policy.admit(who(self, member), req.get("key"), now_ms, name, room is None) \
+                    and member.account:  # an account is its operator now: stored (a guest
+                self._keep_policy(name, policy)  # is not, so a guest's join writes nothing)
             if room is None:
                 room = self.rooms[name] = Room(name, *self.store.topic(name), policy=policy)
                 insort(self.room_names, name)
@@ -332,7 +333,8 @@ class Broker:
         assert nick is not None
         if "room" in req:
             room = self._my_room(member, req["room"])
-            room.policy.check_speak(who(self, member), now_ms, room.name)
+            if room.policy.bans or room.policy.mutes:  # most rooms have neither
+                room.policy.check_speak(who(self, member), now_ms, room.name)
             msg_id = self.store.add_message(now_ms, nick, text, action, room=room.name)
             ack: dict[str, Any] = {"type": "ack", "id": msg_id, "ts": now_ms, "room": room.name}
             ack_data = self._reply(member, ack, label)
