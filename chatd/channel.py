@@ -18,6 +18,12 @@ hold one msgpack map for the session process itself, `{"c": KIND, ...}`:
 
 Session -> parent: ordinary protocol frames (chatd.protocol), re-encoded by
 the session from validated fields only, so the parent never sees client bytes.
+
+The channel has a version. A session speaks the version of the code it was forked
+from until it ends, and after `chatd upgrade` its parent runs newer code: a parent
+serves every version in SUPPORTED (the upgrade's probe refuses new code that does not
+serve the versions of the sessions running now). A change a session of an older
+version would not understand gets a new VERSION; SUPPORTED keeps the old ones.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from typing import Any
 
 import msgpack
 
+VERSION = 1  # what this code's sessions speak
+SUPPORTED = frozenset({1})  # what this code's parent serves
 ENVELOPE = struct.Struct(">BI")
 RAW, CTRL = 0, 1
 # Requests whose replies can be large. The broker follows its answer to each (reply or

@@ -29,6 +29,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"],
                        help="log verbosity (default: info)")
+    serve.add_argument("--check", action="store_true",
+                       help="only check that this code starts with these settings (config "
+                       "parses, the store opens, TLS files load), like `nginx -t`; exit 0 "
+                       "if so")
+    upgrade = sub.add_parser("upgrade", help="replace the running server's code with the "
+                             "installed one, keeping every connection",
+                             description="Tell the `chatd serve` holding --data-dir to "
+                             "upgrade in place (the same as SIGUSR2 to it) and print the "
+                             "outcome: it checks the new code first and stays on the old "
+                             "one if that does not start. Exit status 0 if it upgraded.")
+    upgrade.add_argument("--data-dir", type=Path, default=None,
+                         help=f"the server's data dir (default: {default_data_dir()})")
+    upgrade.add_argument("--timeout", type=float, default=60.0,
+                         help="seconds to wait for the outcome (default: 60)")
     sub.add_parser("bench", help="load-test a server and print a report "
                    "(chatd bench --help)")
     sub.add_parser("admin", help="look at and steer a running server: status, sessions, "
@@ -48,23 +62,60 @@ def serve(args: argparse.Namespace) -> int:
                     config_file=args.config, log_level=args.log_level, values=values)
     from chatd.admin import AdminError
     from chatd.bans import BanError
+    from chatd import handover
+    from chatd.datadir import DataDirBusy
     from chatd.master import Master
     from chatd.store import StoreUnusable
     from chatd.tls import TLSConfigError
 
+    if args.check:
+        return check(config)
     try:
-        master = Master(config)
-        master.listen()
+        # After `chatd upgrade`: our predecessor's state (the same process, new code).
+        handed = handover.take_from_environment()
+        master = Master(config, handed)
+        if handed is None:
+            master.listen()
+        else:  # the listeners came with the state; admin.sock is made afresh
+            master.admin.listen()
         # Once, before the first session: what sessions get (and a user we cannot be).
         sandbox.probe(config)
     except (StoreUnusable, TLSConfigError, sandbox.SandboxError, AdminError,
-            BanError) as exc:  # one line
+            BanError, DataDirBusy, handover.HandoverError) as exc:  # one line
         print(f"chatd: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         logging.getLogger("chatd").error("cannot start: %s", exc)
         return 1
     return master.run()
+
+
+def check(config: Config) -> int:
+    """`chatd serve --check`: would this code start with this config? (The probe of
+    `chatd upgrade` runs it, and passes what it must also take over in the environment.)"""
+    import os
+
+    from chatd import handover, tls, upgrade
+    from chatd.master import Master  # noqa: F401 (importing it is part of the check)
+    from chatd.store import StoreUnusable
+    from chatd.stores import history_location, open_reads
+
+    problems = []
+    try:
+        if Path(history_location(config.data_dir)).exists():
+            open_reads(history_location(config.data_dir)).close()
+        if config.tls_cert:
+            tls.ServerTLS(config.values, config.config_file)
+        sandbox.probe(config)
+    except (StoreUnusable, tls.TLSConfigError, sandbox.SandboxError) as exc:
+        problems.append(str(exc))
+    fmt, _sep, channels = os.environ.get(upgrade.CHECK_ENV, "").partition(":")
+    problems += handover.check(fmt, channels)
+    for problem in problems:
+        print(f"chatd: {problem}", file=sys.stderr)
+    if not problems:
+        print("chatd: the code and the configuration are fine")
+    return 2 if problems else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return admin(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command == "upgrade":
+        from chatd.upgrade import send
+
+        return send(args.data_dir or default_data_dir(), args.timeout)
     return serve(args)
 
 

@@ -23,8 +23,9 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from typing import Any
 
-from chatd import channel, child, tls
+from chatd import channel, child, datadir, handover, tls
 from chatd.admin import AdminServer
 from chatd.admission import Gate, source_of
 from chatd.broker import Broker
@@ -36,9 +37,10 @@ from chatd.retention import Retention
 from chatd.routing import Router, now_ms
 from chatd.sessiontable import Child, SessionTable
 from chatd.stores import history_location, open_history
+from chatd.upgrade import Upgrade
 
 log = logging.getLogger("chatd.master")
-SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
 ACCEPT_BATCH = 64
 # Forks per turn of the loop: each stalls routing for milliseconds, so between a few of
 # them the loop routes what the sessions it already has are waiting for.
@@ -47,9 +49,14 @@ REFILL_QUIET = 0.05  # seconds without a new client before spare processes are f
 
 
 class Master:
-    def __init__(self, config: Config) -> None:
+    signals = SIGNALS
+
+    def __init__(self, config: Config, handed: dict[str, Any] | None = None) -> None:
+        """`handed`: the state our predecessor handed over on upgrade (chatd/handover.py)."""
         self.config = config
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        # One parent per data dir (raises datadir.DataDirBusy); an upgrade inherits it.
+        self.lock_fd = handed["lock"] if handed else datadir.lock(config.data_dir)
         self.store = open_history(history_location(config.data_dir))
         self.broker = Broker(self.store, config)
         # The TLS context sessions on tls.port get (a bad certificate stops start-up).
@@ -57,6 +64,7 @@ class Master:
         self.retention = Retention()
         self.sel = selectors.DefaultSelector()
         self.listeners: list[socket.socket] = []
+        self.listener_kinds: dict[socket.socket, str] = {}  # "plain", "tls" or "irc"
         self.life = Lifecycle()  # running, stopping, killing, stopped (chatd/lifecycle.py)
         self.table = SessionTable()  # session processes, spares, kill deadlines
         self.gate = Gate(config, time.monotonic())  # admission: rates and caps
@@ -69,6 +77,10 @@ class Master:
         # by the broker, at registration.
         self.admin = AdminServer(self)
         self.broker.screen = self.admin.ops.screen
+        self.upgrade = Upgrade(self)  # chatd upgrade / SIGUSR2 (chatd/upgrade.py)
+        if handed:
+            handover.restore(self, handed, time.monotonic())
+            self.upgrade.announce()
 
     @property
     def spares(self) -> dict[int, socket.socket]:
@@ -82,21 +94,29 @@ class Master:
         cfg = self.config
         raise_fd_limit(cfg)
         if self.tls is None or cfg.tls_plain:
-            self._listen(cfg.port, self._accept, "listening on %s:%d", "--port")
+            self._listen(cfg.port, "plain", "listening on %s:%d", "--port")
         if self.tls is not None:
-            self._listen(cfg.tls_port, self._accept_tls, "listening for TLS on %s:%d",
-                         "tls.port")
+            self._listen(cfg.tls_port, "tls", "listening for TLS on %s:%d", "tls.port")
         if cfg.irc_port:  # (-1: any free port)
-            self._listen(max(cfg.irc_port, 0), self._accept_irc, "listening for IRC on %s:%d",
+            self._listen(max(cfg.irc_port, 0), "irc", "listening for IRC on %s:%d",
                          "irc.port")
         self.admin.listen()
         return [sock.getsockname()[:2] for sock in self.listeners]
 
-    def _listen(self, port: int, accept: Callable[[socket.socket, int], None],
-                message: str, setting: str) -> None:
+    def _listen(self, port: int, kind: str, message: str, setting: str) -> None:
         for sock in listen(self.config, port, message, setting):
-            self.listeners.append(sock)
-            self.sel.register(sock, selectors.EVENT_READ, accept)
+            self.adopt_listener(sock, kind)
+
+    def adopt_listener(self, sock: socket.socket, kind: str) -> None:
+        """Accept on `sock` (bound by us, or by our predecessor before an upgrade)."""
+        accept: dict[str, Callable[[socket.socket, int], None]] = {
+            "plain": self._accept, "tls": self._accept_tls, "irc": self._accept_irc}
+        self.listeners.append(sock)
+        self.listener_kinds[sock] = kind
+        self.sel.register(sock, selectors.EVENT_READ, accept[kind])
+
+    def stop_time(self) -> float:
+        return self.router.stop_time()
 
     # ---- the loop ----
 
@@ -106,7 +126,10 @@ class Master:
         for sig in SIGNALS:
             signal.signal(sig, _note_signal)
         signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
+        # (blocked across an upgrade's execve(): what came meanwhile is handled now)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         self.sel.register(self.wake_r, selectors.EVENT_READ, self._signals)
+        self.handle_sigchld()  # sessions that ended while we were being upgraded
         gc.freeze()  # what exists now is shared with every child; keep its pages clean
         self.reader.start()
         log.info("chatd %d ready (max_sessions=%d)", os.getpid(), self.config.max_sessions)
@@ -122,6 +145,7 @@ class Master:
                 self.reader.start()
             self.router.route()
             self.admin.tick(time.monotonic())
+            self.upgrade.step()  # (returns only if there was no upgrade to hand over)
             # One small batch at most per iteration, after the routing it must not delay.
             self.retention.step(self.config, self.store, time.monotonic(), now_ms(),
                                 self.broker.rooms)
@@ -130,6 +154,7 @@ class Master:
             # clients is better served by the spares left plus forking on accept.
             if refill and not events and quiet >= REFILL_QUIET:
                 self._fork_spare()
+            self.upgrade.overdue(time.monotonic())
             if self.table.kill_deadline:
                 self.table.kill_overdue(time.monotonic(), self.reader.pids,
                                         f"queues.close_grace={self.config.close_grace:g}s + "
@@ -144,7 +169,8 @@ class Master:
         """Until the nearest named deadline: the stop deadline, a kill deadline, the next
         retention run, the reader's restart, or the quiet moment to fork spares in."""
         deadlines = [self.life.timeout(now), self.table.next_kill(now),
-                     self.retention.timeout(self.config, now), self.admin.timeout(now)]
+                     self.retention.timeout(self.config, now), self.admin.timeout(now),
+                     self.upgrade.timeout(now)]
         if refill:
             deadlines.append(max(0.0, REFILL_QUIET - quiet))
         if self.reader.restart_at is not None and self.life.running:
@@ -288,6 +314,8 @@ class Master:
             if pid == 0:
                 return
             self.table.kill_deadline.pop(pid, None)
+            if self.upgrade.reaped(pid, status):
+                continue
             if not self.reader.reaped(pid, status):
                 self.table.reaped(pid, status)
 
@@ -314,6 +342,10 @@ class Master:
             self.router.doom(pid)
 
     handle_sigint = handle_sigterm
+
+    def handle_sigusr2(self) -> None:
+        """Upgrade in place (chatd/upgrade.py)."""
+        self.upgrade.begin(time.monotonic())
 
     def handle_sighup(self) -> None:
         self.reload()

@@ -155,6 +155,11 @@ class FrameDecoder:
         """Drop what is buffered (the session is ending: free the memory now)."""
         self._buf = bytearray()
 
+    def take(self) -> bytes:
+        """Hand over what is buffered (a partial frame), leaving nothing."""
+        data, self._buf = bytes(self._buf), bytearray()
+        return data
+
     def payloads(self) -> Iterator[bytes]:
         """Yield complete payloads; raise ProtocolError on an oversize header."""
         buf = self._buf

@@ -175,6 +175,10 @@ class Router:
 
     def attach(self, kid: Child) -> None:
         """A new session's channel: watch it, and tell the broker."""
+        self.adopt(kid)
+        self.broker.attach(kid.sid, kid.token)
+
+    def adopt(self, kid: Child) -> None:
+        """Watch a session's channel (the broker knows it already after an upgrade)."""
         kid.handler = lambda _chan, mask: self.readable(kid, mask)
         self.sel.register(kid.chan, selectors.EVENT_READ, kid.handler)
-        self.broker.attach(kid.sid, kid.token)

@@ -61,7 +61,13 @@ class SessionTable:
             max_frame: int) -> Child:
         sid = self.next_sid
         self.next_sid += 1
-        kid = Child(pid, sid, chan, token, ip, FrameDecoder(max_frame), source=source_of(ip))
+        return self.adopt(pid, sid, chan, token, ip, FrameDecoder(max_frame))
+
+    def adopt(self, pid: int, sid: int, chan: socket.socket, token: str, ip: str,
+              decoder: FrameDecoder) -> Child:
+        """A session under a number it already has (new ones: add(); on upgrade, the
+        predecessor's, chatd/handover.py)."""
+        kid = Child(pid, sid, chan, token, ip, decoder, source=source_of(ip))
         self.children[pid] = kid
         self.by_sid[sid] = kid
         self.per_ip[kid.source] = self.per_ip.get(kid.source, 0) + 1
