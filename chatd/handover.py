@@ -75,6 +75,7 @@ def snapshot(master: Master, now: float) -> dict[str, Any]:
                for m in broker.members.values()]
     return {
         "v": VERSION, "lock": master.lock_fd, "next_sid": table.next_sid,
+        "at": now,  # (monotonic: the same clock after execve())
         "listeners": [[sock.fileno(), kind] for sock, kind in master.listener_kinds.items()],
         "children": children, "retiring": retiring, "members": members,
         "nicks": [[key, m.sid] for key, m in broker.nicks.items()],

@@ -80,7 +80,7 @@ class Master:
         self.upgrade = Upgrade(self)  # chatd upgrade / SIGUSR2 (chatd/upgrade.py)
         if handed:
             handover.restore(self, handed, time.monotonic())
-            self.upgrade.announce()
+            self.upgrade.announce(handed["at"])
 
     @property
     def spares(self) -> dict[int, socket.socket]:

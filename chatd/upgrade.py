@@ -159,7 +159,7 @@ class Upgrade:
         if not self.settle(time.monotonic() + SETTLE_TIMEOUT):
             self.fail(f"history reads still in flight after {SETTLE_TIMEOUT:g}s; try again")
             return
-        state = handover.snapshot(master, time.monotonic())
+        state = handover.snapshot(master, time.monotonic())  # "at": the pause starts
         self.exec(state)
 
     def settle(self, deadline: float) -> bool:
@@ -183,11 +183,12 @@ class Upgrade:
             master.router.route()
         return True
 
-    def announce(self) -> None:
+    def announce(self, handed_at: float) -> None:
         """We are the new code, restored: say so (to `chatd upgrade` too)."""
         master = self.master
+        took = (time.monotonic() - handed_at) * 1000
         message = (f"upgraded: pid {os.getpid()} serves {len(master.table.by_sid)} sessions "
-                   f"with the code now installed")
+                   f"with the code now installed ({took:.0f} ms from hand-over to now)")
         log.info("%s", message)
         write_status(master.config.data_dir, True, message)
 
@@ -216,22 +217,24 @@ class Upgrade:
             self.fail(f"cannot execute {sys.executable}: {exc}")
 
 
-def send(data_dir: Path, timeout: float) -> int:
-    """`chatd upgrade --data-dir DIR`: signal the parent and print what became of it."""
+def request(data_dir: Path, timeout: float) -> tuple[bool, str]:
+    """Signal the parent holding `data_dir` to upgrade; (upgraded?, what it said)."""
     pid = datadir.holder(data_dir)
     if pid is None:
-        print(f"chatd upgrade: no chatd serve holds {data_dir}", file=sys.stderr)
-        return 1
+        return False, f"no chatd serve holds {data_dir}"
     before = read_status(data_dir)
     os.kill(pid, signal.SIGUSR2)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = read_status(data_dir)
         if status is not None and status != before:
-            print(f"chatd upgrade: {status.get('message')}",
-                  file=sys.stdout if status.get("ok") else sys.stderr)
-            return 0 if status.get("ok") else 1
-        time.sleep(0.05)
-    print(f"chatd upgrade: no answer from pid {pid} within {timeout:g}s (see its log)",
-          file=sys.stderr)
-    return 1
+            return bool(status.get("ok")), str(status.get("message"))
+        time.sleep(0.02)
+    return False, f"no answer from pid {pid} within {timeout:g}s (see its log)"
+
+
+def send(data_dir: Path, timeout: float) -> int:
+    """`chatd upgrade --data-dir DIR`: signal the parent and print what became of it."""
+    ok, message = request(data_dir, timeout)
+    print(f"chatd upgrade: {message}", file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1

@@ -22,7 +22,7 @@ from chatd.protocol import pack
 from .generators import Helper
 from .load import Conn, Progress, ServerRef, Stats, Window, open_session, percentiles, until
 from .probes import ServerProbe
-from .report import COL, cpu_line, target
+from .report import COL, cpu_line, latency_line, target
 
 ADMISSION = False  # the server's admission limits are lifted: not what is measured
 SCENARIOS: dict[str, dict[str, Any]] = {
@@ -399,8 +399,7 @@ def render(report: dict[str, Any]) -> list[str]:
             lines.append(f"{'':<{COL}} lost {ph['lost']}, duplicates {ph['duplicates']}, acks "
                          f"{ph['acks']}/{ph['messages']}"
                          + (f", errors {ph['errors']}" if ph["errors"] else ""))
-            lines.append(f"{'':<{COL}} latency p50 {lat['p50']} ms, p90 {lat['p90']} ms, "
-                         f"p99 {lat['p99']} ms, max {lat['max']} ms")
+            lines.append(latency_line(lat))
             per = ph.get("server_cpu_us_per_delivery")
             lines.append(f"{'':<{COL}} {cpu_line(ph)}"
                          + (f" = {per:.3f} us/delivery" if per is not None else ""))

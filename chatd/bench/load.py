@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -222,6 +223,7 @@ class ServerRef:
     port: int
     probe: ServerProbe
     spare: int = 0  # its pool of spare session processes (as spawned by the benchmark)
+    data_dir: Path | None = None  # a spawned server's (chatd bench upgrade needs it)
 
 
 @dataclass

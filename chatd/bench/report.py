@@ -35,6 +35,12 @@ def cpu_line(ph: dict[str, Any]) -> str:
         f"sessions {ph['server_cpu_sessions_s']:.3f})")
 
 
+def latency_line(lat: dict[str, Any]) -> str:
+    """A phase's delivery latency percentiles (load.percentiles)."""
+    return (f"{'':<{COL}} latency p50 {lat['p50']} ms, p90 {lat['p90']} ms, "
+            f"p99 {lat['p99']} ms, max {lat['max']} ms")
+
+
 def chat_line(ph: dict[str, Any]) -> str:
     """A bystander's chat in one phase (load.chat_phase)."""
     c = ph["chat_ms"]
