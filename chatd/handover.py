@@ -13,7 +13,9 @@ reader), the admission rates start afresh, spares are forked again by the new co
 the old history reader is told to exit and a new one is started. The parent hands over
 only when no history read is in flight (see chatd/upgrade.py), so no catch-up is cut.
 
-The format has a version (`VERSION`): the probe of the new code is told which one the
+State added to the parent later must be added here too: the members go field by field
+(tests/test_handover.py), anything else the broker keeps must be named. The format has a
+version (`VERSION`): the probe of the new code is told which one the
 old parent writes and refuses the upgrade if it cannot read it, and the same for the
 channel versions its sessions speak (chatd/channel.py: VERSION).
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -71,8 +74,9 @@ def snapshot(master: Master, now: float) -> dict[str, Any]:
                          "token": kid.token, "ip": kid.ip, "cv": channel.VERSION,
                          "in": kid.decoder.take(), "out": out, "closing": kid.closing,
                          "attached": kid.attached, "kill": kill_in(pid)})
-    members = [[m.sid, m.token, m.nick, sorted(m.rooms), m.gone]
-               for m in broker.members.values()]
+    # every field of each Member, by name (a field added later is handed over too)
+    members = [{f.name: sorted(m.rooms) if f.name == "rooms" else getattr(m, f.name)
+                for f in fields(Member)} for m in broker.members.values()]
     return {
         "v": VERSION, "lock": master.lock_fd, "next_sid": table.next_sid,
         "at": now,  # (monotonic: the same clock after execve())
@@ -154,8 +158,11 @@ def restore(master: Master, state: dict[str, Any], now: float) -> None:
         table.retiring.add(pid)
         table.kill_deadline[pid] = now + (kill if kill is not None else master.stop_time())
     members: dict[int, Member] = {}
-    for sid, token, nick, rooms, gone in state["members"]:
-        members[sid] = Member(sid, token, nick, set(rooms), gone)
+    known = {f.name for f in fields(Member)}
+    for rec in state["members"]:  # (a field this code does not know is left out)
+        member = Member(**{k: v for k, v in rec.items() if k in known})
+        member.rooms = set(member.rooms)
+        members[member.sid] = member
     refused = 0
     for rec in state["children"]:
         chan = socket.socket(fileno=rec["fd"])

@@ -4,6 +4,7 @@ socketpairs, pids are made up), and the versions the new code refuses."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -15,6 +16,7 @@ import msgpack
 import pytest
 
 from chatd import channel, handover
+from chatd.broker import Member
 from chatd.config import Config, parse_settings
 from chatd.master import Master
 from chatd.protocol import HEADER, pack
@@ -62,6 +64,10 @@ def request(master: Master, sid: int, frame: dict[str, Any], now: int) -> None:
     master.broker.receive(sid, pack(frame)[HEADER.size:], now)
 
 
+def fields_of(member: Member) -> dict[str, Any]:
+    return {f.name: getattr(member, f.name) for f in dataclasses.fields(member)}
+
+
 def hand_over(old: Master) -> dict[str, Any]:
     """The snapshot as the successor reads it, with fds of its own (dups)."""
     state = handover.snapshot(old, 0.0)
@@ -80,12 +86,15 @@ def test_handover_restores_who_is_who_nicks_rooms_and_queued_bytes(
     parents.append(old)
     theirs = [session(old, 501, "alice", "#a", "#b"), session(old, 502, "bob", "#a")]
     alice = old.table.children[501]
+    old.broker.members[alice.sid].account = "alice"  # (logged in)
     alice.out.add(b"queued")  # not yet written to its channel
     alice.decoder.receive_data(b"\x00\x00")  # half a frame header read from it
     state = hand_over(old)
     new = Master(config(tmp_path / "data"), state)
     parents.append(new)
     assert {m.nick for m in new.broker.members.values()} == {"alice", "bob"}
+    for member in old.broker.members.values():  # every field, whatever fields there are
+        assert fields_of(new.broker.members[member.sid]) == fields_of(member)
     assert set(new.broker.rooms["#a"].members) == {alice.sid, old.table.children[502].sid}
     assert new.broker.room_names == ["#a", "#b"]
     assert new.table.children[501].decoder.buffered == 2
