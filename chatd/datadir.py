@@ -1,11 +1,11 @@
-"""One parent per data dir: an flock() on `DATA/chatd.pid`, which also names the parent.
+"""One parent per data dir: an flock() on the directory; `DATA/chatd.pid` names the parent.
 
 Two parents serving one data dir would hand out the same message ids. The lock is an
 flock() on an open file, so the kernel drops it when the parent dies however it dies
 (a `kill -9` too): a new `chatd serve` on the same data dir starts at once, while the
 old parent's session processes (which closed the file right after their fork) run on.
 The lock survives the parent's re-exec on `chatd upgrade` (same open file, same PID).
-The file holds the parent's PID, which `chatd upgrade --data-dir` signals.
+`chatd.pid` holds the parent's PID, which `chatd upgrade --data-dir` signals.
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ def pid_path(data_dir: Path) -> Path:
 
 def lock(data_dir: Path) -> int:
     """Lock `data_dir` for this process and write our pid; the lock's fd (keep it open:
-    closing it unlocks). Raises DataDirBusy naming the holder."""
-    path = pid_path(data_dir)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    closing it unlocks). Raises DataDirBusy naming the holder.
+
+    The lock is on the directory itself, so that it works where nothing can be written
+    (a read-only data dir is then reported by the store, with what to do)."""
+    fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -42,8 +44,10 @@ def lock(data_dir: Path) -> int:
     except OSError:
         os.close(fd)
         raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    tmp = pid_path(data_dir).with_suffix(".tmp")
+    with contextlib.suppress(OSError):  # (read-only: the store says so, at once)
+        tmp.write_text(f"{os.getpid()}\n")
+        os.replace(tmp, pid_path(data_dir))
     return fd
 
 
@@ -57,7 +61,7 @@ def read_pid(data_dir: Path) -> int | None:
 def holder(data_dir: Path) -> int | None:
     """The pid of the parent serving `data_dir` now (the file is locked), else None."""
     try:
-        fd = os.open(pid_path(data_dir), os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
