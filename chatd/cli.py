@@ -60,9 +60,9 @@ def serve(args: argparse.Namespace) -> int:
     config = Config(host=args.host, port=args.port,
                     data_dir=args.data_dir or default_data_dir(),
                     config_file=args.config, log_level=args.log_level, values=values)
+    from chatd import handover
     from chatd.admin import AdminError
     from chatd.bans import BanError
-    from chatd import handover
     from chatd.datadir import DataDirBusy
     from chatd.master import Master
     from chatd.store import StoreUnusable
