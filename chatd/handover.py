@@ -33,6 +33,7 @@ import msgpack
 from chatd import channel
 from chatd.broker import Member, Room
 from chatd.history import Catchup
+from chatd.moderation import RoomPolicy
 from chatd.protocol import FrameDecoder
 
 if TYPE_CHECKING:
@@ -83,12 +84,26 @@ def snapshot(master: Master, now: float) -> dict[str, Any]:
         "listeners": [[sock.fileno(), kind] for sock, kind in master.listener_kinds.items()],
         "children": children, "retiring": retiring, "members": members,
         "nicks": [[key, m.sid] for key, m in broker.nicks.items()],
-        "rooms": [[r.name, r.topic, r.topic_by, r.topic_ts] for r in broker.rooms.values()],
+        "rooms": [[r.name, r.topic, r.topic_by, r.topic_ts, policy(r.policy)]
+                  for r in broker.rooms.values()],
         "endings": [[tok, code, why] for tok, (code, why) in broker.endings.items()],
         "marks": [[sid, mark] for sid, mark in broker.history.marks.items()],
         # members still paging through a room's catch-up (no read is in flight)
         "catching": [[cu.sid, cu.room] for cu in broker.history.catching.values()],
     }
+
+
+def policy(rules: RoomPolicy) -> dict[str, Any]:
+    """A room's moderation policy whole: what the store keeps, and what it does not (the
+    guests' operator status and invitations, which last as long as the room)."""
+    return {"stored": rules.to_json(), "operators": sorted(rules.operators),
+            "invites": dict(rules.invites)}
+
+
+def room_policy(doc: dict[str, Any], room: str) -> RoomPolicy:
+    rules = RoomPolicy.from_json(doc["stored"], room)
+    rules.operators, rules.invites = set(doc["operators"]), dict(doc["invites"])
+    return rules
 
 
 def kept_fds(state: dict[str, Any]) -> list[int]:
@@ -191,8 +206,8 @@ def restore(master: Master, state: dict[str, Any], now: float) -> None:
     for key, sid in state["nicks"]:
         if sid in members:
             broker.nicks[key] = members[sid]
-    for name, topic, by, ts in state["rooms"]:
-        broker.rooms[name] = Room(name, topic, by, ts)
+    for name, topic, by, ts, rules in state["rooms"]:
+        broker.rooms[name] = Room(name, topic, by, ts, policy=room_policy(rules, name))
         broker.history.room_created(name)
     for member in members.values():
         for name in member.rooms:

@@ -87,6 +87,9 @@ def test_handover_restores_who_is_who_nicks_rooms_and_queued_bytes(
     theirs = [session(old, 501, "alice", "#a", "#b"), session(old, 502, "bob", "#a")]
     alice = old.table.children[501]
     old.broker.members[alice.sid].account = "alice"  # (logged in)
+    rules = old.broker.rooms["#a"].policy
+    rules.operators.add("n:guestop")  # a guest's operator status: not in the store
+    rules.topic_lock = True
     alice.out.add(b"queued")  # not yet written to its channel
     alice.decoder.receive_data(b"\x00\x00")  # half a frame header read from it
     state = hand_over(old)
@@ -97,6 +100,8 @@ def test_handover_restores_who_is_who_nicks_rooms_and_queued_bytes(
         assert fields_of(new.broker.members[member.sid]) == fields_of(member)
     assert set(new.broker.rooms["#a"].members) == {alice.sid, old.table.children[502].sid}
     assert new.broker.room_names == ["#a", "#b"]
+    moved = new.broker.rooms["#a"].policy
+    assert moved.operators == rules.operators and moved.topic_lock
     assert new.table.children[501].decoder.buffered == 2
     assert new.table.next_sid == old.table.next_sid
     # what was queued reaches the session through the inherited channel
