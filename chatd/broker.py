@@ -38,6 +38,8 @@ from chatd.stores import HistoryStore
 log = logging.getLogger("chatd.broker")
 Item = bytes | dict[str, Any]
 REMEMBERED_ENDINGS = 4096
+# Requests that never change who a member is: no `state` control after them.
+STATELESS = frozenset({"msg", "ping", "pong", "history", "who", "rooms", "topic", "quit"})
 
 
 @dataclass(slots=True, eq=False)
@@ -89,6 +91,10 @@ class Broker:
         self.history = History(config, last_id, self._emit, store.flush)
         # Server bans (chatd/adminops.py): why a nick or account may not register, or None.
         self.screen: Callable[[str | None, str | None], str | None] | None = None
+        # Signs a member's `state` control (chatd/orphan.py), sent after each step in which
+        # who it is may have changed (`restate`); None: no state controls (unit tests).
+        self.signer: Callable[[Member], dict[str, Any] | None] | None = None
+        self.restate: set[int] = set()
         self._handlers = {
             "hello": self._hello, "quit": self._quit, "join": self._join,
             "part": self._part, "msg": self._msg, "nick": self._nick,
@@ -125,6 +131,8 @@ class Broker:
         """What may be delivered now: the store has committed everything it acknowledges."""
         self.store.flush()  # a failure has already taken the acks back (_unsend)
         self._unsettled.clear()
+        if self.restate:
+            self._states()
         out, self.outbox = self.outbox, defaultdict(list)
         return out
 
@@ -133,6 +141,16 @@ class Broker:
         parent tells each to close with `taken_over` (takeover.py)."""
         replaced, self.replaced = self.replaced, []
         return replaced
+
+    def _states(self) -> None:
+        """A `state` control to each member who may have changed (Broker.signer)."""
+        for sid in self.restate:
+            member = self.members.get(sid)
+            state = self.signer(member) if self.signer and member and not member.gone \
+                else None
+            if state is not None:
+                self.outbox[sid].append(state)
+        self.restate.clear()
 
     def take_reads(self) -> list[tuple[int, dict[str, Any]]]:
         """History reads for the reader, as (session, read); hand them over only after
@@ -187,6 +205,8 @@ class Broker:
             self.outbox[sid].append(channel.close("internal"))
         if rtype in CATCHUP and not later:  # answered, whatever the outcome: the session
             self.outbox[sid].append(DONE)  # may send more (a read's reply brings its own)
+        if rtype not in STATELESS:
+            self.restate.add(sid)
 
     def _reply(self, member: Member, frame: dict[str, Any], label: Any) -> bytes:
         if label is not None:
@@ -465,6 +485,7 @@ class Broker:
     def _leave(self, member: Member, room: Room, notice: dict[str, Any] | None,
                now_ms: int = 0) -> None:
         """`member` leaves `room`; the others get `notice` (None: they have been told)."""
+        self.restate.add(member.sid)  # (kicked, too)
         del room.members[member.sid]
         member.rooms.discard(room.name)
         self.history.left(member.sid, room.name)

@@ -15,6 +15,10 @@ hold one msgpack map for the session process itself, `{"c": KIND, ...}`:
              end the session with this error (the broker already forgot it)
     config   {"c": "config", "values": {...}}   the settings after a reload
     done     {"c": "done"}                       a catch-up request (CATCHUP) is answered
+    state    {"c": "state", "nick", "account", "rooms", "sig"}
+             who the session is now (after a hello, join, part, nick, ...), signed for its
+             pid and token: what it shows a next parent if this one dies (chatd/orphan.py)
+    adopted  {"c": "adopted"}                    a new parent took the session in
 
 Session -> parent: ordinary protocol frames (chatd.protocol), re-encoded by
 the session from validated fields only, so the parent never sees client bytes.
@@ -44,8 +48,10 @@ CATCHUP = frozenset({"join", "history"})
 
 Control = dict[str, Any]
 CLIENT, WELCOME, CLOSE, CONFIG, DONE_KIND = "client", "welcome", "close", "config", "done"
-KINDS = frozenset({CLIENT, WELCOME, CLOSE, CONFIG, DONE_KIND})
+STATE, ADOPTED_KIND = "state", "adopted"
+KINDS = frozenset({CLIENT, WELCOME, CLOSE, CONFIG, DONE_KIND, STATE, ADOPTED_KIND})
 DONE: Control = {"c": DONE_KIND}
+ADOPTED: Control = {"c": ADOPTED_KIND}
 
 
 def client(token: str, ip: str, tls: bool = False, irc: bool = False) -> Control:

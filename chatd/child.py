@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import NoReturn
 
-from chatd import channel, logsetup, sandbox, tls
+from chatd import channel, logsetup, orphan, sandbox, tls
 from chatd.channel import CTRL, EnvelopeReader, decode_control
 from chatd.config import Config
 from chatd.outbox import recv, tune_client_socket
@@ -74,8 +74,10 @@ def _on_sigxcpu(signum: int, frame: object) -> None:
     raise ResourceLimit("max_cpu_seconds")
 
 
-def prepare(config: Config, keep: set[int], label: str) -> None:
-    """Fork hygiene, done first thing in the new process (SessionWorker.init_process)."""
+def prepare(config: Config, keep: set[int], label: str) -> socket.socket | None:
+    """Fork hygiene, done first thing in the new process (SessionWorker.init_process);
+    returns the socket a next parent would find us on (chatd/orphan.py), if any."""
+    orphan.forget_key()  # the parent's: never a session's
     # Whatever the parent built is ours only to read: keep the collector off its pages.
     gc.freeze()
     close_inherited(keep | {0, 1, 2})
@@ -105,8 +107,11 @@ def prepare(config: Config, keep: set[int], label: str) -> None:
             soft, cap = min(soft, hard), min(cap, hard)
         signal.signal(signal.SIGXCPU, _on_sigxcpu)
         resource.setrlimit(resource.RLIMIT_CPU, (soft, cap))
+    # Made while we may still make sockets; accept() works on it (and only it) after.
+    listener = orphan.listen(config.data_dir)
     # Last, before the first client byte: the unprivileged user, then the seccomp filter.
     sandbox.apply(config)
+    return listener
 
 
 @dataclass
@@ -139,6 +144,7 @@ class SessionWorker:
         self.chan: socket.socket | None = None  # set by the parent's spawn, before fork
         self.reader = EnvelopeReader()
         self.pending: Envelopes = []
+        self.adoption: orphan.Adoption | None = None
 
     # ---- the process's life ----
 
@@ -163,7 +169,10 @@ class SessionWorker:
         """Fork hygiene, first thing after the fork."""
         assert self.chan is not None
         keep = {self.chan.fileno()} | ({self.conn.fileno()} if self.conn else set())
-        prepare(self.config, keep, self.token or "spare")
+        parent_uid = os.getuid()  # (before the sandbox may switch users)
+        listener = prepare(self.config, keep, self.token or "spare")
+        if listener is not None:
+            self.adoption = orphan.Adoption(listener, parent_uid)
 
     def run(self) -> int:
         """Wait for a client if we are a spare, then serve it; returns the exit status."""
@@ -184,8 +193,10 @@ class SessionWorker:
                 self.conn.close()
                 return EXIT_OK
             client = stream
+        if self.adoption is not None:
+            self.adoption.token, self.adoption.ip = self.token, self.ip
         return Loop(client, self.chan, self.config, self.ip, self.reader, self.pending,
-                    started, self.irc).serve()
+                    started, self.irc, self.adoption).serve()
 
     def handshake(self, deadline: float) -> tls.TLSStream | None:
         """The server side of the TLS handshake, first of all, within handshake_timeout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 from chatd import logsetup, sandbox
@@ -76,6 +77,7 @@ def serve(args: argparse.Namespace) -> int:
         master = Master(config, handed)
         if handed is None:
             master.listen()
+            master.adopter.start(time.monotonic())  # sessions a dead parent left
         else:  # the listeners came with the state; admin.sock is made afresh
             master.admin.listen()
         # Once, before the first session: what sessions get (and a user we cannot be).

@@ -90,6 +90,8 @@ def snapshot(master: Master, now: float) -> dict[str, Any]:
         "marks": [[sid, mark] for sid, mark in broker.history.marks.items()],
         # members still paging through a room's catch-up (no read is in flight)
         "catching": [[cu.sid, cu.room] for cu in broker.history.catching.values()],
+        # sessions adopted from a dead parent are watched through these (chatd/adopt.py)
+        "pidfds": [[pid, fd] for pid, fd in table.pidfds.items()],
     }
 
 
@@ -109,7 +111,8 @@ def room_policy(doc: dict[str, Any], room: str) -> RoomPolicy:
 def kept_fds(state: dict[str, Any]) -> list[int]:
     """The fds the snapshot names: they must stay open across execve()."""
     return [state["lock"], *(fd for fd, _kind in state["listeners"]),
-            *(kid["fd"] for kid in state["children"])]
+            *(kid["fd"] for kid in state["children"]),
+            *(fd for _pid, fd in state.get("pidfds", []))]
 
 
 def write(state: dict[str, Any]) -> int:
@@ -221,6 +224,8 @@ def restore(master: Master, state: dict[str, Any], now: float) -> None:
         if sid in members and name in broker.rooms:
             history.catching[(sid, name)] = Catchup(sid, name)
             history.held[name].add(sid)
+    for pid, fd in state.get("pidfds", []):
+        master.adopter.watch(pid, fd)
     for kid in list(table.by_sid.values()):
         router.flush(kid)  # what the old parent had queued for it
     log.info("took over %d sessions, %d rooms, %d listeners%s", len(table.by_sid),

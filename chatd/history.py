@@ -249,6 +249,14 @@ class History:
         head = _head({"type": "history", "room": room}, label)
         return self._serve(sid, label, {"room": room}, head, after, None, limit, cu)
 
+    def resume(self, sid: int, room: str, after: int) -> None:
+        """A re-adopted member (chatd/adopt.py) that delivered every message up to id
+        `after`: the room's newer ones follow as `message` frames (it asked for no page),
+        from the ring or from reads, then it is live."""
+        cu = self.catching[(sid, room)] = Catchup(sid, room)
+        self.held[room].add(sid)
+        self._fill(cu, after)
+
     def request(self, sid: int, where: dict[str, Any], reply: dict[str, Any],
                 before: int | None, after: int | None, limit: int, label: Any) -> bool:
         """A `history` request (membership already checked); True when answered later."""

@@ -25,10 +25,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from chatd import channel, child, datadir, handover, tls
+from chatd import channel, child, datadir, handover, orphan, tls
 from chatd.admin import AdminServer
 from chatd.admission import Gate, source_of
-from chatd.broker import Broker
+from chatd.adopt import Adopter
+from chatd.broker import Broker, Member
 from chatd.config import Config, ConfigError, diff, load_file
 from chatd.helpers import HistoryReaderHelper
 from chatd.lifecycle import Lifecycle
@@ -78,6 +79,11 @@ class Master:
         self.admin = AdminServer(self)
         self.broker.screen = self.admin.ops.screen
         self.upgrade = Upgrade(self)  # chatd upgrade / SIGUSR2 (chatd/upgrade.py)
+        # Sessions outlive us: each carries the broker's signed word on who it is, which
+        # a next parent checks with the data dir's key when it adopts them (chatd/adopt.py).
+        orphan.KEY[:] = orphan.load_key(config.data_dir)
+        self.broker.signer = self._state
+        self.adopter = Adopter(self, orphan.KEY)
         if handed:
             handover.restore(self, handed, time.monotonic())
             self.upgrade.announce(handed["at"])
@@ -109,11 +115,18 @@ class Master:
 
     def adopt_listener(self, sock: socket.socket, kind: str) -> None:
         """Accept on `sock` (bound by us, or by our predecessor before an upgrade)."""
-        accept: dict[str, Callable[[socket.socket, int], None]] = {
-            "plain": self._accept, "tls": self._accept_tls, "irc": self._accept_irc}
         self.listeners.append(sock)
         self.listener_kinds[sock] = kind
-        self.sel.register(sock, selectors.EVENT_READ, accept[kind])
+        self.hold_listener(sock, False)
+
+    def hold_listener(self, sock: socket.socket, held: bool) -> None:
+        """Stop (or start again) accepting on `sock`: new clients wait in its backlog."""
+        accept: dict[str, Callable[[socket.socket, int], None]] = {
+            "plain": self._accept, "tls": self._accept_tls, "irc": self._accept_irc}
+        if held:
+            self.sel.unregister(sock)
+        else:
+            self.sel.register(sock, selectors.EVENT_READ, accept[self.listener_kinds[sock]])
 
     def stop_time(self) -> float:
         return self.router.stop_time()
@@ -155,6 +168,7 @@ class Master:
             if refill and not events and quiet >= REFILL_QUIET:
                 self._fork_spare()
             self.upgrade.overdue(time.monotonic())
+            self.adopter.overdue(time.monotonic())
             if self.table.kill_deadline:
                 self.table.kill_overdue(time.monotonic(), self.reader.pids,
                                         f"queues.close_grace={self.config.close_grace:g}s + "
@@ -170,7 +184,7 @@ class Master:
         retention run, the reader's restart, or the quiet moment to fork spares in."""
         deadlines = [self.life.timeout(now), self.table.next_kill(now),
                      self.retention.timeout(self.config, now), self.admin.timeout(now),
-                     self.upgrade.timeout(now)]
+                     self.upgrade.timeout(now), self.adopter.timeout(now)]
         if refill:
             deadlines.append(max(0.0, REFILL_QUIET - quiet))
         if self.reader.restart_at is not None and self.life.running:
@@ -342,6 +356,15 @@ class Master:
             self.router.doom(pid)
 
     handle_sigint = handle_sigterm
+
+    def _state(self, member: Member) -> dict[str, Any] | None:
+        """The `state` control for a member (Broker.signer): signed for its process."""
+        kid = self.table.by_sid.get(member.sid)
+        if kid is None:
+            return None
+        return {"c": channel.STATE, **orphan.signed_state(
+            orphan.KEY, kid.pid, member.token, member.nick, member.account,
+            sorted(member.rooms))}
 
     def handle_sigusr2(self) -> None:
         """Upgrade in place (chatd/upgrade.py)."""

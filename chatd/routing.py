@@ -9,9 +9,7 @@ has committed to the channels without ever blocking.
 from __future__ import annotations
 
 import logging
-import os
 import selectors
-import signal
 import time
 from collections.abc import Callable
 
@@ -156,6 +154,10 @@ class Router:
             self.closed(kid, "connection lost")
             return
         kid.decoder.receive_data(data)
+        self.take(kid)
+
+    def take(self, kid: Child) -> None:
+        """Hand the broker the requests whole in the session's decoder."""
         now = now_ms()
         try:
             for payload in kid.decoder.payloads():
@@ -163,7 +165,7 @@ class Router:
         except ProtocolError:
             # Only our own session code writes here: this is a bug or a compromise.
             log.error("session %s (pid %d) broke channel framing", kid.token, kid.pid)
-            os.kill(kid.pid, signal.SIGKILL)
+            self.table.kill(kid.pid)
 
     def closed(self, kid: Child, reason: str) -> None:
         self.doom(kid.pid)  # nothing left for it to do but exit

@@ -9,7 +9,8 @@ fork hygiene and before it reads a byte from its client:
 2. PR_SET_NO_NEW_PRIVS: nothing it could run would gain privileges;
 3. with `server.sandbox` (the default): a seccomp filter refuses (EPERM) every system
    call that opens, creates, changes or mounts anything in the file system, makes a
-   socket, connects, binds, execs, forks, or signals or inspects another process. What
+   socket, connects, binds, accepts (but on the adoption socket, fd 3: chatd/orphan.py),
+   execs, forks, or signals or inspects another process. What
    the session already holds keeps working: its client socket, its channel to the
    parent (a spare session receives its client there, with recvmsg), stderr.
 
@@ -89,7 +90,7 @@ DENIED: tuple[tuple[str, int | None, int | None], ...] = (
     ("io_uring_register", 427, 427),
     # the network: no new socket, no new peer
     ("socket", 41, 198), ("socketpair", 53, 199), ("connect", 42, 203), ("bind", 49, 200),
-    ("listen", 50, 201), ("accept", 43, 202), ("accept4", 288, 242),
+    ("listen", 50, 201),
     # other processes (every session runs as the same user): no signals, no peeking, no
     # new processes or namespaces
     ("kill", 62, 129), ("tkill", 200, 130), ("tgkill", 234, 131),
@@ -114,6 +115,10 @@ REFUSED_ARGS = (
 )
 # (name, x86_64, aarch64, argument): allowed only when it is 0 (this process).
 ONLY_SELF = (("prlimit64", 302, 261, 0),)
+# A session listens for a next parent on this fd (chatd/orphan.py), made before the filter;
+# accept() works there only, so a listening socket it might still hold by mistake is no use.
+ADOPT_FD = 3
+ONLY_ADOPT_FD = (("accept", 43, 202, 0), ("accept4", 288, 242, 0))
 
 
 class SandboxError(Exception):
@@ -194,9 +199,10 @@ def _build(machine: str) -> bytes:
         blocks += [name, (LD_ABS, ARGS_AT + 8 * arg, 0, 0)]
         blocks += [(JEQ, value, "deny", 0) for value in values]
         blocks += [(JA, "allow")]
-    for name, *nr_by_arch, arg in ONLY_SELF:
-        cases[int(nr_by_arch[col - 1])] = name
-        blocks += [name, (LD_ABS, ARGS_AT + 8 * arg, 0, 0), (JEQ, 0, "allow", "deny")]
+    for rows, value in ((ONLY_SELF, 0), (ONLY_ADOPT_FD, ADOPT_FD)):
+        for name, *nr_by_arch, arg in rows:
+            cases[int(nr_by_arch[col - 1])] = name
+            blocks += [name, (LD_ABS, ARGS_AT + 8 * arg, 0, 0), (JEQ, value, "allow", "deny")]
     code += _tree(sorted(cases.items()), [0])
     code += blocks
     code += ["allow", (RET, RET_ALLOW, 0, 0), "deny", (RET, RET_ERRNO | errno.EPERM, 0, 0),

@@ -247,6 +247,14 @@ class Session:
         if self.broker_deadline is None:
             self.broker_deadline = now_ms + ms(self.config.broker_grace)
 
+    def broker_back(self) -> None:
+        """A new parent adopted us (chatd/orphan.py): what was in flight to the old one is
+        gone with it, so nothing waits for its answers any more."""
+        self.broker_deadline = None
+        self.catchup_inflight = 0
+        if not self.ended:
+            self._release()
+
     # ---- time ----
 
     def next_deadline(self) -> float:

@@ -9,7 +9,7 @@ import select
 import socket
 import time
 
-from chatd import tls
+from chatd import channel, orphan, tls
 from chatd.channel import CTRL, RAW, EnvelopeReader, decode_control
 from chatd.config import Config
 from chatd.frontends import Codec, IrcCodec, NativeCodec
@@ -61,10 +61,14 @@ class Loop:
 
     def __init__(self, sock: socket.socket | tls.TLSStream, chan: socket.socket,
                  config: Config, peer: str, reader: EnvelopeReader, pending: Envelopes,
-                 started: float, irc: bool = False) -> None:
+                 started: float, irc: bool = False,
+                 adoption: orphan.Adoption | None = None) -> None:
         """`sock` may be a tls.TLSStream; `started` is when the handshake deadline started
-        (now, unless a TLS handshake came first); `irc`: the client speaks IRC."""
+        (now, unless a TLS handshake came first); `irc`: the client speaks IRC;
+        `adoption`: how a next parent can take this session in if ours dies."""
         self.sock, self.chan, self.peer = sock, chan, peer
+        self.adoption = adoption
+        self.cfd = chan.fileno()
         self.reader, self.pending = reader, pending
         self.session = Session(config, int(started * 1000))
         # Plaintext a TLS stream holds is invisible to epoll: the loop reads it without
@@ -85,9 +89,9 @@ class Loop:
         sock, chan, session = self.sock, self.chan, self.session
         tune_client_socket(sock, session.config)
         chan.setblocking(False)
-        sfd, cfd = sock.fileno(), chan.fileno()
+        sfd = sock.fileno()
         self.ep.register(sfd, EPOLLIN)
-        self.ep.register(cfd, EPOLLIN)
+        self.ep.register(self.cfd, EPOLLIN)
         log.info("serving %s", self.peer)
         status = 0
         try:
@@ -107,8 +111,10 @@ class Loop:
                 for fd, ev in events:
                     if fd == sfd:
                         self.on_client(ev, now)
-                    elif fd == cfd:
+                    elif fd == self.cfd:
                         self.on_channel(ev, now)
+                    else:
+                        self.on_adopt(now)
                 if self.fed:
                     self.on_session(now_ms())
                     deadline = session.next_deadline()
@@ -177,14 +183,22 @@ class Loop:
     def on_envelopes(self, envelopes: Envelopes, now: int) -> None:
         """RAW bodies to the client (natively: uncopied), controls to the Session."""
         forward_raw = self.forward_raw
+        adoption = self.adoption
         for kind, body in envelopes:
             if kind == RAW:
                 if forward_raw is not None:
                     forward_raw(body)
                 else:
                     self.codec.raw(body, now)
+                if adoption is not None:
+                    adoption.delivered.feed(body)
             elif kind == CTRL:
-                self.session.control(decode_control(body))
+                ctrl = decode_control(body)
+                if ctrl.get("c") == channel.STATE:
+                    if adoption is not None:
+                        adoption.state = ctrl
+                    continue
+                self.session.control(ctrl)
                 self.fed = True
         if self.codec.take_fed():
             self.fed = True
@@ -229,6 +243,32 @@ class Loop:
             self.ep.unregister(self.chan)
         self.session.broker_lost(now)
         self.fed = True
+        adoption = self.adoption
+        if adoption is not None and adoption.possible and not adoption.watching:
+            self.ep.register(adoption.listener, EPOLLIN)  # a next parent may come for us
+            adoption.watching = True
+
+    def on_adopt(self, now: int) -> None:
+        """A would-be parent connected: re-register with it, and it is our channel."""
+        adoption = self.adoption
+        assert adoption is not None
+        conn = orphan.accept(adoption.listener, adoption.parent_uid)
+        if conn is None or self.session.ended:
+            if conn is not None:
+                conn.close()
+            return
+        self.ep.unregister(adoption.listener)
+        adoption.watching = False
+        self.chan.close()
+        self.chan, self.cfd, self.reader = conn, conn.fileno(), EnvelopeReader()
+        orphan.restart(self.to_broker, adoption.registration())
+        self.ep.register(self.cfd, EPOLLIN | EPOLLOUT)
+        self.chan_mask = EPOLLIN | EPOLLOUT
+        self.broker_open = True
+        self.session.broker_back()
+        self.fed = True
+        log.warning("adopted by a new parent; re-registering after message id %d",
+                    adoption.delivered.last)
 
     def drain(self) -> None:
         session = self.session

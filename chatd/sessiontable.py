@@ -52,6 +52,9 @@ class SessionTable:
         # pid -> its kill deadline: every process told to end, until it is reaped.
         self.kill_deadline: dict[int, float] = {}
         self.next_sid = 1
+        # pid -> pidfd of a session adopted from a dead parent (chatd/adopt.py): not our
+        # child, so we cannot reap it, and its pid alone could be reused once it ends.
+        self.pidfds: dict[int, int] = {}
 
     def __len__(self) -> int:
         """Processes of ours in the table not yet reaped."""
@@ -111,10 +114,18 @@ class SessionTable:
             if kid is not None:  # the caps count it no longer
                 self.free_slot(kid)
                 self.retiring.add(pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            self.kill(pid)
             killed.append(pid)
         return killed
+
+    def kill(self, pid: int) -> None:
+        """SIGKILL session `pid` (through its pidfd if we adopted it)."""
+        with contextlib.suppress(ProcessLookupError):
+            pidfd = self.pidfds.get(pid)
+            if pidfd is not None:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
 
     def reaped(self, pid: int, status: int) -> None:
         """waitpid() returned `pid` (not a helper's): free what it held, log how it ended.

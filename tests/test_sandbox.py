@@ -93,7 +93,8 @@ def run_filter(prog: bytes, nr: int, arch: int, args: tuple[int, ...] = ()) -> i
 def test_filter_numbers_match_the_kernel_headers(machine: str) -> None:
     nrs = syscall_numbers(machine)
     col = sandbox.COLUMN[machine] + 1
-    rows = [row[:3] for row in (*sandbox.DENIED, *sandbox.REFUSED_ARGS, *sandbox.ONLY_SELF)]
+    rows = [row[:3] for row in (*sandbox.DENIED, *sandbox.REFUSED_ARGS, *sandbox.ONLY_SELF,
+                                *sandbox.ONLY_ADOPT_FD)]
     checked = 0
     for name, *by_arch in rows:
         ours = by_arch[col - 1]
@@ -114,6 +115,8 @@ def test_filter_refuses_what_it_must_and_allows_what_a_session_needs(machine: st
     arch = sandbox.AUDIT_ARCH[machine]
     col = sandbox.COLUMN[machine] + 1
     denied = {row[col] for row in sandbox.DENIED if row[col] is not None}
+    # accept() on the adoption socket's fd only (arguments 0 here: refused)
+    denied |= {row[col] for row in sandbox.ONLY_ADOPT_FD}
     for nr in range(sandbox.NEWEST + 1):  # every call: refused if and only if listed
         want = EPERM if nr in denied else sandbox.RET_ALLOW
         assert run_filter(prog, nr, arch) == want, nr
@@ -127,6 +130,9 @@ def test_filter_refuses_what_it_must_and_allows_what_a_session_needs(machine: st
     assert run_filter(prog, fcntl, arch, (3, 8)) == EPERM  # F_SETOWN
     assert run_filter(prog, prlimit, arch, (0, 7)) == sandbox.RET_ALLOW
     assert run_filter(prog, prlimit, arch, (1234, 7)) == EPERM
+    for name in ("accept", "accept4"):  # the adoption socket (chatd/orphan.py) only
+        assert run_filter(prog, nrs[name], arch, (sandbox.ADOPT_FD, 0)) == sandbox.RET_ALLOW
+        assert run_filter(prog, nrs[name], arch, (sandbox.ADOPT_FD + 1, 0)) == EPERM
     # Newer than the table (or x32, or -1): ENOSYS, so glibc falls back; another ABI: kill.
     for nr in (sandbox.NEWEST + 1, 0x40000000 | nrs["openat"], -1):
         assert run_filter(prog, nr, arch) == ENOSYS

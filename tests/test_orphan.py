@@ -1,0 +1,72 @@
+"""Unit tests of what a session keeps to be adopted by a next parent (chatd/orphan.py)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from chatd import orphan
+from chatd.outbox import Outbox
+from chatd.protocol import pack
+
+
+def message(msg_id: int, room: str = "#r") -> bytes:
+    """A `message` frame exactly as the broker packs it (field order included)."""
+    return pack({"type": "message", "id": msg_id, "ts": 1, "room": room, "from": "a",
+                 "text": "hi", "action": False})
+
+
+@pytest.mark.parametrize("msg_id", [1, 127, 128, 255, 256, 65535, 65536, 2**32, 2**40])
+def test_delivered_reads_the_id_of_every_size_without_decoding(msg_id: int) -> None:
+    seen = orphan.Delivered()
+    seen.feed(memoryview(pack({"type": "joined", "room": "#r"}) + message(msg_id)))
+    assert seen.last == msg_id
+
+
+def test_delivered_keeps_the_newest_and_skips_other_frames() -> None:
+    seen = orphan.Delivered()
+    seen.feed(message(7) + pack({"type": "ack", "id": 99, "ts": 1, "room": "#r"}))
+    assert seen.last == 7  # an ack's id is not a delivery
+    seen.feed(message(5))
+    assert seen.last == 7  # never back
+    seen.feed(message(8) + message(9) + pack({"type": "join", "room": "#r"}))
+    assert seen.last == 9
+    seen.feed(pack({"type": "message", "id": 11, "ts": 1, "room": "#r", "from": "a",
+                    "text": "\xa4type\xa7message\xa2id\x7f", "action": False}))
+    assert seen.last == 11  # text cannot fake one (it is UTF-8 on the wire)
+
+
+def test_restart_drops_the_request_the_old_parent_got_part_of() -> None:
+    first, second = pack({"type": "msg", "text": "a"}), pack({"type": "msg", "text": "b"})
+    out = Outbox()
+    out.add(first + second)
+    out.offset, out.size = 3, len(first + second) - 3  # 3 bytes of `first` went out
+    orphan.restart(out, b"REG")
+    assert b"".join(bytes(c) for c in out.chunks) == b"REG" + second
+    assert out.offset == 0 and out.size == 3 + len(second)
+
+
+def test_a_state_is_valid_only_for_the_pid_and_token_it_was_signed_for() -> None:
+    key = os.urandom(32)
+    state = orphan.signed_state(key, 42, "tok", "alice", None, ["#b", "#a"])
+    assert state["rooms"] == ["#a", "#b"]
+    assert orphan.state_valid(key, 42, "tok", state)
+    assert not orphan.state_valid(key, 43, "tok", state)
+    assert not orphan.state_valid(key, 42, "other", state)
+    assert not orphan.state_valid(os.urandom(32), 42, "tok", state)
+    assert not orphan.state_valid(key, 42, "tok", {**state, "nick": "mallory"})
+    assert not orphan.state_valid(key, 42, "tok", {**state, "account": "root"})
+
+
+def test_the_key_is_made_once_0600_and_kept(tmp_path) -> None:
+    key = orphan.load_key(tmp_path)
+    assert len(key) == 32 and orphan.load_key(tmp_path) == key
+    assert (tmp_path / orphan.KEY_FILE).stat().st_mode & 0o777 == 0o600
+
+
+def test_a_session_process_forgets_the_key() -> None:
+    orphan.KEY[:] = b"secret" * 6
+    orphan.forget_key()
+    assert bytes(orphan.KEY) == bytes(36)
+    orphan.KEY[:] = b""

@@ -1,0 +1,115 @@
+"""Integration: `kill -9` of the parent, then a new `chatd serve` on the same data dir
+adopts the sessions the dead one left: the clients keep their connections, nicks and
+rooms, and get every message once, in order."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from serverproc import FAST, ServerProcess, reap, set_child_subreaper
+from wire import Client, connect
+
+CONFIG = {**FAST, "keepalive": {"broker_grace": 30.0}}
+
+
+@pytest.fixture
+def subreaper() -> Iterator[None]:
+    """Orphaned sessions become ours: the test can see them end, and none is left."""
+    if not set_child_subreaper(True):
+        pytest.skip("cannot become a child subreaper to watch the orphans")
+    yield
+    set_child_subreaper(False)
+
+
+def texts(client: Client, room: str, count: int) -> list[str]:
+    return [f["text"] for f in client.messages(room, count, timeout=30)]
+
+
+def test_server_readopts_sessions_after_kill9_and_they_catch_up(
+        tmp_path: Path, subreaper: None) -> None:
+    first = ServerProcess(tmp_path, CONFIG).start()
+    alice, bob = connect(first, "alice"), connect(first, "bob")
+    for c in (alice, bob):
+        c.join("#r")
+    alice.sync()
+    alice.say("#r", "one")
+    assert texts(bob, "#r", 1) == ["one"] and texts(alice, "#r", 1) == ["one"]
+    sessions = sorted(first.children())  # (and the history reader)
+    os.kill(first.pid, signal.SIGKILL)
+    assert first.wait_exit(10) == -signal.SIGKILL
+    # While no parent runs, bob's request waits in his session.
+    during = bob.request({"type": "msg", "room": "#r", "text": "two"})
+    second = ServerProcess(tmp_path, CONFIG).start()
+    try:
+        second.wait_for_log(r"adopted session \S+ \(pid \d+\) as alice")
+        second.wait_for_log(r"adopted session \S+ \(pid \d+\) as bob")
+        assert bob.reply(during, timeout=30)["type"] == "ack"
+        carol = connect(second, "carol")
+        carol.join("#r")
+        carol.say("#r", "three")
+        for c in (alice, bob):
+            assert texts(c, "#r", 2) == ["two", "three"]  # no gap, no duplicate
+            assert not c.pending("error"), c.pending("error")
+        # the nicks are still theirs, in the new parent's broker too
+        err = connect(second, None)
+        err.send({"type": "hello", "version": 1, "nick": "alice"})
+        assert err.wait_type("error")["code"] == "nick_taken"
+        err.close()
+        members = carol.call({"type": "who", "room": "#r"})["members"]
+        assert sorted(members) == ["alice", "bob", "carol"]
+        carol.close()
+        alice.close()
+        bob.close()
+    finally:
+        assert second.stop() == 0
+    for pid in sessions:  # every session of the first parent has ended (we reap them)
+        if pid in second.children():
+            continue
+        reap(pid, 30)
+    assert not [p for p in sessions if os.path.exists(f"/proc/{p}")]
+
+
+def test_server_readopts_nothing_it_cannot_verify(tmp_path: Path, subreaper: None) -> None:
+    """A session of a server with another key is refused, clearly, and ends."""
+    first = ServerProcess(tmp_path, CONFIG).start()
+    alice = connect(first, "alice")
+    alice.join("#r")
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait_exit(10)
+    (tmp_path / "session.key").write_bytes(os.urandom(32))  # as if another server's
+    second = ServerProcess(tmp_path, CONFIG).start()
+    try:
+        second.wait_for_log(r"session pid \d+ refused: its state is not signed")
+        err = alice.wait_type("error", timeout=30)
+        assert err["code"] == "server_gone" and "not signed" in err["message"], err
+        alice.wait_closed(30)
+    finally:
+        assert second.stop() == 0
+
+
+def test_server_upgrade_keeps_the_sessions_it_adopted(tmp_path: Path, subreaper: None) -> None:
+    first = ServerProcess(tmp_path, CONFIG).start()
+    alice, bob = connect(first, "alice"), connect(first, "bob")
+    for c in (alice, bob):
+        c.join("#r")
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait_exit(10)
+    second = ServerProcess(tmp_path, CONFIG).start()
+    try:
+        second.wait_for_log(r"adopted session \S+ \(pid \d+\) as bob")
+        mark = second.mark()
+        second.signal(signal.SIGUSR2)
+        second.wait_for_log(r"upgraded: pid \d+ serves 2 sessions", start=mark, timeout=30)
+        alice.say("#r", "after the upgrade")
+        assert texts(bob, "#r", 1) == ["after the upgrade"]
+        # its end is still seen (through the pidfd the new code inherited): not our child
+        alice.close()
+        second.wait_for_log(r"session \S+ \(pid \d+\) ended", start=mark)
+        assert bob.wait_type("quit", nick="alice")["reason"] == "connection closed"
+        bob.close()
+    finally:
+        assert second.stop() == 0
