@@ -339,9 +339,11 @@ class Master:
             return
         log.info("stopping: telling %d sessions", len(self.table.children))
         for listener in self.listeners:
-            self.sel.unregister(listener)
+            if not self.adopter.holding:  # (held while sessions are being adopted)
+                self.sel.unregister(listener)
             listener.close()
         self.listeners.clear()
+        self.adopter.holding = False
         self.admin.close()
         deadline = now + self.router.stop_time()  # the stop deadline, for every process
         self.table.retire_spares(deadline)

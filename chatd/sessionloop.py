@@ -244,7 +244,10 @@ class Loop:
         self.session.broker_lost(now)
         self.fed = True
         adoption = self.adoption
-        if adoption is not None and adoption.possible and not adoption.watching:
+        if adoption is not None and not adoption.possible:
+            adoption.listener.close()  # not welcomed yet: nothing to re-register, and a
+            self.adoption = None  # next parent must not wait for us
+        elif adoption is not None and not adoption.watching:
             self.ep.register(adoption.listener, EPOLLIN)  # a next parent may come for us
             adoption.watching = True
 

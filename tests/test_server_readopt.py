@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +39,11 @@ def test_server_readopts_sessions_after_kill9_and_they_catch_up(
     alice.sync()
     alice.say("#r", "one")
     assert texts(bob, "#r", 1) == ["one"] and texts(alice, "#r", 1) == ["one"]
+    # and one that never said hello: nothing to adopt, so no parent waits for it
+    mark = first.mark()
+    lurker = socket.create_connection(("127.0.0.1", first.port))
+    lurker.send(b"\x00")
+    first.wait_for_log(r"session \S+ from", start=mark)
     sessions = sorted(first.children())  # (and the history reader)
     os.kill(first.pid, signal.SIGKILL)
     assert first.wait_exit(10) == -signal.SIGKILL
@@ -45,6 +51,7 @@ def test_server_readopts_sessions_after_kill9_and_they_catch_up(
     during = bob.request({"type": "msg", "room": "#r", "text": "two"})
     second = ServerProcess(tmp_path, CONFIG).start()
     try:
+        second.wait_for_log(r"adoption: 2 sessions of an earlier parent found")
         second.wait_for_log(r"adopted session \S+ \(pid \d+\) as alice")
         second.wait_for_log(r"adopted session \S+ \(pid \d+\) as bob")
         assert bob.reply(during, timeout=30)["type"] == "ack"
@@ -64,6 +71,7 @@ def test_server_readopts_sessions_after_kill9_and_they_catch_up(
         carol.close()
         alice.close()
         bob.close()
+        lurker.close()
     finally:
         assert second.stop() == 0
     for pid in sessions:  # every session of the first parent has ended (we reap them)
