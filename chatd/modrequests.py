@@ -51,13 +51,15 @@ class Moderation:
         """The member must be an operator of the room (else not_operator)."""
         room.policy.require_operator(who(self.b, member), room.name)
 
-    def _target(self, room: Room, nick: str) -> Member:
-        """The member of `room` with this nick (no_such_nick when none is in it)."""
+    def _targets(self, room: Room, nick: str) -> list[Member]:
+        """The sessions in `room` with this nick: one, or each session of an account
+        (§12.1: one member). no_such_nick when none is in it."""
         key = p.nick_key(p.check_nick(nick))
-        for m in room.members.values():
-            if m.nick is not None and p.nick_key(m.nick) == key:
-                return m
-        raise ProtocolError("no_such_nick", f"nobody called {nick!r} is in {room.name}")
+        found = [m for m in room.members.values()
+                 if m.nick is not None and p.nick_key(m.nick) == key]
+        if not found:
+            raise ProtocolError("no_such_nick", f"nobody called {nick!r} is in {room.name}")
+        return found
 
     def _apply(self, member: Member, room: Room, now: int, label: Any, event: dict[str, Any],
                change: Any) -> bytes:
@@ -86,25 +88,30 @@ class Moderation:
         room = self.b._my_room(member, req["room"])
         p.check_nick(req["nick"])
         self._operate(member, room)
-        target = self._target(room, req["nick"])
+        target = self._targets(room, req["nick"])[0]  # an account's sessions share it
         grant = req["type"] == "op"
         subject = who(self.b, target)
         self._apply(member, room, now, label, {"kind": req["type"], "nick": target.nick},
                     lambda pol: pol.grant(subject) if grant else pol.revoke(subject))
-
 
     def kick(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
         room = self.b._my_room(member, req["room"])
         p.check_nick(req["nick"])
         reason = p.check_line(req.get("reason", ""), "reason", p.MAX_REASON)
         self._operate(member, room)
-        target = self._target(room, req["nick"])
+        targets = self._targets(room, req["nick"])
+
+        def change(pol: RoomPolicy) -> None:
+            for target in targets:
+                pol.left(who(self.b, target))
+
         data = self._apply(member, room, now, label,
-                           {"kind": "kick", "nick": target.nick, "reason": reason},
-                           lambda pol: pol.left(who(self.b, target)))
-        if target.sid in self.b.history.held.get(room.name, ()):
-            self.b.outbox[target.sid].append(data)  # catching up: it must hear it now
-        self.b._leave(target, room, None, now)
+                           {"kind": "kick", "nick": targets[0].nick, "reason": reason}, change)
+        held = self.b.history.held.get(room.name, ())
+        for target in targets:
+            if target.sid in held:
+                self.b.outbox[target.sid].append(data)  # catching up: it must hear it now
+            self.b._leave(target, room, None, now)
 
     def invite(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
         room = self.b._my_room(member, req["room"])
