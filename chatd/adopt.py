@@ -2,7 +2,7 @@
 
 At start-up (accepting no client until it is done) the parent lists the abstract Unix sockets
 named after its data dir in /proc/net/unix (chatd/orphan.py: each session process of an
-earlier parent listens on one), connects to each, and waits (at most ADOPT_WINDOW) for
+earlier parent listens on one), connects to each, and waits (up to broker_grace) for
 each to re-register: one frame `{"type": "register", "pid", "token", "ip", "state",
 "last", "cv"}`. It takes a registration only from the process SO_PEERCRED names as
 `pid`, with a state its predecessor signed for that pid and token (chatd/orphan.py);
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from chatd.master import Master
 
 log = logging.getLogger("chatd.master")
-ADOPT_WINDOW = 3.0  # seconds to wait for the found sessions to register
+HOLD = 3.0  # seconds new clients wait at most for the found sessions to register
 MAX_REGISTER = 64 * 1024  # bytes of a registration frame
 
 
@@ -68,7 +68,8 @@ class Adopter:
         self.master = master
         self.key = key
         self.waiting: dict[socket.socket, tuple[int, FrameDecoder]] = {}
-        self.deadline = 0.0
+        self.deadline = 0.0  # a found session registers by then (it lives no longer)
+        self.hold_until = 0.0
         self.holding = False  # the listeners wait until every found session is settled
 
     @property
@@ -94,7 +95,10 @@ class Adopter:
             sock.setblocking(False)
             self.waiting[sock] = (pid, FrameDecoder(MAX_REGISTER))
             self.master.sel.register(sock, selectors.EVENT_READ, self.readable)
-        self.deadline = now + ADOPT_WINDOW
+        # A found session outlives its parent by broker_grace: it may register until then
+        # (one stopped or starved for a while too); new clients wait HOLD at most.
+        self.deadline = now + self.master.config.broker_grace
+        self.hold_until = now + HOLD
         if self.waiting:
             log.info("adoption: %d sessions of an earlier parent found", len(self.waiting))
             # New clients wait in the backlog meanwhile: none takes an adoptee's nick.
@@ -103,20 +107,28 @@ class Adopter:
             self.holding = True
         return len(self.waiting)
 
-    def _settled(self) -> None:
-        """One more found session is adopted or refused: accept again once all are."""
-        if self.holding and not self.waiting:
+    def _settled(self, now: float = 0.0) -> None:
+        """One more found session is adopted or refused: accept again once all are (or
+        once new clients have waited HOLD)."""
+        if self.holding and (not self.waiting or now >= self.hold_until):
             self.holding = False
             for listener in self.master.listeners:
                 self.master.hold_listener(listener, False)
 
     def timeout(self, now: float) -> float | None:
-        return max(0.0, self.deadline - now) if self.waiting else None
+        if not self.waiting:
+            return None
+        due = min(self.deadline, self.hold_until) if self.holding else self.deadline
+        return max(0.0, due - now)
 
     def overdue(self, now: float) -> None:
         if self.waiting and now >= self.deadline:
             for sock, (pid, _decoder) in list(self.waiting.items()):
-                self._drop(sock, pid, f"did not register within {ADOPT_WINDOW:g}s")
+                self._drop(sock, pid, "did not register within keepalive.broker_grace")
+        if self.holding and now >= self.hold_until:
+            log.warning("adoption: %d sessions not registered after %gs; accepting new "
+                        "clients", len(self.waiting), HOLD)
+            self._settled(now)
 
     def _drop(self, sock: socket.socket, pid: int, why: str, tell: bool = False) -> None:
         log.warning("adoption: session pid %d refused: %s", pid, why)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serverproc import FAST, ServerProcess, reap, set_child_subreaper
+from serverproc import FAST, ServerProcess, newest_session, reap, set_child_subreaper
 from wire import Client, connect
 
 CONFIG = {**FAST, "keepalive": {"broker_grace": 30.0}}
@@ -120,4 +120,40 @@ def test_server_upgrade_keeps_the_sessions_it_adopted(tmp_path: Path, subreaper:
         assert bob.wait_type("quit", nick="alice")["reason"] == "connection closed"
         bob.close()
     finally:
+        assert second.stop() == 0
+
+
+def test_server_readopt_catches_up_what_was_said_before_a_session_registered(
+        tmp_path: Path, subreaper: None) -> None:
+    """alice's session registers late (it is stopped meanwhile): what bob and carol said
+    in her room in between reaches her by catch-up, each once, in order."""
+    first = ServerProcess(tmp_path, CONFIG).start()
+    mark = first.mark()
+    alice = connect(first, "alice")
+    alice_pid = newest_session(first, mark)[1]
+    bob = connect(first, "bob")
+    for c in (alice, bob):
+        c.join("#r")
+    alice.say("#r", "one")
+    assert texts(bob, "#r", 1) == ["one"] and texts(alice, "#r", 1) == ["one"]
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait_exit(10)
+    os.kill(alice_pid, signal.SIGSTOP)  # (the session we started; it cannot register)
+    second = ServerProcess(tmp_path, CONFIG).start()
+    try:
+        second.wait_for_log(r"adopted session \S+ \(pid \d+\) as bob")
+        bob.say("#r", "two")
+        carol = connect(second, "carol")  # (after HOLD: alice has not registered)
+        carol.join("#r")
+        carol.say("#r", "three")
+        assert texts(bob, "#r", 2) == ["two", "three"]
+        os.kill(alice_pid, signal.SIGCONT)
+        second.wait_for_log(r"adopted session \S+ \(pid \d+\) as alice")
+        assert texts(alice, "#r", 2) == ["two", "three"]  # no gap, no duplicate
+        carol.say("#r", "four")  # and live again
+        assert texts(alice, "#r", 1) == ["four"]
+        for c in (alice, bob, carol):
+            c.close()
+    finally:
+        os.kill(alice_pid, signal.SIGCONT)
         assert second.stop() == 0
