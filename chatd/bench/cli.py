@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         "report. Without --target it starts its own server with rate limits lifted.",
         epilog="`chatd bench auth [--help]` times the auth helper's logins instead (no "
         "server needed); `chatd bench floor [--help]` measures a minimal relay here and "
-        "chatd against it; `chatd bench sandbox [--help]` the sandbox's cost.")
+        "chatd against it; `chatd bench roomsize [--help]` tabulates steady by room size; "
+        "`chatd bench sandbox [--help]` the sandbox's cost.")
     parser.add_argument("scenario", choices=sorted(SCENARIOS))
     parser.add_argument("--target", metavar="HOST:PORT",
                         help="bench a running server instead of starting one (its rate "
@@ -146,6 +147,10 @@ def main(argv: list[str]) -> int:
         from . import floor
 
         return floor.main(argv[1:])
+    if argv[:1] == ["roomsize"]:  # steady at several room sizes, one table
+        from . import roomsize
+
+        return roomsize.main(argv[1:])
     if argv[:1] == ["sandbox"]:  # the session sandbox's cost, on vs off (runs scenarios)
         from . import sandbox
 

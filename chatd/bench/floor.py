@@ -36,7 +36,7 @@ from typing import Any, NoReturn
 
 from .load import percentiles
 from .probes import cpu_usage
-from .report import target
+from .report import target, verdicts
 
 RELAY_C = r"""
 #include <stdlib.h>
@@ -325,7 +325,5 @@ def render(out: dict[str, Any]) -> str:
             f"parent {c['parent_wakeups_per_message']}; latency p50 {c['latency_ms']['p50']}"
             f" ms, p99 {c['latency_ms']['p99']} ms; {c['deliveries_per_second']:,.0f} "
             "deliveries/s")
-    for t in out["targets"]:
-        verdict = "met" if t["met"] else f"missed: {t.get('why', '')}"
-        lines.append(f"target: {t['name']} {t['target']}: {t['value']} - {verdict}")
+    lines += verdicts(out["targets"])
     return "\n".join(lines)

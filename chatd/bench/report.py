@@ -28,6 +28,12 @@ def target(name: str, value: float | None, goal: float, unit: str, low: bool,
     return out
 
 
+def verdicts(targets: list[dict[str, Any]]) -> list[str]:
+    """The targets of a command with options of its own (floor, roomsize), a line each."""
+    return [f"target: {t['name']} {t['target']}: {t['value']} - "
+            + ("met" if t["met"] else f"missed: {t.get('why', '')}") for t in targets]
+
+
 def cpu_line(ph: dict[str, Any]) -> str:
     cpu = ph.get("server_cpu_s")
     return "server CPU -" if cpu is None else (
