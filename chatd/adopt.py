@@ -236,11 +236,14 @@ def rejoin(broker: Broker, sid: int, token: str, nick: str | None, account: str 
     """Make an adopted session a broker member again, in its rooms without a word to them
     (they never saw it leave), and catch it up in each after `after`, the newest message
     id it delivered. Why not, if it cannot be."""
-    if nick is not None and p.nick_key(nick) in broker.nicks:
-        return f"nick {nick!r} was taken meanwhile"
+    holder = broker.nicks.get(p.nick_key(nick)) if nick is not None else None
+    if holder is not None and (account is None or holder.account != account):
+        return f"nick {nick!r} was taken meanwhile"  # (an account's sessions share it)
     member = broker.members[sid] = Member(sid, token, nick, account=account)
+    if account is not None:
+        broker.directory.logged_in(member, account)
     if nick is not None:
-        broker.nicks[p.nick_key(nick)] = member
+        broker.nicks.setdefault(p.nick_key(nick), member)
         broker.history.took_nick(sid)
     for name in rooms:
         room = broker.rooms.get(name)

@@ -26,6 +26,7 @@ Life cycle (the parent's side, see HelperClient and RestartPolicy):
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -52,6 +53,7 @@ MAX_REPLY = 8192
 MAX_QUEUE = 256  # requests waiting in the helper before it refuses more
 MAX_MEMORY_MB = 256  # address-space limit of the helper process
 SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+NAME = "chatd-auth"  # its process name (/proc/PID/comm), to tell it from the sessions
 
 
 def serve(chan: socket.socket, service: AuthService, *, max_queue: int = MAX_QUEUE,
@@ -71,12 +73,7 @@ def serve(chan: socket.socket, service: AuthService, *, max_queue: int = MAX_QUE
                    else max(0.0, deadline - monotonic()) * 1000)
         for _fd, ev in poller.poll(timeout):
             if ev & ~select.POLLOUT:
-                try:
-                    data = chan.recv(65536)
-                except (BlockingIOError, InterruptedError):
-                    data = None
-                except OSError:
-                    data = b""
+                data = receive(chan)
                 if data == b"":
                     log.info("the parent closed the channel: exiting")
                     return 0
@@ -98,6 +95,16 @@ def serve(chan: socket.socket, service: AuthService, *, max_queue: int = MAX_QUE
                 pass
             except OSError:
                 return 0  # the parent is gone
+
+
+def receive(chan: socket.socket) -> bytes | None:
+    """What a non-blocking channel has (b"": it is closed or broken; None: nothing yet)."""
+    try:
+        return chan.recv(65536)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
 
 
 def _take(decoder: FrameDecoder, queue: deque[Any], out: bytearray, max_queue: int) -> None:
@@ -127,6 +134,8 @@ def prepare(keep: Iterable[int], max_memory_mb: int = MAX_MEMORY_MB) -> None:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     logsetup.set_session("auth")
+    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as fh:
+        fh.write(NAME)
     limits = [(resource.RLIMIT_NOFILE, 32)]
     if max_memory_mb:
         limits.append((resource.RLIMIT_AS, max_memory_mb << 20))

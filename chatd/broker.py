@@ -27,12 +27,14 @@ from chatd import channel, takeover
 from chatd import protocol as p
 from chatd.channel import CATCHUP, DONE
 from chatd.config import Config
+from chatd.direct import Directory
 from chatd.history import History
+from chatd.logins import Logins
 from chatd.moderation import RoomPolicy
 from chatd.modrequests import handlers as moderation_handlers
 from chatd.modrequests import who
 from chatd.protocol import ProtocolError, pack
-from chatd.store import StorageError, StoreUnusable, dm_key
+from chatd.store import StorageError, StoreUnusable
 from chatd.stores import HistoryStore
 
 log = logging.getLogger("chatd.broker")
@@ -53,6 +55,7 @@ class Member:
     # Who someone *is* (moderation, operators, IRC's account-tag) is this, never the nick.
     account: str | None = None
     resume: str = ""  # the secret that lets the client take this session over (takeover.py)
+    tls: bool = False  # the client came over TLS (the parent knows: which listener)
 
 
 @dataclass(slots=True, eq=False)
@@ -84,6 +87,8 @@ class Broker:
         store.on_rollback = self._unsend
         try:
             last_id = store.last_id()
+            # Owned nicks, accounts' sessions, direct messages (chatd/direct.py).
+            self.directory = Directory(store.owned())
         except StorageError as exc:
             raise StoreUnusable(f"cannot read the history database {store.path}: "
                                 f"{exc.message}") from None
@@ -95,18 +100,21 @@ class Broker:
         # who it is may have changed (`restate`); None: no state controls (unit tests).
         self.signer: Callable[[Member], dict[str, Any] | None] | None = None
         self.restate: set[int] = set()
+        self.logins = Logins(self)  # register, login, auth (chatd/logins.py)
         self._handlers = {
             "hello": self._hello, "quit": self._quit, "join": self._join,
             "part": self._part, "msg": self._msg, "nick": self._nick,
             "topic": self._topic, "rooms": self._rooms, "who": self._who,
             "history": self._history, "ping": self._ignore, "pong": self._ignore,
             **moderation_handlers(self),
+            "register": self.logins.register, "login": self.logins.login,
+            "auth": self.logins.auth,
         }
 
     # ---- session lifetime (called by the parent's loop) ----
 
-    def attach(self, sid: int, token: str) -> None:
-        self.members[sid] = self.by_token[token] = Member(sid, token)
+    def attach(self, sid: int, token: str, tls: bool = False) -> None:
+        self.members[sid] = self.by_token[token] = Member(sid, token, tls=tls)
 
     def detach(self, sid: int, reason: str, now_ms: int, code: str = "") -> None:
         """The session's channel is gone: leave everything, tell the rooms."""
@@ -117,6 +125,7 @@ class Broker:
         if member is not None and not member.gone:
             self._leave_all(member, reason, now_ms)
             self._remember(member.token, code or "closed", reason)
+        self.logins.forget(sid)
 
     @property
     def config(self) -> Config:
@@ -254,7 +263,7 @@ class Broker:
             log.info("session %s takes over session %s (%s)", member.token, old.token, nick)
         else:
             member.nick = nick
-            self.nicks[p.nick_key(nick)] = member
+            self.nicks.setdefault(p.nick_key(nick), member)
             self.history.took_nick(member.sid)
         member.resume = takeover.new_secret()
         cfg = self.config
@@ -266,14 +275,15 @@ class Broker:
         previous = None if old else self.endings.get(req.get("session", ""))
         if previous:
             welcome["previous"] = {"code": previous[0], "message": previous[1]}
+        self.logins.welcome(member, welcome)
         self._reply(member, welcome, label)
         self.outbox[member.sid].append(channel.welcome(nick))
 
     def _free_nick(self, member: Member, nick: str) -> str:
         p.check_nick(nick)
-        holder = self.nicks.get(p.nick_key(nick))
-        if holder is not None and holder is not member:
-            raise ProtocolError("nick_taken", f"nick {nick!r} is in use")
+        if member.account is not None:  # logged in (before hello): the account's name
+            return member.account
+        self.logins.free(member, nick)  # held, being registered, or owned: refused
         return nick
 
     def _banned(self, member: Member, nick: str, now_ms: int) -> bool:
@@ -331,8 +341,9 @@ class Broker:
                 insort(self.room_names, name)
                 self.history.room_created(name)
             log.debug("%s joins %s", member.nick, name)
-            self._fanout(room, pack({"type": "join", "room": name, "nick": member.nick,
-                                     "ts": now_ms}))
+            if not self.directory.present(room.members, member):  # (§12.1)
+                self._fanout(room, pack({"type": "join", "room": name, "nick": member.nick,
+                                         "ts": now_ms}))
             room.members[member.sid] = member
             member.rooms.add(name)
         self._reply_paged(member, {"type": "joined", "room": name, "topic": room.topic},
@@ -363,32 +374,27 @@ class Broker:
             self._post(room, msg_id, data)
             self._unsettled.append((label, ack_data, data, msg_id))
             return
-        target = self.nicks.get(p.nick_key(p.check_nick(req["to"])))
-        if target is None or target.nick is None:
-            raise ProtocolError("no_such_nick", f"nobody is called {req['to']!r}")
-        msg_id = self.store.add_message(now_ms, nick, text, action, target=target.nick)
-        self.history.posted(msg_id)
-        ack_data = self._reply(member, {"type": "ack", "id": msg_id, "ts": now_ms,
-                                        "to": target.nick}, label)
-        data = pack({"type": "message", "id": msg_id, "ts": now_ms, "to": target.nick,
-                     "from": nick, "text": text, "action": action})
-        self.outbox[member.sid].append(data)
-        if target is not member:
-            self.outbox[target.sid].append(data)
-        self._unsettled.append((label, ack_data, data, msg_id))
+        self.directory.send(self, member, req, text, action, label, now_ms)
 
     def _nick(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> None:
+        if member.account is not None:
+            raise ProtocolError("nick_locked", f"your nick is its account's: {member.account}")
+        new = self._free_nick(member, req["nick"])
+        if not self._banned(member, new, now_ms):
+            self.rename(member, new, label, now_ms)
+
+    def rename(self, member: Member, new: str, label: Any, now_ms: int = 0) -> None:
+        """Give `member` the nick `new` (checked by the caller), telling its rooms."""
         old = member.nick
         assert old is not None
-        new = self._free_nick(member, req["nick"])
-        if self._banned(member, new, now_ms):
+        if new == old and label is None:  # (a login keeps the nick it had)
             return
         if new == old:  # nothing changes: answer, but do not tell the rooms
             self._reply(member, {"type": "nick", "old": old, "new": new, "ts": now_ms}, label)
             return
-        del self.nicks[p.nick_key(old)]
+        self.directory.drop_nick(self.nicks, member)
         member.nick = new
-        self.nicks[p.nick_key(new)] = member
+        self.nicks.setdefault(p.nick_key(new), member)
         if p.nick_key(new) != p.nick_key(old):  # a new direct-message history
             self.history.took_nick(member.sid)
         self._reply(member, {"type": "nick", "old": old, "new": new, "ts": now_ms}, label)
@@ -429,9 +435,9 @@ class Broker:
     @staticmethod
     def _members_after(room: Room, after: str | None) -> Iterator[str]:
         """The room's nicks in their documented order (lower-cased, which is unique among
-        connected sessions), those after the cursor `after` only."""
+        connected sessions; an account's sessions are one), those after `after` only."""
         key = after.lower() if after is not None else ""
-        nicks = sorted((m.nick or "" for m in room.members.values()), key=str.lower)
+        nicks = sorted({m.nick or "" for m in room.members.values()}, key=str.lower)
         return (nick for nick in nicks if nick.lower() > key)
 
     def _reply_paged(self, member: Member, frame: dict[str, Any], key: str,
@@ -467,8 +473,7 @@ class Broker:
             room = self._my_room(member, req["room"])
             where, reply = {"room": room.name}, {"room": room.name}
         else:
-            other = p.check_nick(req["with"])
-            where, reply = {"dm": dm_key(member.nick or "", other)}, {"with": other}
+            where, reply = self.directory.where(member, req)
         return self.history.request(member.sid, where, reply, req.get("before"),
                                     req.get("after"), limit, label)
 
@@ -491,7 +496,8 @@ class Broker:
         self.history.left(member.sid, room.name)
         room.policy.left(who(self, member))
         if room.members:
-            if notice is not None:
+            # (an account's sessions are one member: its last one says it left)
+            if notice is not None and not self.directory.present(room.members, member):
                 self._fanout(room, pack(notice))
         else:
             del self.rooms[room.name]
@@ -505,8 +511,8 @@ class Broker:
             self._leave(member, self.rooms[name], {"type": "quit", "room": name,
                                                    "nick": member.nick, "reason": reason,
                                                    "ts": now_ms})
-        if member.nick is not None and self.nicks.get(p.nick_key(member.nick)) is member:
-            del self.nicks[p.nick_key(member.nick)]
+        self.directory.drop_nick(self.nicks, member)
+        self.directory.logged_out(member)
         self.history.forget(member.sid)
 
     def _remember(self, token: str, code: str, reason: str) -> None:

@@ -42,9 +42,11 @@ VERSION = 1  # what this code's sessions speak
 SUPPORTED = frozenset({1})  # what this code's parent serves
 ENVELOPE = struct.Struct(">BI")
 RAW, CTRL = 0, 1
-# Requests whose replies can be large. The broker follows its answer to each (reply or
-# error) with the DONE control, so a session can keep few of them in flight.
-CATCHUP = frozenset({"join", "history"})
+# Requests whose replies can be large (join, history) or come later, from the auth helper
+# (register, login, auth: what follows a login must see its outcome). The broker follows
+# its answer to each (reply or error) with the DONE control, so a session can keep few of
+# them in flight, and holds the others back until they are answered.
+CATCHUP = frozenset({"join", "history", "register", "login", "auth"})
 
 Control = dict[str, Any]
 CLIENT, WELCOME, CLOSE, CONFIG, DONE_KIND = "client", "welcome", "close", "config", "done"

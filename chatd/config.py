@@ -147,6 +147,12 @@ SETTINGS: tuple[Setting, ...] = (
             0, 65535, attr="tls_port"),
     Setting("tls", "plain", True, "also listen for plain TCP on `--port` when TLS is on "
             "(false: TLS only); a change needs a restart", attr="tls_plain"),
+    Setting("accounts", "iterations", 300_000, "PBKDF2 iterations of new password "
+            "verifiers (protocol.md §12.2): each costs a registration and a PLAIN login that "
+            "much work in the auth helper, and a SCRAM client as much; a change (SIGHUP) "
+            "restarts the auth helper, and existing accounts keep their count", 4096,
+            10_000_000,
+            attr="accounts_iterations"),
     Setting("irc", "port", 6667, "TCP port of the IRC listener (protocol.md §13), on "
             "`--host`; 0 turns it off, -1 picks a free one (logged as `listening for IRC on "
             "HOST:PORT`); a change needs a restart", -1, 65535, attr="irc_port"),
@@ -234,6 +240,7 @@ class Config:
     tls_port = Value[int]()
     tls_plain = Value[bool]()
     irc_port = Value[int]()
+    accounts_iterations = Value[int]()
     user = Value[str]()
     sandbox = Value[bool]()
     operators = Value[list[str]]()

@@ -65,7 +65,9 @@ def snapshot(master: Master, now: float) -> dict[str, Any]:
 
     children = []
     # (the history reader is told to exit on handover: the new parent reaps it)
-    retiring = [[pid, kill_in(pid)] for pid in table.retiring | master.reader.pids]
+    # (and so is the auth helper, stopped before the snapshot: chatd/upgrade.py)
+    retiring = [[pid, kill_in(pid)] for pid in table.retiring | master.reader.pids
+                | master.auth.pids]
     for pid, kid in table.children.items():
         if table.by_sid.get(kid.sid) is not kid:  # its channel is closed: on its way out
             retiring.append([pid, kill_in(pid)])
@@ -206,6 +208,9 @@ def restore(master: Master, state: dict[str, Any], now: float) -> None:
             table.kill_deadline[kid.pid] = now + rec["kill"]
         router.adopt(kid)
     broker.members.update(members)
+    for member in members.values():  # the sessions of each account (chatd/direct.py)
+        if member.account is not None and not member.gone:
+            broker.directory.logged_in(member, member.account)
     for key, sid in state["nicks"]:
         if sid in members:
             broker.nicks[key] = members[sid]

@@ -18,7 +18,7 @@ import time
 from chatd import reader
 from chatd.broker import Broker
 from chatd.config import Config
-from chatd.sessiontable import how_it_ended
+from chatd.sessiontable import reaped_helper
 from chatd.stores import history_location
 
 log = logging.getLogger("chatd.master")
@@ -109,9 +109,4 @@ class HistoryReaderHelper:
         """Whether `pid` was one of ours (and is now forgotten)."""
         if pid == self.link.pid:
             self.lost()  # (before its channel's EOF said so)
-        if pid not in self.old:
-            return False
-        self.old.discard(pid)
-        level = logging.WARNING if self.running else logging.INFO
-        log.log(level, "history reader (pid %d) ended: %s", pid, how_it_ended(status))
-        return True
+        return reaped_helper(self.old, pid, status, self.running, "history reader")

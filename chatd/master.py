@@ -29,6 +29,7 @@ from chatd import channel, child, datadir, handover, orphan, tls
 from chatd.admin import AdminServer
 from chatd.admission import Gate, source_of
 from chatd.adopt import Adopter
+from chatd.authsupervise import AuthHelperSupervisor
 from chatd.broker import Broker, Member
 from chatd.config import Config, ConfigError, diff, load_file
 from chatd.helpers import HistoryReaderHelper
@@ -72,6 +73,9 @@ class Master:
         # History reads run in a helper process, never on this loop (chatd/reader.py).
         self.reader = HistoryReaderHelper(config, self.sel, self.broker)
         self.router = Router(config, self.sel, self.broker, self.table, self.reader)
+        # Password work runs in the auth helper, never here (chatd/authsupervise.py).
+        self.auth = self.router.auth = AuthHelperSupervisor(config, self.sel, self.broker,
+                                                            self.table)
         self.last_accept = 0.0
         self.wake_r, self.wake_w = socket.socketpair()
         # `chatd admin` (chatd/admin.py); its server bans are checked at admission and,
@@ -145,6 +149,7 @@ class Master:
         self.handle_sigchld()  # sessions that ended while we were being upgraded
         gc.freeze()  # what exists now is shared with every child; keep its pages clean
         self.reader.start()
+        self.auth.start()
         log.info("chatd %d ready (max_sessions=%d)", os.getpid(), self.config.max_sessions)
         while not self.life.stopped:
             refill = self.life.running and len(self.spares) < self.config.spare_children
@@ -156,6 +161,9 @@ class Master:
             restart = self.reader.restart_at
             if restart is not None and self.life.running and time.monotonic() >= restart:
                 self.reader.start()
+            restart = self.auth.restart_at
+            if restart is not None and self.life.running and time.monotonic() >= restart:
+                self.auth.start()
             self.router.route()
             self.admin.tick(time.monotonic())
             self.upgrade.step()  # (returns only if there was no upgrade to hand over)
@@ -170,10 +178,11 @@ class Master:
             self.upgrade.overdue(time.monotonic())
             self.adopter.overdue(time.monotonic())
             if self.table.kill_deadline:
-                self.table.kill_overdue(time.monotonic(), self.reader.pids,
+                self.table.kill_overdue(time.monotonic(), self.reader.pids | self.auth.pids,
                                         f"queues.close_grace={self.config.close_grace:g}s + "
                                         f"keepalive.stop_timeout={self.config.stop_timeout:g}s")
-            self.life.advance(time.monotonic(), len(self.table) + len(self.reader.pids))
+            self.life.advance(time.monotonic(), len(self.table) + len(self.reader.pids)
+                              + len(self.auth.pids))
         self.admin.close()
         self.store.close()
         log.info("stopped")
@@ -187,8 +196,9 @@ class Master:
                      self.upgrade.timeout(now), self.adopter.timeout(now)]
         if refill:
             deadlines.append(max(0.0, REFILL_QUIET - quiet))
-        if self.reader.restart_at is not None and self.life.running:
-            deadlines.append(max(0.0, self.reader.restart_at - now))
+        for helper in (self.reader, self.auth):
+            if helper.restart_at is not None and self.life.running:
+                deadlines.append(max(0.0, helper.restart_at - now))
         return min((d for d in deadlines if d is not None), default=None)
 
     def _signals(self, sock: socket.socket, mask: int) -> None:
@@ -295,7 +305,7 @@ class Master:
                 chan.close()
                 continue
             chan.setblocking(False)
-            self._register(pid, chan, token, ip)
+            self._register(pid, chan, token, ip, over_tls)
             return True
         return False
 
@@ -306,13 +316,15 @@ class Master:
                                      self._tls_context(), irc)
         pid, ours = self._spawn(worker)
         ours.setblocking(False)
-        self._register(pid, ours, token, ip)
+        self._register(pid, ours, token, ip, over_tls)
 
     def _tls_context(self) -> ssl.SSLContext | None:
         return self.tls.context if self.tls is not None else None
 
-    def _register(self, pid: int, ours: socket.socket, token: str, ip: str) -> None:
-        self.router.attach(self.table.add(pid, ours, token, ip, self.config.max_frame))
+    def _register(self, pid: int, ours: socket.socket, token: str, ip: str,
+                  over_tls: bool = False) -> None:
+        self.router.attach(self.table.add(pid, ours, token, ip, self.config.max_frame,
+                                          over_tls))
         log.info("session %s from %s: pid %d (%d sessions)", token, ip, pid,
                  len(self.children))
 
@@ -330,7 +342,7 @@ class Master:
             self.table.kill_deadline.pop(pid, None)
             if self.upgrade.reaped(pid, status):
                 continue
-            if not self.reader.reaped(pid, status):
+            if not self.reader.reaped(pid, status) and not self.auth.reaped(pid, status):
                 self.table.reaped(pid, status)
 
     def handle_sigterm(self) -> None:
@@ -348,7 +360,8 @@ class Master:
         deadline = now + self.router.stop_time()  # the stop deadline, for every process
         self.table.retire_spares(deadline)
         self.reader.stop()
-        for pid in self.reader.pids:
+        self.auth.stop()
+        for pid in self.reader.pids | self.auth.pids:
             self.table.kill_deadline[pid] = deadline
         for kid in list(self.table.by_sid.values()):
             # Kicked sessions get nothing more, so nobody hears the others' quit notices.
@@ -393,6 +406,7 @@ class Master:
         renewed = self._reload_tls(old, config)
         self.broker.config = self.router.config = config
         self.reader.configure(config)
+        self.auth.configure(config)
         self.gate.reconfigure(config)
         result = f"reloaded {path}: {'; '.join(changes) or 'no changes'}" + (
             "; new connections get the renewed TLS certificate" if renewed else "")

@@ -89,6 +89,20 @@ ERRORS: dict[str, tuple[bool, str]] = {
     "taken_over": (True, "a new connection proved it is this session's client and took it "
                    "over (hello.resume)"),
     "internal": (True, "a server bug; the session ends"),
+    # Accounts (protocol.md §12); all non-fatal.
+    "invalid_account": (False, "the account name breaks the nick rules"),
+    "invalid_password": (False, "the password (or verifier) is too short, too long or "
+                         "malformed"),
+    "account_exists": (False, "an account with that name exists"),
+    "invalid_mechanism": (False, "the SASL mechanism is unknown or not offered here"),
+    "tls_required": (False, "PLAIN, or a register with a password, needs TLS"),
+    "invalid_auth": (False, "a malformed SASL message"),
+    "auth_failed": (False, "invalid credentials or no such account"),
+    "no_exchange": (False, "no login exchange in progress"),
+    "already_logged_in": (False, "the session is logged in already"),
+    "auth_unavailable": (False, "the auth service is busy or restarting: try again"),
+    "nick_owned": (False, "an account owns this nick: log in to use it"),
+    "nick_locked": (False, "a logged-in session's nick is its account's name"),
 }
 
 
@@ -198,6 +212,7 @@ def decode_payload(payload: bytes) -> dict[str, Any]:
 # Request schemas: field -> (accepted python types, required).
 _STR = (str,)
 _INT = (int,)
+_BIN = (bytes,)
 _LABEL = (str, int)
 SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "hello": {"version": (_INT, True), "nick": (_STR, True), "client": (_STR, False),
@@ -213,8 +228,12 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "topic": {"room": (_STR, True), "topic": (_STR, False)},
     "rooms": {"after": (_STR, False)},
     "who": {"room": (_STR, True), "after": (_STR, False)},
-    "history": {"room": (_STR, False), "with": (_STR, False), "before": (_INT, False),
-                "after": (_INT, False), "limit": (_INT, False)},
+    "history": {"room": (_STR, False), "with": (_STR, False), "direct": ((bool,), False),
+                "before": (_INT, False), "after": (_INT, False), "limit": (_INT, False)},
+    "register": {"account": (_STR, True), "password": (_STR, False),
+                 "verifier": ((dict,), False)},
+    "login": {"mechanism": (_STR, True), "data": (_BIN, False)},
+    "auth": {"data": (_BIN, True)},
     # moderation (protocol.md §14)
     "op": {"room": (_STR, True), "nick": (_STR, True)},
     "deop": {"room": (_STR, True), "nick": (_STR, True)},
@@ -231,11 +250,12 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "bans": {"room": (_STR, True), "after": (_INT, False)},
     "kill": {"nick": (_STR, True), "reason": (_STR, False)},
 }
-# Pairs of optional fields of which a request must give exactly one.
-_ONE_OF = {"msg": (("room", "to"),), "history": (("room", "with"),),
+# Optional fields of which a request must give exactly one.
+_ONE_OF = {"msg": (("room", "to"),), "history": (("room", "with", "direct"),),
+           "register": (("password", "verifier"),),
            **{t: (("nick", "account"),) for t in ("ban", "unban", "mute", "unmute")}}
-# Requests a session may send before it has been welcomed.
-PRE_WELCOME = frozenset({"hello", "ping", "pong", "quit"})
+# Requests a session may send before it has been welcomed (protocol.md §2, §12.3).
+PRE_WELCOME = frozenset({"hello", "ping", "pong", "quit", "register", "login", "auth"})
 MAX_LABEL = 64
 MAX_REASON = 200
 MAX_TOPIC = 300
@@ -274,13 +294,16 @@ def validate_request(obj: dict[str, Any]) -> dict[str, Any]:
         # ids, limits: SQLite's range
         if types is _INT and isinstance(value, int) and not -(2**63) <= value < 2**63:
             raise ProtocolError("invalid_value", f"{rtype}: field {field!r} is out of range")
-    for pair in _ONE_OF.get(rtype, ()):
-        given = [f for f in pair if f in obj]
-        if len(given) != 1:  # neither is a missing field, both a bad combination
+    for group in _ONE_OF.get(rtype, ()):
+        given = [f for f in group if f in obj]
+        if len(given) != 1:  # none is a missing field, two a bad combination
+            names = ", ".join(map(repr, group[:-1])) + f" or {group[-1]!r}"
             raise ProtocolError("missing_field" if not given else "invalid_value",
-                                f"{rtype}: give exactly one of {pair[0]!r} or {pair[1]!r}")
+                                f"{rtype}: give exactly one of {names}")
     if rtype == "history" and "before" in obj and "after" in obj:
         raise ProtocolError("invalid_value", "history: give at most one of 'before', 'after'")
+    if rtype == "history" and obj.get("direct") is False:
+        raise ProtocolError("invalid_value", "history: 'direct' is true or absent")
     return obj
 
 

@@ -46,7 +46,7 @@ TRIES = 2  # a read the reader died on this often is answered with an error
 def answer(store: HistoryReads, req: dict[str, Any]) -> dict[str, Any]:
     """Run one read. With `head` the reply is one `history` frame; without, it is the
     messages as `message` frames (a catch-up's last gap). Both stay within `max`."""
-    where = {"room": req["room"]} if "room" in req else {"dm": req["dm"]}
+    where = {k: req[k] for k in ("room", "dm", "ident") if k in req}
     forward = "after" in req
     with store.snapshot():
         rows, more = store.history(**where, before=req.get("before"),

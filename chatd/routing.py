@@ -12,6 +12,7 @@ import logging
 import selectors
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from chatd import channel
 from chatd.broker import Broker
@@ -21,6 +22,9 @@ from chatd.protocol import ProtocolError
 from chatd.session import QUIT_REASONS
 from chatd.sessiontable import Child, SessionTable
 from chatd.takeover import REASON
+
+if TYPE_CHECKING:
+    from chatd.authsupervise import AuthHelperSupervisor
 
 log = logging.getLogger("chatd.master")
 
@@ -39,6 +43,7 @@ class Router:
         self.table = table
         self.reader = reader
         self.clock = clock
+        self.auth: AuthHelperSupervisor | None = None  # set by the parent
 
     def stop_time(self) -> float:
         """How long a process told to end may take: close_grace to hand its client the
@@ -56,6 +61,9 @@ class Router:
         the others: route again until the broker has nothing more to say.
         """
         while True:
+            auths = self.broker.logins.take()  # to the auth helper, with the addresses
+            if auths and self.auth is not None:  # (a refusal is queued output: drained next)
+                self.auth.submit(auths)
             outbox = self.broker.drain()
             # drain() has committed: a read handed over now sees every message accepted
             # before it, and the broker never hands out a write that is rolled back.
@@ -178,7 +186,7 @@ class Router:
     def attach(self, kid: Child) -> None:
         """A new session's channel: watch it, and tell the broker."""
         self.adopt(kid)
-        self.broker.attach(kid.sid, kid.token)
+        self.broker.attach(kid.sid, kid.token, kid.tls)
 
     def adopt(self, kid: Child) -> None:
         """Watch a session's channel (the broker knows it already after an upgrade)."""

@@ -12,12 +12,21 @@ messages, and one exception type whose `code` goes on the wire.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from scramp import ScramException
+from scramp import ScramClient, ScramException
 
-from chatd.accounts import MECHANISM, Verifier
+from chatd.accounts import (
+    MECHANISM,
+    MIN_ITERATIONS,
+    Verifier,
+    check_new_password,
+    make_verifier,
+    prepare_password,
+)
 
-MECHANISMS = ("SCRAM-SHA-256", "PLAIN")
+SCRAM_SHA_256 = "SCRAM-SHA-256"
+MECHANISMS = (SCRAM_SHA_256, "PLAIN")
 MAX_MESSAGE = 2048  # bytes of one SASL message from a client (a real one is ~200)
 FAILED = "invalid credentials or no such account"  # the one answer for both
 
@@ -116,3 +125,48 @@ def _server_error(server: object) -> bytes:
         return server.get_server_final().encode()  # type: ignore[attr-defined]
     except ScramException:
         return b"e=other-error"
+
+
+# ---- the client's side (chat-client, tests): the same rules, written once ----
+
+
+def plain_message(account: str, password: str) -> bytes:
+    """PLAIN's message (RFC 4616) for `account` (only ever sent over TLS)."""
+    return f"\0{account}\0{password}".encode()
+
+
+def register_verifier(password: str, iterations: int) -> dict[str, Any]:
+    """`register`'s `verifier` for `password`, so that the password never leaves the
+    client (protocol.md §12.3). Raises AccountError (invalid_password) for a password
+    the server would refuse; `iterations` is welcome.auth.iterations."""
+    prepared = check_new_password(password)
+    verifier = make_verifier(prepared, max(iterations, MIN_ITERATIONS))
+    return {"salt": verifier.salt, "iterations": verifier.iterations,
+            "stored_key": verifier.stored_key, "server_key": verifier.server_key}
+
+
+class ClientScram:
+    """A client's SCRAM-SHA-256 login: `first()` for `login`, `final(server-first)` for
+    `auth`, `verify(server-final)` on `logged_in` (which proves the server holds the
+    verifier). Each raises AuthFailed (`invalid_auth`) on a broken server message."""
+
+    def __init__(self, account: str, password: str) -> None:
+        prepare_password(password)  # AccountError for what no account can have
+        self._client = ScramClient([MECHANISM.name], account, password)
+
+    def first(self) -> bytes:
+        return self._client.get_client_first().encode()
+
+    def final(self, server_first: bytes) -> bytes:
+        try:
+            self._client.set_server_first(_text(server_first, "server-first-message"))
+            return self._client.get_client_final().encode()
+        except ScramException as exc:
+            raise AuthFailed("invalid_auth", f"SCRAM: {exc}") from None
+
+    def verify(self, server_final: bytes) -> None:
+        try:
+            self._client.set_server_final(_text(server_final, "server-final-message"))
+        except ScramException as exc:
+            raise AuthFailed("invalid_auth", f"SCRAM: the server did not prove it knows "
+                             f"the account ({exc})") from None

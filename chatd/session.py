@@ -34,7 +34,7 @@ CATCHUP_WINDOW = 4
 # Requests a client may have waiting behind unanswered catch-up requests. The wait lasts
 # as long as the history reader takes; a client that piles up more than this is flooding.
 MAX_HELD = 1024
-BUCKET_OF = {"msg": "msg", "join": "history", "history": "history"}
+BUCKET_OF = {"msg": "msg", "join": "history", "history": "history"}  # else: cmd
 QUIT_REASONS = {
     "ping_timeout": "ping timeout", "handshake_timeout": "handshake timeout",
     "slow_consumer": "slow consumer", "flood": "flooding", "frame_too_large": "bad frame",
@@ -136,7 +136,7 @@ class Session:
         except ProtocolError as exc:
             self.to_client.append(p.error_from(exc, label))
             return
-        if self.state is State.AWAITING_HELLO:  # (so this is a hello)
+        if self.state is State.AWAITING_HELLO and rtype == "hello":
             self._enter(State.REGISTERING)
         log.debug("request %s", rtype)
         self._forward(rtype, self._canonical(req, rtype, label))

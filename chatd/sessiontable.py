@@ -31,6 +31,7 @@ class Child:
     token: str  # the session's token (the broker's Member.token); `sid` is its number
     ip: str
     decoder: FrameDecoder
+    tls: bool = False  # it came to the TLS listener
     source: str = ""  # what the per-source caps count (admission.source_of)
     out: outbox.Outbox = field(default_factory=outbox.Outbox)
     closing: bool = False  # told to close: it gets nothing more from the broker
@@ -38,6 +39,17 @@ class Child:
     handler: object = None  # the selector callback bound to this child
     writing: bool = False  # its channel is registered for EVENT_WRITE too
     started: float = field(default_factory=time.monotonic)  # for `chatd admin sessions`
+
+
+def reaped_helper(old: set[int], pid: int, status: int, running: bool, what: str) -> bool:
+    """Whether `pid` was one of a helper's ended processes (`old`): then it is forgotten
+    and how it ended logged (a warning while the server runs: it was not asked to end)."""
+    if pid not in old:
+        return False
+    old.discard(pid)
+    level = logging.WARNING if running else logging.INFO
+    log.log(level, "%s (pid %d) ended: %s", what, pid, how_it_ended(status))
+    return True
 
 
 class SessionTable:
@@ -61,16 +73,16 @@ class SessionTable:
         return len(self.children) + len(self.spares) + len(self.retiring)
 
     def add(self, pid: int, chan: socket.socket, token: str, ip: str,
-            max_frame: int) -> Child:
+            max_frame: int, tls: bool = False) -> Child:
         sid = self.next_sid
         self.next_sid += 1
-        return self.adopt(pid, sid, chan, token, ip, FrameDecoder(max_frame))
+        return self.adopt(pid, sid, chan, token, ip, FrameDecoder(max_frame), tls)
 
     def adopt(self, pid: int, sid: int, chan: socket.socket, token: str, ip: str,
-              decoder: FrameDecoder) -> Child:
+              decoder: FrameDecoder, tls: bool = False) -> Child:
         """A session under a number it already has (new ones: add(); on upgrade, the
         predecessor's, chatd/handover.py)."""
-        kid = Child(pid, sid, chan, token, ip, decoder, source=source_of(ip))
+        kid = Child(pid, sid, chan, token, ip, decoder, tls, source=source_of(ip))
         self.children[pid] = kid
         self.by_sid[sid] = kid
         self.per_ip[kid.source] = self.per_ip.get(kid.source, 0) + 1
@@ -108,7 +120,7 @@ class SessionTable:
                 continue
             del self.kill_deadline[pid]
             kid = self.children.pop(pid, None)
-            what = ("history reader" if pid in helpers else "spare") if kid is None \
+            what = ("helper" if pid in helpers else "spare") if kid is None \
                 else f"session {kid.token}"
             log.warning("pid %d did not stop; killing it (%s, %s)", pid, what, why)
             if kid is not None:  # the caps count it no longer

@@ -26,36 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from chatd import storeschema
 from chatd.protocol import ProtocolError, nick_key
+from chatd.storeschema import SCHEMA_VERSION, dm_key, dm_pair, identity
+
+__all__ = ["SCHEMA_VERSION", "StorageError", "Store", "StoreUnusable", "dm_key", "dm_pair",
+           "identity", "message_map"]
 
 log = logging.getLogger("chatd.store")
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    id     INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts     INTEGER NOT NULL,
-    room   TEXT,             -- '#name', or NULL for a direct message
-    dm     TEXT,             -- dm_key(sender, target) for a direct message
-    sender TEXT NOT NULL,
-    target TEXT,             -- recipient nick of a direct message
-    text   TEXT NOT NULL,         -- for a moderation event (action 2): its fields, JSON
-    action INTEGER NOT NULL DEFAULT 0  -- 0 a message, 1 an action (/me), 2 moderation
-);
-CREATE INDEX IF NOT EXISTS messages_room ON messages (room, id) WHERE room IS NOT NULL;
-CREATE INDEX IF NOT EXISTS messages_dm ON messages (dm, id) WHERE dm IS NOT NULL;
-CREATE TABLE IF NOT EXISTS topics (
-    room   TEXT PRIMARY KEY,
-    topic  TEXT NOT NULL,
-    by     TEXT,
-    ts     INTEGER,
-    active INTEGER NOT NULL DEFAULT 0  -- ms: topic set, room emptied, or its last message
-);
-CREATE TABLE IF NOT EXISTS room_policies (  -- chatd.moderation.RoomPolicy.to_json()
-    room   TEXT PRIMARY KEY,
-    policy TEXT NOT NULL
-);
-"""
 MODERATION = 2  # messages.action of a moderation event (protocol.md §14)
-TOPICS_ACTIVE_INDEX = "CREATE INDEX IF NOT EXISTS topics_active ON topics (active)"
 BUSY_TIMEOUT = 0.25  # seconds a write waits for another program's lock: the loop waits too
 REMIND_EVERY = 600.0  # seconds between log lines about the same ongoing trouble
 
@@ -105,18 +84,6 @@ class _Trouble:
     since: float
     logged: float
     failures: int = 1
-
-
-# PRAGMA user_version: 1 = the dm column holds dm_key() of nick_key() skeletons (before:
-# plain lower case). A change to nick_key needs a step here that re-keys the rows.
-# 2 = topics.active holds the last use of the room (for retention).
-DM_KEYS_VERSION = 1
-SCHEMA_VERSION = 2  # the newest step, written at every start-up (a real write, see Store)
-
-
-def dm_key(nick_a: str, nick_b: str) -> str:
-    """The conversation of two nicks, by their keys: look-alike nicks are the same nick."""
-    return " ".join(sorted((nick_key(nick_a), nick_key(nick_b))))
 
 
 def message_map(row: Row) -> dict[str, Any]:
@@ -187,9 +154,7 @@ class Store:
             # WAL + NORMAL survives a crash of the process (not of the machine) without an
             # fsync per message; the broker commits once per loop iteration.
             self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(SCHEMA)
-            self._rekey_direct_messages()
-            self._add_topics_active()
+            storeschema.create(self.db)
             (version,) = self.db.execute("PRAGMA user_version").fetchone()
         except sqlite3.Error as exc:
             raise self._unusable(exc) from None
@@ -199,28 +164,6 @@ class Store:
             if _kind(exc, self.path) != "full":
                 raise self._unusable(exc) from None
             self._fail(exc, "write")  # a full disk may pass: start, refuse writes, say so
-
-    def _rekey_direct_messages(self) -> None:
-        """Re-key direct messages stored under an older nick rule, so no history is lost."""
-        (version,) = self.db.execute("PRAGMA user_version").fetchone()
-        if version >= DM_KEYS_VERSION:
-            return
-        self.db.create_function("dm_key", 2, lambda a, b: dm_key(a or "", b or ""),
-                                deterministic=True)
-        with self.db:  # one transaction: the rows and the version change together
-            self.db.execute("BEGIN")
-            self.db.execute("UPDATE messages SET dm = dm_key(sender, target) "
-                            "WHERE dm IS NOT NULL")
-            self.db.execute(f"PRAGMA user_version = {DM_KEYS_VERSION}")
-
-    def _add_topics_active(self) -> None:
-        """Version 2: topics.active, dated from the topic (retention counts from it)."""
-        columns = [row[1] for row in self.db.execute("PRAGMA table_info(topics)")]
-        if "active" not in columns:
-            self.db.executescript("BEGIN; ALTER TABLE topics ADD COLUMN active INTEGER NOT "
-                                  "NULL DEFAULT 0; UPDATE topics SET active = coalesce(ts, 0); "
-                                  "COMMIT;")
-        self.db.execute(TOPICS_ACTIVE_INDEX)
 
     def _unusable(self, exc: sqlite3.Error) -> StoreUnusable:
         with_hint = {"full": "the disk is full", "readonly": "is it (or its directory) "
@@ -314,22 +257,33 @@ class Store:
     # ---- messages and topics ----
 
     def add_message(self, ts: int, sender: str, text: str, action: bool, room: str | None = None,
-                    target: str | None = None) -> int:
-        dm = None if room is not None else dm_key(sender, target or "")
+                    target: str | None = None, src: str | None = None,
+                    dst: str | None = None) -> int:
+        """A room message, or a direct one from identity `src` to `dst` (by default the
+        guest identities of the nicks `sender` and `target`)."""
+        dm = None
+        if room is None:
+            src = src or nick_key(sender)
+            dst = dst or nick_key(target or "")
+            dm = dm_pair(src, dst)
         cur = self._write(
-            "INSERT INTO messages (ts, room, dm, sender, target, text, action) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)", (ts, room, dm, sender, target, text, int(action)))
+            "INSERT INTO messages (ts, room, dm, sender, target, text, action, src, dst) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (ts, room, dm, sender, target, text, int(action), src, dst))
         assert cur.lastrowid is not None
         return cur.lastrowid
 
     def history(self, *, room: str | None = None, dm: str | None = None,
-                before: int | None = None, after: int | None = None,
-                limit: int = 50) -> tuple[list[Row], bool]:
-        """Up to `limit` rows oldest first, and whether more lie beyond them.
+                ident: str | None = None, before: int | None = None,
+                after: int | None = None, limit: int = 50) -> tuple[list[Row], bool]:
+        """Up to `limit` rows oldest first, and whether more lie beyond them: of a room,
+        a conversation (`dm`), or every direct message to or from identity `ident`.
 
         With `after`, the oldest rows above it (below `before` too, when given) and
         whether more follow; otherwise the newest rows (below `before`) and whether
         older ones exist."""
+        if ident is not None:
+            return self._direct(ident, before, after, limit)
         where = "room = ?" if room is not None else "dm = ?"
         args: list[Any] = [room if room is not None else dm]
         if before is not None:
@@ -343,6 +297,36 @@ class Store:
         rows = self._read(sql, [*args, limit + 1])
         more = len(rows) > limit
         return rows[:limit][::-1], more
+
+    def _direct(self, ident: str, before: int | None, after: int | None,
+                limit: int) -> tuple[list[Row], bool]:
+        """history(ident=...): a range scan of each index (sent, received), merged; a
+        message to oneself is in both and counted once (UNION)."""
+        bounds, args = "", []
+        if after is not None:
+            bounds, args = " AND id > ?", [after]
+        if before is not None:
+            bounds, args = bounds + " AND id < ?", [*args, before]
+        order = "id" if after is not None else "id DESC"
+        one = (f"SELECT * FROM (SELECT {_COLUMNS} FROM messages WHERE {{}} = ?{bounds} "
+               f"ORDER BY {order} LIMIT ?)")
+        sql = f"{one.format('src')} UNION {one.format('dst')} ORDER BY {order} LIMIT ?"
+        rows = self._read(sql, [ident, *args, limit + 1, ident, *args, limit + 1, limit + 1])
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return (rows if after is not None else rows[::-1]), more
+
+    # ---- the nicks accounts own ----
+
+    def owned(self) -> dict[str, str]:
+        """nick key -> account name, for every account (read once, at start-up)."""
+        return {key: name for key, name in self._read("SELECT key, name FROM owned", ())}
+
+    def own(self, name: str) -> None:
+        """Record that account `name` owns its nick (committed at once, like a topic)."""
+        self._write("INSERT OR REPLACE INTO owned (key, name) VALUES (?, ?)",
+                    (nick_key(name), name))
+        self.commit()
 
     def last_id(self) -> int:
         """The newest message id (0 when there is none), or raise StorageError."""

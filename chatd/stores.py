@@ -32,9 +32,10 @@ class HistoryReads(Protocol):
         ...
 
     def history(self, *, room: str | None = None, dm: str | None = None,
-                before: int | None = None, after: int | None = None,
-                limit: int = 50) -> tuple[list[Row], bool]:
-        """Up to `limit` rows oldest first, and whether more lie beyond them."""
+                ident: str | None = None, before: int | None = None,
+                after: int | None = None, limit: int = 50) -> tuple[list[Row], bool]:
+        """Up to `limit` rows oldest first, and whether more lie beyond them: of a room,
+        a conversation, or every direct message to or from an identity."""
         ...
 
     def last_id(self) -> int:
@@ -56,8 +57,18 @@ class HistoryStore(Protocol):
         ...
 
     def add_message(self, ts: int, sender: str, text: str, action: bool,
-                    room: str | None = None, target: str | None = None) -> int:
-        """Accept a message (durable at the next flush); its id."""
+                    room: str | None = None, target: str | None = None,
+                    src: str | None = None, dst: str | None = None) -> int:
+        """Accept a message (durable at the next flush); its id. A direct message is
+        between identities `src` and `dst` (chatd.store.identity)."""
+        ...
+
+    def owned(self) -> dict[str, str]:
+        """The nicks accounts own: nick key -> account name."""
+        ...
+
+    def own(self, name: str) -> None:
+        """Account `name` owns its nick from now on (durable when it returns)."""
         ...
 
     def last_id(self) -> int: ...

@@ -82,6 +82,7 @@ def hand_over(broker: Broker, old: Member, new: Member) -> str:
         for room in broker.rooms.values():
             room.policy.moved(Who(nick, old.token), Who(nick, new.token))
     old.gone = True
+    broker.directory.logged_out(old)  # (`new` is logged in to the same account, if any)
     old.resume = ""
     broker.by_token.pop(old.token, None)
     broker._remember(old.token, "taken_over", REASON)

@@ -156,7 +156,9 @@ class Upgrade:
         if not master.life.running:
             self.fail("the server is stopping")
             return
+        master.auth.stop()  # logins in flight fail (auth_unavailable); settle() routes that
         if not self.settle(time.monotonic() + SETTLE_TIMEOUT):
+            master.auth.resume()
             self.fail(f"history reads still in flight after {SETTLE_TIMEOUT:g}s; try again")
             return
         state = handover.snapshot(master, time.monotonic())  # "at": the pause starts
@@ -214,6 +216,7 @@ class Upgrade:
                 os.set_inheritable(fd, False)
             master.reader.running = True
             master.reader.restart_at = time.monotonic()
+            master.auth.resume()
             self.fail(f"cannot execute {sys.executable}: {exc}")
 
 

@@ -499,15 +499,14 @@ def test_a_server_ban_ends_the_session_at_hello_and_at_a_nick_change(h: Harness)
     assert h.controls[2] == [{"c": "close", "code": "server_banned",
                               "message": "banned from this server: spam"}]
     assert "trollface" not in h.broker.nicks
-    h.connect(3, "bob")
-    h.broker.members[3].account = "bob"
+    h.connect(3, "bob")  # a guest: a logged-in session's nick is locked (§12.1)
     h.send(3, type="join", room="#r")
     h.take(1)
     h.send(3, type="nick", nick="troll2")
     assert h.controls[3][-1]["code"] == "server_banned"
     assert [(f["type"], f["nick"], f["reason"]) for f in h.take(1)] == [
         ("quit", "bob", "banned from the server")]
-    assert asked[-1] == ("troll2", "bob")
+    assert asked[-1] == ("troll2", None)
     h.send(3, type="msg", room="#r", text="still here?")  # it is gone: nothing happens
     assert h.take(1) == []
     h.connect(4)

@@ -17,7 +17,7 @@ from storefaults import damage_page_holding
 from chatd.broker import Broker
 from chatd.config import Config, parse_settings
 from chatd.retention import MESSAGE_BATCH, Retention
-from chatd.store import StorageError, Store, StoreUnusable
+from chatd.store import StorageError, Store, StoreUnusable, identity
 
 DAY = 86_400_000
 
@@ -309,3 +309,43 @@ def test_a_room_that_empties_is_dated_for_retention(tmp_path: Path) -> None:
     r.frames()
     ((active,),) = r.store.db.execute("SELECT active FROM topics WHERE room = '#r'")
     assert active == r.now
+
+
+def test_direct_messages_of_an_identity_by_id_both_ways(tmp_path: Path) -> None:
+    """history(ident=...): sent and received, a message to oneself once, paged by id."""
+    store = Store(tmp_path / "h.sqlite3")
+    ids = [store.add_message(i, "ann", f"t{i}", False, target=peer, src="@ann", dst=dst)
+           for i, (peer, dst) in enumerate([("bob", "bob"), ("ann", "@ann"),
+                                            ("cy", "@cy")])]
+    ids.append(store.add_message(9, "bob", "back", False, target="ann", src="bob",
+                                 dst="@ann"))
+    store.add_message(10, "bob", "not hers", False, target="cy", src="bob", dst="@cy")
+    store.add_message(11, "ann", "a guest ann", False, target="bob")  # nick keys: ann, bob
+    store.flush()
+    rows, more = store.history(ident="@ann", after=0, limit=10)
+    assert [r[0] for r in rows] == ids and not more
+    rows, more = store.history(ident="@ann", after=ids[0], limit=2)
+    assert [r[0] for r in rows] == ids[1:3] and more
+    rows, more = store.history(ident="@ann", limit=2)
+    assert [r[0] for r in rows] == ids[2:] and more
+    rows, more = store.history(ident="@ann", after=0, before=ids[3], limit=10)
+    assert [r[0] for r in rows] == ids[:3] and not more
+    # The conversation of two identities, and a guest's by its nick key, as before.
+    assert [r[5] for r in store.history(dm="@ann bob")[0]] == ["t0", "back"]
+    assert [r[5] for r in store.history(dm="ann bob")[0]] == ["a guest ann"]
+
+
+def test_a_version_2_database_gets_direct_identities(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript("CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER "
+                     "NOT NULL, room TEXT, dm TEXT, sender TEXT NOT NULL, target TEXT, text "
+                     "TEXT NOT NULL, action INTEGER NOT NULL DEFAULT 0); INSERT INTO messages "
+                     "(ts, dm, sender, target, text) VALUES (1, 'alice bob', 'Alice', 'bob', "
+                     "'old'); PRAGMA user_version = 2;")
+    db.close()
+    store = Store(path)
+    (row,), _more = store.history(ident=identity("Alice", None), after=0)
+    assert row[5] == "old"
+    assert store.history(ident=identity("Alice", "Alice"), after=0)[0] == []  # not the nick
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == 3

@@ -80,18 +80,32 @@ def is_reader(pid: int) -> bool:
         return False
 
 
+def is_auth_helper(pid: int) -> bool:
+    """Whether `pid` is a server's auth helper: a fork of the parent that names itself
+    (chatd.authhelper.NAME) first thing."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_bytes().strip() == b"chatd-auth"
+    except OSError:
+        return False
+
+
+def is_helper(pid: int) -> bool:
+    """A server's helper process (history reader, auth helper), not a session."""
+    return is_reader(pid) or is_auth_helper(pid)
+
+
 def sessions_of(pid: int) -> list[int]:
-    """The children of a server that are session processes (not its history reader)."""
-    return [kid for kid in children_of(pid) if not is_reader(kid)]
+    """The children of a server that are session processes (not its helpers)."""
+    return [kid for kid in children_of(pid) if not is_helper(kid)]
 
 
 def child_states(ppid: int, helpers: bool = False) -> list[tuple[int, str]]:
     """(pid, state letter) of each child of `ppid`, zombies included: its session
-    processes, and with `helpers` its history reader too."""
+    processes, and with `helpers` its helpers (history reader, auth helper) too."""
     out = []
     for pid in children_of(ppid):
         st = proc_stat(pid)
-        if st is not None and (helpers or not is_reader(pid)):
+        if st is not None and (helpers or not is_helper(pid)):
             out.append((pid, st.state))
     return out
 
@@ -201,7 +215,7 @@ def find_listener_pid(port: int) -> int | None:
 class CpuSample:
     parent: float
     sessions: float  # live session processes (and below) plus those reaped by the parent
-    reader: float = 0.0  # the live history reader
+    reader: float = 0.0  # the live helpers: history reader, auth helper
     # Voluntary context switches (sleeps, so wakeups) of the parent and of the live
     # sessions: a session reaped meanwhile takes its count with it.
     parent_wakeups: int = 0
@@ -226,7 +240,7 @@ class ServerProbe:
         wakeups = 0
         for kid in children_of(self.pid):
             ns, switches = tree_usage(kid)
-            if is_reader(kid):
+            if is_helper(kid):  # the history reader and the auth helper
                 reader += ns / 1e9
             else:
                 live += ns / 1e9

@@ -23,7 +23,7 @@ from typing import Any, Self, TypeVar
 
 from chatd.config import dump_toml
 
-from .probes import child_states, children_of, is_reader, listening_ports
+from .probes import child_states, children_of, is_auth_helper, is_reader, listening_ports
 
 T = TypeVar("T")
 LISTEN_RE = re.compile(r"listening on (\S+):(\d+)")
@@ -102,13 +102,16 @@ class Server:
                                    + self.log_tail())
             assert isinstance(ports, set)
             self.port = sorted(ports)[0]
-        # Right after listening the parent starts its history reader. Until that process
-        # has exec'd `python -m chatd.reader`, /proc shows a copy of the parent, just like
-        # a session: wait for it, so that counts of sessions are right from the start.
+        # Right after listening the parent starts its history reader and its auth helper.
+        # Until the one has exec'd `python -m chatd.reader` and the other named itself,
+        # /proc shows a copy of the parent, just like a session: wait for both, so that
+        # counts of sessions are right from the start.
+        def helpers_up() -> bool:
+            kids = children_of(proc.pid)
+            return any(map(is_reader, kids)) and any(map(is_auth_helper, kids))
         with contextlib.suppress(TimeoutError):
-            wait_until(lambda: proc.poll() is not None
-                       or any(map(is_reader, children_of(proc.pid))), timeout, 0.005,
-                       "the history reader")
+            wait_until(lambda: proc.poll() is not None or helpers_up(), timeout, 0.005,
+                       "the history reader and the auth helper")
         return self
 
     @property
