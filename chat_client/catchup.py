@@ -70,8 +70,12 @@ class DmPoint(Point):
 
 class Points:
     def __init__(self, rooms: dict[str, int] | None = None,
-                 dms: dict[str, dict[str, tuple[str, int]]] | None = None) -> None:
+                 dms: dict[str, dict[str, tuple[str, int]]] | None = None,
+                 direct: dict[str, int] | None = None) -> None:
         self.rooms = {room: Point(seen, seen, STALE) for room, seen in (rooms or {}).items()}
+        # identity (an account's "@key", a guest nick's key) -> its point for `history
+        # direct` (every direct message of the identity: accounts.py)
+        self.direct = {me: Point(seen, seen, STALE) for me, seen in (direct or {}).items()}
         self.dms: dict[str, dict[str, DmPoint]] = {
             me: {peer: DmPoint(seen, seen, STALE, nick=nick)
                  for peer, (nick, seen) in peers.items()}
@@ -102,7 +106,7 @@ class Points:
 
     def stop_all(self) -> None:
         """The connection ended: every conversation needs a catch-up."""
-        for point in self.rooms.values():
+        for point in [*self.rooms.values(), *self.direct.values()]:
             point.stop()
         for me in self.dms:
             self.stop_dms(me)
@@ -111,6 +115,10 @@ class Points:
         """We no longer hold nick key `me`: its direct messages go elsewhere until we do."""
         for point in self.dms.get(me, {}).values():
             point.stop()
+
+    def saved_direct(self) -> dict[str, int]:
+        """The `history direct` point of each identity, for the state file."""
+        return {me: p.seen for me, p in self.direct.items() if p.seen}
 
     def saved(self) -> tuple[dict[str, int], dict[str, dict[str, tuple[str, int]]]]:
         """What to write to the state file: the `seen` of each conversation (the most

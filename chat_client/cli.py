@@ -1,5 +1,5 @@
-"""`chat-client [HOST:PORT|SERVER] [--nick NICK] [--room ROOM ...] [--plain] [--no-backlog]
-[--config FILE] [--tls [--ca FILE | --tofu]]`."""
+"""`chat-client [HOST:PORT|SERVER] [--nick NICK | --account NAME [--password-file FILE]]
+[--room ROOM ...] [--plain] [--no-backlog] [--config FILE] [--tls [--ca FILE | --tofu]]`."""
 
 from __future__ import annotations
 
@@ -92,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "the '#' is optional, which saves quoting it from the shell; the "
                         "first one is shown first, and is where plain lines go; give "
                         "HOST:PORT before --room (or end the list with --)")
+    acct = p.add_argument_group("accounts")
+    acct.add_argument("--account", default=None, metavar="NAME",
+                      help="log in to account NAME (your nick is then NAME); the password "
+                           "comes from --password-file, else $CHAT_CLIENT_PASSWORD, else a "
+                           "prompt on the terminal. /register makes your nick an account")
+    acct.add_argument("--password-file", type=Path, default=None, metavar="FILE",
+                      help="read the password from the first line of FILE (for scripts)")
     p.add_argument("--plain", action="store_true",
                    help="line mode even on a terminal")
     p.add_argument("--no-backlog", action="store_true",
@@ -142,8 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{cfg.path}: servers.{picked[0]}.address: " if picked else ""
         parser.error(f"{where}bad address {address!r}: {exc}")
     try:
-        nick = nick_arg(args.nick) if args.nick is not None else \
-            (server.nick if server else None) or cfg.nick or default_nick()
+        account = nick_arg(args.account) if args.account is not None else \
+            (server.account if server else None) or cfg.account
+        nick = account or (nick_arg(args.nick) if args.nick is not None else
+                           (server.nick if server else None) or cfg.nick or default_nick())
         rooms = [room_arg(r) for r in args.rooms or []]
     except UsageError as exc:
         parser.error(str(exc))
@@ -160,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     if not rooms and (plain or not saved.buffers):
         rooms = [DEFAULT_ROOM]
     focus = rooms[0] if rooms and (plain or args.rooms) else None
-    core = Core(nick, rooms, saved, scrollback, focus=focus, context=not plain)
+    password = read_password(parser, args.password_file, account)
+    core = Core(nick, rooms, saved, scrollback, focus=focus, context=not plain,
+                account=account, password=password)
     opener = make_opener(parser, args, host, port, core, plain)
     savers = setup(core, cfg, server.highlight if server else None, store, f"{host}:{port}")
     try:
@@ -181,6 +192,25 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for save in savers:
             save()
+
+
+def read_password(parser: argparse.ArgumentParser, path: Path | None,
+                  account: str | None) -> str | None:
+    """--password-file, else $CHAT_CLIENT_PASSWORD, else (with an account) a prompt on
+    the terminal; None without any (a guest; /register then asks for one)."""
+    if path is not None:
+        try:
+            return path.read_text(encoding="utf-8").partition("\n")[0].rstrip("\r")
+        except (OSError, UnicodeDecodeError) as exc:
+            parser.error(f"--password-file {path}: {getattr(exc, 'strerror', None) or exc}")
+    password = os.environ.get("CHAT_CLIENT_PASSWORD")
+    if password is not None or account is None:
+        return password
+    try:  # from the terminal itself (/dev/tty), whatever stdin is
+        return getpass.getpass(f"password for {account}: ")
+    except (EOFError, OSError, getpass.GetPassWarning):
+        parser.error(f"--account {account}: no password (no terminal to ask on: use "
+                     "--password-file or CHAT_CLIENT_PASSWORD)")
 
 
 def setup(core: Core, cfg: Config, highlight: list[str] | None, store: StateStore,

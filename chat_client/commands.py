@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from chatd.protocol import MAX_REASON, MAX_TOPIC, ProtocolError, check_line, check_nick, check_room
 
@@ -112,12 +112,18 @@ class Close:
 
 
 @dataclass(frozen=True)
+class Register:
+    password: str | None = field(default=None, repr=False)  # None: the start-up one
+
+
+@dataclass(frozen=True)
 class Search:
     text: str | None  # None: stop searching (the highlight goes)
 
 
 Action = (Say | Join | Part | Msg | Nick | Topic | Who | Rooms | History | Quit | Help | Switch
-          | Ignore | Unignore | Whois | Clear | Close | Search | Moderate)
+          | Ignore | Unignore | Whois | Clear | Close | Search | Moderate
+          | Register)
 
 DEFAULT_HISTORY = 50
 # /history N: the upper bound is the server's history page (welcome.limits), checked by
@@ -302,6 +308,10 @@ def _close(rest: str) -> Action:
     return Close(words[0] if words else None)
 
 
+def _register(rest: str) -> Action:
+    return Register(rest or None)  # a password may hold spaces: all of the rest
+
+
 def _search(rest: str) -> Action:
     return Search(rest.strip() or None)
 
@@ -363,6 +373,9 @@ COMMANDS: dict[str, Spec] = {
     "bans": Spec("/bans [ROOM]", "list the room's bans and mutes", _moderate("bans")),
     "kill": Spec("/kill NICK [REASON]", "end NICK's session (server operators only)",
                  _moderate("kill")),
+    "register": Spec("/register [PASSWORD]", "make your nick an account with PASSWORD "
+                     "(default: the one given at start-up); later runs log in with "
+                     "--account; the password never leaves the client", _register),
     "quit": Spec("/quit [REASON]", "disconnect and exit", _quit),
     "help": Spec("/help [COMMAND]", "show this help, or the usage of COMMAND", _help),
 }

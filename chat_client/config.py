@@ -18,9 +18,9 @@ from typing import Any
 from .commands import UsageError, nick_arg, room_arg
 
 HYPERLINKS = ("auto", True, False)
-SERVER_KEYS = ("address", "nick", "rooms", "highlight")
-TOP_KEYS = ("nick", "rooms", "highlight", "scrollback", "hyperlinks", "server", "servers",
-            "colours", "keys", "log")
+SERVER_KEYS = ("address", "nick", "account", "rooms", "highlight")
+TOP_KEYS = ("nick", "account", "rooms", "highlight", "scrollback", "hyperlinks", "server",
+            "servers", "colours", "keys", "log")
 LOG_KEYS = ("enabled", "directory")
 MAX_HIGHLIGHT = 100  # words; each is a pattern tried on every message
 
@@ -35,12 +35,14 @@ class Server:
     nick: str | None = None
     rooms: list[str] | None = None
     highlight: list[str] | None = None
+    account: str | None = None
 
 
 @dataclass
 class Config:
     path: Path | None = None  # None: there was no file
     nick: str | None = None
+    account: str | None = None  # log in as this account (never a password in this file)
     rooms: list[str] | None = None
     highlight: list[str] = field(default_factory=list)
     scrollback: int | None = None
@@ -93,6 +95,7 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Config:
     _known(data, TOP_KEYS, "")
     cfg = Config(path)
     cfg.nick = _nick(data, "nick", "")
+    cfg.account = _nick(data, "account", "")
     cfg.rooms = _rooms(data, "rooms", "")
     cfg.highlight = _words(data, "highlight", "") or []
     if "scrollback" in data:
@@ -118,7 +121,8 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Config:
                               '"chat.example.org:7777"')
         cfg.servers[name] = Server(address, _nick(table, "nick", where),
                                    _rooms(table, "rooms", where),
-                                   _words(table, "highlight", where))
+                                   _words(table, "highlight", where),
+                                   _nick(table, "account", where))
     if "server" in data:
         if data["server"] not in cfg.servers:
             raise ConfigError(f"server: {data['server']!r} is not one of the [servers.NAME] "

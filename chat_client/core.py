@@ -10,12 +10,12 @@ through the constructor and comes out of `snapshot()`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chatd.protocol import DEFAULT_LIMITS, MAX_NICK, VERSION, ProtocolError, check_text, nick_key
 
+from . import accounts, events, localcmds, moderation
 from . import commands as cmd
-from . import events, localcmds, moderation
 from .buffer import SERVER, Buffer, Line
 from .catchup import MAX_DM_POINTS, STALE, DmPoint, Points
 from .clock import SYSTEM, Clock
@@ -24,11 +24,15 @@ from .model import Model
 from .requests import Frame, Requests
 from .store import ClientState
 
+if TYPE_CHECKING:
+    from chatd.sasl import ClientScram
+
 
 class Core:
     def __init__(self, nick: str, rooms: list[str], saved: ClientState | None = None,
                  scrollback: int = 5000, client_name: str = "chat-client",
-                 clock: Clock = SYSTEM, focus: str | None = None, context: bool = True) -> None:
+                 clock: Clock = SYSTEM, focus: str | None = None, context: bool = True,
+                 account: str | None = None, password: str | None = None) -> None:
         """`rooms` are joined besides the saved buffers; `focus` (`#room` or `@nick`) is the
         buffer to show once it is ready, else the saved current one, else the first room.
         `context`: after catching up a buffer that shows only what was missed, fetch a
@@ -36,7 +40,12 @@ class Core:
         self.model = Model(nick, scrollback, clock)
         self.want_nick = nick
         saved = saved or ClientState()
-        self.points = Points(saved.rooms, saved.dms)
+        self.points = Points(saved.rooms, saved.dms, saved.direct)
+        # Accounts (accounts.py): the password stays in memory, for each login.
+        self.account, self.password = account, password
+        self.scram: ClientScram | None = None  # a login under way
+        self.direct_history = False  # the server offers `history direct` (welcome.auth)
+        self.iterations = 300_000  # for a /register verifier: welcome.auth.iterations
         self.wanted_rooms: list[str] = []
         for entry in [*saved.buffers, *rooms]:  # buffers in their saved (Alt+N) order
             if entry.startswith("@"):
@@ -83,7 +92,8 @@ class Core:
         cur = self.model.cur
         current = {"room": cur.key, "dm": "@" + cur.name}.get(cur.kind)
         rooms, dms = self.points.saved()
-        return ClientState(buffers, current, rooms, dms, self.session, self.resume)
+        return ClientState(buffers, current, rooms, dms, self.session, self.resume,
+                           direct=self.points.saved_direct())
 
     def server_problem(self, what: str, text: str) -> None:
         """Something the server sent was bad (inbound.py): tell the user, once per kind
@@ -116,7 +126,8 @@ class Core:
         self.requests.reset()
         self.reported.clear()
         self.nick_attempt = 0
-        self.hello(self.want_nick)
+        if not accounts.start(self):  # logged in first, then hello (accounts.py)
+            self.hello(self.want_nick)
 
     def hello(self, nick: str) -> None:
         self.hello_nick = nick
@@ -214,6 +225,8 @@ class Core:
                 localcmds.execute(self, action)
             case cmd.Close(target):
                 self._close(target)
+            case cmd.Register(password) if self.registered:
+                accounts.register(self, password)
             case _ if not self.registered:
                 self._local_error("not connected; nothing sent")
             case cmd.Join(room, key):
@@ -314,6 +327,7 @@ class Core:
         points = sorted(self.points.dms_of(me).values(), key=lambda p: p.seen, reverse=True)
         for point in points[:MAX_DM_POINTS]:
             self._catch_up_dm(point)
+        accounts.catch_up(self)  # every direct message of ours, from any peer
 
     def _catch_up_dm(self, point: DmPoint) -> None:
         if point.state != STALE or not point.seen:
@@ -335,6 +349,7 @@ class Core:
         point = self.points.dm(nick_key(me), nick_key(peer), peer)
         point.got(f["id"])
         self._catch_up_dm(point)
+        accounts.saw(self, f)
 
     def _part(self, room: str | None, reason: str) -> None:
         m = self.model

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatd.protocol import nick_key
 
-from . import inbound, moderation
+from . import accounts, inbound, moderation
 from .buffer import SERVER, Buffer, Line
 from .lifecycle import HelloRefused, TakenOver
 from .requests import Frame, Req
@@ -69,7 +69,7 @@ def _ts(f: Frame) -> float | None:
     return ts / 1000 if isinstance(ts, int) else None
 
 
-def _message_line(core: Core, f: Frame) -> Line:
+def message_line(core: Core, f: Frame) -> Line:
     kind = "action" if f.get("action") is True else "message"
     sender = str(f["from"])
     return Line(kind, f["ts"] / 1000, str(f["text"]), nick=sender, id=int(f["id"]),
@@ -83,6 +83,7 @@ def on_welcome(core: Core, f: Frame, req: Req | None, now: float) -> None:
     core.session = f.get("session")
     core.resume = f.get("resume")
     core.limits = f["limits"]
+    accounts.welcome(core, f)
     server = m.buffers[SERVER]
     if f.get("resumed"):  # a half-open old connection was ours: same nick, same rooms
         m.note(server, f"took over the previous session: back as {m.nick}", "notice",
@@ -109,9 +110,11 @@ def on_error(core: Core, f: Frame, req: Req | None, now: float) -> None:
     if req is not None and req.kind == "hello":
         # Often our own previous session, not yet timed out: take a variant now and
         # reclaim the wanted nick later (see Core.tick()).
-        alt = core.nick_variant() if code == "nick_taken" else None
+        # An account's nick (nick_owned) likewise: a guest takes a variant.
+        alt = core.nick_variant() if code in ("nick_taken", "nick_owned") else None
         if alt is not None:
-            m.note(m.buffers[SERVER], f"nick {core.hello_nick} is taken, trying {alt}",
+            why = "an account's" if code == "nick_owned" else "taken"
+            m.note(m.buffers[SERVER], f"nick {core.hello_nick} is {why}, trying {alt}",
                    "notice", activity=False)
             core.hello(alt)
             return
@@ -120,6 +123,10 @@ def on_error(core: Core, f: Frame, req: Req | None, now: float) -> None:
         core.refused = HelloRefused(code, text)
     elif code == "taken_over" and f.get("fatal") is True:
         core.refused = TakenOver(text)
+    if req is not None and req.kind == "login":  # before hello: nothing more to do
+        accounts.failed(core, code, text)
+    if req is not None and req.kind == "register":
+        core.account = m.account  # (None: we are still the guest we were)
     buf = m.get(req.buffer) if req else None
     if req is not None and req.kind == "msg":
         line = buf.find_label(f["label"]) if buf else None
@@ -162,7 +169,7 @@ def on_message(core: Core, f: Frame, req: Req | None, now: float) -> None:
         sender, to = str(f["from"]), str(f["to"])
         peer = to if nick_key(sender) == nick_key(m.nick) else sender
         buf = m.dm(peer)
-    m.add(buf, _message_line(core, f))
+    m.add(buf, message_line(core, f))
     core.saw(f)
 
 
@@ -192,6 +199,9 @@ def on_history(core: Core, f: Frame, req: Req | None, now: float) -> None:
     m = core.model
     msgs = f["messages"]
     buf: Buffer | None
+    if f.get("direct"):  # every direct message of ours, from any peer
+        accounts.on_direct(core, f, req)
+        return
     if "room" in f:
         buf = m.room(f["room"])
     else:  # an empty reply does not reopen a direct-message buffer the user closed
@@ -201,7 +211,7 @@ def on_history(core: Core, f: Frame, req: Req | None, now: float) -> None:
     new = req is not None and (req.kind == "catchup" or bool(req.extra.get("after")))
     for msg in msgs:
         line = moderation.event_line(msg) if msg.get("type") == "moderation" else \
-            _message_line(core, msg)
+            message_line(core, msg)
         line.backlog = True  # replayed from history, not live (plain mode marks it)
         if buf is not None and m.add(buf, line, new):
             got += 1
@@ -371,4 +381,6 @@ HANDLERS: dict[str, Handler] = {
     "members": on_members, "topic": on_topic, "join": on_join, "part": on_part,
     "quit": on_quit, "nick": on_nick, "ping": on_ping, "pong": on_pong,
     **moderation.HANDLERS,
+    "auth": accounts.on_auth, "logged_in": accounts.on_logged_in,
+    "registered": accounts.on_logged_in,
 }

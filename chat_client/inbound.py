@@ -186,7 +186,14 @@ def list_of(check: Check, what: str) -> Check:
     return check_list
 
 
-def map_of(schema: dict[str, Field], one_of: tuple[str, str] | None = None) -> Check:
+def binary(value: Any) -> bytes:
+    """A short bin (a SASL message: protocol.md §12)."""
+    if not isinstance(value, bytes) or len(value) > 2048:
+        raise Bad("not a bin of at most 2048 bytes")
+    return value
+
+
+def map_of(schema: dict[str, Field], one_of: tuple[str, ...] | None = None) -> Check:
     """A map checked like a frame: a missing or bad required field makes it Bad."""
     def check_map(value: Any) -> Frame:
         if not isinstance(value, dict):
@@ -273,8 +280,12 @@ _ROOM_ENTRY = {"room": Field(room, required=True), "members": Field(integer(0), 
 _MEMBERSHIP = {"room": Field(room, required=True), "nick": Field(nick, required=True),
                "reason": Field(line(MAX_REASON), default=""), "ts": Field(timestamp)}
 
-SCHEMAS: dict[str, tuple[dict[str, Field], tuple[str, str] | None]] = {
+_AUTH = {"mechanisms": Field(list_of(line(64), "mechanisms"), default=[]),
+         "iterations": Field(integer(4096, 10_000_000), default=300_000)}
+
+SCHEMAS: dict[str, tuple[dict[str, Field], tuple[str, ...] | None]] = {
     "welcome": ({"nick": Field(nick), "session": Field(session_id), "motd": Field(text),
+                 "account": Field(nick), "auth": Field(map_of(_AUTH)),
                  "server": Field(line(100)),
                  "limits": Field(limits, default=dict(DEFAULT_LIMITS)),
                  "previous": Field(map_of({"code": Field(line(64), required=True),
@@ -291,9 +302,9 @@ SCHEMAS: dict[str, tuple[dict[str, Field], tuple[str, str] | None]] = {
     "joined": ({"room": Field(room, required=True),
                 "topic": Field(line(MAX_TOPIC), default=""),
                 "members": Field(_NICKS, default=[]), "more": Field(flag)}, None),
-    "history": ({"room": Field(room), "with": Field(nick),
+    "history": ({"room": Field(room), "with": Field(nick), "direct": Field(flag),
                  "messages": Field(list_of(history_entry, "messages"), default=[]),
-                 "more": Field(flag, default=False)}, ("room", "with")),
+                 "more": Field(flag, default=False)}, ("room", "with", "direct")),
     "parted": ({"room": Field(room, required=True)}, None),
     "rooms": ({"rooms": Field(list_of(map_of(_ROOM_ENTRY), "rooms"), default=[]),
                "more": Field(flag)}, None),
@@ -319,6 +330,10 @@ SCHEMAS: dict[str, tuple[dict[str, Field], tuple[str, str] | None]] = {
               "bans": Field(list_of(map_of(_BAN_ENTRY), "bans"), default=[]),
               "more": Field(flag, default=False)}, None),
     "killed": ({"nick": Field(nick, required=True)}, None),
+    "auth": ({"data": Field(binary, required=True)}, None),
+    "logged_in": ({"account": Field(nick, required=True), "nick": Field(nick),
+                   "data": Field(binary)}, None),
+    "registered": ({"account": Field(nick, required=True), "nick": Field(nick)}, None),
 }
 
 
@@ -347,7 +362,7 @@ def check(frame: Frame, report: Report) -> Frame | None:
 
 
 def _fields(frame: Frame, schema: dict[str, Field],
-            one_of: tuple[str, str] | None) -> tuple[Frame, list[tuple[str, str]]]:
+            one_of: tuple[str, ...] | None) -> tuple[Frame, list[tuple[str, str]]]:
     """Check the fields of `schema` in `frame`: the checked map and the problems met
     (field, what was wrong). A required field that is missing or bad raises Bad; an
     optional one falls back to its default, or is left out."""
@@ -370,8 +385,8 @@ def _fields(frame: Frame, schema: dict[str, Field],
                 raise Bad(f"{name!r}: {bad}") from None
             _default(out, name, field)
             problems.append((name, f"unusable ({bad}); ignored it"))
-    if one_of is not None and (one_of[0] in out) == (one_of[1] in out):
-        raise Bad(f"needs exactly one of {one_of[0]!r} and {one_of[1]!r}")
+    if one_of is not None and sum(name in out for name in one_of) != 1:
+        raise Bad(f"needs exactly one of {', '.join(map(repr, one_of))}")
     return out, problems
 
 

@@ -20,6 +20,7 @@ class Model:
     def __init__(self, nick: str, scrollback: int = DEFAULT_SCROLLBACK,
                  clock: Clock = SYSTEM) -> None:
         self.nick = nick
+        self.account: str | None = None  # the account we are logged in to (status bar)
         self.clock = clock  # wall-clock time and zone for stamps and day lines
         self.scrollback = scrollback
         self.buffers: dict[str, Buffer] = {}

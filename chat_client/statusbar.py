@@ -142,8 +142,9 @@ def _width(frags: Fragments) -> int:
 def status(m: Model, width: int, note: str | None = None) -> Fragments:
     """The whole bar for a terminal `width` cells wide. `note` (a question the UI asks)
     takes the place of the hotlist and topic."""
-    out: Fragments = [("class:status", " "), *connection(m),
-                      ("class:status", f" │ {fit(clean_line(m.nick), 20)} │ ")]
+    # Logged in, the nick is the account's name: "(account)" says whose it is.
+    who = fit(clean_line(m.nick), 20) + (" (account)" if m.account else "")
+    out: Fragments = [("class:status", " "), *connection(m), ("class:status", f" │ {who} │ ")]
     room = max(0, width - _width(out) - 1)
     if note is not None:
         return out + [("class:status.hot", fit(note, max(room, 1)))]

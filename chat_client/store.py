@@ -41,6 +41,8 @@ class ClientState:
     # §2): the secret is why the file is readable by its owner only.
     session: str | None = None
     resume: str | None = None
+    # my identity (an account's "@" + key, or a guest nick's key) -> `history direct` point
+    direct: dict[str, int] = field(default_factory=dict)
 
 
 class StateStore:
@@ -83,7 +85,8 @@ class StateStore:
                 "rooms": state.rooms,
                 "dms": {me: {peer: {"nick": nick, "seen": seen}
                              for peer, (nick, seen) in peers.items()}
-                        for me, peers in state.dms.items()}}
+                        for me, peers in state.dms.items()},
+                "direct": state.direct}
         if state.session and state.resume:
             data["session"], data["resume"] = state.session, state.resume
         try:
@@ -120,10 +123,19 @@ def parse(data: dict[str, Any]) -> ClientState:
                 and nick_key(p["nick"]) == peer}
         if good and isinstance(me, str):
             state.dms[me] = good
+    direct = data.get("direct")
+    if isinstance(direct, dict):
+        state.direct = {me: seen for me, seen in direct.items() if _identity(me) and _id(seen)}
     session, resume = data.get("session"), data.get("resume")
     if _token(session) and _token(resume):
         state.session, state.resume = session, resume
     return state
+
+
+def _identity(value: Any) -> bool:
+    """An account's identity ("@" and its name's key) or a guest nick's key."""
+    return isinstance(value, str) and _nick(value.removeprefix("@")) and \
+        nick_key(value.removeprefix("@")) == value.removeprefix("@")
 
 
 def _token(value: Any) -> bool:

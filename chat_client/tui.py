@@ -167,7 +167,8 @@ class ChatUI:
             self.search.end(keep=True)
             return True  # end() put the draft back
         text = buf.text
-        self.history.add(text)
+        if not text.lower().startswith("/register "):  # a password is never recalled
+            self.history.add(text)
         if text.strip():
             self.core.execute_line(text)
             if not text.startswith("/") or text.startswith("//"):
