@@ -282,6 +282,9 @@ class Broker:
     def _free_nick(self, member: Member, nick: str) -> str:
         p.check_nick(nick)
         if member.account is not None:  # logged in (before hello): the account's name
+            holder = self.nicks.get(p.nick_key(member.account))
+            if holder is not None and holder.account != member.account:  # (a lost record)
+                raise ProtocolError("nick_taken", f"a guest holds {member.account!r}")
             return member.account
         self.logins.free(member, nick)  # held, being registered, or owned: refused
         return nick

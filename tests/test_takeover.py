@@ -191,7 +191,11 @@ def test_an_account_s_session_is_taken_over_by_that_account_only(
     h.send(3, type="hello", version=1, nick="alice", session="sess1", resume=alice["resume"])
     (reply,) = h.take(3)
     assert reply.get("resumed", False) is taken
-    assert reply["type"] == ("welcome" if taken else "error")
+    # A session logged in to another account is welcomed as that account (its nick is
+    # its account's, protocol.md §12.1), never with alice's session.
+    other = new is not None and new != "alice"
+    assert reply["type"] == ("welcome" if taken or other else "error")
+    assert reply.get("nick") == ("alice" if taken else new if other else None)
     assert h.broker.take_replaced() == ([(1, "sess3")] if taken else [])
 
 
