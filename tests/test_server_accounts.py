@@ -5,6 +5,8 @@ sessions of one account, brute-force limits, and no password anywhere on disk or
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import re
 import signal
 from pathlib import Path
@@ -228,3 +230,28 @@ def test_failed_logins_are_limited_per_address(server, clients) -> None:
     clients.append(c)
     codes = [login(c, f"name{i}", "guess")["code"] for i in range(21)]
     assert codes == ["auth_failed"] * 20 + ["rate_limited"]
+
+
+def test_an_upgrade_keeps_an_account_s_sessions_and_logins(server, clients) -> None:
+    """`chatd upgrade` in place: both sessions of an account still get its DMs from the
+    new parent, and logging in works there (a new auth helper)."""
+    phone, laptop = Client(server.host, server.port), Client(server.host, server.port)
+    clients += [phone, laptop]
+    phone.hello("nia")
+    assert register(phone, "nia", PASSWORD)["type"] == "registered"
+    logged_in(laptop, "nia", PASSWORD)
+    done = subprocess.run([sys.executable, "-m", "chatd", "upgrade", "--data-dir",
+                           str(server.data_dir), "--timeout", "60"],
+                          capture_output=True, text=True, timeout=70)
+    assert done.returncode == 0, done.stdout + done.stderr
+    bob = connect(server, "bob")
+    clients.append(bob)
+    sent = dm(bob, "nia", "after the upgrade")
+    for device in (phone, laptop):
+        assert device.wait_type("message", to="nia")["id"] == sent["id"]
+    third = Client(server.host, server.port)
+    clients.append(third)
+    logged_in(third, "nia", PASSWORD)
+    thief = Client(server.host, server.port)
+    clients.append(thief)
+    assert thief.call({"type": "hello", "version": 1, "nick": "nia"})["code"] == "nick_taken"
