@@ -5,10 +5,10 @@ sessions of one account, brute-force limits, and no password anywhere on disk or
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
