@@ -189,7 +189,7 @@ def error(fe: IrcFrontEnd, frame: Frame, command: str, target: str) -> list[Line
     messaging = command in _MESSAGE_COMMANDS
     numeric = {
         "nick_taken": "433",
-        "nick_owned": "433",  # protocol.md §12: an account's nick (accounts: being wired)
+        "nick_owned": "433",  # protocol.md §12: an account's nick
         "nick_locked": "902",  # ERR_NICKLOCKED: a logged-in session keeps its account's
         "invalid_nick": "401" if messaging else "432",
         "no_such_nick": "401",

@@ -2,10 +2,10 @@
 burst (001-005, LUSERS, MOTD) built from the native `welcome` and its `limits`.
 
 Capabilities are offered only where chatd has the concept behind them. chatd has no away
-status, host names or client-only tags, and does not serve accounts yet (protocol.md §12
-is being wired), so `sasl`, `account-tag`, `account-notify`, `away-notify`, `chghost` and
-`setname` are not offered, and CLIENTTAGDENY=* says that client tags are not relayed.
-SASL will be `login`/`auth` once accounts are served.
+status, host names or client-only tags, and this front end does not offer accounts yet
+(protocol.md §12 serves them to native clients), so `sasl`, `account-tag`,
+`account-notify`, `away-notify`, `chghost` and `setname` are not offered, and
+CLIENTTAGDENY=* says that client tags are not relayed. SASL will be §12's `login`/`auth`.
 """
 
 from __future__ import annotations
