@@ -86,6 +86,9 @@ class Upgrade:
         if not self.master.life.running:
             self.fail("the server is stopping")
             return
+        if self.master.adopter.busy:  # (their half-made registrations are not handed over)
+            self.fail("sessions of a dead parent are still being adopted; try again")
+            return
         check = f"{handover.VERSION}:{channel.VERSION}"
         argv = [*command_line(), "--log-level", "warning", "--check"]
         env = dict(os.environ, **{CHECK_ENV: check})

@@ -141,3 +141,21 @@ def test_the_probe_refuses_versions_it_cannot_take_over() -> None:
     problems = handover.check("7", f"{channel.VERSION},42")
     assert any("format 7" in p for p in problems)
     assert any("channel version 42" in p for p in problems)
+
+
+def test_no_upgrade_while_sessions_of_a_dead_parent_are_being_adopted(
+        tmp_path: Path, parents: list[Master]) -> None:
+    from chatd.protocol import FrameDecoder
+    from chatd.upgrade import read_status
+
+    m = Master(config(tmp_path / "data"))
+    parents.append(m)
+    ours, theirs = socket.socketpair()
+    m.adopter.waiting[ours] = (4242, FrameDecoder(1024))  # found, not yet registered
+    m.upgrade.begin(0.0)
+    assert m.upgrade.probe is None  # no probe started
+    status = read_status(tmp_path / "data")
+    assert status is not None and status["ok"] is False
+    assert "still being adopted" in str(status["message"])
+    ours.close()
+    theirs.close()
