@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from serverproc import FAST, ServerProcess
+from tmuxpane import Tmux
 from tuirunner import TUI
 from wire import Client, connect
 
@@ -62,3 +63,11 @@ def bob(server: ServerProcess) -> Iterator[Client]:
     client.join("#general")
     yield client
     client.close()
+
+
+@pytest.fixture
+def tmux() -> Iterator[Tmux]:
+    """A tmux server on a private socket, killed after the test (tests/tmuxpane.py)."""
+    t = Tmux()
+    yield t
+    t.kill()

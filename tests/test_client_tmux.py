@@ -1,80 +1,25 @@
 """End to end in tmux: two full-screen clients type to each other; screens are read back.
 
-The test runs its own tmux server on a private socket (`tmux -L <unique>`), so it never
+The test runs its own tmux server on a private socket (tests/tmuxpane.py), so it never
 touches anyone else's tmux, and kills only that server.
 """
 
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
-import subprocess
-import sys
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from serverproc import ServerProcess
+from tmuxpane import Tmux, chat_client_command
 from wire import connect
 
-ROOT = Path(__file__).resolve().parent.parent
 # Skipped only on a developer's machine without tmux: in CI (.ci/run installs it) a
 # missing tmux fails the test instead of hiding it.
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None and not os.environ.get("CI"),
                                 reason="tmux is not installed (.ci/run installs it)")
-
-
-class Tmux:
-    def __init__(self) -> None:
-        self.socket = f"chat-client-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.path = ""
-
-    def __call__(self, *args: str) -> str:
-        done = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True,
-                              text=True, timeout=10)
-        assert done.returncode == 0, f"tmux {args}: {done.stderr}"
-        return done.stdout
-
-    def start(self, name: str, command: list[str]) -> None:
-        self("new-session", "-d", "-s", name, "-x", "100", "-y", "30", "-c", str(ROOT),
-             shlex.join(command))
-        self("set-option", "-t", name, "remain-on-exit", "on")
-        self.path = self.path or self("display-message", "-p", "#{socket_path}").strip()
-
-    def screen(self, name: str) -> str:
-        return self("capture-pane", "-p", "-t", name)
-
-    def type(self, name: str, text: str) -> None:
-        self("send-keys", "-t", name, "-l", text)
-        self("send-keys", "-t", name, "Enter")
-
-    def wait_screen(self, name: str, needle: str | tuple[str, ...],
-                    timeout: float = 15.0) -> str:
-        needles = (needle,) if isinstance(needle, str) else needle
-        deadline = time.monotonic() + timeout
-        while True:
-            screen = self.screen(name)
-            if any(n in screen for n in needles):
-                return screen
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{needle!r} not on {name}'s screen:\n{screen}")
-            time.sleep(0.1)
-
-    def kill(self) -> None:
-        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True,
-                       timeout=10)
-        if self.path:  # tmux leaves the socket file behind
-            Path(self.path).unlink(missing_ok=True)
-
-
-@pytest.fixture
-def tmux() -> Iterator[Tmux]:
-    t = Tmux()
-    yield t
-    t.kill()
 
 
 @pytest.fixture
@@ -87,9 +32,7 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
 
 
 def client_command(srv: ServerProcess, nick: str, state: Path) -> list[str]:
-    client = ["env", f"CHAT_CLIENT_STATE_DIR={state}", "TERM=xterm-256color", sys.executable,
-              "-m", "chat_client", f"{srv.host}:{srv.port}", "--nick", nick]
-    return ["sh", "-c", shlex.join(client) + '; echo "client exited with status $?"']
+    return chat_client_command(srv.host, srv.port, nick, state)
 
 
 def test_two_clients_talk_in_tmux(tmux: Tmux, server: ServerProcess, tmp_path: Path) -> None:
