@@ -9,7 +9,15 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from chatd.protocol import MAX_REASON, MAX_TOPIC, ProtocolError, check_line, check_nick, check_room
+from chatd.protocol import (
+    MAX_AWAY,
+    MAX_REASON,
+    MAX_TOPIC,
+    ProtocolError,
+    check_line,
+    check_nick,
+    check_room,
+)
 
 from . import moderation
 from .moderation import Moderate as Moderate
@@ -121,9 +129,14 @@ class Search:
     text: str | None  # None: stop searching (the highlight goes)
 
 
+@dataclass(frozen=True)
+class Away:
+    message: str  # "": back
+
+
 Action = (Say | Join | Part | Msg | Nick | Topic | Who | Rooms | History | Quit | Help | Switch
           | Ignore | Unignore | Whois | Clear | Close | Search | Moderate
-          | Register)
+          | Register | Away)
 
 DEFAULT_HISTORY = 50
 # /history N: the upper bound is the server's history page (welcome.limits), checked by
@@ -316,6 +329,21 @@ def _search(rest: str) -> Action:
     return Search(rest.strip() or None)
 
 
+def _away(rest: str) -> Action:
+    message = rest.strip()
+    try:
+        check_line(message, "away message", MAX_AWAY)
+    except ProtocolError as exc:
+        raise UsageError(exc.message) from None
+    return Away(message)
+
+
+def _back(rest: str) -> Action:
+    if rest.strip():
+        raise UsageError("usage")
+    return Away("")
+
+
 @dataclass(frozen=True)
 class Spec:
     usage: str
@@ -352,7 +380,7 @@ COMMANDS: dict[str, Spec] = {
     "ignore": Spec("/ignore [NICK]", "hide NICK's messages, in rooms and direct; kept across "
                    "restarts; no NICK lists them", _ignore),
     "unignore": Spec("/unignore NICK", "show NICK's messages again", _unignore),
-    "whois": Spec("/whois NICK", "the rooms you share with NICK (all the server tells)",
+    "whois": Spec("/whois NICK", "the rooms you share with NICK, and whether NICK is away",
                   _whois),
     "op": Spec("/op [ROOM] NICK", "make NICK an operator of the room (operators only)",
                _moderate("op")),
@@ -376,15 +404,15 @@ COMMANDS: dict[str, Spec] = {
     "register": Spec("/register [PASSWORD]", "make your nick an account with PASSWORD "
                      "(default: the one given at start-up); later runs log in with "
                      "--account; the password never leaves the client", _register),
+    "away": Spec("/away [MESSAGE]", "mark yourself away with MESSAGE, for everyone in "
+                 "your rooms to see; no MESSAGE: back", _away),
+    "back": Spec("/back", "no longer away (as /away without a message)", _back),
     "quit": Spec("/quit [REASON]", "disconnect and exit", _quit),
     "help": Spec("/help [COMMAND]", "show this help, or the usage of COMMAND", _help),
 }
 ALIASES = {"j": "join", "exit": "quit", "query": "msg", "leave": "part"}
 # Commands other clients have that this one cannot honestly offer yet: typing one says why.
-UNSUPPORTED = {
-    "away": "the server has no away status yet (protocol version 1), so nobody could see "
-            "yours: /away is left out rather than faked",
-}
+UNSUPPORTED: dict[str, str] = {}
 
 
 def command_names() -> list[str]:

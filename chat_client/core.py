@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatd.protocol import DEFAULT_LIMITS, MAX_NICK, VERSION, ProtocolError, check_text, nick_key
 
-from . import accounts, events, localcmds, moderation
+from . import accounts, events, localcmds, moderation, presence
 from . import commands as cmd
 from .buffer import SERVER, Buffer, Line
 from .catchup import MAX_DM_POINTS, STALE, DmPoint, Points
@@ -68,6 +68,7 @@ class Core:
         self.nick_attempt = 0
         self.refused: ConnectionEnded | None = None  # set when retrying cannot help
         self.quitting = False
+        self.away = ""  # the away message asked for (presence.py): set again on reconnect
         self.failures = 0  # requests the server refused (plain mode's exit status)
         # Handlers that raised. inbound.check() keeps bad frames away from them, so each is
         # a bug in the client (shown, counted for the tests, and survived: see events.py).
@@ -223,6 +224,10 @@ class Core:
                 self.quit(reason)
             case cmd.Ignore() | cmd.Unignore() | cmd.Whois() | cmd.Clear() | cmd.Search():
                 localcmds.execute(self, action)
+            case cmd.Away(message):
+                presence.request(self, message)
+                if not self.registered:
+                    m.note(None, "not connected: your away status is set when connected")
             case cmd.Close(target):
                 self._close(target)
             case cmd.Register(password) if self.registered:

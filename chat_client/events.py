@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatd.protocol import nick_key
 
-from . import accounts, inbound, moderation
+from . import accounts, inbound, moderation, presence
 from .buffer import SERVER, Buffer, Line
 from .lifecycle import HelloRefused, TakenOver
 from .requests import Frame, Req
@@ -96,6 +96,7 @@ def on_welcome(core: Core, f: Frame, req: Req | None, now: float) -> None:
     if isinstance(prev, dict) and prev.get("code"):
         m.note(server, f"previous session ended: {prev.get('code')} "
                f"{prev.get('message', '')}", "notice")
+    presence.on_welcome(core)
     for room in core.wanted_rooms:
         core.join(room, switch=room == core.focus and m.current == SERVER)
     core.catch_up_dms()
@@ -159,6 +160,7 @@ def on_ack(core: Core, f: Frame, req: Req | None, now: float) -> None:
         return
     buf.acked(line, int(f["id"]), f["ts"] / 1000)
     core.model.updated(buf, line)
+    presence.acked(core, f, req)
 
 
 def on_message(core: Core, f: Frame, req: Req | None, now: float) -> None:
@@ -181,6 +183,7 @@ def on_joined(core: Core, f: Frame, req: Req | None, now: float) -> None:
     buf.joined = True
     buf.topic = str(f.get("topic") or "")
     buf.members = {nick_key(n): n for n in f.get("members", []) if isinstance(n, str)}
+    presence.listed(m, list(buf.members.values()), f)
     if room not in core.wanted_rooms:
         core.wanted_rooms.append(room)
     if first:
@@ -280,6 +283,7 @@ def on_rooms(core: Core, f: Frame, req: Req | None, now: float) -> None:
 
 def on_members(core: Core, f: Frame, req: Req | None, now: float) -> None:
     room, page = str(f["room"]), [str(n) for n in f.get("members", [])]
+    presence.listed(core.model, page, f)
     members = (req.extra.get("got", []) if req else []) + page
     quiet = req is not None and bool(req.extra.get("quiet"))
     buf = core.model.get(room)
@@ -318,6 +322,7 @@ def on_join(core: Core, f: Frame, req: Req | None, now: float) -> None:
     if buf is not None:
         nick = str(f["nick"])
         buf.members[nick_key(nick)] = nick
+        presence.note(core.model, nick, f.get("away"))
         core.model.note(buf, f"{nick} joined {buf.key}", "notice", _ts(f))
 
 
@@ -335,6 +340,7 @@ def on_part(core: Core, f: Frame, req: Req | None, now: float) -> None:
 
 
 def on_quit(core: Core, f: Frame, req: Req | None, now: float) -> None:
+    core.model.away.pop(nick_key(str(f["nick"])), None)
     _left(core, f, "quit")
 
 
@@ -352,6 +358,7 @@ def on_nick(core: Core, f: Frame, req: Req | None, now: float) -> None:
             core.points.stop_dms(nick_key(old))  # its messages no longer come to us
             core.catch_up_dms()  # the direct messages sent to this nick while we lacked it
         return
+    presence.renamed(m, old, new)
     room = m.get(str(f["room"]))
     if room is not None:
         room.members.pop(nick_key(old), None)
@@ -383,4 +390,5 @@ HANDLERS: dict[str, Handler] = {
     **moderation.HANDLERS,
     "auth": accounts.on_auth, "logged_in": accounts.on_logged_in,
     "registered": accounts.on_logged_in,
+    "away": presence.on_away,
 }

@@ -20,6 +20,7 @@ from typing import Any
 from chatd.config import SETTINGS
 from chatd.protocol import (
     DEFAULT_LIMITS,
+    MAX_AWAY,
     MAX_LABEL,
     MAX_REASON,
     MAX_TOPIC,
@@ -193,6 +194,27 @@ def binary(value: Any) -> bytes:
     return value
 
 
+def nick_map(check: Check, what: str) -> Check:
+    """A map from nicks to values (member lists' `away`): bad entries are left out."""
+    def entry(item: tuple[Any, Any]) -> tuple[str, Any]:
+        key = nick(item[0])
+        try:
+            return key, check(item[1])
+        except Fixed as fixed:
+            raise Fixed((key, fixed.value), fixed.why) from None
+
+    entries = list_of(entry, what)
+
+    def check_map(value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise Bad(f"{type(value).__name__} where a map belongs")
+        try:
+            return dict(entries(list(value.items())))
+        except Fixed as fixed:
+            raise Fixed(dict(fixed.value), fixed.why) from None
+    return check_map
+
+
 def map_of(schema: dict[str, Field], one_of: tuple[str, ...] | None = None) -> Check:
     """A map checked like a frame: a missing or bad required field makes it Bad."""
     def check_map(value: Any) -> Frame:
@@ -242,6 +264,8 @@ def _shown(value: Any) -> str:
 # ---- frames ----
 
 _NICKS = list_of(nick, "nicks")
+_AWAY = line(MAX_AWAY)
+_AWAY_MAP = nick_map(_AWAY, "away messages")
 _MESSAGE = {
     "id": Field(integer(1), required=True), "ts": Field(timestamp, required=True),
     "room": Field(room), "to": Field(nick), "from": Field(nick, required=True),
@@ -297,11 +321,12 @@ SCHEMAS: dict[str, tuple[dict[str, Field], tuple[str, ...] | None]] = {
                "limit": Field(line(64)), "retry_after": Field(number(0, 1e9)),
                "supported": Field(list_of(integer(0), "versions"))}, None),
     "ack": ({"id": Field(integer(1), required=True), "ts": Field(timestamp, required=True),
-             "room": Field(room), "to": Field(nick)}, ("room", "to")),
+             "room": Field(room), "to": Field(nick), "away": Field(_AWAY)}, ("room", "to")),
     "message": (_MESSAGE, ("room", "to")),
     "joined": ({"room": Field(room, required=True),
                 "topic": Field(line(MAX_TOPIC), default=""),
-                "members": Field(_NICKS, default=[]), "more": Field(flag)}, None),
+                "members": Field(_NICKS, default=[]), "more": Field(flag),
+                "away": Field(_AWAY_MAP)}, None),
     "history": ({"room": Field(room), "with": Field(nick), "direct": Field(flag),
                  "messages": Field(list_of(history_entry, "messages"), default=[]),
                  "more": Field(flag, default=False)}, ("room", "with", "direct")),
@@ -309,10 +334,12 @@ SCHEMAS: dict[str, tuple[dict[str, Field], tuple[str, ...] | None]] = {
     "rooms": ({"rooms": Field(list_of(map_of(_ROOM_ENTRY), "rooms"), default=[]),
                "more": Field(flag)}, None),
     "members": ({"room": Field(room, required=True), "members": Field(_NICKS, default=[]),
-                 "more": Field(flag)}, None),
+                 "more": Field(flag), "away": Field(_AWAY_MAP)}, None),
     "topic": ({"room": Field(room, required=True), "topic": Field(line(MAX_TOPIC), default=""),
                "by": Field(nick, nullable=True), "ts": Field(timestamp, nullable=True)}, None),
     "join": ({"room": Field(room, required=True), "nick": Field(nick, required=True),
+              "ts": Field(timestamp), "away": Field(_AWAY)}, None),
+    "away": ({"nick": Field(nick, required=True), "message": Field(_AWAY, default=""),
               "ts": Field(timestamp)}, None),
     "part": (_MEMBERSHIP, None),
     "quit": (_MEMBERSHIP, None),

@@ -58,6 +58,9 @@ def whois(m: Model, nick: str) -> list[str]:
     else:
         lines = [f"{clean_line(nick)} is in none of your rooms (the server tells nothing "
                  "more: whether they are online shows only when you /msg them)"]
+    away = m.my_away if key == nick_key(m.nick) else m.away.get(key)
+    if away:
+        lines.append(f"  away: {clean_line(away)}")
     if key in m.buffers and m.buffers[key].kind == "dm":
         number = list(m.buffers).index(key) + 1
         lines.append(f"  direct messages: buffer {number}")

@@ -37,6 +37,8 @@ class Model:
         self.read_points: dict[str, int] = {}  # saved read markers of buffers not open yet
         self.jumped_from: str | None = None  # where Alt+A started, to return to at the end
         self.search_text: str | None = None  # what /search looked for last
+        self.my_away = ""  # your away message as the server has it ("": here)
+        self.away: dict[str, str] = {}  # nick_key -> away message of others (presence.py)
         self.buffer(SERVER, "server", "server")
 
     # Buffers

@@ -143,7 +143,8 @@ def status(m: Model, width: int, note: str | None = None) -> Fragments:
     """The whole bar for a terminal `width` cells wide. `note` (a question the UI asks)
     takes the place of the hotlist and topic."""
     # Logged in, the nick is the account's name: "(account)" says whose it is.
-    who = fit(clean_line(m.nick), 20) + (" (account)" if m.account else "")
+    who = fit(clean_line(m.nick), 20) + (" (account)" if m.account else "") \
+        + (" (away)" if m.my_away else "")
     out: Fragments = [("class:status", " "), *connection(m), ("class:status", f" │ {who} │ ")]
     room = max(0, width - _width(out) - 1)
     if note is not None:

@@ -19,11 +19,12 @@ from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import msgpack
 
-from chatd import channel, takeover
+from chatd import channel, presence, takeover
 from chatd import protocol as p
 from chatd.channel import CATCHUP, DONE
 from chatd.config import Config
@@ -56,6 +57,7 @@ class Member:
     account: str | None = None
     resume: str = ""  # the secret that lets the client take this session over (takeover.py)
     tls: bool = False  # the client came over TLS (the parent knows: which listener)
+    away: str = ""  # the away message, "" while here (chatd.presence)
 
 
 @dataclass(slots=True, eq=False)
@@ -101,7 +103,7 @@ class Broker:
         self.signer: Callable[[Member], dict[str, Any] | None] | None = None
         self.restate: set[int] = set()
         self.logins = Logins(self)  # register, login, auth (chatd/logins.py)
-        self._handlers = {
+        self._handlers: dict[str, Callable[[Member, dict[str, Any], Any, int], Any]] = {
             "hello": self._hello, "quit": self._quit, "join": self._join,
             "part": self._part, "msg": self._msg, "nick": self._nick,
             "topic": self._topic, "rooms": self._rooms, "who": self._who,
@@ -109,6 +111,7 @@ class Broker:
             **moderation_handlers(self),
             "register": self.logins.register, "login": self.logins.login,
             "auth": self.logins.auth,
+            "away": partial(presence.set_away, self),
         }
 
     # ---- session lifetime (called by the parent's loop) ----
@@ -346,7 +349,7 @@ class Broker:
             log.debug("%s joins %s", member.nick, name)
             if not self.directory.present(room.members, member):  # (§12.1)
                 self._fanout(room, pack({"type": "join", "room": name, "nick": member.nick,
-                                         "ts": now_ms}))
+                                         "ts": now_ms, **presence.of(member)}))
             room.members[member.sid] = member
             member.rooms.add(name)
         self._reply_paged(member, {"type": "joined", "room": name, "topic": room.topic},
@@ -454,15 +457,21 @@ class Broker:
             frame["label"] = label
         # the empty reply's payload, plus room for the array header to grow (1 -> 5 bytes)
         budget = self.config.max_frame - (len(pack(frame)) - p.HEADER.size) - 4
+        # A member list also names its away members (chatd.presence), within the budget.
+        away = presence.Notes(self.nicks) if key == "members" else None
         kept: list[Any] = []
         more = False
         for item in items:
             budget -= len(msgpack.packb(item, use_bin_type=True))
+            if away is not None:
+                budget = away.cost(item, budget)
             if budget < 0 and kept:
                 more = True
                 break
             kept.append(item)
         frame.update({key: kept, "more": more})
+        if away is not None:
+            away.add_to(frame, kept)
         self.outbox[member.sid].append(pack(frame))
 
     def _history(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> bool:

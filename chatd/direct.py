@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from chatd import presence
 from chatd import protocol as p
 from chatd.protocol import ProtocolError, pack
 from chatd.store import dm_pair, identity
@@ -110,7 +111,7 @@ class Directory:
                                      src=self.ident(member), dst=dst)
         b.history.posted(msg_id)
         ack_data = b._reply(member, {"type": "ack", "id": msg_id, "ts": now_ms,
-                                     "to": shown}, label)
+                                     "to": shown, **presence.of_all(targets)}, label)
         data = pack({"type": "message", "id": msg_id, "ts": now_ms, "to": shown,
                      "from": nick, "text": text, "action": action})
         for sid in _unique(m.sid for m in (member, *self.of_account(member), *targets)):

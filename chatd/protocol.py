@@ -249,6 +249,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
              "topic_lock": ((bool,), False)},
     "bans": {"room": (_STR, True), "after": (_INT, False)},
     "kill": {"nick": (_STR, True), "reason": (_STR, False)},
+    "away": {"message": (_STR, False)},
 }
 # Optional fields of which a request must give exactly one.
 _ONE_OF = {"msg": (("room", "to"),), "history": (("room", "with", "direct"),),
@@ -259,6 +260,7 @@ PRE_WELCOME = frozenset({"hello", "ping", "pong", "quit", "register", "login", "
 MAX_LABEL = 64
 MAX_REASON = 200
 MAX_TOPIC = 300
+MAX_AWAY = 200  # characters of an away message
 
 
 def label_of(obj: dict[str, Any]) -> Any:

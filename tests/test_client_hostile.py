@@ -211,6 +211,12 @@ HONEST: list[Frame] = [
     {"type": "nick", "old": "alice_", "new": "alice", "ts": TS, "label": 7},
     {"type": "ping", "token": 3},
     {"type": "pong", "token": b"\x00\xff"},
+    {"type": "away", "nick": "carol", "message": "lunch", "ts": TS},
+    {"type": "away", "nick": "alice", "message": "", "ts": TS, "label": 8},
+    {"type": "members", "room": "#a", "members": ["alice", "carol"], "label": 9,
+     "away": {"carol": "lunch"}},
+    {"type": "join", "room": "#a", "nick": "carol", "ts": TS, "away": "brb"},
+    {"type": "ack", "id": 10, "ts": TS, "to": "carol", "away": "on holiday", "label": 10},
 ]
 
 
@@ -256,6 +262,20 @@ def test_bad_fields_fall_back_and_are_reported() -> None:
     assert what == "welcome.limits"
     assert text.endswith("not usable: max_frame=1073741824 (using 65536), ping_interval=inf "
                          "(using 60.0), msg_burst=True (using 20)")
+
+
+def test_an_away_map_keeps_its_good_entries() -> None:
+    problems: list[str] = []
+    got = inbound.check({"type": "members", "room": "#a", "members": ["bob", "carol"],
+                         "away": {"bob": "lunch\x1b[2J", "9bad": "x", "carol": 5,
+                                  "dave": "y" * 500}},
+                        lambda what, text: problems.append(what))
+    assert got is not None
+    assert got["away"] == {"bob": "lunch\ufffd[2J", "dave": "y" * 199 + "…"}
+    assert problems == ["members.away"]
+    assert inbound.check({"type": "away", "nick": "bob", "message": ["x"]},
+                         lambda what, text: problems.append(what)) == {
+        "type": "away", "nick": "bob", "message": ""}
 
 
 def test_a_long_history_page_in_any_order_is_checked_whole() -> None:

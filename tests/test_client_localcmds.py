@@ -55,6 +55,9 @@ def notes(core: Core) -> list[str]:
         ("/close #a", c.Close("#a")),
         ("/search deploy failed", c.Search("deploy failed")),
         ("/search", c.Search(None)),
+        ("/away gone for lunch ", c.Away("gone for lunch")),
+        ("/away", c.Away("")),
+        ("/back", c.Away("")),
     ],
 )
 def test_parse_the_new_commands(line: str, action: c.Action) -> None:
@@ -70,8 +73,8 @@ def test_parse_the_new_commands(line: str, action: c.Action) -> None:
         ("/whois", "usage: /whois NICK"),
         ("/clear now", "usage: /clear"),
         ("/close a b", "usage: /close"),
-        ("/away", "no away status"),
-        ("/away gone for lunch", "left out rather than faked"),
+        ("/away " + "x" * 201, "longer than 200"),
+        ("/back now", "usage: /back"),
     ],
 )
 def test_usage_errors_of_the_new_commands(line: str, message: str) -> None:
@@ -79,10 +82,43 @@ def test_usage_errors_of_the_new_commands(line: str, message: str) -> None:
         c.parse(line)
 
 
-def test_away_is_refused_locally_and_sends_nothing() -> None:
+def test_away_is_asked_of_the_server_shown_and_set_again_after_a_reconnect() -> None:
     core = ready()
+    m = core.model
     core.execute_line("/away lunch")
-    assert core.take_outbox() == [] and "no away status" in notes(core)[-1]
+    (req,) = core.take_outbox()
+    assert (req["type"], req["message"]) == ("away", "lunch")
+    core.receive({"type": "away", "nick": "alice", "message": "lunch", "label": req["label"]})
+    assert m.my_away == "lunch" and "you are marked as away: lunch" in notes(core)[-1]
+    core.execute_line("/whois alice")
+    assert notes(core)[-1] == "  away: lunch"
+
+    # Others: from member lists, events, a join and a direct message's ack.
+    core.receive({"type": "away", "nick": "bob", "message": "brb", "ts": 1})
+    core.execute_line("/whois BOB")
+    assert notes(core)[-2:] == ["bob is online, in #a", "  away: brb"]
+    core.receive({"type": "away", "nick": "bob", "message": "", "ts": 2})
+    core.receive({"type": "join", "room": "#a", "nick": "dave", "away": "asleep", "ts": 3})
+    core.receive({"type": "nick", "room": "#a", "old": "dave", "new": "dave2", "ts": 4})
+    assert m.away == {"dave2": "asleep"}
+    core.execute_line("/msg carol hi")
+    (msg_req,) = core.take_outbox()
+    core.receive({"type": "ack", "id": 9, "ts": 5, "to": "carol", "away": "on holiday",
+                  "label": msg_req["label"]})
+    assert "carol is away: on holiday" in [ln.text for ln in m.get("carol").lines]  # type: ignore[union-attr]
+
+    # A new session: the away status is asked for again, quietly.
+    core.disconnected("lost")
+    core.connected()
+    hello = core.take_outbox()[0]
+    core.receive({"type": "welcome", "version": 1, "nick": "alice", "label": hello["label"]})
+    again = [f for f in core.take_outbox() if f["type"] == "away"]
+    assert [f["message"] for f in again] == ["lunch"] and m.away == {}
+    core.execute_line("/back")
+    (back,) = [f for f in core.take_outbox() if f["type"] == "away"]
+    assert "message" not in back
+    core.receive({"type": "away", "nick": "alice", "message": "", "label": back["label"]})
+    assert m.my_away == "" and "no longer marked as away" in notes(core)[-1]
 
 
 def test_ignore_hides_a_nick_in_rooms_and_direct_messages() -> None:

@@ -28,7 +28,7 @@ from chatd.store import Store
 FUZZ = settings(max_examples=150, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 SERVER_TYPES = {"welcome", "error", "ack", "message", "joined", "history", "parted", "rooms",
-                "members", "topic", "join", "part", "quit", "nick", "ping", "pong",
+                "members", "topic", "join", "part", "quit", "nick", "ping", "pong", "away",
                 # moderation (protocol.md §14)
                 "moderation", "invited", "mode", "bans", "killed"}
 CONTROL_KINDS = {"welcome", "state", "close", "config", "done"}

@@ -8,7 +8,10 @@ They connect with the commands README's "IRC" section gives, typed as a user wou
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -72,8 +75,33 @@ def test_irssi_chats_with_chat_client(tmux: Tmux, server: ServerProcess,
     tmux.type("bob", "/topic chatting across protocols")
     tmux.wait_screen("irssi", "bob changed the topic of #general to: chatting across protocols")
 
+    # Away, both ways: irssi's /away seen in chat-client's /whois, chat-client's /away in
+    # its status bar and as irssi's answer to a message (301 RPL_AWAY).
+    tmux.type("irssi", "/away gone for tea")
+    tmux.wait_screen("irssi", "[ircalice (zZzZ)]")  # its status bar, once it got 306
+    until_shown(tmux, "bob", "/whois ircalice", "away: gone for tea")
+    tmux.type("bob", "/away lunch")
+    tmux.wait_screen("bob", "bob (away)")
+    tmux.type("irssi", "/query bob")
+    tmux.type("irssi", "are you there?")
+    tmux.wait_screen("irssi", "bob is away: lunch")
+    tmux.wait_screen("bob", "ircalice(1!)")  # the direct message, in the hotlist
+
     tmux.type("irssi", "/quit see you")
     tmux.wait_screen("bob", "ircalice quit #general")
+
+
+def until_shown(tmux: Tmux, pane: str, command: str, needle: str, tries: int = 5) -> None:
+    """Type `command` until `needle` shows (what it reports may still be on its way)."""
+    for _ in range(tries - 1):
+        tmux.type(pane, command)
+        try:
+            tmux.wait_screen(pane, needle, timeout=3.0)
+            return
+        except AssertionError:
+            continue
+    tmux.type(pane, command)
+    tmux.wait_screen(pane, needle)
 
 
 class WeeChat:
@@ -87,10 +115,16 @@ class WeeChat:
         tmux.start("weechat", ["weechat-headless", "--stdout", "-d", str(home),
                                "-P", "irc,logger,fifo", "-r", setup])
         self.tmux = tmux
+        # weechat-headless outlives its pane's hang-up (tmux kill-server): stop() ends it.
+        self.pid = int(tmux("display-message", "-p", "-t", "weechat", "#{pane_pid}"))
         deadline = time.monotonic() + 15
         while not (self.fifo.exists() and self.logs.exists()):
             assert time.monotonic() < deadline, tmux.screen("weechat")
             time.sleep(0.05)
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
 
     def command(self, buffer: str, line: str) -> None:
         with self.fifo.open("w") as fifo:  # weechat keeps it open for reading
@@ -114,6 +148,13 @@ def test_weechat_chats_with_chat_client(tmux: Tmux, server: ServerProcess,
     need("weechat-headless")
     native(tmux, server, tmp_path / "bob")
     wee = WeeChat(tmux, tmp_path / "weechat")
+    try:
+        weechat_session(tmux, server, wee)
+    finally:
+        wee.stop()
+
+
+def weechat_session(tmux: Tmux, server: ServerProcess, wee: WeeChat) -> None:
     for command in (f"/server add chatd {server.host}/{server.irc_port}",
                     '/set irc.server.chatd.nicks "weealice"', "/connect chatd"):
         wee.command("core.weechat", command)

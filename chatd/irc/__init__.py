@@ -30,7 +30,8 @@ Wiring, for the session process's loop (the shell feeds bytes, the cores answer)
 Modules: lines (the line codec), frontend (state, reply order), commands (dispatch,
 registration-time commands, rooms), welcome (CAP, 001-005, MOTD), messaging (PRIVMSG,
 NOTICE, multiline batches), queries (NAMES, LIST, WHO, WHOIS, MODE, ...), chathistory,
-render (native frames as IRC lines, errors as numerics, labelled responses).
+away (AWAY, away-notify, who is away), render (native frames as IRC lines, errors as
+numerics, labelled responses).
 """
 
 from chatd.irc.frontend import IrcFrontEnd

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from chatd import protocol as p
-from chatd.irc import chathistory, messaging, queries, render, welcome
+from chatd.irc import away, chathistory, messaging, queries, render, welcome
 from chatd.irc.lines import Line
 from chatd.irc.messaging import plain
 
@@ -137,6 +137,7 @@ class _Join:
             room = self.room = str(frame.get("room", self.name))
             members = [str(n) for n in frame.get("members", [])]
             fe.rooms[room] = {p.nick_key(n): n for n in members}
+            away.listed(fe, members, frame)
             extended = fe.has("extended-join")
             self.head.append(Line("JOIN", [room, "*", fe.me] if extended else [room],
                                   fe.mask(fe.me), colon=extended))
@@ -172,6 +173,7 @@ class _Join:
                 return False
             page = [str(n) for n in frame.get("members", [])]
             self.fe.rooms.setdefault(room, {}).update({p.nick_key(n): n for n in page})
+            away.listed(self.fe, page, frame)
             self._members(page, bool(frame.get("more")))
             return True
 
@@ -225,6 +227,7 @@ def _part(fe: IrcFrontEnd, reply: Reply, name: str, reason: str) -> None:
         answered()
         room = str(frame.get("room", name))
         fe.rooms.pop(room, None)
+        away.forget_unshared(fe)
         reply.lines.append(Line("PART", [room, reason] if reason else [room], fe.mask(fe.me)))
         return True
 
@@ -274,7 +277,8 @@ def _table() -> dict[str, Command]:
     native = {"JOIN": join, "PART": part, "TOPIC": topic, "PRIVMSG": messaging.privmsg,
               "NOTICE": messaging.privmsg, "NAMES": queries.names, "LIST": queries.list_,
               "WHO": queries.who, "CHATHISTORY": chathistory.chathistory,
-              "KICK": queries.kick, "INVITE": queries.invite}
+              "KICK": queries.kick, "INVITE": queries.invite,
+              "AWAY": away.command}
     return {**early, **{k: Command(v) for k, v in native.items()},
             **{k: Command(v, local=True) for k, v in queries.LOCAL.items()},
             "TAGMSG": Command(messaging.tagmsg, local=True)}

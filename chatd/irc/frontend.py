@@ -82,6 +82,7 @@ class IrcFrontEnd:
         self.hello_pending = False
         self.nick: str | None = None  # set by welcome: registered
         self.rooms: dict[str, dict[str, str]] = {}  # joined room -> nick key -> spelling
+        self.away: dict[str, str] = {}  # nick key -> away message, of those we know (away.py)
         # Rooms with a PART in flight, and how many: a JOIN right behind the PART (a
         # client's /cycle) is not one of "a room you are in", though `rooms` still says so.
         self.parting: dict[str, int] = {}

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from chatd.irc import render, welcome
+from chatd.irc import away, render, welcome
 from chatd.irc.lines import Line
 
 if TYPE_CHECKING:
@@ -76,8 +76,9 @@ def send_message(fe: IrcFrontEnd, reply: Reply, target: str, text: str, action: 
         frame["action"] = True
 
     def on_frame(frame: Frame) -> bool:
-        if frame["type"] != "message":
-            return False  # the ack: the front end now waits for the echo of its id
+        if frame["type"] != "message":  # the ack: the front end now waits for the echo
+            away.acked(fe, reply, frame)  # of its id; a recipient who is away: 301
+            return False
         lines = render.message(fe, frame)
         if fe.has("echo-message"):
             reply.lines += lines

@@ -1,7 +1,7 @@
 """IRC queries: NAMES, LIST and WHO #room page through the native `who` and `rooms`;
-WHOIS, WHO nick, USERHOST, MODE, AWAY, KICK, INVITE, LUSERS and MOTD are answered here,
-from what chatd has (it has no channel operators, bans, keys, user modes or away status
-yet: the replies say so with the numeric IRC has for it).
+WHOIS, WHO nick, USERHOST, MODE, KICK, INVITE, LUSERS and MOTD are answered here,
+from what chatd has (it has no channel operators, bans, keys or user modes yet: the
+replies say so with the numeric IRC has for it). Away status is away.py's.
 
 WHOIS and WHO of a nick know the users who share a room with you (chatd has no request
 that looks a user up); anyone else gets 401 ERR_NOSUCHNICK, which says so.
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from chatd import protocol as p
-from chatd.irc import moderate, modlines, render, welcome
+from chatd.irc import away, moderate, modlines, render, welcome
 from chatd.irc.lines import Line
 
 if TYPE_CHECKING:
@@ -24,9 +24,10 @@ ROOM_MODES = "n"  # every chatd room: only its members may send to it
 
 
 def _members(fe: IrcFrontEnd, reply: Reply, name: str,
-             done: Callable[[str, list[str]], list[Line]], failed: Callable[[], list[Line]]
-             ) -> None:
-    """Page through a room's members with native `who`, then reply done(room, nicks)."""
+             done: Callable[[str, list[str]], list[Line]], failed: Callable[[], list[Line]],
+             page: Callable[[list[str], Frame], None] | None = None) -> None:
+    """Page through a room's members with native `who` (each page to `page`), then reply
+    done(room, nicks)."""
     nicks: list[str] = []
 
     def ask(after: str | None) -> None:
@@ -38,10 +39,12 @@ def _members(fe: IrcFrontEnd, reply: Reply, name: str,
     def on_frame(frame: Frame) -> bool:
         if frame["type"] != "members":
             return False
-        page = [str(n) for n in frame.get("members", [])]
-        nicks.extend(page)
-        if frame.get("more") and page:
-            ask(page[-1])
+        got = [str(n) for n in frame.get("members", [])]
+        nicks.extend(got)
+        if page is not None:
+            page(got, frame)
+        if frame.get("more") and got:
+            ask(got[-1])
         else:
             reply.lines.extend(done(str(frame.get("room", name)), nicks))
         return True
@@ -66,8 +69,9 @@ def names(fe: IrcFrontEnd, line: Line, reply: Reply, now: float) -> None:
 
 
 def _who_line(fe: IrcFrontEnd, channel: str, nick: str) -> Line:
-    # No away status: everyone is H (here); hop count 0 and the nick as real name.
-    return fe.num("352", channel, "~u", fe.server, fe.server, nick, "H", f"0 {nick}")
+    # H (here) or G (gone: away); hop count 0 and the nick as real name.
+    return fe.num("352", channel, "~u", fe.server, fe.server, nick, away.flag(fe, nick),
+                  f"0 {nick}")
 
 
 def who(fe: IrcFrontEnd, line: Line, reply: Reply, now: float) -> None:
@@ -78,7 +82,8 @@ def who(fe: IrcFrontEnd, line: Line, reply: Reply, now: float) -> None:
 
     if mask.startswith("#"):
         _members(fe, reply, mask, lambda room, nicks: [_who_line(fe, room, n)
-                                                       for n in nicks] + end(), end)
+                                                       for n in nicks] + end(), end,
+                 lambda nicks, frame: away.listed(fe, nicks, frame))
         return
     if not fe.charge("WHO", now, reply):  # answered here, like the other local queries
         return
@@ -144,13 +149,14 @@ def whois(fe: IrcFrontEnd, line: Line, reply: Reply, now: float) -> None:
     shared = sorted(room for room, members in fe.rooms.items() if key in members)
     reply.lines += [fe.num("311", nick, "~u", fe.server, "*", nick),
                     *render.packed(fe, "319", [nick], shared),
-                    fe.num("312", nick, fe.server, "chatd"),
+                    fe.num("312", nick, fe.server, "chatd"), *away.rpl_away(fe, nick),
                     fe.num("318", nick, "End of /WHOIS list")]
 
 
 def userhost(fe: IrcFrontEnd, line: Line, reply: Reply, now: float) -> None:
     found = [n for n in (find_nick(fe, t) for t in line.params[:5]) if n]
-    reply.lines.append(fe.num("302", " ".join(f"{n}=+~u@{fe.server}" for n in found)))
+    reply.lines.append(fe.num("302", " ".join(f"{n}={'-' if away.flag(fe, n) == 'G' else '+'}"
+                                              f"~u@{fe.server}" for n in found)))
 
 
 def mode(fe: IrcFrontEnd, line: Line, reply: Reply, now: float) -> None:
@@ -183,15 +189,6 @@ def mode(fe: IrcFrontEnd, line: Line, reply: Reply, now: float) -> None:
         fe.request(reply, {"type": "topic", "room": target}, on_frame, target)
 
 
-def away(fe: IrcFrontEnd, line: Line, reply: Reply, now: float) -> None:
-    if not line.param(0):
-        reply.lines.append(fe.num("305", "You are not marked as away (chatd has no away "
-                                         "status yet)"))
-    else:
-        reply.lines.append(fe.num("421", "AWAY", "chatd has no away status yet: nobody "
-                                                 "would see it"))
-
-
 def kick(fe: IrcFrontEnd, line: Line, reply: Reply, now: float) -> None:
     if len(line.params) < 2:
         reply.lines.append(fe.num("461", "KICK", "Not enough parameters"))
@@ -207,7 +204,7 @@ def invite(fe: IrcFrontEnd, line: Line, reply: Reply, now: float) -> None:
 
 
 LOCAL = {
-    "WHOIS": whois, "USERHOST": userhost, "MODE": mode, "AWAY": away,
+    "WHOIS": whois, "USERHOST": userhost, "MODE": mode,
     "LUSERS": lambda fe, line, reply, now: reply.lines.extend(welcome.lusers(fe)),
     "MOTD": lambda fe, line, reply, now: reply.lines.extend(welcome.motd(fe)),
 }

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from chatd import protocol as p
-from chatd.irc import modlines
+from chatd.irc import away, modlines
 from chatd.irc.lines import MAX_LINE, Line, serialise, split_utf8
 
 if TYPE_CHECKING:
@@ -128,7 +128,9 @@ def event(fe: IrcFrontEnd, frame: Frame) -> list[Line]:
             members[p.nick_key(nick)] = nick
         extended = fe.has("extended-join")
         return [Line("JOIN", [room, "*", nick] if extended else [room], fe.mask(nick), tags,
-                     colon=extended)]
+                     colon=extended), *away.joined(fe, nick, frame, tags)]
+    if kind == "away":
+        return away.changed(fe, nick, frame, tags)
     if kind == "part":
         if members is not None:
             members.pop(p.nick_key(nick), None)
@@ -137,6 +139,7 @@ def event(fe: IrcFrontEnd, frame: Frame) -> list[Line]:
     if kind == "quit":
         if members is not None:
             members.pop(p.nick_key(nick), None)
+        fe.away.pop(p.nick_key(nick), None)
         # One native event per shared room, one IRC QUIT: sent once it has left them all.
         if any(p.nick_key(nick) in m for m in fe.rooms.values()):
             return []
@@ -148,6 +151,7 @@ def event(fe: IrcFrontEnd, frame: Frame) -> list[Line]:
         if members is not None and members.get(p.nick_key(old)) == old:
             del members[p.nick_key(old)]
             members[p.nick_key(new)] = new
+        away.renamed(fe, old, new)
         if any(m.get(p.nick_key(old)) == old for m in fe.rooms.values()):
             return []  # a shared room still has the old spelling: its event comes next
         if not fe.once(("nick", old, new, frame.get("ts"))):

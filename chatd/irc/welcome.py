@@ -1,11 +1,11 @@
 """Registration: CAP negotiation, PASS/NICK/USER, the native hello, and the IRC welcome
 burst (001-005, LUSERS, MOTD) built from the native `welcome` and its `limits`.
 
-Capabilities are offered only where chatd has the concept behind them. chatd has no away
-status, host names or client-only tags, and this front end does not offer accounts yet
-(protocol.md §12 serves them to native clients), so `sasl`, `account-tag`,
-`account-notify`, `away-notify`, `chghost` and `setname` are not offered, and
-CLIENTTAGDENY=* says that client tags are not relayed. SASL will be §12's `login`/`auth`.
+Capabilities are offered only where chatd has the concept behind them. chatd has no host
+names or client-only tags, and this front end does not offer accounts yet (protocol.md
+§12 serves them to native clients), so `sasl`, `account-tag`, `account-notify`, `chghost`
+and `setname` are not offered, and CLIENTTAGDENY=* says that client tags are not relayed.
+SASL will be §12's `login`/`auth`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def cap_values(fe: IrcFrontEnd) -> dict[str, str]:
     return {
         "batch": "", "draft/chathistory": "",
         "draft/multiline": f"max-bytes={fe.limits['max_text']},max-lines={MULTILINE_LINES}",
-        "echo-message": "", "extended-join": "", "labeled-response": "", "message-tags": "",
+        "away-notify": "", "echo-message": "", "extended-join": "", "labeled-response": "",
+        "message-tags": "",
         "multi-prefix": "", "server-time": "", "userhost-in-names": "",
     }
 
