@@ -156,6 +156,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("irc", "port", 6667, "TCP port of the IRC listener (protocol.md §13), on "
             "`--host`; 0 turns it off, -1 picks a free one (logged as `listening for IRC on "
             "HOST:PORT`); a change needs a restart", -1, 65535, attr="irc_port"),
+    Setting("irc", "tls_port", 0, "TCP port of the IRC listener over TLS (the certificate "
+            "and key of `tls.cert`, which it needs), on `--host`; 0 turns it off, -1 picks a "
+            "free one (logged as `listening for IRC over TLS on HOST:PORT`); a change needs "
+            "a restart", -1, 65535, attr="irc_tls_port"),
 )
 BY_KEY = {f"{s.section}.{s.name}": s for s in SETTINGS}
 FRAME_OVERHEAD = 512  # bytes of a msg/message frame besides its text, with room to spare
@@ -241,6 +245,7 @@ class Config:
     tls_plain = Value[bool]()
     irc_port = Value[int]()
     accounts_iterations = Value[int]()
+    irc_tls_port = Value[int]()
     user = Value[str]()
     sandbox = Value[bool]()
     operators = Value[list[str]]()
@@ -328,6 +333,9 @@ def parse_settings(doc: dict[str, Any]) -> dict[str, Any]:
     if not errors and not values["tls_cert"] and (values["tls_key"] or not values["tls_plain"]):
         errors.append("tls.key and tls.plain = false need tls.cert (without it there is no "
                       "TLS listener)")
+    if not errors and not values["tls_cert"] and values["irc_tls_port"]:
+        errors.append("irc.tls_port needs tls.cert (the IRC listener over TLS uses its "
+                      "certificate)")
     if not errors and values["user"]:
         # Looked up here, in the parent (at start-up and on SIGHUP): a session process
         # makes no user-database look-up after the fork.

@@ -23,6 +23,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from chatd import channel, child, datadir, handover, orphan, tls
@@ -110,6 +111,9 @@ class Master:
         if cfg.irc_port:  # (-1: any free port)
             self._listen(max(cfg.irc_port, 0), "irc", "listening for IRC on %s:%d",
                          "irc.port")
+        if cfg.irc_tls_port and self.tls is not None:  # (config: it needs tls.cert)
+            self._listen(max(cfg.irc_tls_port, 0), partial(self._accept, over_tls=True, irc=True),
+                         "listening for IRC over TLS on %s:%d", "irc.tls_port")
         self.admin.listen()
         return [sock.getsockname()[:2] for sock in self.listeners]
 

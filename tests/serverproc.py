@@ -31,6 +31,7 @@ FAST: dict[str, Any] = {"rate": {
     "msg_rate": 100000.0, "msg_burst": 100000, "history_rate": 100000.0,
     "history_burst": 100000, "cmd_rate": 100000.0, "cmd_burst": 100000}}
 IRC_LISTEN_RE = re.compile(r"listening for IRC on (\S+):(\d+)")
+IRC_TLS_LISTEN_RE = re.compile(r"listening for IRC over TLS on (\S+):(\d+)")
 SESSION_RE = re.compile(r"session (\S+) from \S+: pid (\d+)")
 
 # Every test client connects from 127.0.0.1, a module's tests often dozens a second, which
@@ -92,6 +93,13 @@ class ServerProcess(Server):
     def irc_port(self) -> int:
         """The IRC listener's port (the server was started with `"irc": {"port": -1}`)."""
         match = IRC_LISTEN_RE.search(self.wait_for_log(IRC_LISTEN_RE))
+        assert match
+        return int(match.group(2))
+
+    @property
+    def irc_tls_port(self) -> int:
+        """The port of the IRC listener over TLS (`"irc": {"tls_port": -1}`)."""
+        match = IRC_TLS_LISTEN_RE.search(self.wait_for_log(IRC_TLS_LISTEN_RE))
         assert match
         return int(match.group(2))
 

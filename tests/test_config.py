@@ -36,6 +36,7 @@ def test_values_override_and_ints_widen_to_floats() -> None:
     ({"tls": {"plain": "no"}}, "tls.plain: expected bool"),
     ({"tls": {"plain": False}}, "tls.key and tls.plain = false need tls.cert"),
     ({"tls": {"key": "key.pem"}}, "tls.key and tls.plain = false need tls.cert"),
+    ({"irc": {"tls_port": 6697}}, "irc.tls_port needs tls.cert"),
 ])
 def test_bad_settings_are_reported_clearly(doc: dict, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):

@@ -27,9 +27,16 @@ def need(program: str) -> None:
             pytest.skip(f"{binary} is not installed (.ci/run installs it)")
 
 
+CA = Path(__file__).parent / "tls" / "ca.pem"  # the test certificate's issuer
+# The certificate is for localhost: a client checks the name it connected to.
+TLS = {"cert": str(CA.parent / "server.pem"), "key": str(CA.parent / "server.key"), "port": 0}
+over_tls = pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+
+
 @pytest.fixture
 def server(start: Callable[..., ServerProcess]) -> Iterator[ServerProcess]:
-    yield start({"irc": {"port": -1}})  # the default rate limits: a person's pace
+    # The default rate limits (a person's pace); IRC on plain TCP and over TLS.
+    yield start({"irc": {"port": -1, "tls_port": -1}, "tls": TLS})
 
 
 def native(tmux: Tmux, server: ServerProcess, state: Path) -> None:
@@ -54,15 +61,17 @@ def chat_both_ways(tmux: Tmux, nick: str, say: Callable[[str], object],
     shows(bob_acts.format("grins"))
 
 
-def test_irssi_chats_with_chat_client(tmux: Tmux, server: ServerProcess,
-                                      tmp_path: Path) -> None:
+@over_tls
+def test_irssi_chats_with_chat_client(tmux: Tmux, server: ServerProcess, tmp_path: Path,
+                                      tls: bool) -> None:
     need("irssi")
     native(tmux, server, tmp_path / "bob")
     home = tmp_path / "irssi"
     home.mkdir()
     tmux.start("irssi", ["env", "TERM=screen", "irssi", f"--home={home}", "-n", "ircalice"])
     tmux.wait_screen("irssi", "Irssi v")
-    tmux.type("irssi", f"/connect {server.host} {server.irc_port}")
+    tmux.type("irssi", f"/connect -tls -tls_cafile {CA} localhost {server.irc_tls_port}" if tls
+              else f"/connect {server.host} {server.irc_port}")
     tmux.wait_screen("irssi", "Welcome to the chatd chat server, ircalice")
     tmux.type("irssi", "/join #general")
     # The room's recent history on join, then live chat both ways.
@@ -143,20 +152,23 @@ class WeeChat:
             time.sleep(0.1)
 
 
-def test_weechat_chats_with_chat_client(tmux: Tmux, server: ServerProcess,
-                                        tmp_path: Path) -> None:
+@over_tls
+def test_weechat_chats_with_chat_client(tmux: Tmux, server: ServerProcess, tmp_path: Path,
+                                        tls: bool) -> None:
     need("weechat-headless")
     native(tmux, server, tmp_path / "bob")
     wee = WeeChat(tmux, tmp_path / "weechat")
     try:
-        weechat_session(tmux, server, wee)
+        weechat_session(tmux, server, wee, tls)
     finally:
         wee.stop()
 
 
-def weechat_session(tmux: Tmux, server: ServerProcess, wee: WeeChat) -> None:
-    for command in (f"/server add chatd {server.host}/{server.irc_port}",
-                    '/set irc.server.chatd.nicks "weealice"', "/connect chatd"):
+def weechat_session(tmux: Tmux, server: ServerProcess, wee: WeeChat, tls: bool) -> None:
+    add = [f"/set weechat.network.gnutls_ca_user {CA}",
+           f"/server add chatd localhost/{server.irc_tls_port} -ssl"] if tls else [
+        f"/server add chatd {server.host}/{server.irc_port}"]
+    for command in (*add, '/set irc.server.chatd.nicks "weealice"', "/connect chatd"):
         wee.command("core.weechat", command)
     wee.wait_log("irc.server.chatd", "Welcome to the chatd chat server, weealice")
     wee.command("irc.server.chatd", "/join #general")

@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import irc.client
+import irc.connection
 import pytest
 from serverproc import ServerProcess
 from wire import connect
@@ -17,11 +21,16 @@ class Bot:
     """An irc.client connection whose events are kept, and waited for by polling the
     library's reactor until a deadline."""
 
-    def __init__(self, server: ServerProcess, nick: str) -> None:
+    def __init__(self, server: ServerProcess, nick: str, port: int | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.reactor = irc.client.Reactor()
         self.events: list[Any] = []
         self.reactor.add_global_handler("all_events", lambda c, e: self.events.append(e))
-        self.conn = self.reactor.server().connect(server.host, server.irc_port, nick)
+        # Over TLS the library wraps its socket with the context (its documented way).
+        factory = irc.connection.Factory(wrapper=partial(
+            tls.wrap_socket, server_hostname="localhost")) if tls else irc.connection.Factory()
+        self.conn = self.reactor.server().connect(server.host, port or server.irc_port, nick,
+                                                  connect_factory=factory)
 
     def wait(self, pred: Callable[[Any], bool], timeout: float = 10.0) -> Any:
         deadline = time.monotonic() + timeout
@@ -80,6 +89,33 @@ def test_the_irc_library_chats_with_a_native_client(server: ServerProcess) -> No
         assert (quit_event.source.nick, quit_event.arguments) == ("bob", ["off"])
         bot.conn.quit("done")
         bot.wait_type("disconnect")
+    finally:
+        bot.conn.close()
+        bob.close()
+
+
+TLS_DIR = Path(__file__).parent / "tls"
+
+
+def test_the_irc_library_over_tls(start: Callable[..., ServerProcess]) -> None:
+    """irc.tls_port: the same IRC over the TLS settings' certificate."""
+    server = start({"tls": {"cert": str(TLS_DIR / "server.pem"),
+                            "key": str(TLS_DIR / "server.key"), "port": 0},
+                    "irc": {"port": 0, "tls_port": -1}})
+    bob = connect(server, "bob")
+    bob.join("#sec")
+    bot = Bot(server, "tlsbot", server.irc_tls_port,
+              ssl.create_default_context(cafile=TLS_DIR / "ca.pem"))
+    try:
+        assert bot.wait_type("welcome").target == "tlsbot"
+        bot.conn.join("#sec")
+        assert bot.wait_type("join").target == "#sec"
+        bot.conn.privmsg("#sec", "sent over TLS")
+        said = bob.wait(lambda f: f["type"] == "message" and f["from"] == "tlsbot")
+        assert said["text"] == "sent over TLS"
+        bob.say("#sec", "and back")
+        got = bot.wait_type("pubmsg")
+        assert (got.source.nick, got.arguments) == ("bob", ["and back"])
     finally:
         bot.conn.close()
         bob.close()
