@@ -4,6 +4,9 @@ Runs in CI time-compressed (tests/test_server_soak.py) and for hours by hand:
 
     python tests/soak.py --duration 7200 --clients 50
 
+`--irc-clients N` adds IRC clients in the same rooms (tests/soak_irc.py): they catch up
+with draft/chathistory (`CHATHISTORY AFTER` their last msgid) instead of `join ... after`.
+
 By default it starts its own `chatd serve` (loopback, ephemeral port, a temporary data
 directory, keepalive intervals shortened so pings happen all the time); with --host/--port
 it drives a server you started (add --server-pid to get the process checks too).
@@ -125,6 +128,8 @@ class Stats:
     pages: int = 0
     server_ended: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    irc_overlap: int = 0  # messages an IRC client got both live and paged (soak_irc.py)
+    irc_catchups: int = 0  # reconnected IRC clients' CHATHISTORY AFTER catch-ups
 
 
 class SoakClient:
@@ -323,7 +328,7 @@ class SoakClient:
             if self.rng.random() < 0.5:
                 self.soak.stats.quits += 1
                 self.how_we_left = "quit"
-                self.send({"type": "quit", "reason": "soak reconnect"})
+                self.quit("soak reconnect")
                 await self.close(abort=False)
             else:
                 self.soak.stats.aborts += 1
@@ -332,9 +337,12 @@ class SoakClient:
             if self.rng.random() < 0.5:  # away for a while: catch-up will need pages
                 await asyncio.sleep(self.rng.random() * args.away)
 
+    def quit(self, reason: str) -> None:
+        self.send({"type": "quit", "reason": reason})
+
     async def leave(self) -> None:
         if self.writer is not None:
-            self.send({"type": "quit", "reason": "soak over"})
+            self.quit("soak over")
             await self.close(abort=False)
 
 
@@ -360,10 +368,13 @@ class Soak:
         args = self.args
         rng = random.Random(args.seed)
         all_rooms = [f"#soak{i}" for i in range(args.rooms)]
-        clients = []
-        for i in range(args.clients):
+        from tests.soak_irc import IrcSoakClient  # (it builds on this module)
+
+        clients: list[SoakClient | IrcSoakClient] = []
+        for i in range(args.clients + args.irc_clients):
             rooms = rng.sample(all_rooms, k=min(args.rooms_per_client, len(all_rooms)))
-            clients.append(SoakClient(self, i, rooms, stayer=i % 4 == 0))
+            kind = SoakClient if i < args.clients else IrcSoakClient
+            clients.append(kind(self, i, rooms, stayer=i % 4 == 0))
         started = time.monotonic()
         self.deadline = started + args.duration
         sampler = (asyncio.create_task(self.sampler(args.server_pid, started))
@@ -391,7 +402,7 @@ class Soak:
         report = self.report(clients, problems, ran)
         return report
 
-    async def settle(self, clients: list[SoakClient]) -> list[str]:
+    async def settle(self, clients: list[Any]) -> list[str]:
         """Wait until every client has every acknowledged message of its rooms."""
         acked = self.stats.acked
         deadline = time.monotonic() + 30
@@ -422,7 +433,7 @@ class Soak:
                                     f"{sorted(unacked)[:5]}")
         return problems
 
-    def expected(self, c: SoakClient, room: str,
+    def expected(self, c: Any, room: str,
                  truth: dict[str, set[int]] | None = None) -> set[int]:
         base = c.logs[room].baseline or 0
         ids = (truth or self.stats.acked).get(room, set())
@@ -444,7 +455,7 @@ class Soak:
 
     # ---- verdict ----
 
-    def report(self, clients: list[SoakClient], problems: list[str],
+    def report(self, clients: list[Any], problems: list[str],
                ran: float) -> dict[str, Any]:
         st = self.stats
         delivered = sum(len(c.logs[r].ids) for c in clients for r in c.rooms)
@@ -453,6 +464,8 @@ class Soak:
             "delivered": delivered, "connects": st.connects, "quits": st.quits,
             "aborts": st.aborts, "idle_periods": st.idles, "pongs": st.pings_answered,
             "nick_retries": st.nick_retries, "history_pages": st.pages,
+            "irc_clients": self.args.irc_clients, "irc_catchups": st.irc_catchups,
+            "irc_overlap": st.irc_overlap,
             "server_ended_sessions": st.server_ended[:10],
             "problems": problems[:20] + st.errors[:20],
         }
@@ -558,7 +571,11 @@ class Soak:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=150.0, help="seconds of chatting")
-    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--clients", type=int, default=32, help="native clients")
+    ap.add_argument("--irc-clients", type=int, default=0,
+                    help="IRC clients besides them (tests/soak_irc.py), on the server's IRC "
+                    "port (with --host: --irc-port)")
+    ap.add_argument("--irc-port", type=int, default=6667)
     ap.add_argument("--rooms", type=int, default=4)
     ap.add_argument("--rooms-per-client", type=int, default=2)
     ap.add_argument("--msg-interval", type=float, default=2.0,
@@ -602,9 +619,10 @@ def server_config(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "keepalive": {"ping_interval": args.ping_interval, "ping_timeout": args.ping_timeout,
                       "handshake_timeout": 10.0},
-        "limits": {"max_sessions": max(1000, args.clients * 3),
-                   "max_sessions_per_ip": args.clients * 3},
+        "limits": {"max_sessions": max(1000, (args.clients + args.irc_clients) * 3),
+                   "max_sessions_per_ip": (args.clients + args.irc_clients) * 3},
         "history": {"page": args.history_page},
+        "irc": {"port": -1 if args.irc_clients else 0},
     }
 
 
@@ -619,6 +637,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             stack.callback(server.stop)
             soak.server = server
             args.host, args.port, args.server_pid = server.host, server.port, server.pid
+            if args.irc_clients:
+                args.irc_port = server.irc_port
             report = asyncio.run(soak.run())
             final_process_checks(server, report)
             return report

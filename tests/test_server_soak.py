@@ -5,7 +5,8 @@ Checks (see tests/soak.py): no message lost or duplicated, by id, across reconne
 join-after catch-up; the parent's and the session processes' memory (PSS) and fd counts
 stay flat; no zombie; every session process gone after everyone quit. The same script
 runs for hours by hand: `python tests/soak.py --duration 7200 --clients 50`.
-CHATD_SOAK_SECONDS overrides the CI duration.
+CHATD_SOAK_SECONDS overrides the CI duration. The mixed soak (native and IRC clients)
+runs 20 s here; CHATD_MIXED_SOAK_SECONDS makes it longer.
 """
 
 from __future__ import annotations
@@ -45,6 +46,27 @@ def test_soak_time_compressed(tmp_path: Path) -> None:
     process = report["process"]
     assert process["long_lived_children"] >= 5
     assert process["samples"] >= SECONDS * 0.8
+
+
+MIXED_SECONDS = float(os.environ.get("CHATD_MIXED_SOAK_SECONDS", "20"))
+
+
+@pytest.mark.timeout(int(MIXED_SECONDS) + 240)
+def test_mixed_soak_native_and_irc_clients(tmp_path: Path) -> None:
+    """Native and IRC clients in the same rooms, chatting and reconnecting; the IRC ones
+    catch up with CHATHISTORY AFTER their last msgid (tests/soak_irc.py). 20 s here;
+    CHATD_MIXED_SOAK_SECONDS=3600 (or tests/soak.py --irc-clients) for a long run."""
+    args = soak.build_parser().parse_args([
+        "--duration", str(MIXED_SECONDS), "--clients", "8", "--irc-clients", "8",
+        "--rooms", "2", "--reconnect-every", "5", "--msg-interval", "1",
+        "--ping-interval", "1.0", "--ping-timeout", "3.0", "--sample-every", "1.0",
+        "--data-dir", str(tmp_path)])
+    report = soak.run(args)
+    print("\nmixed soak report:\n" + json.dumps(report, indent=1, default=str))
+    assert report["problems"] == [], report["problems"]  # 0 lost, 0 duplicated, by id
+    assert report["ok"] and report["irc_clients"] == 8
+    assert report["irc_catchups"] > 0 and report["quits"] > 0 and report["aborts"] > 0
+    assert report["server_ended_sessions"] == []
 
 
 def test_a_session_does_not_creep_up_in_memory_over_many_small_reads(tmp_path: Path) -> None:
