@@ -43,7 +43,7 @@ log = logging.getLogger("chatd.master")
 VERSION = 1  # of the snapshot's format
 SUPPORTED = frozenset({1})  # snapshot formats this code restores
 ENV = "CHATD_HANDOVER"  # the memfd's fd number, for the new process
-LISTENER_KINDS = ("plain", "tls", "irc")
+LISTENER_KINDS = ("plain", "tls", "irc", "irc_tls")
 
 
 class HandoverError(Exception):

@@ -67,7 +67,7 @@ class Master:
         self.retention = Retention()
         self.sel = selectors.DefaultSelector()
         self.listeners: list[socket.socket] = []
-        self.listener_kinds: dict[socket.socket, str] = {}  # "plain", "tls" or "irc"
+        self.listener_kinds: dict[socket.socket, str] = {}  # handover.LISTENER_KINDS
         self.life = Lifecycle()  # running, stopping, killing, stopped (chatd/lifecycle.py)
         self.table = SessionTable()  # session processes, spares, kill deadlines
         self.gate = Gate(config, time.monotonic())  # admission: rates and caps
@@ -112,8 +112,8 @@ class Master:
             self._listen(max(cfg.irc_port, 0), "irc", "listening for IRC on %s:%d",
                          "irc.port")
         if cfg.irc_tls_port and self.tls is not None:  # (config: it needs tls.cert)
-            self._listen(max(cfg.irc_tls_port, 0), partial(self._accept, over_tls=True, irc=True),
-                         "listening for IRC over TLS on %s:%d", "irc.tls_port")
+            self._listen(max(cfg.irc_tls_port, 0), "irc_tls", "listening for IRC over TLS on "
+                         "%s:%d", "irc.tls_port")
         self.admin.listen()
         return [sock.getsockname()[:2] for sock in self.listeners]
 
@@ -130,7 +130,8 @@ class Master:
     def hold_listener(self, sock: socket.socket, held: bool) -> None:
         """Stop (or start again) accepting on `sock`: new clients wait in its backlog."""
         accept: dict[str, Callable[[socket.socket, int], None]] = {
-            "plain": self._accept, "tls": self._accept_tls, "irc": self._accept_irc}
+            "plain": self._accept, "tls": self._accept_tls, "irc": self._accept_irc,
+            "irc_tls": partial(self._accept, over_tls=True, irc=True)}
         if held:
             self.sel.unregister(sock)
         else:
