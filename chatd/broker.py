@@ -80,7 +80,6 @@ class Broker:
         self.room_names: list[str] = []  # the keys of `rooms`, sorted: `rooms` pages by name
         self.outbox: defaultdict[int, list[Item]] = defaultdict(list)
         self.endings: OrderedDict[str, tuple[str, str]] = OrderedDict()
-        self.by_token: dict[str, Member] = {}  # the live members by session token
         # Sessions taken over, as (sid, the new session's token): the parent closes them.
         self.replaced: list[tuple[int, str]] = []
         # Messages stored but not committed yet: (label, ack bytes, message bytes, id), the
@@ -117,14 +116,12 @@ class Broker:
     # ---- session lifetime (called by the parent's loop) ----
 
     def attach(self, sid: int, token: str, tls: bool = False) -> None:
-        self.members[sid] = self.by_token[token] = Member(sid, token, tls=tls)
+        self.members[sid] = Member(sid, token, tls=tls)
 
     def detach(self, sid: int, reason: str, now_ms: int, code: str = "") -> None:
         """The session's channel is gone: leave everything, tell the rooms."""
         member = self.members.pop(sid, None)
         self.outbox.pop(sid, None)
-        if member is not None and self.by_token.get(member.token) is member:
-            del self.by_token[member.token]
         if member is not None and not member.gone:
             self._leave_all(member, reason, now_ms)
             self._remember(member.token, code or "closed", reason)

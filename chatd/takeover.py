@@ -56,10 +56,16 @@ def same_owner(old: Member, new: Member) -> bool:
 def claimed(broker: Broker, new: Member, req: dict[str, Any]) -> Member | None:
     """The session `req` (a hello) may take over, or None: the hello names a live, welcomed
     session and proves it is its client."""
-    old = broker.by_token.get(req.get("session", ""))
+    token, claim = req.get("session"), req.get("resume")
+    if not token or claim is None:
+        return None
+    # A scan, not an index kept beside `members`: a member counts however it got there
+    # (attached, handed over by an upgrade, adopted). Only a hello that claims a session
+    # pays for it, and each costs its connection a `cmd` token.
+    old = next((m for m in broker.members.values() if m.token == token), None)
     if old is None or old is new or old.gone or old.nick is None:
         return None
-    if not proves(old.resume, req.get("resume")) or not same_owner(old, new):
+    if not proves(old.resume, claim) or not same_owner(old, new):
         return None
     return old
 
@@ -84,7 +90,6 @@ def hand_over(broker: Broker, old: Member, new: Member) -> str:
     old.gone = True
     broker.directory.logged_out(old)  # (`new` is logged in to the same account, if any)
     old.resume = ""
-    broker.by_token.pop(old.token, None)
     broker._remember(old.token, "taken_over", REASON)
     broker.outbox.pop(old.sid, None)  # it gets nothing more: the parent closes it
     broker.replaced.append((old.sid, new.token))

@@ -10,6 +10,7 @@ from cores import decode_all
 from test_broker import Harness
 
 from chatd import channel, takeover
+from chatd.broker import Member
 from chatd.config import Config
 from chatd.protocol import nick_key, pack
 from chatd.session import Session, State
@@ -197,6 +198,15 @@ def test_an_account_s_session_is_taken_over_by_that_account_only(
     assert reply["type"] == ("welcome" if taken or other else "error")
     assert reply.get("nick") == ("alice" if taken else new if other else None)
     assert h.broker.take_replaced() == ([(1, "sess3")] if taken else [])
+
+
+def test_a_member_that_was_never_attached_here_is_found(h: Harness) -> None:
+    """A member handed over by an upgrade (or adopted) was built directly, not attached:
+    a takeover finds it all the same, secret and all."""
+    h.broker.members[7] = Member(7, "sess7", "dora", resume="ab" * 16)
+    h.broker.nicks[nick_key("dora")] = h.broker.members[7]
+    welcome = hello(h, 8, "dora", session="sess7", resume="ab" * 16)
+    assert welcome["resumed"] is True and h.broker.take_replaced() == [(7, "sess8")]
 
 
 def test_the_old_session_ends_with_taken_over() -> None:
