@@ -12,8 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from accountwire import SETTINGS, login, register
 from serverproc import FAST, ServerProcess, kill_quietly, proc_stat, wait_until
 from wire import Client, connect
+
+PASSWORD = "correct horse battery"
 
 # The default ping deadline is 90 s: every takeover below happens long before it.
 CONFIG: dict[str, Any] = {**FAST, "queues": {"close_grace": 1.0},
@@ -139,3 +142,57 @@ def test_a_taken_over_session_can_be_taken_over_again(server: ServerProcess) -> 
     finally:
         for client in (first, second, third, fourth):
             client.close()
+
+
+def test_an_account_s_session_is_taken_over_by_that_account_only(start: Any) -> None:
+    """protocol.md §2's rule with accounts: the secret alone does not move an account's
+    session; the same account logged in before its hello does."""
+    server = start({**CONFIG, **SETTINGS})
+    dave = connect(server)
+    welcome = dave.call({"type": "hello", "version": 1, "nick": "dave"})
+    assert register(dave, "dave", PASSWORD)["type"] == "registered"
+    dave.join("#r")
+    made = [dave]
+    try:
+        guest, refused = resume(server, welcome, nick="dave")
+        made.append(guest)
+        assert refused["type"] == "error" and refused["code"] in ("nick_owned", "nick_taken")
+        mallory = connect(server)
+        made.append(mallory)
+        assert register(mallory, "mallory", PASSWORD)["type"] == "registered"
+        other = Client(server.host, server.port)
+        made.append(other)
+        assert login(other, "mallory", PASSWORD)["type"] == "logged_in"
+        reply = other.call({"type": "hello", "version": 1, "nick": "mallory",
+                            "session": welcome["session"], "resume": welcome["resume"]})
+        assert (reply["type"], reply["nick"], reply["resumed"]) == ("welcome", "mallory", False)
+        owner = Client(server.host, server.port)
+        made.append(owner)
+        assert login(owner, "dave", PASSWORD)["type"] == "logged_in"
+        back = owner.call({"type": "hello", "version": 1, "nick": "dave",
+                           "session": welcome["session"], "resume": welcome["resume"]})
+        assert (back["type"], back["nick"], back["resumed"]) == ("welcome", "dave", True)
+        assert dave.wait_closed()[-1]["code"] == "taken_over"
+        joined, _history = owner.join("#r")
+        assert joined["members"] == ["dave"]
+    finally:
+        for client in made:
+            client.close()
+
+
+def test_the_secret_outlives_an_upgrade_in_place(server: ServerProcess) -> None:
+    old = connect(server)
+    welcome = old.call({"type": "hello", "version": 1, "nick": "alice"})
+    old.join("#r")
+    mark = server.mark()
+    server.signal(signal.SIGUSR2)
+    server.wait_for_log(r"upgraded: pid \d+ serves 1 sessions", start=mark, timeout=30)
+    new, back = resume(server, welcome)
+    try:
+        assert (back["type"], back["nick"], back["resumed"]) == ("welcome", "alice", True)
+        assert old.wait_closed()[-1]["code"] == "taken_over"
+        joined, _history = new.join("#r")
+        assert joined["members"] == ["alice"]
+    finally:
+        old.close()
+        new.close()
