@@ -144,6 +144,15 @@ def test_a_taken_over_session_can_be_taken_over_again(server: ServerProcess) -> 
             client.close()
 
 
+def resume_as(server: ServerProcess, old: dict[str, Any],
+              account: str) -> tuple[Client, dict[str, Any]]:
+    """A new connection logged in to `account` whose hello then claims `old`."""
+    client = Client(server.host, server.port)
+    assert login(client, account, PASSWORD)["type"] == "logged_in"
+    return client, client.call({"type": "hello", "version": 1, "nick": account,
+                                "session": old["session"], "resume": old["resume"]})
+
+
 def test_an_account_s_session_is_taken_over_by_that_account_only(start: Any) -> None:
     """protocol.md §2's rule with accounts: the secret alone does not move an account's
     session; the same account logged in before its hello does."""
@@ -160,17 +169,11 @@ def test_an_account_s_session_is_taken_over_by_that_account_only(start: Any) -> 
         mallory = connect(server)
         made.append(mallory)
         assert register(mallory, "mallory", PASSWORD)["type"] == "registered"
-        other = Client(server.host, server.port)
+        other, reply = resume_as(server, welcome, "mallory")
         made.append(other)
-        assert login(other, "mallory", PASSWORD)["type"] == "logged_in"
-        reply = other.call({"type": "hello", "version": 1, "nick": "mallory",
-                            "session": welcome["session"], "resume": welcome["resume"]})
         assert (reply["type"], reply["nick"], reply["resumed"]) == ("welcome", "mallory", False)
-        owner = Client(server.host, server.port)
+        owner, back = resume_as(server, welcome, "dave")
         made.append(owner)
-        assert login(owner, "dave", PASSWORD)["type"] == "logged_in"
-        back = owner.call({"type": "hello", "version": 1, "nick": "dave",
-                           "session": welcome["session"], "resume": welcome["resume"]})
         assert (back["type"], back["nick"], back["resumed"]) == ("welcome", "dave", True)
         assert dave.wait_closed()[-1]["code"] == "taken_over"
         joined, _history = owner.join("#r")
