@@ -77,6 +77,8 @@ def test_idle() -> None:
     check_memory(report, 8)
     assert report["responsiveness"]["new_session_ms"] > 0
     assert report["responsiveness"]["broker_round_trip_ms"] > 0
+    assert [t["name"] for t in report["targets"]] == [
+        "PSS per idle session", "new session", "broker round trip"]
 
 
 def test_connect() -> None:
@@ -111,3 +113,8 @@ def test_targets_say_met_or_by_how_much_and_why() -> None:
     assert not rate["met"] and rate["missed_by"] == 2.0 and rate["why"]
     p50, p99 = targets({"scenario": "steady", "phases": [phase], "memory": None})
     assert p50["met"] and not p99["met"] and p99["missed_by"] == 2.0
+    idle = {"scenario": "idle", "phases": [], "memory": None,
+            "responsiveness": {"new_session_ms": 100.0, "broker_round_trip_ms": 1.0}}
+    fork, round_trip = targets(idle)
+    assert not fork["met"] and fork["missed_by"] == 2.0 and fork["why"]
+    assert round_trip["met"]

@@ -338,6 +338,9 @@ WHY = {
     "pss": "CPython's reference-count writes make pages shared with the parent private; "
            "a bare forked Python is already ~0.8 MiB",
     "connect": "a fork costs the parent ~2 ms; pre-fork with --spare (server.spare_children)",
+    "fork": "the parent forks on accept, and a fork copies page tables in proportion to its "
+            "memory",
+    "busy": "the parent's loop was busy (or the machine was)",
 }
 
 
@@ -367,12 +370,18 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                               WHY["p99"]))
         elif ph["phase"].startswith("connect") and ph["inflight"] >= 1000:
             rate = ph["per_second"] if ph["failed"] == 0 else 0
-            out.append(target("new sessions per second", rate, 1000, "/s", False,
+            out.append(target("new sessions per second", rate, 1500, "/s", False,
                               WHY["connect"]))
     mem = report.get("memory")
     if report["scenario"] == "idle" and mem and mem.get("per_session"):
         out.append(target("PSS per idle session", round(mem["per_session"]["pss"] / 1024, 2),
                           1, "MiB", True, WHY["pss"]))
+    answer = report.get("responsiveness") or {}
+    if report["scenario"] == "idle" and answer:  # (issue 15: with 10,000 sessions held)
+        out.append(target("new session", answer.get("new_session_ms"), 50, "ms", True,
+                          WHY["fork"]))
+        out.append(target("broker round trip", answer.get("broker_round_trip_ms"), 5, "ms",
+                          True, WHY["busy"]))
     return out
 
 
