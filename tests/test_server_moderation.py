@@ -204,3 +204,62 @@ def test_an_irc_operator_moderates_with_mode_kick_and_invite(
             other.close()
     finally:
         irc.close()
+
+
+def test_a_server_operator_from_the_config_acts_in_any_room(tmp_path: Path) -> None:
+    """server.operators (protocol.md §14.1): an account listed there operates every room,
+    past its invite-only, key and bans, and may end any session."""
+    from accountwire import SETTINGS, logged_in, register
+
+    srv = ServerProcess(tmp_path, {**FAST, **SETTINGS, "server": {"operators": ["root"]}})
+    srv.start()
+    try:
+        with connect(srv) as first:
+            assert register(first, "root", "correct horse")["type"] == "registered"
+        with connect(srv, "alice") as alice, connect(srv, "bob") as bob, \
+                connect(srv) as root:
+            alice.join("#r")
+            bob.join("#r")
+            changed(alice, {"type": "mode", "room": "#r", "invite_only": True, "key": "k"})
+            changed(alice, {"type": "ban", "room": "#r", "nick": "r*"})
+            logged_in(root, "root", "correct horse")
+            root.join("#r")
+            assert root.call({"type": "mode", "room": "#r"})["operator"] is True
+            changed(root, {"type": "kick", "room": "#r", "nick": "alice", "reason": "x"})
+            assert moderation(bob, "kick")["by"] == "root"
+            assert bob.error({"type": "kill", "nick": "alice"})["code"] == "not_operator"
+            killed = root.call({"type": "kill", "nick": "bob", "reason": "spam"})
+            assert (killed["type"], killed["nick"]) == ("killed", "bob")
+            assert root.wait_type("quit", nick="bob")["reason"] == "killed by root: spam"
+            errors = [f for f in bob.wait_closed() if f.get("type") == "error"]
+            assert (errors[-1]["code"], errors[-1]["fatal"]) == ("killed", True)
+    finally:
+        assert srv.stop() == 0
+
+
+def test_a_room_created_by_an_account_stays_its_own_across_a_restart(tmp_path: Path) -> None:
+    """protocol.md §14.1: a logged-in creator's operator status is stored with the room."""
+    from accountwire import SETTINGS, logged_in, register
+
+    config = {**FAST, **SETTINGS}
+    srv = ServerProcess(tmp_path, config).start()
+    try:
+        with connect(srv) as owner:
+            assert register(owner, "owner", "correct horse")["type"] == "registered"
+            owner.call({"type": "hello", "version": 1, "nick": "owner"})
+            owner.join("#own")
+            changed(owner, {"type": "mode", "room": "#own", "key": "k"})
+    finally:
+        assert srv.stop() == 0
+    srv = ServerProcess(tmp_path, config).start()
+    try:
+        with connect(srv, "dave") as dave, connect(srv) as owner:
+            assert dave.error({"type": "join", "room": "#own"})["code"] == "bad_key"
+            dave.join("#own", key="k")
+            assert dave.call({"type": "mode", "room": "#own"})["operator"] is False
+            logged_in(owner, "owner", "correct horse")
+            owner.join("#own")  # an operator: no key needed
+            changed(owner, {"type": "kick", "room": "#own", "nick": "dave"})
+            assert moderation(dave, "kick")["by"] == "owner"
+    finally:
+        assert srv.stop() == 0
