@@ -59,9 +59,9 @@ class IrcCodec:
 
     forwards_raw = False
 
-    def __init__(self, session: Session, out: Outbox, now: int) -> None:
+    def __init__(self, session: Session, out: Outbox, now: int, tls: bool = False) -> None:
         self.session, self.out = session, out
-        self.front = IrcFrontEnd(session.config, now / 1000)
+        self.front = IrcFrontEnd(session.config, now / 1000, tls)
         self.fed = False  # the Session got requests outside client_data: tick it
 
     @property

@@ -75,7 +75,8 @@ class Loop:
         # waiting.
         self.tls_buffered = sock.buffered if isinstance(sock, tls.TLSStream) else None
         self.to_client, self.to_broker = ClientOutbox(), Outbox()
-        self.codec: Codec = IrcCodec(self.session, self.to_client, int(started * 1000)) \
+        self.codec: Codec = IrcCodec(self.session, self.to_client, int(started * 1000),
+                                     self.tls_buffered is not None) \
             if irc else NativeCodec(self.session, self.to_client)
         # The native fast path: a RAW frame goes to the outbox with no call of ours.
         self.forward_raw = self.to_client.add if self.codec.forwards_raw else None

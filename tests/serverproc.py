@@ -32,6 +32,7 @@ FAST: dict[str, Any] = {"rate": {
     "history_burst": 100000, "cmd_rate": 100000.0, "cmd_burst": 100000}}
 IRC_LISTEN_RE = re.compile(r"listening for IRC on (\S+):(\d+)")
 IRC_TLS_LISTEN_RE = re.compile(r"listening for IRC over TLS on (\S+):(\d+)")
+TLS_LISTEN_RE = re.compile(r"listening for TLS on (\S+):(\d+)")
 SESSION_RE = re.compile(r"session (\S+) from \S+: pid (\d+)")
 
 # Every test client connects from 127.0.0.1, a module's tests often dozens a second, which
@@ -93,6 +94,13 @@ class ServerProcess(Server):
     def irc_port(self) -> int:
         """The IRC listener's port (the server was started with `"irc": {"port": -1}`)."""
         match = IRC_LISTEN_RE.search(self.wait_for_log(IRC_LISTEN_RE))
+        assert match
+        return int(match.group(2))
+
+    @property
+    def tls_port(self) -> int:
+        """The native TLS listener's port (`"tls": {"port": 0, ...}`)."""
+        match = TLS_LISTEN_RE.search(self.wait_for_log(TLS_LISTEN_RE))
         assert match
         return int(match.group(2))
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from serverproc import ServerProcess
 from tmuxpane import Tmux, chat_client_command
+from wire import register_account
 
 
 def need(program: str) -> None:
@@ -36,7 +37,8 @@ over_tls = pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 @pytest.fixture
 def server(start: Callable[..., ServerProcess]) -> Iterator[ServerProcess]:
     # The default rate limits (a person's pace); IRC on plain TCP and over TLS.
-    yield start({"irc": {"port": -1, "tls_port": -1}, "tls": TLS})
+    yield start({"irc": {"port": -1, "tls_port": -1}, "tls": TLS,
+                 "accounts": {"iterations": 4096}})  # the lowest: quick logins
 
 
 def native(tmux: Tmux, server: ServerProcess, state: Path) -> None:
@@ -182,3 +184,53 @@ def weechat_session(tmux: Tmux, server: ServerProcess, wee: WeeChat, tls: bool) 
 
     wee.command("irc.server.chatd", "/quit bye")
     tmux.wait_screen("bob", "weealice quit #general")
+
+
+# ---- logging in to a chatd account (SASL) ----
+
+PASSWORD = "correct horse battery"
+
+
+def account(server: ServerProcess, name: str) -> None:
+    register_account(server.host, server.tls_port, CA, name, PASSWORD)
+
+
+def test_irssi_logs_in_with_sasl_plain_over_tls(tmux: Tmux, server: ServerProcess,
+                                                tmp_path: Path) -> None:
+    need("irssi")
+    account(server, "Sasha")
+    native(tmux, server, tmp_path / "bob")
+    home = tmp_path / "irssi"
+    home.mkdir()
+    tmux.start("irssi", ["env", "TERM=screen", "irssi", f"--home={home}", "-n", "someone"])
+    tmux.wait_screen("irssi", "Irssi v")
+    for line in (f'/network add -sasl_mechanism PLAIN -sasl_username Sasha -sasl_password '
+                 f'"{PASSWORD}" chatd',
+                 f"/server add -tls -tls_cafile {CA} -network chatd localhost "
+                 f"{server.irc_tls_port}", "/connect chatd"):
+        tmux.type("irssi", line)
+    tmux.wait_screen("irssi", "You are now logged in as Sasha")
+    tmux.wait_screen("irssi", "Welcome to the chatd chat server, Sasha")  # its nick
+    tmux.type("irssi", "/join #general")
+    tmux.wait_screen("irssi", "< bob> said before you came")
+    tmux.type("irssi", "hello from an account")
+    tmux.wait_screen("bob", "Sasha │ hello from an account")
+
+
+def test_weechat_logs_in_with_sasl_scram(tmux: Tmux, server: ServerProcess,
+                                         tmp_path: Path) -> None:
+    need("weechat-headless")
+    account(server, "Sasha")
+    wee = WeeChat(tmux, tmp_path / "weechat")
+    try:
+        for command in (f"/server add chatd {server.host}/{server.irc_port}",
+                        '/set irc.server.chatd.nicks "someone"',
+                        "/set irc.server.chatd.sasl_mechanism scram-sha-256",
+                        "/set irc.server.chatd.sasl_username Sasha",
+                        f'/set irc.server.chatd.sasl_password "{PASSWORD}"', "/connect chatd"):
+            wee.command("core.weechat", command)
+        log = wee.wait_log("irc.server.chatd", "Welcome to the chatd chat server, Sasha")
+        assert "You are now logged in as Sasha" in log, log
+        assert "SASL authentication successful" in log, log
+    finally:
+        wee.stop()

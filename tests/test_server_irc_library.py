@@ -22,7 +22,7 @@ class Bot:
     library's reactor until a deadline."""
 
     def __init__(self, server: ServerProcess, nick: str, port: int | None = None,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, **login: Any) -> None:
         self.reactor = irc.client.Reactor()
         self.events: list[Any] = []
         self.reactor.add_global_handler("all_events", lambda c, e: self.events.append(e))
@@ -30,7 +30,7 @@ class Bot:
         factory = irc.connection.Factory(wrapper=partial(
             tls.wrap_socket, server_hostname="localhost")) if tls else irc.connection.Factory()
         self.conn = self.reactor.server().connect(server.host, port or server.irc_port, nick,
-                                                  connect_factory=factory)
+                                                  connect_factory=factory, **login)
 
     def wait(self, pred: Callable[[Any], bool], timeout: float = 10.0) -> Any:
         deadline = time.monotonic() + timeout

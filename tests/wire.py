@@ -8,6 +8,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from chatd.protocol import FrameDecoder, decode_payload, pack
@@ -189,3 +190,15 @@ def tls_connect(host: str, port: int, context: ssl.SSLContext, nick: str | None 
     if nick:
         client.hello(nick)
     return client
+
+
+def register_account(host: str, tls_port: int, cafile: Path, account: str,
+                     password: str) -> None:
+    """An account, registered the native way (protocol.md §12.3: over TLS, with its
+    password), for tests that log in to it."""
+    client = tls_connect(host, tls_port, ssl.create_default_context(cafile=cafile))
+    try:
+        reply = client.call({"type": "register", "account": account, "password": password})
+        assert reply["type"] == "registered", reply
+    finally:
+        client.close()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from chatd import protocol as p
-from chatd.irc import away, chathistory, messaging, queries, render, welcome
+from chatd.irc import away, chathistory, messaging, queries, render, sasl, welcome
 from chatd.irc.lines import Line
 from chatd.irc.messaging import plain
 
@@ -273,7 +273,8 @@ def _table() -> dict[str, Command]:
              "PASS": Command(lambda fe, li, r, n: welcome.pass_(fe, li, r), True, True),
              "USER": Command(lambda fe, li, r, n: welcome.user(fe, li, r), True, True),
              "NICK": Command(nick, True), "PING": Command(ping, True),
-             "PONG": Command(pong, True), "QUIT": Command(quit_, True)}
+             "PONG": Command(pong, True), "QUIT": Command(quit_, True),
+             "AUTHENTICATE": Command(sasl.authenticate, True, True)}
     native = {"JOIN": join, "PART": part, "TOPIC": topic, "PRIVMSG": messaging.privmsg,
               "NOTICE": messaging.privmsg, "NAMES": queries.names, "LIST": queries.list_,
               "WHO": queries.who, "CHATHISTORY": chathistory.chathistory,

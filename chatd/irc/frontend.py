@@ -70,8 +70,11 @@ class Pending:
 
 
 class IrcFrontEnd:
-    def __init__(self, config: Config, now: float) -> None:
+    def __init__(self, config: Config, now: float, tls: bool = False) -> None:
         self.server = render.host_name(config.server_name)
+        self.tls = tls  # the client came over TLS (irc.tls_port): SASL PLAIN is offered
+        self.account: str | None = None  # logged in with SASL (sasl.py)
+        self.sasl: Any = None  # the SASL exchange in progress (sasl.Exchange)
         self.limits: dict[str, Any] = config.limits()
         self.motd = ""
         self.caps: set[str] = set()

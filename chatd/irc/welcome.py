@@ -2,10 +2,10 @@
 burst (001-005, LUSERS, MOTD) built from the native `welcome` and its `limits`.
 
 Capabilities are offered only where chatd has the concept behind them. chatd has no host
-names or client-only tags, and this front end does not offer accounts yet (protocol.md
-§12 serves them to native clients), so `sasl`, `account-tag`, `account-notify`, `chghost`
-and `setname` are not offered, and CLIENTTAGDENY=* says that client tags are not relayed.
-SASL will be §12's `login`/`auth`.
+names or client-only tags, and its native frames do not say who else is logged in, so
+`account-tag`, `account-notify`, `chghost` and `setname` are not offered, and
+CLIENTTAGDENY=* says that client tags are not relayed. `sasl` is sasl.py's, on the native
+`login` and `auth` (protocol.md §12).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from chatd import protocol as p
-from chatd.irc import modlines, render
+from chatd.irc import modlines, render, sasl
 from chatd.irc.lines import MAX_LINE, Line, split_utf8
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ def cap_values(fe: IrcFrontEnd) -> dict[str, str]:
         "batch": "", "draft/chathistory": "",
         "draft/multiline": f"max-bytes={fe.limits['max_text']},max-lines={MULTILINE_LINES}",
         "away-notify": "", "echo-message": "", "extended-join": "", "labeled-response": "",
-        "message-tags": "",
+        "message-tags": "", "sasl": ",".join(sasl.mechanisms(fe)),
         "multi-prefix": "", "server-time": "", "userhost-in-names": "",
     }
 
@@ -61,8 +61,9 @@ def cap(fe: IrcFrontEnd, line: Line, reply: Reply) -> None:
             fe.negotiating = True
         if line.param(1).isdigit() and int(line.param(1)) >= 302:
             fe.cap_302 = True
+        # Values are for CAP LS 302 only; draft/multiline needs its value, sasl does not.
         items = [k + ("=" + v if v and fe.cap_302 else "") for k, v in offered.items()
-                 if fe.cap_302 or not v]
+                 if fe.cap_302 or not v or k == "sasl"]
         reply.lines += _cap_lines(fe, "LS", items)
     elif sub == "LIST":
         reply.lines += _cap_lines(fe, "LIST", sorted(fe.caps))
