@@ -87,3 +87,25 @@ def test_failures_abort_and_unknown_mechanisms() -> None:
     assert out(fe)[-1].split()[1] == "904" and sent(fe) == []
     send(fe, "AUTHENTICATE SCRAM-SHA-256", *[f"AUTHENTICATE {'A' * PIECE}"] * 14)
     assert out(fe)[-1].split()[1] == "905" and sent(fe) == []
+
+
+def test_a_login_after_registration_renames_the_client() -> None:
+    fe = negotiating()
+    send(fe, "CAP END")
+    (hello,) = sent(fe)
+    answer(fe, welcome_frame(hello["label"], "alice"))
+    out(fe)
+    send(fe, "AUTHENTICATE SCRAM-SHA-256", f"AUTHENTICATE {b64(b'n,,n=Sasha,r=x')}")
+    (login,) = sent(fe)
+    out(fe)
+    answer(fe, {"type": "auth", "data": b"r=xy,s=c2FsdA==,i=4096", "label": login["label"]})
+    out(fe)
+    send(fe, f"AUTHENTICATE {b64(b'c=biws,r=xy,p=proof')}")
+    (auth,) = sent(fe)
+    # §12.6: a guest that logs in after the welcome gets its nick event first.
+    answer(fe, {"type": "nick", "old": "alice", "new": "Sasha", "ts": 1},
+           {"type": "logged_in", "account": "Sasha", "nick": "Sasha", "data": b"v=sig",
+            "label": auth["label"]})
+    assert out(fe)[0] == ":alice!~u@chatd NICK :Sasha" and fe.nick == "Sasha"
+    send(fe, "AUTHENTICATE +")
+    assert [x.split()[1] for x in out(fe)] == ["900", "903"]

@@ -70,12 +70,8 @@ def nick(fe: IrcFrontEnd, line: Line, reply: Reply, now: float) -> None:
     def on_frame(frame: Frame) -> bool:
         if frame["type"] != "nick":
             return False
-        old, spelled = str(frame.get("old", fe.me)), str(frame.get("new", new))
-        reply.lines.append(Line("NICK", [spelled], fe.mask(old)))
-        fe.nick = spelled
-        for members in fe.rooms.values():
-            if members.pop(p.nick_key(old), None) is not None:
-                members[p.nick_key(spelled)] = spelled
+        reply.lines.append(render.own_nick(fe, str(frame.get("old", fe.me)),
+                                           str(frame.get("new", new))))
         return True
 
     fe.request(reply, {"type": "nick", "nick": new}, on_frame, new)

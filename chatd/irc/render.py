@@ -146,6 +146,8 @@ def event(fe: IrcFrontEnd, frame: Frame) -> list[Line]:
         if not fe.once(("quit", nick, frame.get("ts"))):
             return []
         return [Line("QUIT", [line_text(frame.get("reason")) or "quit"], fe.mask(nick), tags)]
+    if kind == "nick" and "room" not in frame:  # ours, unasked: a login after the welcome
+        return [own_nick(fe, str(frame.get("old", fe.me)), str(frame.get("new", "")), tags)]
     if kind == "nick":
         old, new = str(frame.get("old", "")), str(frame.get("new", ""))
         if members is not None and members.get(p.nick_key(old)) == old:
@@ -173,6 +175,15 @@ def event(fe: IrcFrontEnd, frame: Frame) -> list[Line]:
         return [fe.fail("*", str(frame.get("code", "internal")).upper(),
                         text=line_text(frame.get("message")))]
     return []
+
+
+def own_nick(fe: IrcFrontEnd, old: str, new: str, tags: dict[str, str] | None = None) -> Line:
+    """Our own nick changed: fe.nick and our entry in the member lists follow."""
+    fe.nick = new
+    for members in fe.rooms.values():
+        if members.pop(p.nick_key(old), None) is not None:
+            members[p.nick_key(new)] = new
+    return Line("NICK", [new], fe.mask(old), tags or {})
 
 
 # ---- errors ----
