@@ -13,11 +13,9 @@ itself, not others do, and the parent never blocks on the reader.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import resource
-import signal
 import socket
 import sys
 from collections import OrderedDict, deque
@@ -26,7 +24,7 @@ from typing import Any
 
 import msgpack
 
-from chatd import logsetup, outbox
+from chatd import helperproc, outbox
 from chatd.history import page_frame
 from chatd.protocol import HEADER, FrameDecoder, ProtocolError, pack
 from chatd.store import StorageError, StoreUnusable, message_map
@@ -71,39 +69,17 @@ def answer(store: HistoryReads, req: dict[str, Any]) -> dict[str, Any]:
 
 
 def spawn(path: Path | str, log_level: str, max_memory_mb: int) -> tuple[int, socket.socket]:
-    """Start a reader; returns (its pid, our end of its channel).
-
-    A fresh interpreter, not a fork of the parent: SQLite keeps per-process state about
-    open database files (locks, the WAL index mapping) that a forked copy of the parent
-    would share with the parent's own connection. Only the channel is inherited (every
-    other fd of the parent is close-on-exec), and SIGINT/SIGHUP stay blocked until the
-    reader ignores them: stopping and reloading are the parent's business.
-    """
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        os.set_inheritable(theirs.fileno(), True)
-        argv = [sys.executable, "-m", "chatd.reader", str(theirs.fileno()), str(path),
-                log_level, str(max_memory_mb)]
-        pid = os.posix_spawn(sys.executable, argv, os.environ,
-                             setsigmask={signal.SIGINT, signal.SIGHUP})
-    except OSError:
-        ours.close()
-        raise
-    finally:
-        theirs.close()
-    return pid, ours
+    """Start a reader; returns (its pid, our end of its channel). A fresh interpreter
+    (chatd/helperproc.py): SQLite keeps per-process state about open database files (locks,
+    the WAL index mapping) that a forked copy of the parent would share with the parent's
+    own connection."""
+    return helperproc.spawn("chatd.reader", [str(path), log_level, str(max_memory_mb)])
 
 
 def main(argv: list[str]) -> int:
     """`python -m chatd.reader FD DATABASE LOG_LEVEL MAX_MEMORY_MB` (started by spawn)."""
     fd, path, level, memory_mb = int(argv[0]), Path(argv[1]), argv[2], int(argv[3])
-    for sig in (signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    logsetup.setup(level)
-    logsetup.set_session("reader")
-    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as fh:
-        fh.write(NAME)
+    helperproc.begin(NAME, "reader", level)
     os.nice(NICE)
     if memory_mb:
         _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
