@@ -340,9 +340,7 @@ class Broker:
                     and member.account:  # an account is its operator now: stored (a guest
                 self._keep_policy(name, policy)  # is not, so a guest's join writes nothing)
             if room is None:
-                room = self.rooms[name] = Room(name, *self.store.topic(name), policy=policy)
-                insort(self.room_names, name)
-                self.history.room_created(name)
+                room = self._open_room(name, policy)
             log.debug("%s joins %s", member.nick, name)
             if not self.directory.present(room.members, member):  # (§12.1)
                 self._fanout(room, pack({"type": "join", "room": name, "nick": member.nick,
@@ -352,6 +350,14 @@ class Broker:
         self._reply_paged(member, {"type": "joined", "room": name, "topic": room.topic},
                           "members", self._members_after(room, None), label)
         return self.history.join(member.sid, name, req.get("after"), label)
+
+    def _open_room(self, name: str, policy: RoomPolicy | None = None) -> Room:
+        if policy is None:
+            policy = RoomPolicy.from_json(self.store.policy(name), name)
+        room = self.rooms[name] = Room(name, *self.store.topic(name), policy=policy)
+        insort(self.room_names, name)
+        self.history.room_created(name)
+        return room
 
     def _part(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> None:
         room = self._my_room(member, req["room"])

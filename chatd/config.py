@@ -6,8 +6,11 @@ meaning; README's configuration table is generated from the same data.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
+import socket
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -160,8 +163,22 @@ SETTINGS: tuple[Setting, ...] = (
             "and key of `tls.cert`, which it needs), on `--host`; 0 turns it off, -1 picks a "
             "free one (logged as `listening for IRC over TLS on HOST:PORT`); a change needs "
             "a restart", -1, 65535, attr="irc_tls_port"),
+    Setting("cluster", "redis_url", "", "the Redis (7 or later) that joins this host to a "
+            "cluster, e.g. `redis://10.0.0.5:6379/0` (empty: one host, nothing else to "
+            "run). See [Running a cluster](#running-a-cluster); a change needs a restart"),
+    Setting("cluster", "node", "", "this host's name in the cluster, unique among its hosts "
+            "(letters, digits, `.`, `_`, `-`; empty: the host name)", attr="cluster_node"),
+    Setting("cluster", "lease", 15.0, "seconds after its last sign of life a host that "
+            "vanished is taken out of the cluster (its sessions leave their rooms, their "
+            "nicks are free)", 1.0, 3600, attr="cluster_lease"),
+    Setting("cluster", "write_timeout", 10.0, "seconds a message may wait for an "
+            "unreachable Redis before its sender gets `storage_unavailable`", 0.1, 100),
+    Setting("cluster", "stream_length", 1_000_000, "entries Redis keeps in the stream "
+            "that hosts read from: how far behind a host may fall (while stopped or cut "
+            "off) and still catch up without a gap", 1000, 1 << 40),
 )
 BY_KEY = {f"{s.section}.{s.name}": s for s in SETTINGS}
+NODE_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 FRAME_OVERHEAD = 512  # bytes of a msg/message frame besides its text, with room to spare
 # Bytes of a welcome besides the motd and the server name, at the worst (the longest label,
 # nick and previous reason), with room to spare; tests/test_broker.py measures it.
@@ -249,6 +266,17 @@ class Config:
     user = Value[str]()
     sandbox = Value[bool]()
     operators = Value[list[str]]()
+    redis_url = Value[str]()
+    cluster_node = Value[str]()
+    cluster_lease = Value[float]()
+    write_timeout = Value[float]()
+    stream_length = Value[int]()
+
+    @property
+    def node(self) -> str:
+        """cluster.node, or the host name."""
+        name: str = self.values["cluster_node"] or socket.gethostname()
+        return name
 
     def with_values(self, values: dict[str, Any]) -> Config:
         return replace(self, values=values)
@@ -342,6 +370,16 @@ def parse_settings(doc: dict[str, Any]) -> dict[str, Any]:
         problem = sandbox.resolve_user(values["user"])
         if problem:
             errors.append(problem)
+    if not errors and values["redis_url"] and importlib.util.find_spec("redis") is None:
+        errors.append("cluster.redis_url needs the redis package: pip install 'chatd[cluster]'")
+    if not errors and values["redis_url"] and not values["redis_url"].startswith(
+            ("redis://", "rediss://", "unix://")):
+        errors.append(f"cluster.redis_url: {values['redis_url']!r} is not a redis://, "
+                      f"rediss:// or unix:// URL")
+    node = values["cluster_node"]
+    if not errors and node and not NODE_RE.fullmatch(node):
+        errors.append(f"cluster.node: {node!r} is not 1-64 letters, digits, "
+                      f"'.', '_' or '-'")
     if errors:
         raise ConfigError("; ".join(errors))
     return values

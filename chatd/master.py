@@ -41,6 +41,7 @@ from chatd.routing import Router, now_ms
 from chatd.sessiontable import Child, SessionTable
 from chatd.stores import history_location, open_history
 from chatd.upgrade import Upgrade
+from chatd.uplinkhelper import UplinkHelper, join_cluster
 
 log = logging.getLogger("chatd.master")
 SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
@@ -61,11 +62,17 @@ class Master:
         # One parent per data dir (raises datadir.DataDirBusy); an upgrade inherits it.
         self.lock_fd = handed["lock"] if handed else datadir.lock(config.data_dir)
         self.store = open_history(history_location(config.data_dir))
-        self.broker = Broker(self.store, config)
+        self.sel = selectors.DefaultSelector()
+        # In a cluster, Redis is reached through a helper process (chatd/uplink.py).
+        self.uplink: UplinkHelper | None = None
+        self.broker: Broker
+        if config.redis_url:
+            self.broker, self.uplink = join_cluster(config, self.store, self.sel)
+        else:
+            self.broker = Broker(self.store, config)
         # The TLS context sessions on tls.port get (a bad certificate stops start-up).
         self.tls = tls.ServerTLS(config.values, config.config_file) if config.tls_cert else None
         self.retention = Retention()
-        self.sel = selectors.DefaultSelector()
         self.listeners: list[socket.socket] = []
         self.listener_kinds: dict[socket.socket, str] = {}  # handover.LISTENER_KINDS
         self.life = Lifecycle()  # running, stopping, killing, stopped (chatd/lifecycle.py)
@@ -155,6 +162,8 @@ class Master:
         gc.freeze()  # what exists now is shared with every child; keep its pages clean
         self.reader.start()
         self.auth.start()
+        if self.uplink is not None:
+            self.uplink.start()
         log.info("chatd %d ready (max_sessions=%d)", os.getpid(), self.config.max_sessions)
         while not self.life.stopped:
             refill = self.life.running and len(self.spares) < self.config.spare_children
@@ -169,7 +178,10 @@ class Master:
             restart = self.auth.restart_at
             if restart is not None and self.life.running and time.monotonic() >= restart:
                 self.auth.start()
+            self._restart_uplink()
             self.router.route()
+            if self.uplink is not None:
+                self.uplink.flush()
             self.admin.tick(time.monotonic())
             self.upgrade.step()  # (returns only if there was no upgrade to hand over)
             # One small batch at most per iteration, after the routing it must not delay.
@@ -183,11 +195,10 @@ class Master:
             self.upgrade.overdue(time.monotonic())
             self.adopter.overdue(time.monotonic())
             if self.table.kill_deadline:
-                self.table.kill_overdue(time.monotonic(), self.reader.pids | self.auth.pids,
+                self.table.kill_overdue(time.monotonic(), self._helper_pids(),
                                         f"queues.close_grace={self.config.close_grace:g}s + "
                                         f"keepalive.stop_timeout={self.config.stop_timeout:g}s")
-            self.life.advance(time.monotonic(), len(self.table) + len(self.reader.pids)
-                              + len(self.auth.pids))
+            self.life.advance(time.monotonic(), len(self.table) + len(self._helper_pids()))
         self.admin.close()
         self.store.close()
         log.info("stopped")
@@ -201,10 +212,20 @@ class Master:
                      self.upgrade.timeout(now), self.adopter.timeout(now)]
         if refill:
             deadlines.append(max(0.0, REFILL_QUIET - quiet))
-        for helper in (self.reader, self.auth):
-            if helper.restart_at is not None and self.life.running:
+        for helper in (self.reader, self.auth, self.uplink):
+            if helper is not None and helper.restart_at is not None and self.life.running:
                 deadlines.append(max(0.0, helper.restart_at - now))
         return min((d for d in deadlines if d is not None), default=None)
+
+    def _restart_uplink(self) -> None:
+        up = self.uplink
+        if up is not None and up.restart_at is not None and self.life.running \
+                and time.monotonic() >= up.restart_at:
+            up.start()
+
+    def _helper_pids(self) -> set[int]:
+        return self.reader.pids | self.auth.pids | (
+            self.uplink.pids if self.uplink is not None else set())
 
     def _signals(self, sock: socket.socket, mask: int) -> None:
         try:
@@ -347,7 +368,8 @@ class Master:
             self.table.kill_deadline.pop(pid, None)
             if self.upgrade.reaped(pid, status):
                 continue
-            if not self.reader.reaped(pid, status) and not self.auth.reaped(pid, status):
+            if not self.reader.reaped(pid, status) and not self.auth.reaped(pid, status) \
+                    and not (self.uplink is not None and self.uplink.reaped(pid, status)):
                 self.table.reaped(pid, status)
 
     def handle_sigterm(self) -> None:
@@ -366,12 +388,14 @@ class Master:
         self.table.retire_spares(deadline)
         self.reader.stop()
         self.auth.stop()
-        for pid in self.reader.pids | self.auth.pids:
-            self.table.kill_deadline[pid] = deadline
         for kid in list(self.table.by_sid.values()):
             # Kicked sessions get nothing more, so nobody hears the others' quit notices.
             self.router.kick(kid, "shutting_down", "server shutting down")
             self.router.flush(kid)
+        if self.uplink is not None:  # after the quits it tells the cluster
+            self.uplink.stop()
+        for pid in self._helper_pids():
+            self.table.kill_deadline[pid] = deadline
         for pid in self.table.children:  # its channel is closed already: on its way out
             self.router.doom(pid)
 

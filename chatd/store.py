@@ -258,20 +258,22 @@ class Store:
 
     def add_message(self, ts: int, sender: str, text: str, action: bool, room: str | None = None,
                     target: str | None = None, src: str | None = None,
-                    dst: str | None = None) -> int:
+                    dst: str | None = None, msg_id: int | None = None) -> int:
         """A room message, or a direct one from identity `src` to `dst` (by default the
-        guest identities of the nicks `sender` and `target`)."""
+        guest identities of the nicks `sender` and `target`). In a cluster the id comes
+        with it (Redis gave it), and a message stored already is left as it is."""
         dm = None
         if room is None:
             src = src or nick_key(sender)
             dst = dst or nick_key(target or "")
             dm = dm_pair(src, dst)
         cur = self._write(
-            "INSERT INTO messages (ts, room, dm, sender, target, text, action, src, dst) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (ts, room, dm, sender, target, text, int(action), src, dst))
+            f"INSERT {'' if msg_id is None else 'OR IGNORE '}INTO messages "
+            "(id, ts, room, dm, sender, target, text, action, src, dst) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (msg_id, ts, room, dm, sender, target, text, int(action), src, dst))
         assert cur.lastrowid is not None
-        return cur.lastrowid
+        return msg_id if msg_id is not None else cur.lastrowid
 
     def history(self, *, room: str | None = None, dm: str | None = None,
                 ident: str | None = None, before: int | None = None,

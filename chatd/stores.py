@@ -58,9 +58,11 @@ class HistoryStore(Protocol):
 
     def add_message(self, ts: int, sender: str, text: str, action: bool,
                     room: str | None = None, target: str | None = None,
-                    src: str | None = None, dst: str | None = None) -> int:
+                    src: str | None = None, dst: str | None = None,
+                    msg_id: int | None = None) -> int:
         """Accept a message (durable at the next flush); its id. A direct message is
-        between identities `src` and `dst` (chatd.store.identity)."""
+        between identities `src` and `dst` (chatd.store.identity). `msg_id` when given: a
+        cluster's, assigned by Redis (one stored already is kept as it is)."""
         ...
 
     def owned(self) -> dict[str, str]:

@@ -71,11 +71,12 @@ def children_of(pid: int) -> list[int]:
 
 
 def is_reader(pid: int) -> bool:
-    """Whether `pid` is a server's history reader (a helper, not a session): it runs
-    `python -m chatd.reader`, which its command line says once it has exec'd (for a
-    moment before, it is a copy of the parent, like a session)."""
+    """Whether `pid` is a server's history reader or its cluster uplink (a helper, not a
+    session): it runs `python -m chatd.reader` (or chatd.uplink), which its command line
+    says once it has exec'd (for a moment before, it is a copy of the parent)."""
     try:
-        return b"chatd.reader" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return b"chatd.reader" in argv or b"chatd.uplink" in argv
     except OSError:
         return False
 

@@ -1,0 +1,465 @@
+"""Routing in a cluster: the Broker, with Redis (through the uplink) deciding what is
+shared (sans-I/O; lives in the parent of a host with `cluster.redis_url` set).
+
+* **Messages** are not stored here first: a `msg` becomes a write for the uplink; Redis
+  gives it the next id (one sequence for the whole cluster) and appends it to the stream.
+  Every host, this one included, delivers and stores (its SQLite, a replica that serves
+  history and catch-up) what it reads from the stream, in id order, so every host has the
+  same messages with the same ids. The sender's `ack` goes when Redis has it: at the
+  write's reply or at the stream entry, whichever comes first, and always before the
+  message itself.
+* **Nicks** are claimed in Redis (hello, nick) before they are given; a DM's target is
+  looked up there, so a DM reaches its target on any host.
+* **Membership and topics** of other hosts' sessions are kept here as *remote members*
+  (Members with a negative session number, which the router has no channel for): joins,
+  parts, quits and nick changes of this host's sessions go to the stream, and those of
+  other hosts come from it, so `who`, `rooms` and the room notices are cluster-wide, a
+  stream's delay (about a millisecond) behind.
+* **Redis lost**: sessions are told (a `status` event), writes are refused
+  (`storage_unavailable`), joins and parts go on locally; on return this host's whole
+  membership is written again and the stream is read from where it stopped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from chatd import protocol as p
+from chatd.broker import Broker, Member
+from chatd.config import Config
+from chatd.protocol import ProtocolError, pack
+from chatd.stores import HistoryStore
+
+log = logging.getLogger("chatd.cluster")
+MAX_SEQ = (1 << 64) - 1
+EntryId = tuple[int, int]
+UNREACHABLE = "not stored: this server cannot reach the cluster's Redis; try again later"
+
+
+@dataclass(slots=True)
+class Waiting:
+    """A write whose result a session waits for."""
+
+    sid: int
+    label: Any
+    kind: str  # msg, hello, nick, topic
+    req: dict[str, Any]
+    now_ms: int
+
+
+def entry_id(text: str) -> EntryId:
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def body(data: dict[str, Any]) -> bytes:
+    packed: bytes = msgpack.packb(data, use_bin_type=True)
+    return packed
+
+
+class ClusterBroker(Broker):
+    def __init__(self, store: HistoryStore, config: Config) -> None:
+        super().__init__(store, config)
+        self.node = config.node
+        self.uplink: Callable[[dict[str, Any]], None] = lambda msg: None  # set by master
+        self.up = False
+        self.why = "not connected yet"
+        self.numbers = itertools.count(1)
+        self.waiting: dict[int, Waiting] = {}
+        self.claiming: set[int] = set()  # sessions whose hello waits for Redis
+        self.remote: dict[str, dict[str, Member]] = {}  # node -> nick key -> member
+        self.remote_sids = itertools.count(-1, -1)
+        self.point: EntryId = (0, 0)  # membership events up to here are in the snapshot
+        self.cursor: EntryId = (self.history.last_id, MAX_SEQ)  # the last entry applied
+
+    def resume_at(self) -> tuple[str, int]:
+        """Where a new uplink starts reading the stream, and the newest id here."""
+        return f"{self.cursor[0]}-{self.cursor[1]}", self.history.last_id
+
+    # ---- requests that need Redis ----
+
+    def _write(self, script: str, args: list[Any], waiting: Waiting | None = None) -> None:
+        number = next(self.numbers)
+        if waiting is not None:
+            self.waiting[number] = waiting
+        self.uplink({"c": "w", "w": number, "s": script, "a": args})
+
+    def _need_redis(self) -> None:
+        if not self.up:
+            raise ProtocolError("storage_unavailable", UNREACHABLE)
+
+    def _hello(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> None:
+        if req["version"] not in p.SUPPORTED_VERSIONS:
+            super()._hello(member, req, label, now_ms)
+            return
+        if member.sid in self.claiming:  # (the session passes on what follows a hello)
+            raise ProtocolError("already_registered", "a hello is already on its way")
+        nick = self._free_nick(member, req["nick"])
+        self._need_redis()
+        self.claiming.add(member.sid)
+        self._write("nick", [p.nick_key(nick), nick, "", "", "", b""],
+                    Waiting(member.sid, label, "hello", req, now_ms))
+
+    def _nick(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> None:
+        old = member.nick or ""
+        new = self._free_nick(member, req["nick"])
+        if new == old:
+            super()._nick(member, req, label, now_ms)
+            return
+        self._need_redis()
+        self._write("nick", [p.nick_key(new), new, p.nick_key(old), old, _rooms(member),
+                             body({"old": old, "new": new})],
+                    Waiting(member.sid, label, "nick", req, now_ms))
+
+    def _msg(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> None:
+        text = p.check_text(req["text"], self.config.max_text)
+        data: dict[str, Any] = {"from": member.nick, "text": text,
+                                "action": bool(req.get("action", False))}
+        if "room" in req:
+            data["room"] = self._my_room(member, req["room"]).name
+            args = ["m", body(data), ""]
+        else:
+            args = ["d", body(data), p.nick_key(p.check_nick(req["to"]))]
+        self._need_redis()
+        self._write("msg", args, Waiting(member.sid, label, "msg", req, now_ms))
+
+    def _topic(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> None:
+        if "topic" not in req:
+            super()._topic(member, req, label, now_ms)
+            return
+        room = self._my_room(member, req["room"])
+        topic = p.check_line(req["topic"], "topic", p.MAX_TOPIC)
+        self._need_redis()
+        data = {"room": room.name, "topic": topic, "by": member.nick, "ts": now_ms}
+        self._write("event", ["t", body(data), member.nick, "", room.name,
+                              body({"topic": topic, "by": member.nick, "ts": now_ms})],
+                    Waiting(member.sid, label, "topic", req, now_ms))
+
+    # ---- membership: applied here at once, told to the others ----
+
+    def _join(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> bool:
+        name = p.check_room(req["room"])
+        was = name in member.rooms
+        later = super()._join(member, req, label, now_ms)
+        if not was and name in member.rooms:
+            self._publish("j", member, {"nick": member.nick, "room": name})
+        return later
+
+    def _part(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> None:
+        name = p.check_room(req["room"])
+        super()._part(member, req, label, now_ms)
+        self._publish("p", member, {"nick": member.nick, "room": name,
+                                    "reason": req.get("reason", "")})
+
+    def _leave_all(self, member: Member, reason: str, now_ms: int) -> None:
+        if member.sid > 0 and member.nick is not None:
+            self._publish("q", member, {"nick": member.nick, "reason": reason})
+        super()._leave_all(member, reason, now_ms)
+
+    def _publish(self, kind: str, member: Member, data: dict[str, Any]) -> None:
+        """Tell the other hosts; while Redis is away the state written on return does."""
+        if self.up and member.nick is not None:
+            self._write("event", [kind, body(data), member.nick, p.nick_key(member.nick),
+                                  _rooms(member)])
+
+    # ---- what the uplink says (the parent's helper checked the framing) ----
+
+    def uplink_said(self, msg: dict[str, Any], now_ms: int) -> None:
+        if msg.get("c") == "x":
+            for eid, fields in msg["x"]:
+                self._checked(self._entry, entry_id(eid), fields)
+        else:
+            self._checked(self._said, msg, now_ms)
+
+    def _checked(self, handler: Callable[..., None], *args: Any) -> None:
+        """A bad entry (another host's bug, or a hand-made one) costs that entry only."""
+        try:
+            handler(*args)
+        except (KeyError, TypeError, ValueError, AttributeError, ProtocolError,
+                msgpack.UnpackException) as exc:
+            log.error("a bad message from the cluster uplink (%r): %s", exc, str(args)[:300])
+
+    def _said(self, msg: dict[str, Any], now_ms: int) -> None:
+        kind = msg["c"]
+        if kind == "r":
+            self._result(msg["w"], msg)
+        elif kind == "up":
+            self._came_up(msg, now_ms)
+        elif kind == "down":
+            self._went_down(str(msg["e"]), now_ms)
+        elif kind == "lost":
+            log.error("while this host was away from Redis, other hosts took these nicks "
+                      "of its sessions: %s", ", ".join(map(str, msg["nicks"])))
+
+    def _result(self, number: int, msg: dict[str, Any]) -> None:
+        w = self.waiting.get(number)
+        if w is None:
+            return
+        if w.kind == "hello":
+            self.claiming.discard(w.sid)
+        if "e" in msg:
+            del self.waiting[number]
+            log.warning("a write to Redis failed: %s", msg["e"])
+            self._tell(w, p.error_frame("storage_unavailable", UNREACHABLE, label=w.label))
+            return
+        value = msg["v"]
+        if w.kind == "msg":
+            del self.waiting[number]
+            msg_id, ts, target = int(value[0]), int(value[1]), str(value[2])
+            if msg_id == 0:
+                self._tell(w, p.error_frame("no_such_nick", f"nobody is called "
+                                            f"{w.req['to']!r}", label=w.label))
+            else:
+                self._ack(w, msg_id, ts, w.req.get("room") and p.check_room(w.req["room"]),
+                          target)
+            return
+        if w.kind in ("hello", "nick"):
+            del self.waiting[number]
+            self._claimed(w, bool(value[0]))
+        # topic: its stream entry answers it
+
+    def _claimed(self, w: Waiting, ok: bool) -> None:
+        member = self.members.get(w.sid)
+        nick = w.req["nick"]
+        if member is None or member.gone:
+            if ok and (w.kind == "hello" or member is None):  # nobody has it after all
+                self._write("event", ["q", body({"nick": nick, "reason": "quit"}), nick,
+                                      p.nick_key(nick), ""])
+            return
+        if not ok:
+            self._tell(w, p.error_frame("nick_taken", f"nick {nick!r} is in use",
+                                        label=w.label))
+            return
+        holder = self.nicks.get(p.nick_key(nick))
+        if holder is not None and holder.sid < 0:  # Redis says it is free: a stale view
+            self._remote_quit(holder, "nick taken over", w.now_ms)
+        try:
+            if w.kind == "hello":
+                super()._hello(member, w.req, w.label, w.now_ms)
+            else:
+                super()._nick(member, w.req, w.label, w.now_ms)
+        except ProtocolError as exc:
+            self.outbox[member.sid].append(p.error_from(exc, w.label))
+
+    def _tell(self, w: Waiting, frame: bytes) -> None:
+        if w.sid in self.members:
+            self.outbox[w.sid].append(frame)
+
+    def _ack(self, w: Waiting, msg_id: int, ts: int, room: str | None, target: str) -> None:
+        where = {"room": room} if room else {"to": target}
+        self._tell(w, pack({"type": "ack", "id": msg_id, "ts": ts, **where,
+                            **({"label": w.label} if w.label is not None else {})}))
+
+    # ---- the stream ----
+
+    def _entry(self, eid: EntryId, fields: dict[str, bytes]) -> None:
+        if eid <= self.cursor:
+            return  # applied already (a new uplink reads again from where we were)
+        self.cursor = eid
+        kind, node = fields["k"].decode(), fields["n"].decode()
+        ts, data = int(fields["ts"]), fields["d"]
+        if kind in ("m", "d"):
+            self._message(eid[0], node, int(fields["r"]), ts, msgpack.unpackb(data),
+                          fields.get("t", b"").decode())
+        elif kind == "t":
+            self._topic_set(node, int(fields["r"]), msgpack.unpackb(data))
+        elif node == self.node or eid <= self.point:
+            return  # our own (applied when it happened), or in the snapshot already
+        elif kind == "g":
+            self._remote_gone(node, ts)
+        elif kind == "s":
+            state = msgpack.unpackb(data) or {}  # (Lua packs an empty table as [])
+            self._remote_state(node, {str(k): str(v).split() for k, v in state.items()}, ts)
+        else:
+            self._remote_event(kind, node, msgpack.unpackb(data), ts)
+
+    def _message(self, msg_id: int, node: str, number: int, ts: int, data: dict[str, Any],
+                 target: str) -> None:
+        last = self.history.last_id
+        if msg_id <= last:
+            return
+        if last and msg_id != last + 1:
+            self._status("gap", f"messages {last + 1} to {msg_id - 1} never reached this "
+                         "server (the cluster's Redis no longer had them)", ts)
+        sender, text, action = str(data["from"]), str(data["text"]), bool(data["action"])
+        room_name = p.check_room(data["room"]) if "room" in data else None
+        self.store.add_message(ts, sender, text, action, room=room_name,
+                               target=target or None, msg_id=msg_id)
+        w = self.waiting.pop(number, None) if node == self.node else None
+        if w is not None:
+            self._ack(w, msg_id, ts, room_name, target)
+        frame = {"type": "message", "id": msg_id, "ts": ts, "from": sender, "text": text,
+                 "action": action}
+        if room_name is not None:
+            room = self.rooms.get(room_name)
+            if room is None:
+                self.history.posted(msg_id)
+            else:
+                self._post(room, msg_id, pack({**frame, "room": room_name}))
+            return
+        self.history.posted(msg_id)
+        packed = pack({**frame, "to": target})
+        sids = {m.sid for m in (self.nicks.get(p.nick_key(sender)),
+                                self.nicks.get(p.nick_key(target))) if m is not None}
+        for sid in sids:
+            if sid > 0:
+                self.outbox[sid].append(packed)
+
+    def _topic_set(self, node: str, number: int, data: dict[str, Any]) -> None:
+        name = p.check_room(data["room"])
+        topic, by, ts = str(data["topic"]), str(data["by"]), int(data["ts"])
+        self.store.set_topic(name, topic, by, ts)
+        w = self.waiting.pop(number, None) if node == self.node else None
+        room = self.rooms.get(name)
+        frame = {"type": "topic", "room": name, "topic": topic, "by": by, "ts": ts}
+        skip = -1
+        if w is not None and w.sid in self.members:
+            skip = w.sid
+            self.outbox[w.sid].append(pack({**frame, **({"label": w.label} if w.label
+                                                          is not None else {})}))
+        if room is not None:
+            room.topic, room.topic_by, room.topic_ts = topic, by, ts
+            self._fanout(room, pack(frame), skip=skip)
+
+    # ---- other hosts' sessions ----
+
+    def _remote(self, node: str, nick: str) -> Member:
+        members = self.remote.setdefault(node, {})
+        key = p.nick_key(nick)
+        member = members.get(key)
+        if member is None:
+            member = members[key] = Member(next(self.remote_sids), "", nick)
+        holder = self.nicks.get(key)
+        if holder is None or holder.sid < 0:
+            self.nicks[key] = member
+        elif holder is not member:
+            log.warning("nick %s is held here and on node %s", nick, node)
+        return member
+
+    def _remote_event(self, kind: str, node: str, data: dict[str, Any], ts: int) -> None:
+        if kind == "n":
+            old, new = str(data["old"]), p.check_nick(str(data["new"]))
+            renamed = self.remote.get(node, {}).get(p.nick_key(old))
+            if renamed is not None:
+                self._remote_rename(node, renamed, new, ts)
+            return
+        nick = p.check_nick(str(data["nick"]))
+        if kind == "j":
+            self._remote_join(self._remote(node, nick), p.check_room(data["room"]), ts)
+        elif kind == "p":
+            member = self.remote.get(node, {}).get(p.nick_key(nick))
+            room = self.rooms.get(p.check_room(data["room"]))
+            if member is not None and room is not None and member.sid in room.members:
+                self._leave(member, room, {"type": "part", "room": room.name, "nick": nick,
+                                           "reason": str(data.get("reason", "")), "ts": ts})
+        elif kind == "q":
+            member = self.remote.get(node, {}).get(p.nick_key(nick))
+            if member is not None:
+                self._remote_quit(member, str(data.get("reason", "")) or "quit", ts)
+
+    def _remote_join(self, member: Member, name: str, ts: int) -> None:
+        room = self.rooms.get(name) or self._open_room(name)
+        if member.sid in room.members:
+            return
+        self._fanout(room, pack({"type": "join", "room": name, "nick": member.nick, "ts": ts}))
+        room.members[member.sid] = member
+        member.rooms.add(name)
+
+    def _remote_rename(self, node: str, member: Member, new: str, ts: int) -> None:
+        old = member.nick or ""
+        members = self.remote[node]
+        del members[p.nick_key(old)]
+        if self.nicks.get(p.nick_key(old)) is member:
+            del self.nicks[p.nick_key(old)]
+        member.nick = new
+        members[p.nick_key(new)] = member
+        self._remote(node, new)
+        for name in sorted(member.rooms):
+            self._fanout(self.rooms[name], pack({"type": "nick", "room": name, "old": old,
+                                                 "new": new, "ts": ts}))
+
+    def _remote_quit(self, member: Member, reason: str, ts: int) -> None:
+        for node, members in self.remote.items():
+            if members.get(p.nick_key(member.nick or "")) is member:
+                del members[p.nick_key(member.nick or "")]
+                if not members:
+                    del self.remote[node]
+                break
+        self._leave_all(member, reason, ts)
+
+    def _remote_gone(self, node: str, ts: int) -> None:
+        for member in list(self.remote.get(node, {}).values()):
+            self._remote_quit(member, "server lost", ts)
+
+    def _remote_state(self, node: str, state: dict[str, list[str]], ts: int) -> None:
+        """A host's whole membership: what differs from what we knew is a join, part,
+        quit or nick change, as if we had seen each happen."""
+        keys = {p.nick_key(nick): nick for nick in state}
+        for member in list(self.remote.get(node, {}).values()):
+            if p.nick_key(member.nick or "") not in keys:
+                self._remote_quit(member, "quit", ts)
+        for nick, rooms in state.items():
+            member = self._remote(node, p.check_nick(nick))
+            if member.nick != nick:
+                self._remote_rename(node, member, nick, ts)
+            for name in sorted(member.rooms - set(rooms)):
+                self._leave(member, self.rooms[name], {"type": "part", "room": name,
+                                                       "nick": nick, "reason": "", "ts": ts})
+            for name in rooms:
+                self._remote_join(member, p.check_room(name), ts)
+
+    # ---- the link ----
+
+    def _came_up(self, msg: dict[str, Any], now_ms: int) -> None:
+        self.point = entry_id(msg["point"])
+        if msg["lost"]:
+            self.cursor = (0, 0)
+        self.cursor = min(self.cursor, self.point)  # as the uplink reads on (see there)
+        hosts: dict[str, dict[str, str]] = msg["hosts"]
+        for node in list(self.remote):
+            if node not in hosts:
+                self._remote_gone(node, now_ms)
+        for node, members in hosts.items():
+            if node != self.node:
+                self._remote_state(node, {k: v.split() for k, v in members.items()}, now_ms)
+        for name, packed in msg["topics"].items():  # set while this host was away
+            topic = msgpack.unpackb(packed)
+            if self.store.topic(p.check_room(name))[2] != topic["ts"]:
+                self._topic_set("", 0, {"room": name, **topic})
+        state: list[str] = []
+        for member in self.members.values():
+            if member.nick is not None and not member.gone:
+                state += [p.nick_key(member.nick), member.nick, _rooms(member)]
+        self.uplink({"c": "state", "a": state})
+        was_down, self.up = not self.up, True
+        if msg["lost"]:
+            self._status("gap", "the cluster's Redis lost its data: messages acknowledged "
+                         "in the last moments before may be missing", now_ms)
+        elif was_down and self.why != "not connected yet":
+            self._status("up", "the server reaches the cluster again", now_ms)
+        self.why = ""
+        log.info("in the cluster as node %s (epoch %s)", self.node, msg["epoch"])
+
+    def _went_down(self, why: str, now_ms: int) -> None:
+        if self.up:
+            log.error("lost the cluster's Redis: %s; messages are refused until it is back",
+                      why)
+            self._status("down", "the server cannot reach the cluster's Redis: new "
+                         "messages are refused until it is back", now_ms)
+        self.up, self.why = False, why
+
+    def _status(self, state: str, message: str, now_ms: int) -> None:
+        frame = pack({"type": "status", "cluster": state, "message": message, "ts": now_ms})
+        for member in self.members.values():
+            if member.nick is not None and not member.gone:
+                self.outbox[member.sid].append(frame)
+
+
+def _rooms(member: Member) -> str:
+    return " ".join(sorted(member.rooms))
