@@ -79,6 +79,7 @@ def message_line(core: Core, f: Frame) -> Line:
 def on_welcome(core: Core, f: Frame, req: Req | None, now: float) -> None:
     m = core.model
     core.registered = True
+    m.degraded = False  # a new connection: a server that cannot store says so again
     m.nick = f.get("nick") or core.hello_nick
     core.session = f.get("session")
     core.resume = f.get("resume")
@@ -382,6 +383,16 @@ def on_pong(core: Core, f: Frame, req: Req | None, now: float) -> None:
         core.model.lag_ms, core.model.ping_since = lag, None
 
 
+def on_status(core: Core, f: Frame, req: Req | None, now: float) -> None:
+    """The server's link to its cluster (protocol §5 `status`): down, up, or a gap."""
+    m = core.model
+    state = str(f["cluster"])
+    if state in ("down", "up"):
+        m.degraded = state == "down"
+    kind = "notice" if state == "up" else "error"
+    m.note(m.buffers[SERVER], str(f.get("message") or f"cluster: {state}"), kind, _ts(f))
+
+
 HANDLERS: dict[str, Handler] = {
     "welcome": on_welcome, "error": on_error, "ack": on_ack, "message": on_message,
     "joined": on_joined, "history": on_history, "parted": on_parted, "rooms": on_rooms,
@@ -391,4 +402,5 @@ HANDLERS: dict[str, Handler] = {
     "auth": accounts.on_auth, "logged_in": accounts.on_logged_in,
     "registered": accounts.on_logged_in,
     "away": presence.on_away,
+    "status": on_status,
 }

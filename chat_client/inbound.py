@@ -361,6 +361,8 @@ SCHEMAS: dict[str, tuple[dict[str, Field], tuple[str, ...] | None]] = {
     "logged_in": ({"account": Field(nick, required=True), "nick": Field(nick),
                    "data": Field(binary)}, None),
     "registered": ({"account": Field(nick, required=True), "nick": Field(nick)}, None),
+    "status": ({"cluster": Field(line(16), required=True),
+                "message": Field(line(1000), default=""), "ts": Field(timestamp)}, None),
 }
 
 

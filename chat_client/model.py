@@ -28,6 +28,7 @@ class Model:
         self.conn_state = ConnState.CONNECTING  # the Connection's, for the status bar
         self.retry_at: float | None = None  # clock.monotonic() of the next attempt
         self.lag_ms: float | None = None
+        self.degraded = False  # the server said it cannot store messages now (`status`)
         self.alerts = 0  # bells not rung yet
         self.known_rooms: set[str] = set()
         self.listeners: list[Callable[[Buffer, Line], None]] = []

@@ -44,6 +44,9 @@ def connection(m: Model) -> Fragments:
         if m.ping_since is not None:
             waited = max(0.0, (m.clock.monotonic() - m.ping_since) * 1000)
         lag = lag_text(m.lag_ms, waited)
+        if m.degraded:  # connected, but the server cannot store what is sent
+            return [("class:status.bad", "connected · not storing" + (" · " + lag if lag
+                                                                     else ""))]
         return [("class:status.ok", "connected" + (" · " + lag if lag else ""))]
     if m.conn_state is ConnState.RECONNECTING and m.retry_at is not None:
         secs = max(0, round(m.retry_at - m.clock.monotonic()))

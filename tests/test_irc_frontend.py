@@ -506,3 +506,10 @@ def test_any_input_gives_whole_short_lines_and_valid_requests(chunks: list[bytes
     for raw in data.split(b"\r\n")[:-1]:
         line: Line = parse(raw)
         assert body_size(line) <= MAX_LINE
+
+
+def test_a_cluster_status_event_is_a_notice_from_the_server() -> None:
+    fe = registered()
+    answer(fe, {"type": "status", "cluster": "down", "ts": TS,
+                "message": "the server cannot reach the cluster's Redis"})
+    assert out(fe) == [":chatd NOTICE alice :the server cannot reach the cluster's Redis"]

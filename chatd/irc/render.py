@@ -171,6 +171,8 @@ def event(fe: IrcFrontEnd, frame: Frame) -> list[Line]:
                      colon=False)]
     if kind == "ping":
         return [Line("PING", [str(frame.get("token", ""))], fe.server)]
+    if kind == "status":  # a cluster host's link to Redis (protocol.md §5 `status`)
+        return [Line("NOTICE", [fe.me, line_text(frame.get("message"))], fe.server, tags)]
     if kind == "error":  # never unlabelled in practice: say it rather than lose it
         return [fe.fail("*", str(frame.get("code", "internal")).upper(),
                         text=line_text(frame.get("message")))]
