@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="`chatd bench auth [--help]` times the auth helper's logins instead (no "
         "server needed); `chatd bench floor [--help]` measures a minimal relay here and "
         "chatd against it; `chatd bench roomsize [--help]` tabulates steady by room size; "
-        "`chatd bench sandbox [--help]` the sandbox's cost.")
+        "`chatd bench sandbox [--help]` the sandbox's cost; `chatd bench cluster [--help]` "
+        "runs hosts sharing a Redis.")
     parser.add_argument("scenario", choices=sorted(SCENARIOS))
     parser.add_argument("--target", metavar="HOST:PORT",
                         help="bench a running server instead of starting one (its rate "
@@ -151,6 +152,10 @@ def main(argv: list[str]) -> int:
         from . import roomsize
 
         return roomsize.main(argv[1:])
+    if argv[:1] == ["cluster"]:  # several hosts and a Redis of its own (options of its own)
+        from . import cluster
+
+        return cluster.main(argv[1:])
     if argv[:1] == ["sandbox"]:  # the session sandbox's cost, on vs off (runs scenarios)
         from . import sandbox
 
