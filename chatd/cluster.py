@@ -101,6 +101,8 @@ class ClusterBroker(Broker):
         if member.sid in self.claiming:  # (the session passes on what follows a hello)
             raise ProtocolError("already_registered", "a hello is already on its way")
         nick = self._free_nick(member, req["nick"])
+        if self._banned(member, nick, now_ms):  # (before it is claimed for nothing)
+            return
         self._need_redis()
         self.claiming.add(member.sid)
         self._write("nick", [p.nick_key(nick), nick, "", "", "", b""],
@@ -109,7 +111,7 @@ class ClusterBroker(Broker):
     def _nick(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> None:
         old = member.nick or ""
         new = self._free_nick(member, req["nick"])
-        if new == old:
+        if new == old or self._banned(member, new, now_ms):
             super()._nick(member, req, label, now_ms)
             return
         self._need_redis()
@@ -228,9 +230,8 @@ class ClusterBroker(Broker):
         member = self.members.get(w.sid)
         nick = w.req["nick"]
         if member is None or member.gone:
-            if ok and (w.kind == "hello" or member is None):  # nobody has it after all
-                self._write("event", ["q", body({"nick": nick, "reason": "quit"}), nick,
-                                      p.nick_key(nick), ""])
+            if ok:  # nobody has it after all
+                self._release(nick)
             return
         if not ok:
             self._tell(w, p.error_frame("nick_taken", f"nick {nick!r} is in use",
@@ -246,6 +247,14 @@ class ClusterBroker(Broker):
                 super()._nick(member, w.req, w.label, w.now_ms)
         except ProtocolError as exc:
             self.outbox[member.sid].append(p.error_from(exc, w.label))
+        if member.gone or member.nick != nick:  # banned meanwhile, or taken here after all
+            self._release(nick)
+
+    def _release(self, nick: str) -> None:
+        holder = self.nicks.get(p.nick_key(nick))
+        if holder is None or holder.sid < 0:
+            self._write("event", ["q", body({"nick": nick, "reason": "quit"}), nick,
+                                  p.nick_key(nick), ""])
 
     def _tell(self, w: Waiting, frame: bytes) -> None:
         if w.sid in self.members:
