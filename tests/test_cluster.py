@@ -1,223 +1,209 @@
-"""Several `chatd serve` hosts sharing rooms through a real `redis-server` (issue 13).
-
-Each test starts its own Redis on a free loopback port (its own directory, append-only
-persistence) and two or three hosts; nothing is mocked. Skipped only where redis-server
-is not installed (CI installs it: .ci/run).
-"""
+"""ClusterBroker without processes: two hosts' brokers joined by a small fake of the
+uplink and Redis (the scripts' rules in a few lines of Python). The real thing, a real
+redis-server and real hosts, is tests/test_server_cluster.py."""
 
 from __future__ import annotations
 
 import itertools
-import signal
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-from redisproc import REDIS, RedisServer, free_port
-from serverproc import FAST, ServerProcess, kill_quietly, wait_until
-from wire import Client, Frame, connect
+import msgpack
+from cores import answer_reads, decode_all
 
-pytestmark = [pytest.mark.skipif(REDIS is None, reason="redis-server is not installed"),
-              pytest.mark.timeout(120)]
+from chatd.cluster import ClusterBroker
+from chatd.config import Config, parse_settings
+from chatd.protocol import nick_key
+from chatd.store import Store
 
-
-class Cluster:
-    def __init__(self, base: Path, redis: RedisServer) -> None:
-        self.base = base
-        self.redis = redis
-        self.hosts: list[ServerProcess] = []
-        self.clients: list[Client] = []
-
-    def host(self, name: str, **cluster: Any) -> ServerProcess:
-        data = self.base / name
-        data.mkdir(exist_ok=True)
-        settings = {**FAST, "cluster": {"redis_url": self.redis.url, "node": name,
-                                        **cluster}}
-        server = ServerProcess(data, settings).start()
-        server.wait_for_log(f"in the cluster as node {name}")
-        self.hosts.append(server)
-        return server
-
-    def connect(self, server: ServerProcess, nick: str) -> Client:
-        client = connect(server, nick)
-        self.clients.append(client)
-        return client
+Frame = dict[str, Any]
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    redis = RedisServer(tmp_path / "redis", free_port()).start()
-    made = Cluster(tmp_path, redis)
-    try:
-        yield made
-    finally:
-        for client in made.clients:
-            client.close()
-        for server in made.hosts:
-            if server.proc is not None and server.proc.poll() is None:
-                server.stop()
-        made.redis.stop()
+class FakeRedis:
+    """One sequence, one stream, nick owners; writes are carried out when run() is called
+    (as the uplink would, a moment later), replies first, then the entries to every host."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.events = itertools.count(1)
+        self.log: list[tuple[str, dict[str, Any]]] = []
+        self.nicks: dict[str, str] = {}  # key -> node
+        self.inbox: list[tuple[ClusterBroker, dict[str, Any]]] = []
+        self.hosts: list[ClusterBroker] = []
+        self.read: dict[str, int] = {}  # node -> entries delivered
+        self.now = 5_000
+
+    def join(self, node: str) -> ClusterBroker:
+        values = parse_settings({"cluster": {"redis_url": "redis://fake/0", "node": node}})
+        broker = ClusterBroker(Store(":memory:"), Config().with_values(values))
+        broker.uplink = lambda msg: self.inbox.append((broker, msg))
+        self.hosts.append(broker)
+        self.read[node] = 0
+        broker.uplink_said({"c": "up", "epoch": "e1", "lost": False, "point": "0-0",
+                            "hosts": {}, "topics": {}}, self.now)
+        return broker
+
+    def run(self, deliver: bool = True, replies: bool = True) -> None:
+        while self.inbox:
+            broker, msg = self.inbox.pop(0)
+            if msg["c"] != "w":
+                continue
+            reply = self.write(broker.node, msg)
+            if replies:
+                broker.uplink_said({"c": "r", "w": msg["w"], "v": reply}, self.now)
+        if deliver:
+            self.deliver()
+
+    def deliver(self) -> None:
+        for broker in self.hosts:
+            new = self.log[self.read[broker.node]:]
+            self.read[broker.node] = len(self.log)
+            if new:
+                broker.uplink_said({"c": "x", "x": [list(e) for e in new]}, self.now)
+
+    def entry(self, eid: str, kind: str, node: str, number: int, body: bytes,
+              target: str = "") -> None:
+        self.now += 1
+        self.log.append((eid, {"k": kind.encode(), "n": node.encode(),
+                               "r": str(number).encode(), "ts": str(self.now).encode(),
+                               "d": body, "t": target.encode()}))
+
+    def write(self, node: str, msg: dict[str, Any]) -> list[Any]:
+        args = msg["a"]
+        if msg["s"] == "msg":
+            target = ""
+            if args[0] == "d":
+                if args[2] not in self.nicks:
+                    return [0, 0, ""]
+                target = next(h.nicks[args[2]].nick for h in self.hosts
+                              if args[2] in h.nicks and h.nicks[args[2]].sid > 0)
+            self.seq += 1
+            self.entry(f"{self.seq}-0", args[0], node, msg["w"], args[1], target)
+            return [self.seq, self.now, target]
+        if msg["s"] == "nick":
+            key, _new, oldkey, old = args[0], args[1], args[2], args[3]
+            if self.nicks.get(key, node) != node:
+                return [0]
+            self.nicks[key] = node
+            if old:
+                if oldkey != key:
+                    self.nicks.pop(oldkey, None)
+                self.entry(f"{self.seq}-{next(self.events)}", "n", node, msg["w"], args[5])
+            return [1]
+        kind = args[0]
+        if kind == "q":
+            self.nicks.pop(args[3], None)
+        self.entry(f"{self.seq}-{next(self.events)}", kind, node, msg["w"], args[1])
+        return [1]
 
 
-def ids(frames: list[Frame]) -> list[int]:
-    return [f["id"] for f in frames]
+def frames(broker: ClusterBroker, sid: int) -> list[Frame]:
+    out = broker.drain().get(sid, [])
+    broker.outbox.clear()
+    return decode_all(b"".join(x for x in out if isinstance(x, bytes)))
 
 
-def test_cluster_rooms_are_shared_with_one_id_space(cluster: Cluster) -> None:
-    a, b, c = (cluster.host(name) for name in "abc")
-    alice, bob, carol = (cluster.connect(h, n) for h, n in ((a, "alice"), (b, "bob"),
-                                                             (c, "carol")))
-    alice.join("#x")
-    bob.join("#x")
-    alice.wait_type("join", nick="bob")
-    carol.join("#x")
-    bob.wait_type("join", nick="carol")
-    acks = [alice.say("#x", "from a"), bob.say("#x", "from b"), carol.say("#x", "from c")]
-    assert [x["id"] for x in acks] == sorted(x["id"] for x in acks)
-    for client in (alice, bob, carol):  # the same messages, ids and order on every host
-        got = client.messages("#x", 3)
-        assert ids(got) == [x["id"] for x in acks]
-        assert [m["text"] for m in got] == ["from a", "from b", "from c"]
-        assert [m["from"] for m in got] == ["alice", "bob", "carol"]
-    who = carol.call({"type": "who", "room": "#x"})
-    assert who["members"] == ["alice", "bob", "carol"]
-    rooms = alice.call({"type": "rooms"})
-    assert rooms["rooms"] == [{"room": "#x", "members": 3, "topic": ""}]
-    topic = bob.call({"type": "topic", "room": "#x", "topic": "shared"})
-    assert topic["topic"] == "shared" and topic["by"] == "bob"
-    for client in (alice, carol):
-        assert client.wait_type("topic", room="#x")["topic"] == "shared"
-    carol.call({"type": "part", "room": "#x"})
-    assert alice.wait_type("part", nick="carol")["room"] == "#x"
-    assert bob.call({"type": "who", "room": "#x"})["members"] == ["alice", "bob"]
+def hello(redis: FakeRedis, broker: ClusterBroker, sid: int, nick: str) -> Frame:
+    broker.attach(sid, f"s{sid}")
+    broker.receive(sid, msgpack.packb({"type": "hello", "version": 1, "nick": nick,
+                                       "label": 1}), redis.now)
+    redis.run()
+    return frames(broker, sid)[-1]
 
 
-def test_cluster_nicks_are_unique_and_dms_reach_any_host(cluster: Cluster) -> None:
-    a, b = cluster.host("a"), cluster.host("b")
-    alice = cluster.connect(a, "alice")
-    bob = cluster.connect(b, "bob")
-    other = Client(b.host, b.port)
-    cluster.clients.append(other)
-    taken = other.call({"type": "hello", "version": 1, "nick": "ALICE"})
-    assert taken["type"] == "error" and taken["code"] == "nick_taken"
-    alice.join("#n")
-    bob.join("#n")
-    alice.wait_type("join", nick="bob")
-    renamed = bob.call({"type": "nick", "nick": "robert"})
-    assert renamed == {**renamed, "type": "nick", "old": "bob", "new": "robert"}
-    seen = alice.wait_type("nick", room="#n")
-    assert (seen["old"], seen["new"]) == ("bob", "robert")
-    assert alice.call({"type": "who", "room": "#n"})["members"] == ["alice", "robert"]
-    # the old nick is free again, on any host
-    assert other.hello("bob")["nick"] == "bob"
-    ack = alice.call({"type": "msg", "to": "Robert", "text": "psst"})
-    assert ack["type"] == "ack" and ack["to"] == "robert"
-    got = bob.wait_type("message", to="robert")
-    assert got["id"] == ack["id"] and got["from"] == "alice" and got["text"] == "psst"
-    assert alice.wait_type("message", to="robert")["id"] == ack["id"]  # the sender's copy
-    nobody = alice.call({"type": "msg", "to": "nobody", "text": "?"})
-    assert nobody["code"] == "no_such_nick"
-    # the DM is history on both hosts
-    page = bob.call({"type": "history", "with": "alice"})
-    assert ids(page["messages"]) == [ack["id"]]
+def send(broker: ClusterBroker, sid: int, now: int, **req: Any) -> None:
+    broker.receive(sid, msgpack.packb(req), now)
 
 
-def test_cluster_catch_up_after_reconnecting_to_another_host(cluster: Cluster) -> None:
-    a, b, c = (cluster.host(name) for name in "abc")
-    talker = cluster.connect(a, "talker")
-    talker.join("#c")
-    reader = cluster.connect(b, "reader")
-    reader.join("#c")
-    for i in range(5):
-        talker.say("#c", f"before {i}")
-    seen = ids(reader.messages("#c", 5))
-    reader.close()
-    missed = [talker.say("#c", f"missed {i}")["id"] for i in range(20)]
-    back = cluster.connect(c, "reader")
-    joined, page = back.join("#c", after=seen[-1])
-    got = ids(page["messages"])
-    while page["more"]:
-        page = back.call({"type": "history", "room": "#c", "after": got[-1]})
-        got += ids(page["messages"])
-    later = talker.say("#c", "after")["id"]
-    got += ids(back.messages("#c", 1))
-    assert got == [*missed, later]
+def two_hosts() -> tuple[FakeRedis, ClusterBroker, ClusterBroker]:
+    redis = FakeRedis()
+    a, b = redis.join("a"), redis.join("b")
+    assert hello(redis, a, 1, "alice")["type"] == "welcome"
+    assert hello(redis, b, 1, "bob")["type"] == "welcome"
+    for host in (a, b):
+        send(host, 1, redis.now, type="join", room="#x", label=2)
+        redis.run()
+        answer_reads(host)  # the join's history, as the history reader would
+    frames(a, 1)
+    frames(b, 1)
+    return redis, a, b
 
 
-def counted(client: Client, room: str) -> Callable[[], list[int]]:
-    """The ids of `room` that have reached `client` so far (reading what is waiting)."""
-    def read() -> list[int]:
-        client._read_more(time.monotonic() + 0.05)
-        return [f["id"] for f in client.received
-                if f.get("type") == "message" and f.get("room") == room]
-    return read
+def test_a_message_is_acknowledged_and_delivered_only_once_redis_has_it() -> None:
+    redis, a, b = two_hosts()
+    send(a, 1, redis.now, type="msg", room="#x", text="hi", label=7)
+    assert frames(a, 1) == []  # nothing before Redis answers
+    redis.run()
+    ack, mine = frames(a, 1)
+    assert ack["type"] == "ack" and ack["label"] == 7 and ack["id"] == 1
+    assert mine == {**mine, "type": "message", "id": 1, "from": "alice", "text": "hi"}
+    (theirs,) = frames(b, 1)
+    assert theirs == mine
+    assert a.store.last_id() == b.store.last_id() == 1  # each host's copy
 
 
-def test_cluster_survives_a_redis_restart_and_a_host_crash(cluster: Cluster) -> None:
-    a, b = cluster.host("a", lease=2.0), cluster.host("b", lease=2.0)
-    c = cluster.host("c", lease=2.0)
-    alice, bob = cluster.connect(a, "alice"), cluster.connect(b, "bob")
-    carol = cluster.connect(c, "carol")
-    for client in (alice, bob, carol):
-        client.join("#r")
-    wait_until(lambda: len(alice.call({"type": "who", "room": "#r"})["members"]) == 3)
-    acked: list[int] = []
-    texts = itertools.count()
-
-    def send(client: Client) -> Frame:
-        reply = client.call({"type": "msg", "room": "#r", "text": f"m{next(texts)}"})
-        if reply["type"] == "ack":
-            acked.append(reply["id"])
-        return reply
-
-    for _ in range(10):
-        send(alice)
-        send(bob)
-    cluster.redis.stop()  # a crash: kill -9
-    for client in (alice, bob, carol):
-        assert client.wait_type("status", cluster="down")["message"]
-    refused = send(alice)
-    assert refused["type"] == "error" and refused["code"] == "storage_unavailable"
-    cluster.redis.start()  # the same directory: its append-only file
-    for client in (alice, bob, carol):
-        client.wait_type("status", cluster="up", timeout=15)
-    for _ in range(10):
-        assert send(bob)["type"] == "ack"
-        assert send(alice)["type"] == "ack"
-    # a host dies (its parent, kill -9): the others carry on, and its nick is free again
-    kill_quietly(c.pid, signal.SIGKILL)
-    c.wait_exit()
-    assert alice.wait_type("quit", nick="carol", timeout=15)["room"] == "#r"
-    for _ in range(10):
-        assert send(alice)["type"] == "ack"
-        assert send(bob)["type"] == "ack"
-    assert cluster.connect(a, "carol").nick == "carol"
-    for client in (alice, bob):  # every acknowledged message once, in id order
-        wait_until(lambda client=client: set(acked) <= set(counted(client, "#r")()),
-                   timeout=15, message="every acknowledged message")
-        got = counted(client, "#r")()
-        assert got == sorted(got) and len(got) == len(set(got))
-        assert set(got) == set(acked)
+def test_the_ack_comes_before_the_message_when_the_stream_is_faster() -> None:
+    redis, a, b = two_hosts()
+    send(a, 1, redis.now, type="msg", room="#x", text="hi", label=7)
+    redis.run(replies=False)  # the stream entry arrives before the script's reply
+    ack, mine = frames(a, 1)
+    assert (ack["type"], ack["id"], mine["type"], mine["id"]) == ("ack", 1, "message", 1)
 
 
-def test_cluster_tells_clients_when_redis_lost_its_data(cluster: Cluster, tmp_path: Path
-                                                        ) -> None:
-    a, b = cluster.host("a"), cluster.host("b")
-    alice, bob = cluster.connect(a, "alice"), cluster.connect(b, "bob")
-    alice.join("#e")
-    bob.join("#e")
-    alice.wait_type("join", nick="bob")
-    first = alice.say("#e", "before")["id"]
-    port = cluster.redis.port
-    cluster.redis.stop()
-    cluster.redis = RedisServer(tmp_path / "redis-empty", port, persist=False).start()
-    for client in (alice, bob):
-        gap = client.wait_type("status", cluster="gap", timeout=15)
-        assert "lost" in gap["message"]
-    after = wait_until(lambda: (r := alice.call({"type": "msg", "room": "#e", "text": "x"}))
-                       ["type"] == "ack" and r, timeout=15)
-    assert after["id"] > first  # ids never go back, though Redis forgot its sequence
-    assert bob.messages("#e", 2)[-1]["id"] == after["id"]
-    assert bob.call({"type": "who", "room": "#e"})["members"] == ["alice", "bob"]
+def test_other_hosts_members_are_in_who_rooms_and_nick_lookups() -> None:
+    redis, a, b = two_hosts()
+    send(b, 1, redis.now, type="who", room="#x", label=3)
+    assert frames(b, 1)[-1]["members"] == ["alice", "bob"]
+    assert nick_key("alice") in b.nicks and b.nicks[nick_key("alice")].sid < 0
+    assert hello(redis, b, 2, "Alice")["code"] == "nick_taken"
+    send(a, 1, redis.now, type="nick", nick="ally", label=4)
+    redis.run()
+    assert frames(b, 1)[-1] == {"type": "nick", "room": "#x", "old": "alice", "new": "ally",
+                                "ts": redis.now}
+    send(a, 1, redis.now, type="quit", reason="bye")
+    redis.run()
+    assert frames(b, 1)[-1]["type"] == "quit"
+    send(b, 1, redis.now, type="who", room="#x", label=5)
+    assert frames(b, 1)[-1]["members"] == ["bob"]
+    assert hello(redis, b, 3, "ally")["type"] == "welcome"
+
+
+def test_a_direct_message_reaches_another_host() -> None:
+    redis, a, b = two_hosts()
+    send(a, 1, redis.now, type="msg", to="BOB", text="psst", label=9)
+    redis.run()
+    assert [f["type"] for f in frames(a, 1)] == ["ack", "message"]
+    (got,) = frames(b, 1)
+    assert (got["to"], got["from"], got["text"]) == ("bob", "alice", "psst")
+    send(a, 1, redis.now, type="msg", to="nobody", text="?", label=10)
+    redis.run()
+    assert frames(a, 1)[-1]["code"] == "no_such_nick"
+
+
+def test_without_redis_messages_are_refused_and_sessions_told() -> None:
+    redis, a, _b = two_hosts()
+    a.uplink_said({"c": "down", "e": "Connection refused"}, redis.now)
+    (status,) = frames(a, 1)
+    assert status["type"] == "status" and status["cluster"] == "down"
+    send(a, 1, redis.now, type="msg", room="#x", text="lost?", label=11)
+    refused = frames(a, 1)[-1]
+    assert (refused["code"], refused["label"]) == ("storage_unavailable", 11)
+    assert not redis.inbox
+    a.uplink_said({"c": "up", "epoch": "e1", "lost": False, "point": "0-0",
+                   "hosts": {"b": {"bob": "#x"}}, "topics": {}}, redis.now)
+    assert frames(a, 1)[-1]["cluster"] == "up"
+    assert redis.inbox[-1][1]["c"] == "state"  # this host's sessions, written again
+
+
+def test_a_bad_entry_costs_that_entry_only_and_a_gap_is_told() -> None:
+    redis, a, b = two_hosts()
+    redis.log.append(("1-0", {"k": b"m", "n": b"b", "r": b"1", "ts": b"1", "d": b"\xc1"}))
+    redis.seq = 1
+    send(b, 1, redis.now, type="msg", room="#x", text="fine", label=2)
+    redis.run()
+    assert [f["text"] for f in frames(a, 1)] == ["fine"]
+    redis.seq += 5  # messages Redis no longer has
+    send(b, 1, redis.now, type="msg", room="#x", text="after", label=3)
+    redis.run()
+    status, message = frames(a, 1)
+    assert status["cluster"] == "gap" and "3 to 7" in status["message"]
+    assert message["id"] == 8

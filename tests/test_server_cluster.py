@@ -1,0 +1,223 @@
+"""Several `chatd serve` hosts sharing rooms through a real `redis-server` (issue 13).
+
+Each test starts its own Redis on a free loopback port (its own directory, append-only
+persistence) and two or three hosts; nothing is mocked. Skipped only where redis-server
+is not installed (CI installs it: .ci/run).
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redisproc import REDIS, RedisServer, free_port
+from serverproc import FAST, ServerProcess, kill_quietly, wait_until
+from wire import Client, Frame, connect
+
+pytestmark = [pytest.mark.skipif(REDIS is None, reason="redis-server is not installed"),
+              pytest.mark.timeout(120)]
+
+
+class Cluster:
+    def __init__(self, base: Path, redis: RedisServer) -> None:
+        self.base = base
+        self.redis = redis
+        self.hosts: list[ServerProcess] = []
+        self.clients: list[Client] = []
+
+    def host(self, name: str, **cluster: Any) -> ServerProcess:
+        data = self.base / name
+        data.mkdir(exist_ok=True)
+        settings = {**FAST, "cluster": {"redis_url": self.redis.url, "node": name,
+                                        **cluster}}
+        server = ServerProcess(data, settings).start()
+        server.wait_for_log(f"in the cluster as node {name}")
+        self.hosts.append(server)
+        return server
+
+    def connect(self, server: ServerProcess, nick: str) -> Client:
+        client = connect(server, nick)
+        self.clients.append(client)
+        return client
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    redis = RedisServer(tmp_path / "redis", free_port()).start()
+    made = Cluster(tmp_path, redis)
+    try:
+        yield made
+    finally:
+        for client in made.clients:
+            client.close()
+        for server in made.hosts:
+            if server.proc is not None and server.proc.poll() is None:
+                server.stop()
+        made.redis.stop()
+
+
+def ids(frames: list[Frame]) -> list[int]:
+    return [f["id"] for f in frames]
+
+
+def test_cluster_rooms_are_shared_with_one_id_space(cluster: Cluster) -> None:
+    a, b, c = (cluster.host(name) for name in "abc")
+    alice, bob, carol = (cluster.connect(h, n) for h, n in ((a, "alice"), (b, "bob"),
+                                                             (c, "carol")))
+    alice.join("#x")
+    bob.join("#x")
+    alice.wait_type("join", nick="bob")
+    carol.join("#x")
+    bob.wait_type("join", nick="carol")
+    acks = [alice.say("#x", "from a"), bob.say("#x", "from b"), carol.say("#x", "from c")]
+    assert [x["id"] for x in acks] == sorted(x["id"] for x in acks)
+    for client in (alice, bob, carol):  # the same messages, ids and order on every host
+        got = client.messages("#x", 3)
+        assert ids(got) == [x["id"] for x in acks]
+        assert [m["text"] for m in got] == ["from a", "from b", "from c"]
+        assert [m["from"] for m in got] == ["alice", "bob", "carol"]
+    who = carol.call({"type": "who", "room": "#x"})
+    assert who["members"] == ["alice", "bob", "carol"]
+    rooms = alice.call({"type": "rooms"})
+    assert rooms["rooms"] == [{"room": "#x", "members": 3, "topic": ""}]
+    topic = bob.call({"type": "topic", "room": "#x", "topic": "shared"})
+    assert topic["topic"] == "shared" and topic["by"] == "bob"
+    for client in (alice, carol):
+        assert client.wait_type("topic", room="#x")["topic"] == "shared"
+    carol.call({"type": "part", "room": "#x"})
+    assert alice.wait_type("part", nick="carol")["room"] == "#x"
+    assert bob.call({"type": "who", "room": "#x"})["members"] == ["alice", "bob"]
+
+
+def test_cluster_nicks_are_unique_and_dms_reach_any_host(cluster: Cluster) -> None:
+    a, b = cluster.host("a"), cluster.host("b")
+    alice = cluster.connect(a, "alice")
+    bob = cluster.connect(b, "bob")
+    other = Client(b.host, b.port)
+    cluster.clients.append(other)
+    taken = other.call({"type": "hello", "version": 1, "nick": "ALICE"})
+    assert taken["type"] == "error" and taken["code"] == "nick_taken"
+    alice.join("#n")
+    bob.join("#n")
+    alice.wait_type("join", nick="bob")
+    renamed = bob.call({"type": "nick", "nick": "robert"})
+    assert renamed == {**renamed, "type": "nick", "old": "bob", "new": "robert"}
+    seen = alice.wait_type("nick", room="#n")
+    assert (seen["old"], seen["new"]) == ("bob", "robert")
+    assert alice.call({"type": "who", "room": "#n"})["members"] == ["alice", "robert"]
+    # the old nick is free again, on any host
+    assert other.hello("bob")["nick"] == "bob"
+    ack = alice.call({"type": "msg", "to": "Robert", "text": "psst"})
+    assert ack["type"] == "ack" and ack["to"] == "robert"
+    got = bob.wait_type("message", to="robert")
+    assert got["id"] == ack["id"] and got["from"] == "alice" and got["text"] == "psst"
+    assert alice.wait_type("message", to="robert")["id"] == ack["id"]  # the sender's copy
+    nobody = alice.call({"type": "msg", "to": "nobody", "text": "?"})
+    assert nobody["code"] == "no_such_nick"
+    # the DM is history on both hosts
+    page = bob.call({"type": "history", "with": "alice"})
+    assert ids(page["messages"]) == [ack["id"]]
+
+
+def test_cluster_catch_up_after_reconnecting_to_another_host(cluster: Cluster) -> None:
+    a, b, c = (cluster.host(name) for name in "abc")
+    talker = cluster.connect(a, "talker")
+    talker.join("#c")
+    reader = cluster.connect(b, "reader")
+    reader.join("#c")
+    for i in range(5):
+        talker.say("#c", f"before {i}")
+    seen = ids(reader.messages("#c", 5))
+    reader.close()
+    missed = [talker.say("#c", f"missed {i}")["id"] for i in range(20)]
+    back = cluster.connect(c, "reader")
+    joined, page = back.join("#c", after=seen[-1])
+    got = ids(page["messages"])
+    while page["more"]:
+        page = back.call({"type": "history", "room": "#c", "after": got[-1]})
+        got += ids(page["messages"])
+    later = talker.say("#c", "after")["id"]
+    got += ids(back.messages("#c", 1))
+    assert got == [*missed, later]
+
+
+def counted(client: Client, room: str) -> Callable[[], list[int]]:
+    """The ids of `room` that have reached `client` so far (reading what is waiting)."""
+    def read() -> list[int]:
+        client._read_more(time.monotonic() + 0.05)
+        return [f["id"] for f in client.received
+                if f.get("type") == "message" and f.get("room") == room]
+    return read
+
+
+def test_cluster_survives_a_redis_restart_and_a_host_crash(cluster: Cluster) -> None:
+    a, b = cluster.host("a", lease=2.0), cluster.host("b", lease=2.0)
+    c = cluster.host("c", lease=2.0)
+    alice, bob = cluster.connect(a, "alice"), cluster.connect(b, "bob")
+    carol = cluster.connect(c, "carol")
+    for client in (alice, bob, carol):
+        client.join("#r")
+    wait_until(lambda: len(alice.call({"type": "who", "room": "#r"})["members"]) == 3)
+    acked: list[int] = []
+    texts = itertools.count()
+
+    def send(client: Client) -> Frame:
+        reply = client.call({"type": "msg", "room": "#r", "text": f"m{next(texts)}"})
+        if reply["type"] == "ack":
+            acked.append(reply["id"])
+        return reply
+
+    for _ in range(10):
+        send(alice)
+        send(bob)
+    cluster.redis.stop()  # a crash: kill -9
+    for client in (alice, bob, carol):
+        assert client.wait_type("status", cluster="down")["message"]
+    refused = send(alice)
+    assert refused["type"] == "error" and refused["code"] == "storage_unavailable"
+    cluster.redis.start()  # the same directory: its append-only file
+    for client in (alice, bob, carol):
+        client.wait_type("status", cluster="up", timeout=15)
+    for _ in range(10):
+        assert send(bob)["type"] == "ack"
+        assert send(alice)["type"] == "ack"
+    # a host dies (its parent, kill -9): the others carry on, and its nick is free again
+    kill_quietly(c.pid, signal.SIGKILL)
+    c.wait_exit()
+    assert alice.wait_type("quit", nick="carol", timeout=15)["room"] == "#r"
+    for _ in range(10):
+        assert send(alice)["type"] == "ack"
+        assert send(bob)["type"] == "ack"
+    assert cluster.connect(a, "carol").nick == "carol"
+    for client in (alice, bob):  # every acknowledged message once, in id order
+        wait_until(lambda client=client: set(acked) <= set(counted(client, "#r")()),
+                   timeout=15, message="every acknowledged message")
+        got = counted(client, "#r")()
+        assert got == sorted(got) and len(got) == len(set(got))
+        assert set(got) == set(acked)
+
+
+def test_cluster_tells_clients_when_redis_lost_its_data(cluster: Cluster, tmp_path: Path
+                                                        ) -> None:
+    a, b = cluster.host("a"), cluster.host("b")
+    alice, bob = cluster.connect(a, "alice"), cluster.connect(b, "bob")
+    alice.join("#e")
+    bob.join("#e")
+    alice.wait_type("join", nick="bob")
+    first = alice.say("#e", "before")["id"]
+    port = cluster.redis.port
+    cluster.redis.stop()
+    cluster.redis = RedisServer(tmp_path / "redis-empty", port, persist=False).start()
+    for client in (alice, bob):
+        gap = client.wait_type("status", cluster="gap", timeout=15)
+        assert "lost" in gap["message"]
+    after = wait_until(lambda: (r := alice.call({"type": "msg", "room": "#e", "text": "x"}))
+                       ["type"] == "ack" and r, timeout=15)
+    assert after["id"] > first  # ids never go back, though Redis forgot its sequence
+    assert bob.messages("#e", 2)[-1]["id"] == after["id"]
+    assert bob.call({"type": "who", "room": "#e"})["members"] == ["alice", "bob"]
