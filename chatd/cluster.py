@@ -33,6 +33,7 @@ import msgpack
 from chatd import protocol as p
 from chatd.broker import Broker, Member
 from chatd.config import Config
+from chatd.modrequests import who
 from chatd.protocol import ProtocolError, pack
 from chatd.stores import HistoryStore
 
@@ -124,7 +125,9 @@ class ClusterBroker(Broker):
         data: dict[str, Any] = {"from": member.nick, "text": text,
                                 "action": bool(req.get("action", False))}
         if "room" in req:
-            data["room"] = self._my_room(member, req["room"]).name
+            room = self._my_room(member, req["room"])
+            room.policy.check_speak(who(self, member), now_ms, room.name)  # (this host's)
+            data["room"] = room.name
             args = ["m", body(data), ""]
         else:
             args = ["d", body(data), p.nick_key(p.check_nick(req["to"]))]
@@ -137,6 +140,8 @@ class ClusterBroker(Broker):
             return
         room = self._my_room(member, req["room"])
         topic = p.check_line(req["topic"], "topic", p.MAX_TOPIC)
+        if room.policy.topic_lock:
+            room.policy.require_operator(who(self, member), room.name)
         self._need_redis()
         data = {"room": room.name, "topic": topic, "by": member.nick, "ts": now_ms}
         self._write("event", ["t", body(data), member.nick, "", room.name,

@@ -29,7 +29,7 @@ from typing import Any
 
 from chatd.protocol import FrameDecoder, decode_payload, pack
 
-from .probes import tree_cpu
+from .probes import tree_usage
 from .redis import RedisServer
 from .server import Server, bench_settings, spawn
 
@@ -135,7 +135,7 @@ async def phase(name: str, clients: list[Client], senders: list[Client], per_sen
     tally = Tally(expected=sum(members[s.room] for s in senders) * per_sender)
     for c in clients:
         c.tally = tally
-    redis_cpu, host_cpu = redis.cpu_seconds(), sum(tree_cpu(h.pid) for h in hosts)
+    redis_cpu, host_cpu = redis.cpu_seconds(), sum(tree_usage(h.pid)[0] for h in hosts) / 1e9
     start = time.monotonic()
     total = per_sender * len(senders)
     interval = len(senders) / rate if rate else 0.0
@@ -150,7 +150,7 @@ async def phase(name: str, clients: list[Client], senders: list[Client], per_sen
         await asyncio.wait_for(tally.done.wait(), timeout)
     elapsed = time.monotonic() - start
     redis_cpu = redis.cpu_seconds() - redis_cpu
-    host_cpu = sum(tree_cpu(h.pid) for h in hosts) - host_cpu
+    host_cpu = sum(tree_usage(h.pid)[0] for h in hosts) / 1e9 - host_cpu
     for c in clients:
         c.tally = None
     lost = tally.expected - tally.received

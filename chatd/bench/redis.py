@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Self
 
+from .probes import cpu_usage
+
 
 class RedisServer:
     def __init__(self, directory: Path, port: int, persist: bool = True) -> None:
@@ -66,9 +68,9 @@ class RedisServer:
         self.proc = None
 
     def cpu_seconds(self) -> float:
-        """CPU time Redis has used so far (its /proc schedstat: nanoseconds on a CPU)."""
-        with open(f"/proc/{self.pid}/schedstat") as fh:
-            return int(fh.read().split()[0]) / 1e9
+        """CPU time Redis has used so far, all its threads (their /proc schedstat)."""
+        usage = cpu_usage(self.pid)
+        return usage[0] / 1e9 if usage else 0.0
 
     def __enter__(self) -> Self:
         return self
