@@ -5,13 +5,22 @@ rooms, and get every message once, in order."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serverproc import FAST, ServerProcess, newest_session, reap, set_child_subreaper
+from accountwire import SETTINGS, logged_in, register
+from serverproc import (
+    FAST,
+    ServerProcess,
+    newest_session,
+    reap,
+    set_child_subreaper,
+    wait_until,
+)
 from wire import Client, connect
 
 CONFIG = {**FAST, "keepalive": {"broker_grace": 30.0}}
@@ -156,4 +165,35 @@ def test_server_readopt_catches_up_what_was_said_before_a_session_registered(
             c.close()
     finally:
         os.kill(alice_pid, signal.SIGCONT)
+        assert second.stop() == 0
+
+
+def test_server_readopts_both_sessions_of_an_account(tmp_path: Path, subreaper: None) -> None:
+    """Two sessions of one account outlive a kill -9 of the parent: the new parent adopts
+    both (they share the account's nick) and routes the account's DMs to each."""
+    config = {**CONFIG, **SETTINGS}
+    first = ServerProcess(tmp_path, config).start()
+    phone, laptop = Client(first.host, first.port), Client(first.host, first.port)
+    phone.hello("nia")
+    assert register(phone, "nia", "a long password")["type"] == "registered"
+    logged_in(laptop, "nia", "a long password")
+    phone.sync()
+    laptop.sync()
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait_exit(10)
+    second = ServerProcess(tmp_path, config).start()
+    try:
+        wait_until(lambda: len([line for line in second.lines
+                                if re.search(r"adopted session \S+ \(pid \d+\) as nia", line)])
+                   == 2, timeout=30)
+        bob = connect(second, "bob")
+        bob.call({"type": "msg", "to": "nia", "text": "after the crash"})
+        for device in (phone, laptop):
+            assert device.wait_type("message", to="nia", timeout=30)["text"] == \
+                "after the crash"
+        third = Client(second.host, second.port)
+        logged_in(third, "nia", "a long password")
+        for c in (phone, laptop, bob, third):
+            c.close()
+    finally:
         assert second.stop() == 0
