@@ -13,7 +13,8 @@ away, was never fetched): the server answers `history direct: true after: N` wit
 direct message of our identity (the account's, or a guest nick's) after N. The client
 keeps that N per identity (`Points.direct`, saved across restarts) and asks on every
 welcome and whenever its identity changes (a login, a nick taken back); pages follow
-until `more` is false. Buffers drop duplicates by id, so each message is shown once.
+until `more` is false. Buffers drop duplicates by id, so each message is shown once. A
+guest nick's point starts at its newest direct message from before we first held it.
 """
 
 from __future__ import annotations
@@ -147,11 +148,16 @@ def catch_up(core: Core) -> None:
         return
     me = identity(core)
     point = core.points.direct.get(me)
+    if point is None and not core.model.account:
+        # A guest nick's messages are anyone's who held it before: ours start now. Ask
+        # for the newest one before us (not shown): the point starts there, so that the
+        # next catch-up of this nick (after a reconnect as nick_, say) misses nothing.
+        point = core.points.direct[me] = Point()
+        point.start()
+        core.request({"type": "history", "direct": True, "limit": 1}, "direct", SERVER,
+                     point=point, mark=True)
+        return
     if point is None:
-        if not core.model.account:
-            # A guest nick's messages are anyone's who held it before: only those
-            # after our own first one are ours to fetch.
-            return
         point = core.points.direct[me] = Point()
     if point.state is FETCHING:
         return
@@ -169,6 +175,12 @@ def on_direct(core: Core, f: Frame, req: Req | None) -> None:
     from .events import message_line  # (events dispatches to this module)
 
     m = core.model
+    point: Point | None = req.extra.get("point") if req is not None else None
+    if req is not None and req.extra.get("mark") and point is not None:
+        # where a guest nick's point starts: its newest direct message before us
+        point.page(max((int(msg["id"]) for msg in f["messages"]), default=0))
+        point.finish()
+        return
     last = 0
     for msg in f["messages"]:
         sender, to = str(msg["from"]), str(msg.get("to", ""))
@@ -179,7 +191,6 @@ def on_direct(core: Core, f: Frame, req: Req | None) -> None:
         m.add(m.dm(peer), line, True)
         core.points.dm(nick_key(m.nick), nick_key(peer), peer).page(int(msg["id"]))
         last = max(last, int(msg["id"]))
-    point: Point | None = req.extra.get("point") if req is not None else None
     if point is None:
         return
     if last:
@@ -193,8 +204,6 @@ def on_direct(core: Core, f: Frame, req: Req | None) -> None:
 def saw(core: Core, f: Frame) -> None:
     """A live direct message: it moves our identity's point (when we keep one)."""
     point = core.points.direct.get(identity(core))
-    if point is None and core.direct_history and not core.model.account:
-        point = core.points.direct[identity(core)] = Point()
     if point is not None:
         point.got(int(f["id"]))
 

@@ -117,3 +117,28 @@ def test_register_sends_a_verifier_never_the_password() -> None:
     core.execute_line("/register short")
     assert core.take_outbox() == []  # refused locally: under 8 characters
     assert "not registered" in core.model.cur.lines[-1].text
+
+
+def test_a_guest_nick_s_point_starts_at_its_newest_dm_before_us() -> None:
+    """A guest fetches nothing from before it held its nick (earlier holders' messages),
+    but from then on misses nothing, across a reconnect under another nick too."""
+    core = Core("dave", [])
+    core.connected()
+    (hello,) = core.take_outbox()
+    (mark,) = [f for f in welcome(core, hello) if f["type"] == "history"]
+    assert mark == {"type": "history", "direct": True, "limit": 1, "label": mark["label"]}
+    old = {"type": "message", "id": 7, "ts": 7000, "from": "x", "to": "dave", "text": "old"}
+    core.receive({"type": "history", "direct": True, "more": True, "label": mark["label"],
+                  "messages": [old]})
+    assert core.model.get("x") is None  # an earlier holder's: not shown
+    assert core.snapshot().direct == {"dave": 7}
+    core.disconnected("gone")
+    # Reconnected as dave_ (dave still held by the old session), then dave again.
+    core.connected()
+    (hello,) = core.take_outbox()
+    core.receive({"type": "welcome", "version": 1, "nick": "dave_", "session": "s2",
+                  "label": hello["label"], "auth": {"iterations": 4096}})
+    core.take_outbox()
+    core.receive({"type": "nick", "old": "dave_", "new": "dave"})
+    asks = [f for f in core.take_outbox() if f["type"] == "history" and f.get("direct")]
+    assert [f.get("after") for f in asks] == [7]
