@@ -567,6 +567,10 @@ def test_keepalive_ping_and_ping_timeout(tmp_path, clients):
         alive, silent = new(srv, clients, "alive"), new(srv, clients, "silent")
         alive.join("#ka")
         silent.join("#ka")
+        # Any byte from the client is a sign of life (protocol.md): on a loaded machine a
+        # ping may go out before the join arrives and be settled by it, so only the pings
+        # after silent's last request are the ones it leaves unanswered.
+        quiet_from = len(silent.received)
         pid = session_pid(srv, silent.received[0]["session"])
         # A client that answers pings stays.
         for _ in range(3):
@@ -578,7 +582,8 @@ def test_keepalive_ping_and_ping_timeout(tmp_path, clients):
         cpu_before = reaped_cpu_seconds(srv.pid)
         err = fatal_error(silent)
         assert (err["code"], err.get("limit")) == ("ping_timeout", "ping_timeout"), err
-        assert not silent.pending("ping"), "pinged again while a ping was outstanding"
+        unanswered = [f for f in silent.received[quiet_from:] if f.get("type") == "ping"]
+        assert len(unanswered) == 1, f"pinged again while a ping was outstanding: {unanswered}"
         note = alive.wait_type("quit", nick="silent")
         assert note["reason"] == "ping timeout", note
         wait_until(lambda: pid not in srv.children(), 10, message="the silent session reaped")
