@@ -28,7 +28,7 @@ from chatd import channel, presence, takeover
 from chatd import protocol as p
 from chatd.channel import CATCHUP, DONE
 from chatd.config import Config
-from chatd.direct import Directory
+from chatd.direct import Directory, account_of
 from chatd.history import History
 from chatd.logins import Logins
 from chatd.moderation import RoomPolicy
@@ -344,7 +344,8 @@ class Broker:
             log.debug("%s joins %s", member.nick, name)
             if not self.directory.present(room.members, member):  # (§12.1)
                 self._fanout(room, pack({"type": "join", "room": name, "nick": member.nick,
-                                         "ts": now_ms, **presence.of(member)}))
+                                         "ts": now_ms, **account_of(member),
+                                         **presence.of(member)}))
             room.members[member.sid] = member
             member.rooms.add(name)
         self._reply_paged(member, {"type": "joined", "room": name, "topic": room.topic},
@@ -375,11 +376,12 @@ class Broker:
             room = self._my_room(member, req["room"])
             if room.policy.bans or room.policy.mutes:  # most rooms have neither
                 room.policy.check_speak(who(self, member), now_ms, room.name)
-            msg_id = self.store.add_message(now_ms, nick, text, action, room=room.name)
+            msg_id = self.store.add_message(now_ms, nick, text, action, room=room.name,
+                                            account=member.account)
             ack: dict[str, Any] = {"type": "ack", "id": msg_id, "ts": now_ms, "room": room.name}
             ack_data = self._reply(member, ack, label)
             data = pack({"type": "message", "id": msg_id, "ts": now_ms, "room": room.name,
-                         "from": nick, "text": text, "action": action})
+                         "from": nick, "text": text, "action": action, **account_of(member)})
             self._post(room, msg_id, data)
             self._unsettled.append((label, ack_data, data, msg_id))
             return

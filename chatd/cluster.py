@@ -33,6 +33,7 @@ import msgpack
 from chatd import protocol as p
 from chatd.broker import Broker, Member
 from chatd.config import Config
+from chatd.direct import account_of
 from chatd.modrequests import who
 from chatd.protocol import ProtocolError, pack
 from chatd.stores import HistoryStore
@@ -123,7 +124,7 @@ class ClusterBroker(Broker):
     def _msg(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> None:
         text = p.check_text(req["text"], self.config.max_text)
         data: dict[str, Any] = {"from": member.nick, "text": text,
-                                "action": bool(req.get("action", False))}
+                                "action": bool(req.get("action", False)), **account_of(member)}
         if "room" in req:
             room = self._my_room(member, req["room"])
             if room.policy.bans or room.policy.mutes:  # (this host's policy)
@@ -304,13 +305,14 @@ class ClusterBroker(Broker):
                          "server (the cluster's Redis no longer had them)", ts)
         sender, text, action = str(data["from"]), str(data["text"]), bool(data["action"])
         room_name = p.check_room(data["room"]) if "room" in data else None
+        account = data["account"] if isinstance(data.get("account"), str) else None
         self.store.add_message(ts, sender, text, action, room=room_name,
-                               target=target or None, msg_id=msg_id)
+                               target=target or None, msg_id=msg_id, account=account)
         w = self.waiting.pop(number, None) if node == self.node else None
         if w is not None:
             self._ack(w, msg_id, ts, room_name, target)
         frame = {"type": "message", "id": msg_id, "ts": ts, "from": sender, "text": text,
-                 "action": action}
+                 "action": action, **({"account": account} if account else {})}
         if room_name is not None:
             room = self.rooms.get(room_name)
             if room is None:

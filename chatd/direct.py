@@ -29,6 +29,12 @@ if TYPE_CHECKING:
     from chatd.broker import Broker, Member
 
 
+def account_of(member: Member) -> dict[str, Any]:
+    """`{"account": name}` for a logged-in member (to add to a frame about it: a message,
+    a join), else {}."""
+    return {"account": member.account} if member.account is not None else {}
+
+
 class Directory:
     def __init__(self, owned: dict[str, str]) -> None:
         self.owned = owned  # nick key -> the name of the account that owns it
@@ -108,12 +114,12 @@ class Directory:
                 raise ProtocolError("no_such_nick", f"nobody is called {req['to']!r}")
             dst, shown, targets = key, target.nick, [target]
         msg_id = b.store.add_message(now_ms, nick, text, action, target=shown,
-                                     src=self.ident(member), dst=dst)
+                                     src=self.ident(member), dst=dst, account=member.account)
         b.history.posted(msg_id)
         ack_data = b._reply(member, {"type": "ack", "id": msg_id, "ts": now_ms,
                                      "to": shown, **presence.of_all(targets)}, label)
         data = pack({"type": "message", "id": msg_id, "ts": now_ms, "to": shown,
-                     "from": nick, "text": text, "action": action})
+                     "from": nick, "text": text, "action": action, **account_of(member)})
         for sid in _unique(m.sid for m in (member, *self.of_account(member), *targets)):
             b.outbox[sid].append(data)
         b._unsettled.append((label, ack_data, data, msg_id))

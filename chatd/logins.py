@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from chatd import presence
 from chatd import protocol as p
 from chatd.accounts import KEY_BYTES, MAX_ITERATIONS
 from chatd.channel import DONE
@@ -231,8 +232,11 @@ class Logins:
         if b._banned(member, name, now_ms):  # a server ban on the account (chatd admin)
             return
         log.info("session %s logged in as %s", member.token, name)
-        if member.nick is not None:
+        if member.nick is not None:  # after its welcome: its rooms are told
             b.rename(member, name, None, now_ms)
+            event = pack({"type": "account", "nick": name, "account": name, "ts": now_ms})
+            for sid in presence.sharing(b, member):
+                b.outbox[sid].append(event)
         b.history.took_nick(member.sid)  # the account's direct messages come live now
         frame: dict[str, Any] = {"type": "registered" if registered else "logged_in",
                                  "account": name, "nick": name}

@@ -38,8 +38,8 @@ MODERATION = 2  # messages.action of a moderation event (protocol.md §14)
 BUSY_TIMEOUT = 0.25  # seconds a write waits for another program's lock: the loop waits too
 REMIND_EVERY = 600.0  # seconds between log lines about the same ongoing trouble
 
-Row = tuple[int, int, str | None, str, str | None, str, int]
-_COLUMNS = "id, ts, room, sender, target, text, action"
+Row = tuple[int, int, str | None, str, str | None, str, int, str | None]
+_COLUMNS = "id, ts, room, sender, target, text, action, account"
 
 # SQLite primary result codes -> kind of trouble (sqlite_errorcode holds the extended code).
 _KINDS = {13: "full", 8: "readonly", 14: "readonly", 3: "readonly", 23: "readonly",
@@ -88,7 +88,7 @@ class _Trouble:
 
 def message_map(row: Row) -> dict[str, Any]:
     """A stored row as the protocol's `message` map."""
-    msg_id, ts, room, sender, target, text, action = row
+    msg_id, ts, room, sender, target, text, action, account = row
     if action == MODERATION:
         return event_map(row)
     out: dict[str, Any] = {"type": "message", "id": msg_id, "ts": ts}
@@ -97,13 +97,15 @@ def message_map(row: Row) -> dict[str, Any]:
     else:
         out["to"] = target
     out.update({"from": sender, "text": text, "action": bool(action)})
+    if account is not None:
+        out["account"] = account
     return out
 
 
 def event_map(row: Row) -> dict[str, Any]:
     """A stored moderation event as the protocol's `moderation` map (its fields were
     written by chatd.modrequests; a row that is not a JSON map keeps only its kind)."""
-    msg_id, ts, room, sender, _target, text, _action = row
+    msg_id, ts, room, sender, _target, text, _action, _account = row
     out: dict[str, Any] = {"type": "moderation", "id": msg_id, "ts": ts, "room": room,
                            "by": sender}
     try:
@@ -258,10 +260,12 @@ class Store:
 
     def add_message(self, ts: int, sender: str, text: str, action: bool, room: str | None = None,
                     target: str | None = None, src: str | None = None,
-                    dst: str | None = None, msg_id: int | None = None) -> int:
+                    dst: str | None = None, msg_id: int | None = None,
+                    account: str | None = None) -> int:
         """A room message, or a direct one from identity `src` to `dst` (by default the
-        guest identities of the nicks `sender` and `target`). In a cluster the id comes
-        with it (Redis gave it), and a message stored already is left as it is."""
+        guest identities of the nicks `sender` and `target`); `account`: the sender's,
+        when it is logged in. In a cluster the id comes with it (Redis gave it), and a
+        message stored already is left as it is."""
         dm = None
         if room is None:
             src = src or nick_key(sender)
@@ -269,9 +273,9 @@ class Store:
             dm = dm_pair(src, dst)
         cur = self._write(
             f"INSERT {'' if msg_id is None else 'OR IGNORE '}INTO messages "
-            "(id, ts, room, dm, sender, target, text, action, src, dst) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (msg_id, ts, room, dm, sender, target, text, int(action), src, dst))
+            "(id, ts, room, dm, sender, target, text, action, src, dst, account) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (msg_id, ts, room, dm, sender, target, text, int(action), src, dst, account))
         assert cur.lastrowid is not None
         return msg_id if msg_id is not None else cur.lastrowid
 

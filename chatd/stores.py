@@ -59,9 +59,10 @@ class HistoryStore(Protocol):
     def add_message(self, ts: int, sender: str, text: str, action: bool,
                     room: str | None = None, target: str | None = None,
                     src: str | None = None, dst: str | None = None,
-                    msg_id: int | None = None) -> int:
+                    msg_id: int | None = None, account: str | None = None) -> int:
         """Accept a message (durable at the next flush); its id. A direct message is
-        between identities `src` and `dst` (chatd.store.identity). `msg_id` when given: a
+        between identities `src` and `dst` (chatd.store.identity); `account` is the
+        sender's when it is logged in. `msg_id` when given: a
         cluster's, assigned by Redis (one stored already is kept as it is)."""
         ...
 

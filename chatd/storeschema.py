@@ -21,7 +21,8 @@ CREATE TABLE IF NOT EXISTS messages (
     text   TEXT NOT NULL,         -- for a moderation event (action 2): its fields, JSON
     action INTEGER NOT NULL DEFAULT 0,  -- 0 a message, 1 an action (/me), 2 moderation
     src    TEXT,             -- a direct message's sender and recipient identities
-    dst    TEXT              -- (identity(): an account's, or a guest nick's key)
+    dst    TEXT,             -- (identity(): an account's, or a guest nick's key)
+    account TEXT             -- the account the sender was logged in to (NULL: a guest)
 );
 CREATE INDEX IF NOT EXISTS messages_room ON messages (room, id) WHERE room IS NOT NULL;
 CREATE INDEX IF NOT EXISTS messages_dm ON messages (dm, id) WHERE dm IS NOT NULL;
@@ -52,8 +53,9 @@ DIRECT_INDEXES = ("CREATE INDEX IF NOT EXISTS messages_src ON messages (src, id)
 # plain lower case). A change to nick_key needs a step here that re-keys the rows.
 # 2 = topics.active holds the last use of the room (for retention).
 # 3 = messages.src/dst: the identities of a direct message (older ones: guest nick keys).
+# 4 = messages.account: the sender's account (older messages: NULL, as a guest's).
 DM_KEYS_VERSION = 1
-SCHEMA_VERSION = 3  # the newest step, written at every start-up (a real write, see Store)
+SCHEMA_VERSION = 4  # the newest step, written at every start-up (a real write, see Store)
 
 
 def dm_key(nick_a: str, nick_b: str) -> str:
@@ -78,6 +80,7 @@ def create(db: sqlite3.Connection) -> None:
     _rekey_direct_messages(db)
     _add_topics_active(db)
     _add_direct_identities(db)
+    _add_sender_accounts(db)
 
 
 def _rekey_direct_messages(db: sqlite3.Connection) -> None:
@@ -111,3 +114,10 @@ def _add_direct_identities(db: sqlite3.Connection) -> None:
                          "nick_key(sender), dst = nick_key(target) WHERE dm IS NOT NULL; "
                          "COMMIT;")
     db.executescript(DIRECT_INDEXES)
+
+
+def _add_sender_accounts(db: sqlite3.Connection) -> None:
+    """Version 4: messages.account. Messages stored before name no account."""
+    columns = [row[1] for row in db.execute("PRAGMA table_info(messages)")]
+    if "account" not in columns:
+        db.execute("ALTER TABLE messages ADD COLUMN account TEXT")

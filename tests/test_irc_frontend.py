@@ -513,3 +513,38 @@ def test_a_cluster_status_event_is_a_notice_from_the_server() -> None:
     answer(fe, {"type": "status", "cluster": "down", "ts": TS,
                 "message": "the server cannot reach the cluster's Redis"})
     assert out(fe) == [":chatd NOTICE alice :the server cannot reach the cluster's Redis"]
+
+
+# ---- accounts: account-tag, account-notify, extended-join ----
+
+def test_accounts_are_shown_where_the_native_frames_name_them() -> None:
+    fe = registered("account-tag account-notify extended-join")
+    fe.account = "alice"  # (logged in with SASL)
+    joined(fe, members=("alice",))
+    send(fe, "JOIN #b")
+    (join,) = sent(fe)
+    answer(fe, {"type": "joined", "room": "#b", "topic": "", "members": ["alice"],
+                "more": False, "label": join["label"]},
+           {"type": "history", "room": "#b", "messages": [], "more": False,
+            "label": join["label"]})
+    assert out(fe)[0] == "@account=alice :alice!~u@chatd JOIN #b alice :alice"
+    answer(fe, {"type": "join", "room": "#a", "nick": "Bob", "account": "Bob", "ts": TS},
+           {"type": "join", "room": "#a", "nick": "cy", "ts": TS},
+           {**message(7, "signed", "Bob"), "account": "Bob"}, message(8, "a guest's", "cy"),
+           {"type": "account", "nick": "cy", "account": "Cy", "ts": TS})
+    assert out(fe) == ["@account=Bob :Bob!~u@chatd JOIN #a Bob :Bob",
+                       ":cy!~u@chatd JOIN #a * :cy",
+                       "@account=Bob :Bob!~u@chatd PRIVMSG #a :signed",
+                       ":cy!~u@chatd PRIVMSG #a :a guest's",
+                       ":cy!~u@chatd ACCOUNT Cy"]
+
+
+def test_without_the_caps_accounts_are_not_shown() -> None:
+    fe = registered()
+    joined(fe)
+    answer(fe, {"type": "join", "room": "#a", "nick": "Bob", "account": "Bob", "ts": TS},
+           {**message(7, "signed", "Bob"), "account": "Bob"},
+           {"type": "account", "nick": "bob", "account": "Bob", "ts": TS})
+    assert out(fe) == [":Bob!~u@chatd JOIN #a", ":Bob!~u@chatd PRIVMSG #a :signed"]
+    send(fe, "CAP LS 302")
+    assert {"account-tag", "account-notify", "extended-join"} <= set(out(fe)[0].split())

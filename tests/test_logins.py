@@ -205,3 +205,31 @@ def test_a_server_ban_on_an_account_ends_its_login(h: AuthHarness) -> None:
     assert h.controls[2][-2:] == [{"c": "close", "code": "server_banned",
                                    "message": "banned: spam"}, {"c": "done"}]
     assert h.broker.members[2].gone
+
+
+def test_who_is_logged_in_reaches_the_rooms(h: AuthHarness) -> None:
+    """protocol.md §12.6: messages and joins name the sender's account, and a login after
+    welcome is an `account` event to each session sharing a room, once."""
+    h.connect(1, "Ivy")
+    h.register(1, "Ivy")
+    h.connect(2, "jo")
+    for room in ("#a", "#b"):
+        h.send(2, type="join", room=room)
+        h.send(1, type="join", room=room)
+    h.take(1)
+    assert [(f["type"], f.get("account")) for f in h.take(2) if f["type"] == "join"] == \
+        [("join", "Ivy"), ("join", "Ivy")]
+    h.send(1, type="msg", room="#a", text="signed")
+    (msg,) = [f for f in h.take(2) if f["type"] == "message"]
+    assert msg["account"] == "Ivy"
+    h.send(2, type="msg", room="#a", text="a guest's")
+    assert "account" not in h.take(1)[-1]
+    h.send(1, type="history", room="#a", limit=5)
+    assert [m.get("account") for m in h.take(1)[-1]["messages"]] == ["Ivy", None]
+    h.connect(3, "kim")
+    h.send(3, type="join", room="#a")
+    h.register(3, "Kim")  # a guest in a shared room logs in (its nick respelt)
+    assert [f["type"] for f in h.take(1)[-2:]] == ["nick", "account"]
+    frames = h.take(2)
+    assert frames[-1] == {"type": "account", "nick": "Kim", "account": "Kim", "ts": h.now}
+    assert [f["type"] for f in frames].count("account") == 1

@@ -10,11 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from accountwire import logged_in, register
 from ircwire import IrcClient
 from scramp import ScramClient
 from serverproc import ServerProcess
 from test_server_irc_library import Bot
-from wire import register_account
+from wire import connect, register_account
 
 TLS_DIR = Path(__file__).parent / "tls"
 PASSWORD = "correct horse battery"
@@ -76,3 +77,33 @@ def test_scram_on_plain_tcp_and_a_wrong_password(server: ServerProcess) -> None:
         client.wait_command("001", "Sasha")
     finally:
         client.close()
+
+
+def test_irc_clients_see_who_is_logged_in(server: ServerProcess) -> None:
+    """account-tag, extended-join and account-notify on the real server: a native session
+    logged in to Sasha, a native guest who registers an account while in the room."""
+    watcher = IrcClient(server.host, server.irc_port)
+    sasha = connect(server)
+    guest = connect(server, "gus")
+    try:
+        watcher.register("watcher", "message-tags account-tag account-notify extended-join")
+        watcher.send("JOIN #acc")
+        assert watcher.wait_command("JOIN").params == ["#acc", "*", "watcher"]  # a guest
+        watcher.wait_command("366")
+        logged_in(sasha, "Sasha", PASSWORD)
+        sasha.join("#acc")
+        join = watcher.wait_command("JOIN", "#acc")
+        assert (join.params, join.tags.get("account")) == (["#acc", "Sasha", "Sasha"], "Sasha")
+        sasha.say("#acc", "signed")
+        said = watcher.wait_command("PRIVMSG", "#acc")
+        assert (said.params[1], said.tags["account"]) == ("signed", "Sasha")
+        guest.join("#acc")
+        join = watcher.wait_command("JOIN", "#acc")
+        assert join.params == ["#acc", "*", "gus"] and "account" not in join.tags
+        assert register(guest, "Gus", PASSWORD)["type"] == "registered"
+        assert watcher.wait_command("NICK").params == ["Gus"]
+        account = watcher.wait_command("ACCOUNT")
+        assert account.params == ["Gus"] and str(account.source).startswith("Gus!")
+    finally:
+        for client in (watcher, sasha, guest):
+            client.close()

@@ -17,7 +17,7 @@ from storefaults import damage_page_holding
 from chatd.broker import Broker
 from chatd.config import Config, parse_settings
 from chatd.retention import MESSAGE_BATCH, Retention
-from chatd.store import StorageError, Store, StoreUnusable, identity
+from chatd.store import StorageError, Store, StoreUnusable, identity, message_map
 
 DAY = 86_400_000
 
@@ -348,4 +348,14 @@ def test_a_version_2_database_gets_direct_identities(tmp_path: Path) -> None:
     (row,), _more = store.history(ident=identity("Alice", None), after=0)
     assert row[5] == "old"
     assert store.history(ident=identity("Alice", "Alice"), after=0)[0] == []  # not the nick
-    assert store.db.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert "account" not in message_map(row)  # (version 4: stored before, a guest's)
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == 4
+
+
+def test_a_message_keeps_its_senders_account(tmp_path: Path) -> None:
+    store = Store(tmp_path / "h.sqlite3")
+    store.add_message(1, "Ann", "mine", False, room="#r", account="Ann")
+    store.add_message(2, "bob", "a guest's", False, room="#r")
+    store.flush()
+    rows, _more = store.history(room="#r", after=0)
+    assert [message_map(r).get("account") for r in rows] == ["Ann", None]

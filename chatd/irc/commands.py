@@ -134,9 +134,7 @@ class _Join:
             members = [str(n) for n in frame.get("members", [])]
             fe.rooms[room] = {p.nick_key(n): n for n in members}
             away.listed(fe, members, frame)
-            extended = fe.has("extended-join")
-            self.head.append(Line("JOIN", [room, "*", fe.me] if extended else [room],
-                                  fe.mask(fe.me), colon=extended))
+            self.head.append(render.join_line(fe, room, fe.me, fe.account))
             topic = render.line_text(frame.get("topic"))
             if topic:
                 self.head.append(fe.num("332", room, topic))

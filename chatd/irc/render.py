@@ -49,12 +49,15 @@ def parse_time(value: str) -> int | None:
     return int(when.timestamp()) * 1000 + int((match.group(7) or "0").ljust(3, "0"))
 
 
-def _tags(fe: IrcFrontEnd, ts: Any = None, msgid: Any = None) -> dict[str, str]:
+def _tags(fe: IrcFrontEnd, ts: Any = None, msgid: Any = None, account: Any = None
+          ) -> dict[str, str]:
     tags: dict[str, str] = {}
     if isinstance(ts, int) and fe.has("server-time"):
         tags["time"] = time_tag(ts)
     if msgid is not None and fe.has("message-tags"):
         tags["msgid"] = str(msgid)
+    if isinstance(account, str) and account and fe.has("account-tag"):
+        tags["account"] = account
     return tags
 
 
@@ -88,7 +91,7 @@ def message(fe: IrcFrontEnd, msg: Frame, batch: str | None = None) -> list[Line]
     source = fe.mask(sender)
     text = p.safe_text(str(msg.get("text", "")), multiline=True)
     action = msg.get("action") is True
-    tags = _tags(fe, msg.get("ts"), msg.get("id"))
+    tags = _tags(fe, msg.get("ts"), msg.get("id"), msg.get("account"))
     outer = {"batch": batch} if batch else {}
     budget = MAX_LINE - len(f":{source} PRIVMSG {target} :\r\n".encode()) - (9 if action else 0)
     rows = text.split("\n")
@@ -126,9 +129,12 @@ def event(fe: IrcFrontEnd, frame: Frame) -> list[Line]:
     if kind == "join":
         if members is not None:
             members[p.nick_key(nick)] = nick
-        extended = fe.has("extended-join")
-        return [Line("JOIN", [room, "*", nick] if extended else [room], fe.mask(nick), tags,
-                     colon=extended), *away.joined(fe, nick, frame, tags)]
+        return [join_line(fe, room, nick, frame.get("account"), tags),
+                *away.joined(fe, nick, frame, tags)]
+    if kind == "account":  # someone in a room with us logged in (account-notify)
+        account = line_text(frame.get("account")) or "*"
+        return [Line("ACCOUNT", [account], fe.mask(nick), tags, colon=False)] \
+            if fe.has("account-notify") else []
     if kind == "away":
         return away.changed(fe, nick, frame, tags)
     if kind == "part":
@@ -177,6 +183,17 @@ def event(fe: IrcFrontEnd, frame: Frame) -> list[Line]:
         return [fe.fail("*", str(frame.get("code", "internal")).upper(),
                         text=line_text(frame.get("message")))]
     return []
+
+
+def join_line(fe: IrcFrontEnd, room: str, nick: str, account: Any,
+              tags: dict[str, str] | None = None) -> Line:
+    """`nick` joins `room`; with extended-join, `JOIN #room <account or *> :<real name>`
+    (the real name is the nick: chatd has no other); with account-tag, the account's."""
+    tags = {**(tags or {}), **_tags(fe, account=account)}
+    if not fe.has("extended-join"):
+        return Line("JOIN", [room], fe.mask(nick), tags, colon=False)
+    name = account if isinstance(account, str) and account else "*"
+    return Line("JOIN", [room, name, nick], fe.mask(nick), tags)
 
 
 def own_nick(fe: IrcFrontEnd, old: str, new: str, tags: dict[str, str] | None = None) -> Line:

@@ -2,10 +2,10 @@
 burst (001-005, LUSERS, MOTD) built from the native `welcome` and its `limits`.
 
 Capabilities are offered only where chatd has the concept behind them. chatd has no host
-names or client-only tags, and its native frames do not say who else is logged in, so
-`account-tag`, `account-notify`, `chghost` and `setname` are not offered, and
+names or client-only tags, so `chghost` and `setname` are not offered, and
 CLIENTTAGDENY=* says that client tags are not relayed. `sasl` is sasl.py's, on the native
-`login` and `auth` (protocol.md §12).
+`login` and `auth` (protocol.md §12); `account-tag`, `account-notify` and `extended-join`
+render the accounts that native messages, joins and `account` events name (render.py).
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def cap_values(fe: IrcFrontEnd) -> dict[str, str]:
     return {
         "batch": "", "draft/chathistory": "",
         "draft/multiline": f"max-bytes={fe.limits['max_text']},max-lines={MULTILINE_LINES}",
-        "away-notify": "", "echo-message": "", "extended-join": "", "labeled-response": "",
+        "account-notify": "", "account-tag": "", "away-notify": "", "echo-message": "",
+        "extended-join": "", "labeled-response": "",
         "message-tags": "", "sasl": ",".join(sasl.mechanisms(fe)),
         "multi-prefix": "", "server-time": "", "userhost-in-names": "",
     }
