@@ -145,6 +145,13 @@ def test_overlong_and_invalid_lines_get_the_standard_errors() -> None:
                        ":chatd FAIL PRIVMSG INVALID_UTF8 :Message rejected, your IRC "
                        "software MUST use UTF-8"]
     assert sent(fe) == []
+    fe = registered("labeled-response batch")  # a label that could be read labels it
+    fe.receive_data(b"@label=a PRIVMSG #a :" + b"x" * 600 + b"\r\n@label=b PRIVMSG #a :\xff"
+                    b"\r\n@label=c \x00\r\n", 0.0)
+    assert out(fe) == ["@label=a :chatd 417 alice :Input line was too long",
+                       "@label=b :chatd FAIL PRIVMSG INVALID_UTF8 :Message rejected, your "
+                       "IRC software MUST use UTF-8",
+                       "@label=c :chatd FAIL * MALFORMED :a line may not contain NUL"]
 
 
 def test_local_answers_are_rate_limited_like_native_requests() -> None:
@@ -372,8 +379,9 @@ def test_modes_say_what_chatd_has() -> None:
 
 
 def test_mode_kick_and_invite_become_moderation_requests() -> None:
-    """protocol.md §13.4: each change is a native request of §14, done at its ack (the
-    room's `moderation` event shows the change)."""
+    """protocol.md §13.4: each change is a native request of §14, whose ack announces
+    the room's `moderation` event (the same id): that event, as every member gets it, is
+    the command's reply, in order."""
     fe = registered()
     joined(fe)
     send(fe, "MODE #a +o-b+ik bob troll!*@* sesame", "MODE #a +q ~a:eve", "MODE #a -k",
@@ -389,15 +397,26 @@ def test_mode_kick_and_invite_become_moderation_requests() -> None:
         {"type": "kick", "room": "#a", "nick": "carol", "reason": "out"},
         {"type": "invite", "room": "#a", "nick": "dave"}]
     labels = [f["label"] for f in frames]
-    answer(fe, *[{"type": "ack", "id": i + 1, "ts": TS, "room": "#a", "label": label}
-                 for i, label in enumerate(labels[:5])],
+    ev = {"type": "moderation", "ts": TS, "room": "#a", "by": "alice"}
+    events = [{"kind": "op", "nick": "bob"}, {"kind": "unban", "nick": "troll"},
+              {"kind": "mode", "invite_only": True, "keyed": True},
+              {"kind": "mute", "account": "eve"}, {"kind": "mode", "keyed": False}]
+    # The INVITE's answers first: its lines still come after those of the commands before.
+    answer(fe, {"type": "ack", "id": 9, "ts": TS, "room": "#a", "label": labels[7]},
+           {**ev, "id": 9, "kind": "invite", "nick": "dave"},
+           *[frame for i, (label, event) in enumerate(zip(labels, events, strict=False))
+             for frame in ({"type": "ack", "id": i + 1, "ts": TS, "room": "#a",
+                            "label": label}, {**ev, "id": i + 1, **event})],
            {"type": "error", "code": "not_operator", "message": "no", "fatal": False,
             "label": labels[5]},
            {"type": "error", "code": "no_such_nick", "message": "no", "fatal": False,
-            "label": labels[6]},
-           {"type": "ack", "id": 9, "ts": TS, "room": "#a", "label": labels[7]})
-    assert [x.split(" ", 4)[1:4] for x in out(fe)] == [
-        ["482", "alice", "#a"], ["441", "alice", "carol"], ["341", "alice", "dave"]]
+            "label": labels[6]})
+    assert out(fe) == [
+        ":alice!~u@chatd MODE #a +o bob", ":alice!~u@chatd MODE #a -b troll!*@*",
+        ":alice!~u@chatd MODE #a +i+k *", ":alice!~u@chatd MODE #a +q ~a:eve",
+        ":alice!~u@chatd MODE #a -k *", ":chatd 482 alice #a :no",
+        ":chatd 441 alice carol #a :They aren't on that channel", ":chatd 341 alice dave :#a",
+        ":chatd NOTICE #a :alice invited dave to #a"]
 
 
 def test_moderation_events_are_irc_lines() -> None:
@@ -548,3 +567,24 @@ def test_without_the_caps_accounts_are_not_shown() -> None:
     assert out(fe) == [":Bob!~u@chatd JOIN #a", ":Bob!~u@chatd PRIVMSG #a :signed"]
     send(fe, "CAP LS 302")
     assert {"account-tag", "account-notify", "extended-join"} <= set(out(fe)[0].split())
+
+
+def test_a_command_that_reads_the_rooms_waits_for_a_join_sent_before_it() -> None:
+    fe = registered()
+    send(fe, "JOIN #a", "MODE #a +k sekrit", "PRIVMSG #a :after")
+    (join,) = sent(fe)  # the MODE (and what follows it) waits for the JOIN's answers
+    assert join["type"] == "join"
+    answer(fe, {"type": "joined", "room": "#a", "topic": "", "members": ["alice"],
+                "more": False, "label": join["label"]},
+           {"type": "history", "room": "#a", "messages": [], "more": False,
+            "label": join["label"]})
+    mode, msg = sent(fe)
+    assert (mode["type"], mode["key"], msg["type"]) == ("mode", "sekrit", "msg")
+    assert out(fe)[0] == ":alice!~u@chatd JOIN #a"
+    send(fe, "WHOIS bob")  # no JOIN, PART or NICK in flight: taken at once, answered
+    answer(fe, {"type": "error", "code": "not_operator", "message": "no", "fatal": False,
+                "label": mode["label"]},  # in order, after the MODE and the PRIVMSG
+           {"type": "ack", "id": 5, "ts": TS, "room": "#a", "label": msg["label"]},
+           message(5, "after", "alice"))
+    lines = out(fe)
+    assert lines[0] == ":chatd 482 alice #a :no" and " 401 alice bob " in lines[1]

@@ -66,6 +66,8 @@ def chathistory(fe: IrcFrontEnd, line: Line, reply: Reply, now: float) -> None:
     sub = line.param(0).upper()
     params = line.params[1:]
     try:
+        if not sub:
+            raise _Bad("NEED_MORE_PARAMS", "not enough parameters")
         if sub not in SUBCOMMANDS:
             raise _Bad("INVALID_PARAMS", f"unknown subcommand; chatd has {', '.join(SUBCOMMANDS)}")
         if len(params) < (4 if sub == "BETWEEN" else 3):

@@ -31,6 +31,19 @@ class Command:
     local: bool = False  # answered here: costs a token of the front end's own cmd bucket
 
 
+# Commands whose answers change what the front end knows of the client's rooms and nick,
+# and the commands answered from that knowledge: one of the latter sent behind one of the
+# former (a bot's JOIN #a then MODE #a +k key, in one write) waits for its answers, so it
+# is answered as if the client had waited too. The rest of the input waits behind it.
+_CHANGING = frozenset({"JOIN", "PART", "NICK"})
+_READING = frozenset({"MODE", "WHOIS", "WHO", "USERHOST", "CHATHISTORY"})
+
+
+def must_wait(fe: IrcFrontEnd, line: Line) -> bool:
+    reads = line.command in _READING or (line.command == "JOIN" and line.param(0) == "0")
+    return reads and fe.changing(_CHANGING)
+
+
 def dispatch(fe: IrcFrontEnd, line: Line, now: float) -> None:
     batch = "batch" in line.tags or line.command == "BATCH"  # client draft/multiline batches
     if batch and messaging.batch_line(fe, line, now):

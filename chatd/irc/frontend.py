@@ -97,6 +97,7 @@ class IrcFrontEnd:
         self.bucket = TokenBucket(float(self.limits["cmd_rate"]),
                                   int(self.limits["cmd_burst"]), now)
         self._reader = LineReader()
+        self._held: Line | None = None  # a command waiting for the answers before it
         self._frames = p.FrameDecoder(1 << 24)  # trusted: the session's and broker's own
         self._labels = itertools.count(1)
         self._batches = itertools.count(1)
@@ -120,6 +121,10 @@ class IrcFrontEnd:
             self.close("Excess Flood")
         self._flush()
 
+    def changing(self, commands: frozenset[str]) -> bool:
+        """Whether one of `commands` waits for its answer (commands.must_wait)."""
+        return any(r.waiting and r.command in commands for r in self._replies)
+
     @property
     def paused(self) -> bool:
         """MAX_REPLIES commands wait for their answers: the rest of the input waits in
@@ -127,6 +132,13 @@ class IrcFrontEnd:
         return len(self._replies) >= MAX_REPLIES
 
     def _read(self, now: float) -> None:
+        if self._held is not None:  # a command that reads what earlier ones change
+            if commands.must_wait(self, self._held):
+                return
+            line, self._held = self._held, None
+            commands.dispatch(self, line, now)
+            if self.ended or self.paused:
+                return
         lines = self._reader.lines()
         try:
             for raw in lines:
@@ -139,6 +151,9 @@ class IrcFrontEnd:
                 except IrcError as exc:
                     self._refuse(exc, now)
                 else:
+                    if commands.must_wait(self, line):
+                        self._held = line  # the rest of the input waits behind it
+                        break
                     commands.dispatch(self, line, now)
                 if self.ended or self.paused:
                     break
@@ -147,7 +162,7 @@ class IrcFrontEnd:
 
     def _refuse(self, exc: IrcError, now: float) -> None:
         """A line that is not one: it costs a token like a bad native frame."""
-        reply = self.begin(exc.command)
+        reply = self.begin(exc.command, exc.tags)
         if not self.charge(exc.command, now, reply):
             return
         if exc.code == "too_long":
@@ -176,7 +191,7 @@ class IrcFrontEnd:
         self._flush()
         if self.paused and not self.ended:
             return
-        if self._reader.buffered and not self.ended:  # input waiting since a pause
+        if (self._reader.buffered or self._held) and not self.ended:  # input waiting
             self._read(now)
             self._flush()
 
@@ -186,8 +201,8 @@ class IrcFrontEnd:
             return
         label = frame.get("label")
         pending = self._pending.get(label) if isinstance(label, int) else None
-        if pending is None and frame["type"] == "message":
-            pending = self._echo.pop(frame.get("id", -1), None)
+        if pending is None and frame["type"] in ("message", "moderation"):
+            pending = self._echo.pop(frame.get("id", -1), None)  # what its ack announced
         if pending is None:
             for line in render.event(self, frame):
                 self.event(line)

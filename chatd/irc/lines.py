@@ -32,13 +32,16 @@ _TAG_KEY = re.compile(r"\+?[^\s;=\\\0]+")
 
 class IrcError(Exception):
     """The client sent a line that cannot be used. `code`: "too_long", "invalid_utf8" or
-    "malformed"; `command`: the line's command as far as it could be read, else "*"."""
+    "malformed"; `command`: the line's command as far as it could be read, else "*";
+    `tags`: the line's tags when they could be read (a label labels the error)."""
 
-    def __init__(self, code: str, message: str, command: str = "*") -> None:
+    def __init__(self, code: str, message: str, command: str = "*",
+                 tags: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.command = command
+        self.tags = tags or {}
 
 
 @dataclass(slots=True)
@@ -124,20 +127,31 @@ def parse(raw: bytes) -> Line:
         tag_part, rest = (rest, b"") if space < 0 else (rest[:space], rest[space + 1 :])
         if len(tag_part) + 1 > MAX_TAGS:
             raise IrcError("too_long", "Input line was too long (tags)", _command_of(rest))
-    if len(rest) + 2 > MAX_LINE:
-        raise IrcError("too_long", "Input line was too long", _command_of(rest))
     try:
-        text = rest.decode("utf-8")
         tags_text = tag_part[1:].decode("utf-8")
     except UnicodeDecodeError:
-        raise IrcError("invalid_utf8", "Message rejected, your IRC software MUST use UTF-8",
-                       _command_of(rest)) from None
+        raise _not_utf8(rest) from None
+    tags = parse_tags(tags_text) if tags_text and "\0" not in tags_text else {}
+    if len(rest) + 2 > MAX_LINE:
+        raise IrcError("too_long", "Input line was too long", _command_of(rest), tags)
+    try:
+        text = rest.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _not_utf8(rest, tags) from None
     if "\0" in text or "\0" in tags_text:
-        raise IrcError("malformed", "a line may not contain NUL", _command_of(rest))
-    line = _parse_text(text)
-    if tags_text:
-        line.tags = parse_tags(tags_text)
+        raise IrcError("malformed", "a line may not contain NUL", _command_of(rest), tags)
+    try:
+        line = _parse_text(text)
+    except IrcError as exc:
+        exc.tags = tags
+        raise
+    line.tags = tags
     return line
+
+
+def _not_utf8(rest: bytes, tags: dict[str, str] | None = None) -> IrcError:
+    return IrcError("invalid_utf8", "Message rejected, your IRC software MUST use UTF-8",
+                    _command_of(rest), tags)
 
 
 def _parse_text(text: str) -> Line:

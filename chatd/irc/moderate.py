@@ -1,14 +1,15 @@
 """IRC's channel MODE, KICK and INVITE on chatd's moderation (protocol.md §14, §13.4).
 
 Each change becomes the native request (`op`, `ban`, `mode`, `kick`, ...); its `ack`
-ends the command, and the change itself reaches the client as the room's `moderation`
-event (chatd.irc.modlines), like every other member's copy: one source of truth, in the
-server's order. The lists are `b` (bans) and `q` (mutes, as Ergo and InspIRCd name
-them); the flags `i`, `t` and the key `k`; `n` every room has.
+names the room's `moderation` event that follows (the same id), and that event, as every
+other member gets it (chatd.irc.modlines), is the command's reply: one source of truth,
+in its place among the client's commands. The lists are `b` (bans) and `q` (mutes, as
+Ergo and InspIRCd name them); the flags `i`, `t` and the key `k`; `n` every room has.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from chatd.irc import render
@@ -36,19 +37,27 @@ def entry_fields(mask: str) -> Frame:
     return {"nick": mask.split("!", 1)[0] or "*"}
 
 
-def _acked(frame: Frame) -> bool:
-    return frame["type"] == "ack"
-
-
 def _request(fe: IrcFrontEnd, reply: Reply, frame: Frame, target: str,
-             nick: str = "") -> None:
-    """A change: done at its ack (the event tells the change); errors as numerics."""
+             nick: str = "", on_ack: Callable[[Frame], None] | None = None) -> None:
+    """A change. Its ack announces its event (the same id), which the front end brings
+    here: the change's lines (what every member gets) are its reply, in its place among
+    the client's commands. Errors as numerics."""
+    def on_frame(answer: Frame) -> bool:
+        if answer["type"] == "ack":
+            if on_ack is not None:
+                on_ack(answer)
+            return False  # its event comes next
+        if answer["type"] != "moderation":
+            return False
+        reply.lines.extend(render.event(fe, answer))
+        return True
+
     def on_error(error: Frame) -> list[Line]:
         if error.get("code") == "no_such_nick" and nick and frame["type"] != "invite":
             return [fe.num("441", nick, target, "They aren't on that channel")]
         return render.error(fe, error, reply.command, target)
 
-    fe.request(reply, frame, _acked, target, on_error)
+    fe.request(reply, frame, on_frame, target, on_error)
 
 
 def mode(fe: IrcFrontEnd, room: str, change: str, args: list[str], reply: Reply) -> bool:
@@ -162,10 +171,7 @@ def invite(fe: IrcFrontEnd, line: Line, reply: Reply) -> None:
     """INVITE nick #room: 341 once the native invite is acked."""
     nick, room = line.params[0], line.params[1]
 
-    def on_frame(frame: Frame) -> bool:
-        if frame["type"] != "ack":
-            return False
+    def on_ack(frame: Frame) -> None:
         reply.lines.append(fe.num("341", nick, str(frame.get("room", room)).lower()))
-        return True
 
-    fe.request(reply, {"type": "invite", "room": room, "nick": nick}, on_frame, room)
+    _request(fe, reply, {"type": "invite", "room": room, "nick": nick}, room, on_ack=on_ack)

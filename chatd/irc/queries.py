@@ -1,7 +1,7 @@
 """IRC queries: NAMES, LIST and WHO #room page through the native `who` and `rooms`;
-WHOIS, WHO nick, USERHOST, MODE, KICK, INVITE, LUSERS and MOTD are answered here,
-from what chatd has (it has no channel operators, bans, keys or user modes yet: the
-replies say so with the numeric IRC has for it). Away status is away.py's.
+WHOIS, WHO nick, USERHOST, LUSERS and MOTD are answered here, from what chatd has (it has
+no user modes: the replies say so with the numeric IRC has for it). MODE of a room, KICK
+and INVITE are chatd's moderation (moderate.py); away status is away.py's.
 
 WHOIS and WHO of a nick know the users who share a room with you (chatd has no request
 that looks a user up); anyone else gets 401 ERR_NOSUCHNICK, which says so.
@@ -150,10 +150,15 @@ def whois(fe: IrcFrontEnd, line: Line, reply: Reply, now: float) -> None:
     reply.lines += [fe.num("311", nick, "~u", fe.server, "*", nick),
                     *render.packed(fe, "319", [nick], shared),
                     fe.num("312", nick, fe.server, "chatd"), *away.rpl_away(fe, nick),
+                    *([fe.num("330", nick, fe.account, "is logged in as")]
+                      if fe.account and nick == fe.nick else []),
                     fe.num("318", nick, "End of /WHOIS list")]
 
 
 def userhost(fe: IrcFrontEnd, line: Line, reply: Reply, now: float) -> None:
+    if not line.params:
+        reply.lines.append(fe.num("461", "USERHOST", "Not enough parameters"))
+        return
     found = [n for n in (find_nick(fe, t) for t in line.params[:5]) if n]
     reply.lines.append(fe.num("302", " ".join(f"{n}={'-' if away.flag(fe, n) == 'G' else '+'}"
                                               f"~u@{fe.server}" for n in found)))
