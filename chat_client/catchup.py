@@ -11,6 +11,10 @@ under way (`FETCHING`) or due (`STALE`: after the connection was lost, a catch-u
 refused, or while another nick of ours receives the conversation's messages), live
 messages are only remembered in `top`: the pages still to come are older. The point then
 stays where the pages got to, so the next catch-up fetches the rest and nothing is skipped.
+
+A point is `known` once a catch-up reached the live stream (or it was saved): from then on
+a catch-up asks for what came `after` it even when it is 0, a room that had no messages
+when it was joined, so what was said there meanwhile is fetched whole, as news.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class Point:
     seen: int = 0  # every message up to this id has arrived: saved, and where catch-up starts
     top: int = 0  # the highest id that arrived
     state: State = LIVE  # a point nothing is known about yet starts live (its first message)
+    known: bool = False  # followed from `seen` on: a catch-up asks `after` it, 0 included
 
     def got(self, msg_id: int) -> None:
         """A live message."""
@@ -57,6 +62,7 @@ class Point:
         """The catch-up reached the live stream."""
         self.state = LIVE
         self.seen = max(self.seen, self.top)
+        self.known = True
 
     def stop(self) -> None:
         """Live messages may follow a gap until the next catch-up."""
@@ -72,7 +78,8 @@ class Points:
     def __init__(self, rooms: dict[str, int] | None = None,
                  dms: dict[str, dict[str, tuple[str, int]]] | None = None,
                  direct: dict[str, int] | None = None) -> None:
-        self.rooms = {room: Point(seen, seen, STALE) for room, seen in (rooms or {}).items()}
+        self.rooms = {room: Point(seen, seen, STALE, known=True)
+                      for room, seen in (rooms or {}).items()}
         # identity (an account's "@key", a guest nick's key) -> its point for `history
         # direct` (every direct message of the identity: accounts.py)
         self.direct = {me: Point(seen, seen, STALE) for me, seen in (direct or {}).items()}
@@ -123,7 +130,7 @@ class Points:
     def saved(self) -> tuple[dict[str, int], dict[str, dict[str, tuple[str, int]]]]:
         """What to write to the state file: the `seen` of each conversation (the most
         recent MAX_DM_POINTS per nick)."""
-        rooms = {room: p.seen for room, p in self.rooms.items() if p.seen}
+        rooms = {room: p.seen for room, p in self.rooms.items() if p.seen or p.known}
         dms: dict[str, dict[str, tuple[str, int]]] = {}
         for me, peers in self.dms.items():
             recent = sorted(((p.seen, peer, p.nick) for peer, p in peers.items() if p.seen),

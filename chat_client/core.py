@@ -318,11 +318,11 @@ class Core:
         frame: Frame = {"type": "join", "room": room}
         if key:
             frame["key"] = key
-        if point.seen:
+        if point.seen or point.known:  # (0: the room had no messages; fetch them all)
             frame["after"] = point.seen
         point.start()
-        self.request(frame, "join", room if buf else None, room=room, after=point.seen,
-                     switch=switch, point=point)
+        self.request(frame, "join", room if buf else None, room=room,
+                     after=frame.get("after"), switch=switch, point=point)
 
     def catch_up_dms(self) -> None:
         """Fetch the direct messages missed in each conversation of the nick we now hold

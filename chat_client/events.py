@@ -212,7 +212,7 @@ def on_history(core: Core, f: Frame, req: Req | None, now: float) -> None:
         buf = m.dm(f["with"]) if msgs or m.get(nick_key(f["with"])) else None
     got = 0
     # Messages missed while away are news; backlog shown on a plain join is not.
-    new = req is not None and (req.kind == "catchup" or bool(req.extra.get("after")))
+    new = req is not None and (req.kind == "catchup" or req.extra.get("after") is not None)
     for msg in msgs:
         line = moderation.event_line(msg) if msg.get("type") == "moderation" else \
             message_line(core, msg)
@@ -228,7 +228,7 @@ def on_history(core: Core, f: Frame, req: Req | None, now: float) -> None:
             point.page(last)
         # `more` after a join with `after` (or a catch-up page) means newer messages
         # wait; after a plain join it only says older ones exist (/history gets them).
-        forward = req.kind == "catchup" or bool(req.extra.get("after"))
+        forward = req.kind == "catchup" or req.extra.get("after") is not None
         if forward and f["more"] and last:
             frame: Frame = {"type": "history", "after": last}
             if "room" in f:
@@ -244,7 +244,7 @@ def on_history(core: Core, f: Frame, req: Req | None, now: float) -> None:
             # A caught-up buffer after a restart shows only what was missed: add a
             # little older context, like a plain join would.
             want = int(core.limit("history_on_join")) - buf.message_count()
-            if req.extra.get("after") and want > 0:
+            if req.extra.get("after") is not None and want > 0:
                 core.older(buf, want, quiet=True)
     elif req.kind == "older" and not req.extra.get("quiet") and buf is not None:
         m.note(buf, f"fetched {got} older message(s)" + ("" if got else ": none left"),

@@ -107,7 +107,8 @@ def parse(data: dict[str, Any]) -> ClientState:
     state = ClientState()
     rooms = data.get("rooms")
     if isinstance(rooms, dict):
-        state.rooms = {r: n for r, n in rooms.items() if _room(r) and _id(n)}
+        # (0: a room that had no messages when it was joined; catchup.Point.known)
+        state.rooms = {r: n for r, n in rooms.items() if _room(r) and _id(n, 0)}
     buffers = data.get("buffers")
     if isinstance(buffers, list):
         state.buffers = list(dict.fromkeys(b for b in buffers if _buffer(b)))
@@ -144,8 +145,8 @@ def _token(value: Any) -> bool:
         value.isprintable()
 
 
-def _id(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
+def _id(value: Any, least: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and least <= value < 2**63
 
 
 def _room(value: Any) -> bool:

@@ -125,3 +125,30 @@ def test_a_restart_brings_back_rooms_buffers_and_the_current_one(server: ServerP
         assert again.call(lambda: again.core.model.get("bob").kind) == "dm"  # type: ignore[union-attr]
     finally:
         again.close()
+
+
+def test_a_room_that_was_empty_gets_everything_missed_after_a_restart(
+        server: ServerProcess, bob: Client, tmp_path: Path) -> None:
+    # The room had no message when alice joined it, so its catch-up point is 0; more was
+    # said while the client was closed than a join shows (history_on_join, 50).
+    state = tmp_path / "state"
+    alice = TUI(server.host, server.port, "alice", state_dir=state, rooms=("#general", "#new"))
+    alice.ready()
+    alice.wait(lambda: alice.core.ready, "joined")
+    assert alice.close() == 0
+    bob.join("#new")
+    for n in range(60):
+        bob.say("#new", f"missed {n}")
+    again = TUI(server.host, server.port, "alice", state_dir=state, rooms=())
+    try:
+        again.wait(lambda: again.core.ready, "restored")
+
+        def texts() -> list[str]:
+            buf = again.core.model.get("#new")
+            return [ln.text for ln in buf.lines if ln.id is not None] if buf else []
+
+        again.wait(lambda: len(texts()) == 60, "all 60 missed messages", timeout=15)
+        assert texts() == [f"missed {n}" for n in range(60)]
+        assert again.call(lambda: again.core.model.get("#new").unread) == 60  # type: ignore[union-attr]
+    finally:
+        again.close()

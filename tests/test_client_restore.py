@@ -41,6 +41,34 @@ def test_a_catch_up_cut_short_resumes_where_its_pages_got_to() -> None:
     assert core.snapshot().rooms == {"#a": 12}
 
 
+def test_a_room_empty_when_joined_is_caught_up_whole_after_a_restart() -> None:
+    # Its point is 0, which used to be no point at all: the restarted client joined
+    # without `after` and got only the newest page, shown as old backlog, not as news.
+    core = Core("alice", ["#a"])
+    join_reply(core, welcome(core)[0], [])
+    state = core.snapshot()
+    assert state.rooms == {"#a": 0}
+    again = Core("alice", [], state, focus="@bob")  # (#a not current: it counts unread)
+    (join,) = welcome(again)
+    assert join["after"] == 0
+    join_reply(again, join, [msg(3), msg(5)], more=True)
+    (page,) = again.take_outbox()
+    assert page == {"type": "history", "room": "#a", "after": 5, "label": page["label"]}
+    again.receive({"type": "history", "room": "#a", "more": False, "label": page["label"],
+                   "messages": [msg(8)]})
+    buf = again.model.get("#a")
+    assert buf is not None and ids(buf) == [3, 5, 8]
+    assert buf.unread == 3  # missed while the client was closed: news
+    assert again.snapshot().rooms == {"#a": 8}
+    # A reconnect of a room that is still empty asks from 0 too; a room never caught up
+    # (its join was cut short) is joined afresh.
+    fresh = Core("alice", ["#a", "#b"])
+    first, _ = welcome(fresh)
+    join_reply(fresh, first, [])
+    fresh.disconnected("lost")
+    assert [f.get("after") for f in welcome(fresh)] == [0, None]
+
+
 def test_dm_catch_up_runs_under_the_nick_taken_back() -> None:
     erin = nick_key("Erin")  # "erln": look-alike nicks are one (protocol.md §3)
     saved = ClientState(buffers=["@Erin"], dms={"dave": {erin: ("Erin", 5)}})
@@ -149,7 +177,7 @@ def test_state_file_round_trip_and_damage(tmp_path: Path) -> None:
     assert StateStore("h:1", "alice", tmp_path).load() == state
     data = json.loads(store.path.read_text())
     data["buffers"] += ["#BAD!", "@9x", 7, "#a"]
-    data["rooms"].update({"#b": "x", "#c": -1, "nope": 3})
+    data["rooms"].update({"#b": "x", "#c": -1, "nope": 3, "#d": False})
     data["dms"]["allce"]["carol"] = {"nick": "mallory", "seen": 5}  # key and nick differ
     data["dms"]["bob"] = "junk"
     store.path.write_text(json.dumps(data))
