@@ -95,8 +95,9 @@ def on_welcome(core: Core, f: Frame, req: Req | None, now: float) -> None:
         m.note(server, str(f["motd"]))
     prev = f.get("previous")
     if isinstance(prev, dict) and prev.get("code"):
-        m.note(server, f"previous session ended: {prev.get('code')} "
-               f"{prev.get('message', '')}", "notice")
+        code, why = prev["code"], prev.get("message", "")  # (a quit's reason may be "quit")
+        m.note(server, f"previous session ended: {code}"
+               + (f" ({why})" if why and why != code else ""), "notice")
     presence.on_welcome(core)
     for room in core.wanted_rooms:
         core.join(room, switch=room == core.focus and m.current == SERVER)

@@ -179,6 +179,23 @@ def test_hello_then_join_and_history_on_join() -> None:
     assert core.ready and not core.take_outbox()
 
 
+@pytest.mark.parametrize(("previous", "said"), [
+    ({"code": "quit", "message": "quit"}, "previous session ended: quit"),
+    ({"code": "quit", "message": ""}, "previous session ended: quit"),
+    ({"code": "slow_consumer", "message": "too slow"},
+     "previous session ended: slow_consumer (too slow)"),
+])
+def test_why_the_previous_session_ended_is_said_once(previous: dict[str, str],
+                                                      said: str) -> None:
+    core = Core("alice", [])
+    core.connected()
+    (hello,) = core.take_outbox()
+    core.receive({"type": "welcome", "version": 1, "nick": "alice", "session": "s2",
+                  "label": hello["label"], "previous": previous})
+    texts = [ln.text for ln in core.model.buffers[SERVER].lines]
+    assert said in texts
+
+
 def test_send_is_pending_until_ack_and_echo_is_deduplicated() -> None:
     core = Core("alice", ["#a"])
     join_reply(core, welcome(core)[0], [])
