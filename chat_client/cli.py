@@ -131,7 +131,6 @@ def main(argv: list[str] | None = None) -> int:
         return bench_render(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.tls = args.tls or args.ca is not None or args.tofu
     try:
         cfg = load(args.config)
     except ConfigError as exc:
@@ -140,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     picked = cfg.pick(args.address)
     server = picked[1] if picked else None
     address = server.address if server else args.address
+    args.ca_from = "--ca"  # where the CA file was named, for an error about it
+    if picked is not None and args.ca is None and not args.tofu:
+        args.ca, args.tofu = picked[1].ca, picked[1].tofu
+        args.ca_from = f"{cfg.path}: servers.{picked[0]}.ca:"
+    args.tls = args.tls or args.ca is not None or args.tofu or bool(server and server.tls)
     if address is None:
         parser.error(f"no server: give HOST:PORT, or a [servers.NAME] table in "
                      f"{cfg.path or default_path()}")
@@ -247,7 +251,8 @@ def make_opener(parser: argparse.ArgumentParser, args: argparse.Namespace, host:
         return tls_opener(host, port, args.ca, args.tofu, notify,
                           None if plain else lambda text: notify(text, "error"))
     except (OSError, ssl.SSLError) as exc:
-        parser.error(f"--ca {args.ca}: {getattr(exc, 'strerror', None) or exc}")
+        parser.error(f"{getattr(args, 'ca_from', '--ca')} {args.ca}: "
+                     f"{getattr(exc, 'strerror', None) or exc}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Any
 from .commands import UsageError, nick_arg, room_arg
 
 HYPERLINKS = ("auto", True, False)
-SERVER_KEYS = ("address", "nick", "account", "rooms", "highlight")
+SERVER_KEYS = ("address", "nick", "account", "rooms", "highlight", "tls", "ca", "tofu")
 TOP_KEYS = ("nick", "account", "rooms", "highlight", "scrollback", "hyperlinks", "server",
             "servers", "colours", "keys", "log")
 LOG_KEYS = ("enabled", "directory")
@@ -36,6 +36,9 @@ class Server:
     rooms: list[str] | None = None
     highlight: list[str] | None = None
     account: str | None = None
+    tls: bool = False  # as --tls; `ca` (as --ca) and `tofu` (as --tofu) imply it
+    ca: Path | None = None
+    tofu: bool = False
 
 
 @dataclass
@@ -119,10 +122,11 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Config:
         if not isinstance(address, str) or not address:
             raise ConfigError(f"{where}address: required, a string such as "
                               '"chat.example.org:7777"')
-        cfg.servers[name] = Server(address, _nick(table, "nick", where),
-                                   _rooms(table, "rooms", where),
-                                   _words(table, "highlight", where),
-                                   _nick(table, "account", where))
+        server = cfg.servers[name] = Server(address, _nick(table, "nick", where),
+                                            _rooms(table, "rooms", where),
+                                            _words(table, "highlight", where),
+                                            _nick(table, "account", where))
+        _tls(server, table, where, path)
     if "server" in data:
         if data["server"] not in cfg.servers:
             raise ConfigError(f"server: {data['server']!r} is not one of the [servers.NAME] "
@@ -141,6 +145,24 @@ def parse(data: dict[str, Any], path: Path | None = None) -> Config:
             raise ConfigError("log.directory: must be a path (a string)")
         cfg.log_dir = Path(log["directory"]).expanduser()
     return cfg
+
+
+def _tls(server: Server, table: dict[str, Any], where: str, path: Path | None) -> None:
+    """A server's `tls`, `ca` and `tofu`, as the flags of the same names; a relative `ca`
+    is relative to the config file."""
+    for key in ("tls", "tofu"):
+        if key in table and not isinstance(table[key], bool):
+            raise ConfigError(f"{where}{key}: must be true or false, not {table[key]!r}")
+    server.tofu = table.get("tofu", False)
+    if "ca" in table:
+        if not isinstance(table["ca"], str) or not table["ca"]:
+            raise ConfigError(f"{where}ca: must be a path (a string)")
+        if server.tofu:
+            raise ConfigError(f"{where}ca: give either ca (a CA to trust) or tofu (trust "
+                              "on first use), not both")
+        ca = Path(table["ca"]).expanduser()
+        server.ca = ca if ca.is_absolute() or path is None else path.parent / ca
+    server.tls = table.get("tls", False) or server.ca is not None or server.tofu
 
 
 def _known(table: dict[str, Any], known: tuple[str, ...], where: str) -> None:

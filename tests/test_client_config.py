@@ -15,6 +15,7 @@ from chat_client.chatlog import ChatLog
 from chat_client.clock import Clock
 from chat_client.config import Config, ConfigError, default_path, load
 from chat_client.model import Model
+from chat_client.stream import TLSOpener
 
 GOOD = """
 nick = "alice"
@@ -99,6 +100,9 @@ def test_no_file_at_the_default_place_is_no_config(tmp_path: Path,
         ("[keys]\nsearch = 'q'", "a key you type text with cannot be bound"),
         ("[keys]\nsearch = []", "keys.search: must be a key"),
         ("[keys]\nserch = 'c-r'", "unknown key keys.serch (did you mean 'search'?)"),
+        ("[servers.x]\naddress = 'h'\ntls = 'yes'", "servers.x.tls: must be true or false"),
+        ("[servers.x]\naddress = 'h'\nca = 'a.pem'\ntofu = true",
+         "servers.x.ca: give either ca (a CA to trust) or tofu"),
         ("[log]\nenabled = 'yes'", "log.enabled: must be true or false"),
         ("[log]\ndir = 'x'", "unknown key log.dir (did you mean 'directory'?)"),
     ],
@@ -152,6 +156,34 @@ def test_the_command_line_wins_over_the_server_table_over_the_top_level(
     assert ran.conn.opener.peer == "otherhost:9"
     assert (ran.core.model.nick, ran.core.wanted_rooms) == ("zed", ["#x"])
     assert ran.core.model.scrollback == 50
+
+
+def test_a_server_table_may_log_in_and_use_tls(ran: type[Ran], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, """
+[servers.pinned]
+address = "chat.example.org"
+account = "alice"
+tofu = true
+
+[servers.plain]
+address = "chat.example.org"
+""")
+    monkeypatch.setenv("CHAT_CLIENT_PASSWORD", "secret")
+    assert cli.main(["pinned", "--plain", "--config", str(path)]) == 0
+    assert isinstance(ran.conn.opener, TLSOpener)
+    assert ran.conn.opener.peer == "chat.example.org:7778"  # the TLS port by default
+    assert (ran.core.account, ran.core.model.nick) == ("alice", "alice")
+    assert cli.main(["plain", "--plain", "--config", str(path)]) == 0
+    assert ran.conn.opener.peer == "chat.example.org:7777"
+    assert not isinstance(ran.conn.opener, TLSOpener) and ran.core.account is None
+    assert cli.main(["plain", "--plain", "--config", str(path), "--tofu"]) == 0
+    assert isinstance(ran.conn.opener, TLSOpener)
+    path.write_text('[servers.lab]\naddress = "h"\nca = "missing.pem"\n')
+    with pytest.raises(SystemExit):
+        cli.main(["--plain", "--config", str(path)])
+    assert f"{path}: servers.lab.ca: {tmp_path / 'missing.pem'}: " in capsys.readouterr().err
 
 
 def test_without_an_address_or_servers_it_says_what_is_missing(

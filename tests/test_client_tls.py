@@ -131,6 +131,19 @@ def test_chat_client_with_a_private_ca(server, tmp_path) -> None:
         assert bob.messages("#general", 1)[0]["text"] == "hello over TLS"
 
 
+def test_a_server_of_the_config_file_with_its_ca(server, tmp_path) -> None:
+    # `ca` relative to the config file, which names the server: no flag on the command line
+    (tmp_path / "ca.pem").write_bytes(CA.read_bytes())
+    config = tmp_path / "config.toml"
+    config.write_text(f'[servers.work]\naddress = "127.0.0.1:{tls_port(server)}"\n'
+                      'ca = "ca.pem"\n')
+    done = subprocess.run([*CLIENT, "--plain", "work", "--config", str(config), "--nick",
+                           "alice"], input="hello over TLS\n", capture_output=True,
+                          text=True, cwd=ROOT, env=client_env(tmp_path), timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert "<alice> hello over TLS" in done.stdout
+
+
 def test_chat_client_refuses_a_certificate_the_system_does_not_trust(server, tmp_path) -> None:
     done = run(tls_port(server), ["--tls", "--nick", "alice"], "not sent\n", tmp_path)
     assert done.returncode == 1
