@@ -11,8 +11,10 @@ from tuirunner import ENTER, TAB, TUI
 from wire import Client
 
 from chat_client.render import READ_MARKER
+from chat_client.tui import UIOptions
 
 ALT_A, CTRL_C, CTRL_R, CTRL_G = "\x1ba", "\x03", "\x12", "\x07"
+CTRL_F, CTRL_U, F2 = "\x06", "\x15", "\x1bOQ"
 
 
 def test_alt_a_jumps_to_the_mention_first_then_back(app: TUI, bob: Client) -> None:
@@ -33,6 +35,32 @@ def test_alt_a_jumps_to_the_mention_first_then_back(app: TUI, bob: Client) -> No
     app.wait(lambda: m.current == "#two", "then the messages")
     app.type(ALT_A)
     app.wait(lambda: m.current == "#three", "then back where it started")
+
+
+def test_keys_and_colours_of_the_config_file_apply(server: ServerProcess, bob: Client,
+                                                   tmp_path: Path) -> None:
+    options = UIOptions(keys={"next_active": ["f2"], "search": ["c-f"]},
+                        colours={"mention": "bg:ansigreen fg:ansiblack"})
+    app = TUI(server.host, server.port, "alice", state_dir=tmp_path / "s", options=options)
+    try:
+        app.ready()
+        m, ui = app.core.model, app.ui
+        assert ui is not None
+        app.type("/join #two" + ENTER)
+        app.wait(lambda: m.current == "#two" and m.cur.joined, "#two")
+        bob.say("#general", "alice: look")
+        app.wait(lambda: "2:#general(1!)" in app.status(), "the mention in the hotlist")
+        app.type(ALT_A + "x")  # no longer bound: Escape, then typed text
+        app.wait(lambda: ui.input.text.endswith("x"), "typed")
+        assert m.current == "#two"
+        app.type(CTRL_U + F2)
+        app.wait(lambda: m.current == "#general", "F2 jumps instead")
+        app.type(CTRL_F + "look")
+        app.wait(lambda: ui.searching is not None and m.cur.found is not None, "Ctrl+F searches")
+        attrs = ui.app.style.get_attrs_for_style_str("class:mention")
+        assert (attrs.bgcolor, attrs.color) == ("ansigreen", "ansiblack")
+    finally:
+        app.close()
 
 
 def test_ctrl_c_asks_before_losing_a_typed_line(server: ServerProcess,
