@@ -142,7 +142,7 @@ class Connection:
                 log.info("connection ended: %s", ended)
                 if self.state is ConnState.CONNECTED:  # it worked for a while: start over
                     attempt = 0
-                self.core.disconnected(str(ended))
+                said = self.core.disconnected(str(ended))
                 self.save_state(force=True)
                 if self.core.quitting:
                     return
@@ -151,7 +151,8 @@ class Connection:
                 delay = backoff_delay(attempt, self.backoff_base, self.backoff_cap, self.rand)
                 attempt += 1
                 self._advance(ConnState.RECONNECTING, self.clock.monotonic() + delay)
-                m.note(m.buffers[SERVER], f"{ended}; reconnecting in {delay:.1f}s", "notice",
+                why = "" if said else f"{ended}; "  # (else said just above, in every buffer)
+                m.note(m.buffers[SERVER], f"{why}reconnecting in {delay:.1f}s", "notice",
                        activity=False)
                 self.on_change()
                 await self.clock.sleep(delay)

@@ -147,7 +147,8 @@ class Core:
         self.nick_attempt += 1
         return self.want_nick[:MAX_NICK - 1 - self.nick_attempt] + "_" * self.nick_attempt
 
-    def disconnected(self, reason: str) -> None:
+    def disconnected(self, reason: str) -> bool:
+        """The connection ended. True when that was said in every buffer (it was up)."""
         was = self.registered
         self.registered = False
         self.requests.reset()
@@ -165,6 +166,8 @@ class Core:
         if was and not self.quitting:
             for buf in self.model.buffers.values():
                 self.model.note(buf, f"disconnected: {reason}", "notice", activity=False)
+            return True
+        return False
 
     def receive(self, frame: Frame, now: float = 0.0) -> None:
         """Apply one server frame (see events.py)."""

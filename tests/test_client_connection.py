@@ -107,6 +107,10 @@ def test_reconnects_with_backoff_and_jitter_then_starts_over_after_a_welcome() -
         await rig.welcomed(first)
         first.close()  # it worked for a while, so the back-off starts over at the base
         await rig.until(lambda: len(rig.opener.opened) == 2)
+        # Why it ended is said once: in every buffer, then when the next try is.
+        notes = rig.server_notes()
+        gone = notes.index("disconnected: connection closed by the server")
+        assert notes[gone + 1] == "reconnecting in 0.8s", notes
         assert [b - a for a, b in zip(at[3:], at[4:], strict=False)] == [0.75, 1.0]
         await rig.welcomed(second)
         assert rig.conn.welcomed_once and rig.core.registered
