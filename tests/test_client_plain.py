@@ -168,6 +168,7 @@ def test_server_refusal_exits_nonzero(server: ServerProcess, tmp_path: Path) -> 
     done = run_client(server, ["--nick", "bot"], "/msg nobody hello\n", tmp_path / "state")
     assert done.returncode == 1
     assert "no_such_nick" in done.stderr
+    assert "chat-client: not delivered: hello\n" in done.stderr  # as README says
 
 
 def test_local_usage_error_exits_nonzero(server: ServerProcess, tmp_path: Path) -> None:
