@@ -129,6 +129,27 @@ def test_commands_before_registration_get_451_and_unknown_ones_421() -> None:
     assert out(fe) == [":chatd 421 alice FROB :Unknown command"]
 
 
+def test_commands_right_behind_nick_and_user_wait_for_the_welcome() -> None:
+    fe = make()
+    send(fe, "NICK alice", "USER u 0 * :r", "JOIN #a", "FROB x")  # a bot's first write
+    (hello,) = sent(fe)  # the JOIN waits for the welcome, and FROB behind it
+    answer(fe, welcome_frame(hello["label"]))
+    (join,) = sent(fe)
+    assert join["type"] == "join" and out(fe)[-1] == ":chatd 376 alice :End of /MOTD command"
+    answer(fe, {"type": "joined", "room": "#a", "topic": "", "members": ["alice"],
+                "more": False, "label": join["label"]},
+           {"type": "history", "room": "#a", "messages": [], "more": False,
+            "label": join["label"]})
+    assert out(fe)[-2:] == [":chatd 366 alice #a :End of /NAMES list",
+                            ":chatd 421 alice FROB :Unknown command"]  # in order
+    fe = make()
+    send(fe, "NICK alice", "USER u 0 * :r", "JOIN #a")
+    (hello,) = sent(fe)
+    answer(fe, {"type": "error", "code": "nick_taken", "message": "taken", "fatal": False,
+                "label": hello["label"]})  # no welcome: what waited is not registered
+    assert out(fe) == [":chatd 433 * alice :taken", ":chatd 451 * :You have not registered"]
+
+
 def test_cap_req_is_all_or_nothing() -> None:
     fe = make()
     send(fe, "CAP REQ :server-time chghost", "CAP REQ :server-time -batch", "CAP LIST")
@@ -588,3 +609,18 @@ def test_a_command_that_reads_the_rooms_waits_for_a_join_sent_before_it() -> Non
            message(5, "after", "alice"))
     lines = out(fe)
     assert lines[0] == ":chatd 482 alice #a :no" and " 401 alice bob " in lines[1]
+
+
+def test_an_event_goes_before_a_reply_still_unanswered_even_behind_a_local_one() -> None:
+    """bob's message 7 came before the ack of alice's 8: it is written first, although a
+    PONG (answered here, at once) came between alice's PRIVMSG and it."""
+    fe = registered("echo-message message-tags")
+    joined(fe)
+    send(fe, "PRIVMSG #a :mine", "PONG :1")
+    msg, pong = sent(fe)
+    assert pong == {"type": "pong", "token": 1}
+    answer(fe, message(7, "bob's"),
+           {"type": "ack", "id": 8, "ts": TS, "room": "#a", "label": msg["label"]},
+           message(8, "mine", "alice"))
+    assert out(fe) == ["@msgid=7 :bob!~u@chatd PRIVMSG #a :bob's",
+                       "@msgid=8 :alice!~u@chatd PRIVMSG #a :mine"]

@@ -35,11 +35,18 @@ class Command:
 # and the commands answered from that knowledge: one of the latter sent behind one of the
 # former (a bot's JOIN #a then MODE #a +k key, in one write) waits for its answers, so it
 # is answered as if the client had waited too. The rest of the input waits behind it.
+# So does every command that needs registration, sent while the native hello is out.
 _CHANGING = frozenset({"JOIN", "PART", "NICK"})
 _READING = frozenset({"MODE", "WHOIS", "WHO", "USERHOST", "CHATHISTORY"})
 
 
 def must_wait(fe: IrcFrontEnd, line: Line) -> bool:
+    """Whether `line` must wait for the answers to commands before it: the welcome, for a
+    command sent right behind NICK and USER (a bot's NICK, USER, JOIN in one write), or
+    the answers that change what it reads."""
+    if fe.hello_pending and not fe.nick:
+        command = COMMANDS.get(line.command)
+        return command is None or not command.before_welcome
     reads = line.command in _READING or (line.command == "JOIN" and line.param(0) == "0")
     return reads and fe.changing(_CHANGING)
 

@@ -13,9 +13,11 @@ Replies go to the client in the order of the commands, whatever the order in whi
 native side answers (a native `pong` overtakes; an IRC PONG must not): each command has a
 `Reply` in a queue, and only the head of the queue is written out. An event (a frame that
 answers no request: a message, someone joining) takes its place in that queue by when it
-came: after every reply that had an answer by then (so a client never sees a message in a
-room before its own JOIN of it), before those still waiting for their first (so bob's
-message comes before the echo of alice's later one, as the server ordered them).
+came: before the first reply still waiting for its first answer (so bob's message comes
+before the echo of alice's later one, as the server ordered them), after those before it,
+which had theirs (so a client never sees a message in a room before its own JOIN of it).
+Replies answered here (a PONG to the server, a WHOIS) have no place in the server's
+order: behind one still waiting, they go after the events that come meanwhile.
 """
 
 from __future__ import annotations
@@ -248,14 +250,17 @@ class IrcFrontEnd:
         self.to_session.append(p.pack(frame))
 
     def event(self, line: Line) -> None:
-        """A line that answers no command: after the last reply that had an answer, or
-        at once when none in the queue has (see the module docstring)."""
+        """A line that answers no command: before the first reply still waiting for its
+        first answer, else after them all (see the module docstring)."""
         replies = self._replies
-        for i in range(len(replies) - 1, -1, -1):
-            if replies[i].started or not replies[i].waiting:
-                replies.insert(i + 1, Reply("", lines=[line], started=True))
+        for i, reply in enumerate(replies):
+            if reply.waiting and not reply.started:
+                replies.insert(i, Reply("", lines=[line], started=True))
                 return
-        self._write(line)
+        if replies:
+            replies.append(Reply("", lines=[line], started=True))
+        else:
+            self._write(line)
 
     def once(self, key: tuple[Any, ...]) -> bool:
         """False for the same event again (a quit or nick comes once per shared room)."""
