@@ -7,7 +7,7 @@ draft/chathistory` (so JOIN brings no history: the client asks), answers PING, s
 reconnects with QUIT or an abrupt close. Its first JOIN of a room is followed by
 `CHATHISTORY LATEST <room> * 1`: the newest id then is its baseline, as the native
 clients' first join page is theirs. After a reconnect it JOINs and pages `CHATHISTORY
-AFTER <room> msgid=<the last id it has>` until a page is not full.
+AFTER <room> msgid=<the last id it had before the JOIN>` until a page is not full.
 
 What counts as lost or duplicated is the native clients' rule (soak.RoomLog), with the
 one difference IRC makes: after a JOIN the room's messages arrive live at once, while the
@@ -160,6 +160,11 @@ class IrcSoakClient(SoakClient):
         for room in self.rooms:
             log = self.logs[room]
             first = log.baseline is None
+            # Where to catch up from: the newest id of the last connection, taken before
+            # the JOIN. The room's messages come live from the JOIN on, the first of them
+            # often in the same read as its reply, before this task resumes: taken after
+            # the JOIN, it would skip what was said while this client was away.
+            after = log.last
             if not first:
                 self.catching_up.add(room)
                 self.page_ids[room] = set()
@@ -176,7 +181,6 @@ class IrcSoakClient(SoakClient):
                     if msg_id > log.baseline:
                         log.add(msg_id, "live")
                 continue
-            after = log.last
             while True:
                 page = [x for x in await self.call(f"CHATHISTORY AFTER {room} msgid={after} "
                                                    f"{self.page}") if x.command == "PRIVMSG"]
