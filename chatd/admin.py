@@ -12,6 +12,12 @@ connections are non-blocking sockets in the parent's selector loop, at most
 MAX_CONNECTIONS at a time, each closed at its DEADLINE whatever state it is in; the
 request is bounded and parsed strictly; a long answer (the session list) is produced in
 chunks as the client takes them, with routing in between.
+
+The server ends a connection by shutting down its side and waiting for the client to
+hang up, reading (and dropping) whatever else the client sends. Closing at once would
+race the client: an answer given before the request was read (`permission_denied`,
+`busy`, `request_too_large`) would reach a client still sending its request as a broken
+pipe, and a close with unread bytes makes the kernel report a reset to the client.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ SOCKET_NAME = "admin.sock"  # in the data dir (the session re-adoption socket is
 MAX_REQUEST = 4096  # bytes of the one request line
 DEADLINE = 5.0  # seconds an admin connection may take, from accept to the last byte
 MAX_CONNECTIONS = 8
+MAX_DRAIN = 64 << 10  # bytes dropped per turn from a client that keeps sending after its answer
 UNIX_PATH_MAX = 107  # sun_path holds 108 bytes with the terminating NUL
 UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
@@ -69,7 +76,7 @@ def error_reply(code: str, message: str) -> bytes:
 class Conn:
     """One admin client: its request as it comes in, then its answer as it goes out."""
 
-    __slots__ = ("sock", "deadline", "request", "out", "body", "peer")
+    __slots__ = ("sock", "deadline", "request", "out", "body", "peer", "done")
 
     def __init__(self, sock: socket.socket, deadline: float, peer: Peer) -> None:
         self.sock = sock
@@ -78,6 +85,7 @@ class Conn:
         self.request = bytearray()
         self.out = memoryview(b"")  # what is being sent
         self.body: Iterator[bytes] | None = None  # the rest of the answer, made on demand
+        self.done = False  # all sent: waiting for the client to hang up
 
 
 class AdminServer:
@@ -204,7 +212,9 @@ class AdminServer:
         conn = self.conns.get(sock)
         if conn is None:
             return
-        if conn.body is None and not conn.out:
+        if conn.done:
+            self._drain(conn)
+        elif conn.body is None and not conn.out:
             self._read(conn)
         else:
             self._send(conn)
@@ -253,7 +263,7 @@ class AdminServer:
                     return
                 chunk = next(conn.body, None)
                 if chunk is None:
-                    self._close(conn)
+                    self._finish(conn)
                     return
                 conn.out, made = memoryview(chunk), True
             try:
@@ -264,6 +274,30 @@ class AdminServer:
                 self._close(conn)
                 return
             conn.out = conn.out[sent:]
+
+    def _finish(self, conn: Conn) -> None:
+        """The answer is sent: say so (EOF) and wait for the client to hang up."""
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:  # it went away already
+            self._close(conn)
+            return
+        conn.done = True
+        self.master.sel.modify(conn.sock, selectors.EVENT_READ, self._io)
+
+    def _drain(self, conn: Conn) -> None:
+        """Drop what the client still sends (its request, when the answer came first);
+        close when it hangs up. At most MAX_DRAIN bytes per turn; its deadline holds."""
+        for _ in range(MAX_DRAIN // 4096):
+            try:
+                data = conn.sock.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._close(conn)
+                return
 
     def _close(self, conn: Conn) -> None:
         self.conns.pop(conn.sock, None)
