@@ -124,6 +124,21 @@ class AdminServer:
         log.info("admin socket %s (chatd admin --data-dir %s)", self.path,
                  self.master.config.data_dir)
 
+    def handed(self) -> list[int] | None:
+        """For `chatd upgrade` (chatd/handover.py): [fd, dev, ino] of the listener."""
+        if self.listener is None or self.inode is None:
+            return None
+        return [self.listener.fileno(), *self.inode]
+
+    def adopt(self, fd: int, dev: int, ino: int) -> None:
+        """Listen on the socket our predecessor handed over (the same admin.sock)."""
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        self.inode = (dev, ino)
+        self.listener = sock
+        self.master.sel.register(sock, selectors.EVENT_READ, self._accept)
+        log.info("admin socket %s handed over", self.path)
+
     def _clear_stale(self) -> bool:
         """Remove a socket file no server answers on; False if a live one does."""
         try:

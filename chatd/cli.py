@@ -78,7 +78,7 @@ def serve(args: argparse.Namespace) -> int:
         if handed is None:
             master.listen()
             master.adopter.start(time.monotonic())  # sessions a dead parent left
-        else:  # the listeners came with the state; admin.sock is made afresh
+        elif master.admin.listener is None:  # handed over with the state, from format 2
             master.admin.listen()
         # Once, before the first session: what sessions get (and a user we cannot be).
         sandbox.probe(config)

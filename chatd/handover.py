@@ -40,8 +40,8 @@ if TYPE_CHECKING:
     from chatd.master import Master
 
 log = logging.getLogger("chatd.master")
-VERSION = 1  # of the snapshot's format
-SUPPORTED = frozenset({1})  # snapshot formats this code restores
+VERSION = 2  # of the snapshot's format (2: the admin socket is handed over too)
+SUPPORTED = frozenset({1, 2})  # snapshot formats this code restores
 ENV = "CHATD_HANDOVER"  # the memfd's fd number, for the new process
 LISTENER_KINDS = ("plain", "tls", "irc", "irc_tls")
 
@@ -84,6 +84,9 @@ def snapshot(master: Master, now: float) -> dict[str, Any]:
         "v": VERSION, "lock": master.lock_fd, "next_sid": table.next_sid,
         "at": now,  # (monotonic: the same clock after execve())
         "listeners": [[sock.fileno(), kind] for sock, kind in master.listener_kinds.items()],
+        # admin.sock's listener (chatd/admin.py): `chatd admin` is answered across the
+        # upgrade, a request sent meanwhile waiting in its backlog
+        "admin": master.admin.handed(),
         "children": children, "retiring": retiring, "members": members,
         "nicks": [[key, m.sid] for key, m in broker.nicks.items()],
         "rooms": [[r.name, r.topic, r.topic_by, r.topic_ts, policy(r.policy)]
@@ -112,7 +115,8 @@ def room_policy(doc: dict[str, Any], room: str) -> RoomPolicy:
 
 def kept_fds(state: dict[str, Any]) -> list[int]:
     """The fds the snapshot names: they must stay open across execve()."""
-    return [state["lock"], *(fd for fd, _kind in state["listeners"]),
+    admin = [state["admin"][0]] if state.get("admin") else []
+    return [state["lock"], *(fd for fd, _kind in state["listeners"]), *admin,
             *(kid["fd"] for kid in state["children"]),
             *(fd for _pid, fd in state.get("pidfds", []))]
 
@@ -172,6 +176,8 @@ def restore(master: Master, state: dict[str, Any], now: float) -> None:
         sock = socket.socket(fileno=fd)
         sock.setblocking(False)
         master.adopt_listener(sock, kind)
+    if state.get("admin"):  # (format 1 has none: the new code makes admin.sock afresh)
+        master.admin.adopt(*state["admin"])
     table, broker, router = master.table, master.broker, master.router
     table.next_sid = state["next_sid"]
     for pid, kill in state["retiring"]:

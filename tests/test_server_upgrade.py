@@ -7,6 +7,7 @@ the same processes before and after.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from serverproc import FAST, ServerProcess, wait_until, write_config
 from wire import Client, connect
 
 from chatd import datadir
+from chatd.admin import SOCKET_NAME
 
 
 def start(tmp_path: Path, **sections: dict[str, Any]) -> ServerProcess:
@@ -128,6 +130,44 @@ def test_server_upgrade_by_sigusr2_keeps_the_pid_and_sessions(tmp_path: Path) ->
         still_serves(server, alice, "bob", "#r")  # the listeners were handed over
     finally:
         assert server.stop() == 0
+
+
+def admin(server: ServerProcess, *args: str) -> dict[str, Any]:
+    """`chatd admin --json ...` as a user runs it; its answer (which must be ok)."""
+    proc = subprocess.run([sys.executable, "-m", "chatd", "admin", "--data-dir",
+                           str(server.data_dir), "--json", *args], capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    answer = json.loads(proc.stdout)
+    assert isinstance(answer, dict) and answer["ok"] is True
+    return answer
+
+
+def test_server_upgrade_hands_the_admin_socket_over(tmp_path: Path) -> None:
+    server = start(tmp_path)
+    try:
+        alice = connect(server, "alice")
+        alice.join("#r")
+        path = server.data_dir / SOCKET_NAME
+        before = os.stat(path)
+        assert admin(server, "status")["sessions"]["total"] == 1
+        mark = server.mark()
+        result = upgrade(server)
+        assert result.returncode == 0, result.stderr
+        server.wait_for_log("admin socket .* handed over", start=mark)
+        after = os.stat(path)  # the same socket, not one made afresh
+        assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
+        status = admin(server, "status")
+        assert status["pid"] == server.pid and status["sessions"]["total"] == 1
+        listed = admin(server, "sessions")["sessions"]
+        assert [(s["nick"], s["rooms"]) for s in listed] == [("alice", ["#r"])]
+        assert admin(server, "kick", "alice", "after", "the", "upgrade")["kicked"]["nick"] \
+            == "alice"
+        assert alice.wait_closed()[-1]["message"] == \
+            "kicked by the server administrator: after the upgrade"
+    finally:
+        assert server.stop() == 0
+    assert not path.exists()  # still ours to remove at the stop
 
 
 def test_server_refuses_a_data_dir_another_parent_serves(tmp_path: Path) -> None:
