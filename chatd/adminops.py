@@ -254,10 +254,19 @@ class Ops:
         reason = self._reason(req)
         kid, nick = self._find(req["nick"])
         message = "kicked by the server administrator" + (f": {reason}" if reason else "")
-        self._end(kid, "kicked", f"kicked by the admin (uid {peer.uid}): {reason or '-'}",
-                  message, f"kicked: {reason}" if reason else "kicked")
-        return {"kicked": {"nick": nick, "session": kid.token, "pid": kid.pid,
-                           "address": kid.ip}}
+        ended = []
+        for other in self._account_sessions(kid):  # (a guest: just its own)
+            self._end(other, "kicked", f"kicked by the admin (uid {peer.uid}): "
+                      f"{reason or '-'}", message, f"kicked: {reason}" if reason else "kicked")
+            ended.append({"session": other.token, "pid": other.pid, "address": other.ip})
+        return {"kicked": {"nick": nick, **ended[0]}, "sessions": ended}
+
+    def _account_sessions(self, kid: Child) -> list[Child]:
+        """`kid`, then the other open sessions logged in to its account, if it has one."""
+        broker, table = self.master.broker, self.master.table
+        others = [table.by_sid.get(m.sid) for m in broker.directory.of_account(
+            broker.members[kid.sid]) if m.sid != kid.sid]
+        return [kid, *(o for o in others if o is not None and not o.closing)]
 
     def _find(self, nick: str) -> tuple[Child, str]:
         member = self.master.broker.nicks.get(nick_key(nick))

@@ -148,8 +148,12 @@ def _unban(a: dict[str, Any], now: float) -> str:
 
 def _kick(a: dict[str, Any], now: float) -> str:
     k = a.get("kicked", {})
-    return (f"kicked {clean(k.get('nick'))} (session {clean(k.get('session'))}, pid "
+    text = (f"kicked {clean(k.get('nick'))} (session {clean(k.get('session'))}, pid "
             f"{k.get('pid')}, from {clean(k.get('address'))})")
+    others = a.get("sessions", [])[1:]
+    if others:
+        text += f" and {len(others)} more session{'s' if len(others) > 1 else ''} of its account"
+    return text
 
 
 def _reload(a: dict[str, Any], now: float) -> str:

@@ -188,8 +188,11 @@ class Moderation:
         if target is None or target.nick is None:
             raise ProtocolError("no_such_nick", f"nobody is called {req['nick']!r}")
         self.b._reply(member, {"type": "killed", "nick": target.nick}, label)
-        end_session(self.b, target, f"killed by {member.nick}" + (f": {reason}" if reason
-                                                                   else ""), now)
+        why = f"killed by {member.nick}" + (f": {reason}" if reason else "")
+        # A logged-in user: every session of its account (phone and laptop share the nick)
+        for session in list(self.b.directory.of_account(target)):
+            if not session.gone:
+                end_session(self.b, session, why, now)
 
 
 def end_session(broker: Broker, target: Member, why: str, now: int) -> None:

@@ -386,3 +386,69 @@ def test_server_admin_survives_hostile_requests(server: ServerProcess,
     assert admin_json(server, "sessions")["sessions"][0]["nick"] == "alice"
     assert alice.say("#general", "and still here")
     assert server.proc is not None and server.proc.poll() is None
+
+
+def test_server_admin_ban_account_ends_every_session_of_it(tmp_path: Path,
+                                                           clients: list[Client]) -> None:
+    """A ban of an account ends the sessions logged in to it now (both devices, and one
+    not yet past hello), not only its later logins; a guest is left alone."""
+    from accountwire import SETTINGS, logged_in, login, register
+
+    server = ServerProcess(tmp_path, {**CONFIG, **SETTINGS}).start()
+    try:
+        first = Client(server.host, server.port)
+        clients.append(first)
+        assert register(first, "mallory", "pw one two")["type"] == "registered"
+        phone, laptop = Client(server.host, server.port), Client(server.host, server.port)
+        bob = connect(server, "bob")
+        clients += [phone, laptop, bob]
+        for device in (phone, laptop):
+            logged_in(device, "mallory", "pw one two")
+            device.join("#r")
+        bob.join("#r")
+        listed = admin_json(server, "sessions")["sessions"]
+        # (registering logged `first` in: a session of the account without a nick yet)
+        assert sorted(s["account"] or "-" for s in listed) == ["-"] + ["mallory"] * 3
+        answer = admin_json(server, "ban", "--account", "Mallory", "--reason", "abuse")
+        assert answer["ban"]["kind"] == "account" and answer["ban"]["target"] == "Mallory"
+        assert sorted(s["session"] for s in answer["ended"]) == sorted(
+            s["session"] for s in listed if s["account"] == "mallory")
+        for device in (first, phone, laptop):
+            assert device.wait_closed()[-1] == {
+                "type": "error", "code": "server_banned", "fatal": True,
+                "message": "banned from this server: abuse"}
+        assert bob.wait_type("quit", nick="mallory")["reason"] == "banned from the server"
+        wait_until(lambda: [s["nick"] for s in admin_json(server, "sessions")["sessions"]
+                            if s["nick"]] == ["bob"], message="only bob left")
+        # Its next login is refused too, whatever nick it would take.
+        again = Client(server.host, server.port)
+        clients.append(again)
+        with pytest.raises(ConnectionError):  # its proof is right, and the ban ends it
+            login(again, "mallory", "pw one two")
+        assert again.wait_closed()[-1]["message"] == "banned from this server: abuse"
+        assert bob.say("#r", "still here")
+    finally:
+        server.stop()
+
+
+def test_server_admin_kick_ends_every_session_of_an_account(tmp_path: Path,
+                                                            clients: list[Client]) -> None:
+    from accountwire import SETTINGS, logged_in, register
+
+    server = ServerProcess(tmp_path, {**CONFIG, **SETTINGS}).start()
+    try:
+        with Client(server.host, server.port) as first:
+            assert register(first, "mal", "pw one two")["type"] == "registered"
+        phone, laptop = Client(server.host, server.port), Client(server.host, server.port)
+        clients += [phone, laptop]
+        for device in (phone, laptop):
+            logged_in(device, "mal", "pw one two")
+        code, out, err = admin(server, "kick", "mal", "later")
+        assert code == 0, err
+        assert re.fullmatch(r"kicked mal \(session \S+, pid \d+, from 127\.0\.0\.1\) and 1 "
+                            r"more session of its account\n", out), out
+        for device in (phone, laptop):
+            assert device.wait_closed()[-1]["message"] == \
+                "kicked by the server administrator: later"
+    finally:
+        server.stop()

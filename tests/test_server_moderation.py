@@ -237,6 +237,38 @@ def test_a_server_operator_from_the_config_acts_in_any_room(tmp_path: Path) -> N
         assert srv.stop() == 0
 
 
+def test_a_server_operators_kill_ends_every_session_of_the_account(tmp_path: Path) -> None:
+    """`kill` of a logged-in user ends all its sessions (§14.4): phone and laptop share the
+    nick, and ending one would leave the other chatting under it."""
+    from accountwire import SETTINGS, logged_in, register
+
+    srv = ServerProcess(tmp_path, {**FAST, **SETTINGS, "server": {"operators": ["root"]}})
+    srv.start()
+    try:
+        with connect(srv) as first:
+            assert register(first, "root", "correct horse")["type"] == "registered"
+        with connect(srv) as first:
+            assert register(first, "mal", "battery staple")["type"] == "registered"
+        with connect(srv) as phone, connect(srv) as laptop, connect(srv) as root, \
+                connect(srv, "bob") as bob:
+            for device in (phone, laptop):
+                logged_in(device, "mal", "battery staple")
+                device.join("#r")
+            logged_in(root, "root", "correct horse")
+            bob.join("#r")
+            killed = root.call({"type": "kill", "nick": "MAL", "reason": "abuse"})
+            assert (killed["type"], killed["nick"]) == ("killed", "mal")
+            for device in (phone, laptop):
+                errors = [f for f in device.wait_closed() if f.get("type") == "error"]
+                assert errors[-1] == {"type": "error", "code": "killed", "fatal": True,
+                                      "message": "killed by root: abuse"}
+            assert bob.wait_type("quit", nick="mal")["reason"] == "killed by root: abuse"
+            assert root.error({"type": "kill", "nick": "mal"})["code"] == "no_such_nick"
+            assert bob.say("#r", "still here")
+    finally:
+        assert srv.stop() == 0
+
+
 def test_a_room_created_by_an_account_stays_its_own_across_a_restart(tmp_path: Path) -> None:
     """protocol.md §14.1: a logged-in creator's operator status is stored with the room."""
     from accountwire import SETTINGS, logged_in, register
