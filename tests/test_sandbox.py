@@ -347,6 +347,7 @@ def test_where_filters_are_unsupported_start_up_says_so_once_and_sessions_carry_
     monkeypatch.setattr(sandbox, "_unsupported", None)
     monkeypatch.setattr(sandbox, "_probed", False)
     monkeypatch.setattr(sandbox, "program", lambda machine=None: None)  # an unknown CPU
+    monkeypatch.setattr(sandbox, "_attach", None)  # (made by an earlier probe)
     cfg = config(sandbox=True, user="")
     with caplog.at_level(logging.INFO, logger="chatd.sandbox"):
         sandbox.probe(cfg)
@@ -361,10 +362,8 @@ def test_where_filters_are_unsupported_start_up_says_so_once_and_sessions_carry_
 
 def test_a_filter_that_fails_after_start_up_said_it_works_ends_the_session(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(prog: bytes) -> None:
-        raise OSError(errno.EINVAL, "Invalid argument")
-
-    monkeypatch.setattr(sandbox, "_install", refuse)
+    # A call the kernel refuses as it would a filter it cannot take (no such mode).
+    monkeypatch.setattr(sandbox, "_attach", sandbox._ready(sandbox.PR_SET_SECCOMP, 99))
     monkeypatch.setattr(sandbox, "_unsupported", None)
     cfg = config(sandbox=True, user="")
     monkeypatch.setattr(sandbox, "_probed", True)
