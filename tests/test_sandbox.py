@@ -467,3 +467,17 @@ def test_bench_sandbox_compares_a_scenario_with_the_sandbox_on_and_off() -> None
     assert result["scenario"] == "burst" and result["ok"] is True
     assert len(result["on"]) == len(result["off"]) == 1
     assert isinstance(result["cost_pct"], float) and isinstance(result["met"], bool)
+
+
+@pytest.mark.timeout(180)
+def test_bench_sandbox_start_compares_session_starts_in_one_run() -> None:
+    cmd = [sys.executable, "-m", "chatd", "bench", "sandbox", "--rounds", "2", "--scenario",
+           "start", "--json", "--quiet", "--", "10"]  # (10 session starts of each side)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (result,) = json.loads(done.stdout)
+    assert result["scenario"] == "start" and result["ok"] is True
+    assert result["figure"] == "CPU of a session process's start (us)"
+    assert len(result["on"]) == len(result["off"]) == 2
+    assert all(v > 0 for v in result["on"] + result["off"])
+    assert isinstance(result["cost_pct"], float)

@@ -8,6 +8,12 @@ and the filter are set up once per fork), and for `idle` the memory per session.
 everything §3 adds: the seccomp filter and, when run as root, the switch to `nobody`.
 Each run is a separate `chatd bench SCENARIO --json` process, so this relies only on its
 command line and report.
+
+`start` is no `chatd bench` scenario: it measures what a new session costs where the
+sandbox adds to it, the session process's own start, without the clients, the parent
+and the rest of the machine that make `connect` vary by 10 % from run to run. Each run
+(`python -m chatd.bench.sandbox [COUNT]`) starts COUNT (300) session processes with the
+sandbox and as many without, alternately, and gives the medians of their CPU.
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ FIGURES = {
     "steady": "server CPU per delivery (us)",
     "connect": "server CPU per new session (us)",
     "idle": "PSS per idle session (KiB)",
+    "start": "CPU of a session process's start (us)",
 }
+STARTS = 300  # session processes started per run of `start`
 
 
 def figure(scenario: str, report: dict[str, Any]) -> float | None:
@@ -47,6 +55,8 @@ def run(scenario: str, sandbox: bool, extra: list[str]) -> dict[str, Any]:
         setting += ["--set", "server.user=nobody"]
     cmd = [sys.executable, "-m", "chatd", "bench", scenario, "--json", "--quiet",
            *setting, *extra]
+    if scenario == "start":  # both sides at once (see starts())
+        cmd = [sys.executable, "-m", "chatd.bench.sandbox", *(extra or [str(STARTS)])]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode not in (0, 1) or not done.stdout.strip():
         raise SystemExit(f"chatd bench sandbox: {' '.join(cmd[2:])} failed:\n{done.stderr}")
@@ -66,6 +76,14 @@ def compare(scenario: str, rounds: int, extra: list[str], progress: bool) -> dic
     values: dict[str, list[float]] = {"on": [], "off": []}
     ok = True
     for i in range(rounds):
+        if scenario == "start":  # one run measures both sides, interleaved
+            report = run(scenario, True, extra)
+            for side in ("on", "off"):
+                values[side].append(report[side])
+            if progress:
+                print(f"  start round {i + 1}/{rounds}: on {report['on']}, off "
+                      f"{report['off']}", file=sys.stderr)
+            continue
         # Alternate which goes first, so a drift of the machine does not favour one side.
         for side in (("on", "off") if i % 2 == 0 else ("off", "on")):
             report = run(scenario, side == "on", extra)
@@ -126,3 +144,52 @@ def main(argv: list[str]) -> int:
     user = " and the switch to nobody" if os.geteuid() == 0 and _has_nobody() else ""
     print(json.dumps(results, indent=2) if opts.json else render(results, user))
     return 0 if all(r["ok"] for r in results) else 1
+
+
+def starts(count: int) -> dict[str, Any]:
+    """`start`: the CPU of session process starts (fork, chatd/child.py's prepare(),
+    exit), each measured by wait4(), `count` with the sandbox and `count` without,
+    alternately, from a process set up as `chatd serve` sets up the parent (chatd
+    imported, the sandbox probed, gc frozen). Unlike `connect`, no client, parent or
+    other process is in the figure: only the part of a new session the sandbox adds to."""
+    import gc
+    import statistics
+    import tempfile
+    from pathlib import Path
+
+    import chatd.master  # noqa: F401  (what the parent has imported when it forks)
+    from chatd import child, sandbox
+    from chatd.config import Config
+
+    with tempfile.TemporaryDirectory(prefix="chatd-bench-") as tmp:
+        sides = {side: Config(data_dir=Path(tmp)) for side in ("on", "off")}
+        sides["off"].values["sandbox"] = False
+        if os.geteuid() == 0 and _has_nobody():
+            sides["on"].values["user"] = "nobody"
+            sandbox.resolve_user("nobody")
+        sandbox.probe(sides["on"])
+        gc.freeze()
+        cpu: dict[str, list[float]] = {"on": [], "off": []}
+        faults: dict[str, list[int]] = {"on": [], "off": []}
+        for i in range(2 * count):
+            side = ("on", "off")[(i + i // 2) % 2]  # on off off on on off ...
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    child.prepare(sides[side], set(), "bench")
+                finally:
+                    os._exit(0)
+            _pid, status, usage = os.wait4(pid, 0)
+            if status != 0:
+                raise SystemExit(f"a session process start failed (status {status:#x})")
+            cpu[side].append((usage.ru_utime + usage.ru_stime) * 1e6)
+            faults[side].append(usage.ru_minflt)
+    return {"ok": True, **{side: round(statistics.median(cpu[side]), 1) for side in cpu},
+            "page_faults": {side: statistics.median(f) for side, f in faults.items()}}
+
+
+if __name__ == "__main__":  # python -m chatd.bench.sandbox COUNT: one run of `start`
+    import logging
+
+    logging.disable(logging.WARNING)  # (the probe's lines, once per run)
+    print(json.dumps(starts(int(sys.argv[1]))))
