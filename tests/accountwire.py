@@ -3,6 +3,9 @@ the client side of chatd.sasl, as chat-client does."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from typing import Any
 
 from wire import Client
@@ -52,3 +55,24 @@ def direct_after(client: Client, after: int) -> list[dict[str, Any]]:
         if not page["more"]:
             return out
         after = page["messages"][-1]["id"]
+
+
+BASE64_RE = re.compile(rb"[A-Za-z0-9+/]{12,}={0,2}")
+HEX_RE = re.compile(rb"(?:[0-9a-fA-F]{2}){8,}")
+
+
+def leaks(data: bytes, secret: str) -> bool:
+    """Whether `data` (a log, a file) holds `secret` in clear, in base64 (as SASL PLAIN
+    carries it on IRC) or in hex."""
+    needle = secret.encode()
+    if needle in data or needle.hex().encode() in data.lower():
+        return True
+    for token in BASE64_RE.findall(data):
+        for start in range(4):  # wherever a base64 run may have begun
+            with_pad = token[start:] + b"=" * (-len(token[start:]) % 4)
+            try:
+                if needle in base64.b64decode(with_pad):
+                    return True
+            except (binascii.Error, ValueError):
+                continue
+    return False

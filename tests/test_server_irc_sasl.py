@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from accountwire import logged_in, register
+from accountwire import leaks, logged_in, register
 from ircwire import IrcClient
 from scramp import ScramClient
 from serverproc import ServerProcess
@@ -43,6 +43,13 @@ def test_plain_over_tls_with_the_irc_library(server: ServerProcess) -> None:
         assert welcome.target == "Sasha"  # the account's nick, whatever NICK asked
     finally:
         bot.conn.close()
+    # The password came in base64 in AUTHENTICATE: neither the log (at debug) nor the data
+    # dir holds it in any form.
+    server.stop()
+    assert not leaks("\n".join(server.lines).encode(), PASSWORD)
+    for path in server.data_dir.rglob("*"):
+        if path.is_file():
+            assert not leaks(path.read_bytes(), PASSWORD), path
 
 
 def scram_login(client: IrcClient, account: str, password: str) -> str:
