@@ -22,7 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import churn, clients, history, report, upgrade
+from . import admin, churn, clients, history, report, upgrade
 from .load import ServerRef
 from .probes import CPU_SOURCE, ServerProbe, find_listener_pid
 from .server import Server, bench_settings, spawn
@@ -31,7 +31,7 @@ from .server import Server, bench_settings, spawn
 # admission limits, or lift them), describe(opts), async run(server, opts, tag),
 # ok(report), targets(report) and render(report) -> its phase lines; and, if it needs
 # to, prepare(opts, extra settings) before the server starts.
-FAMILIES: tuple[ModuleType, ...] = (clients, churn, history, upgrade)
+FAMILIES: tuple[ModuleType, ...] = (clients, churn, history, upgrade, admin)
 FAMILY = {name: fam for fam in FAMILIES for name in fam.SCENARIOS}
 SCENARIOS = {name: defaults for fam in FAMILIES for name, defaults in fam.SCENARIOS.items()}
 
