@@ -203,7 +203,8 @@ class Adopter:
         self.watch(pid, pidfd)
         master.router.adopt(kid)
         taken = rejoin(master.broker, sid, reg["token"], state["nick"], state["account"],
-                       state["rooms"], reg["last"])
+                       state["rooms"], reg["last"],
+                       orphan.resume_secret(self.key, pid, reg["token"], state))
         if taken:
             master.router.kick(kid, "server_gone", f"adoption: {taken}")
         else:
@@ -232,14 +233,15 @@ class Adopter:
 
 
 def rejoin(broker: Broker, sid: int, token: str, nick: str | None, account: str | None,
-           rooms: list[str], after: int) -> str | None:
+           rooms: list[str], after: int, resume: str = "") -> str | None:
     """Make an adopted session a broker member again, in its rooms without a word to them
     (they never saw it leave), and catch it up in each after `after`, the newest message
-    id it delivered. Why not, if it cannot be."""
+    id it delivered; its client may still take it over with `resume`. Why not, if it
+    cannot be."""
     holder = broker.nicks.get(p.nick_key(nick)) if nick is not None else None
     if holder is not None and (account is None or holder.account != account):
         return f"nick {nick!r} was taken meanwhile"  # (an account's sessions share it)
-    member = broker.members[sid] = Member(sid, token, nick, account=account)
+    member = broker.members[sid] = Member(sid, token, nick, account=account, resume=resume)
     if account is not None:
         broker.directory.logged_in(member, account)
     if nick is not None:

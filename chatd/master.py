@@ -408,7 +408,7 @@ class Master:
             return None
         return {"c": channel.STATE, **orphan.signed_state(
             orphan.KEY, kid.pid, member.token, member.nick, member.account,
-            sorted(member.rooms))}
+            sorted(member.rooms), member.resume)}
 
     def handle_sigusr2(self) -> None:
         """Upgrade in place (chatd/upgrade.py)."""

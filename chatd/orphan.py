@@ -80,11 +80,16 @@ def load_key(data_dir: Path) -> bytes:
 
 
 def signed_state(key: bytes | bytearray, pid: int, token: str, nick: str | None,
-                 account: str | None, rooms: list[str]) -> dict[str, Any]:
+                 account: str | None, rooms: list[str], resume: str = "") -> dict[str, Any]:
     """The broker's word on who session `pid` with `token` is (the `state` control's
-    fields), which the session shows the next parent."""
+    fields), which the session shows the next parent. With it, signed apart (`rsig`), the
+    session's resume secret (chatd/takeover.py; its client has it already, from `welcome`):
+    an adopted session can still be taken over. (Apart, because a session running code
+    from before the secret was kept shows the next parent only `sig` and what it covers.)"""
     state: dict[str, Any] = {"nick": nick, "account": account, "rooms": sorted(rooms)}
     state["sig"] = _sign(key, pid, token, state)
+    if resume:
+        state["resume"], state["rsig"] = resume, _sign_resume(key, pid, token, resume)
     return state
 
 
@@ -93,8 +98,22 @@ def state_valid(key: bytes | bytearray, pid: int, token: str, state: dict[str, A
     return isinstance(sig, str) and hmac.compare_digest(sig, _sign(key, pid, token, state))
 
 
+def resume_secret(key: bytes | bytearray, pid: int, token: str, state: dict[str, Any]) -> str:
+    """The resume secret in a registration's `state`, if signed for this pid and token;
+    "" (no takeover of the adopted session) otherwise."""
+    secret, sig = state.get("resume"), state.get("rsig")
+    if not isinstance(secret, str) or not secret or not isinstance(sig, str):
+        return ""
+    return secret if hmac.compare_digest(sig, _sign_resume(key, pid, token, secret)) else ""
+
+
 def _sign(key: bytes | bytearray, pid: int, token: str, state: dict[str, Any]) -> str:
     body = repr((pid, token, state.get("nick"), state.get("account"), state.get("rooms")))
+    return hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
+
+
+def _sign_resume(key: bytes | bytearray, pid: int, token: str, secret: str) -> str:
+    body = repr(("resume", pid, token, secret))
     return hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
 
 
@@ -215,7 +234,7 @@ class Adoption:
         return pack({"type": "register", "pid": os.getpid(), "token": self.token,
                      "ip": self.ip, "last": self.delivered.last, "cv": channel.VERSION,
                      "state": {k: self.state.get(k) for k in ("nick", "account", "rooms",
-                                                                "sig")}})
+                                                                "sig", "resume", "rsig")}})
 
 
 def restart(out: Outbox, first: bytes) -> None:

@@ -70,3 +70,17 @@ def test_a_session_process_forgets_the_key() -> None:
     orphan.forget_key()
     assert bytes(orphan.KEY) == bytes(36)
     orphan.KEY[:] = b""
+
+
+def test_the_resume_secret_is_believed_only_as_signed_for_that_process() -> None:
+    key = os.urandom(32)
+    state = orphan.signed_state(key, 42, "tok", "alice", None, ["#a"], "f" * 32)
+    assert orphan.state_valid(key, 42, "tok", state)
+    assert orphan.resume_secret(key, 42, "tok", state) == "f" * 32
+    assert orphan.resume_secret(key, 43, "tok", state) == ""
+    assert orphan.resume_secret(key, 42, "other", state) == ""
+    assert orphan.resume_secret(key, 42, "tok", {**state, "resume": "0" * 32}) == ""
+    # a session running older code shows only what `sig` covers: adopted, not resumable
+    older = {k: state[k] for k in ("nick", "account", "rooms", "sig")}
+    assert orphan.state_valid(key, 42, "tok", older)
+    assert orphan.resume_secret(key, 42, "tok", older) == ""

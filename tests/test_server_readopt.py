@@ -197,3 +197,48 @@ def test_server_readopts_both_sessions_of_an_account(tmp_path: Path, subreaper: 
             c.close()
     finally:
         assert second.stop() == 0
+
+
+def test_an_adopted_session_can_still_be_taken_over(tmp_path: Path, subreaper: None) -> None:
+    """The resume secret outlives the parent (it is in the session's signed state): after a
+    kill -9 and a re-adoption, alice's link goes silent and her client takes the adopted
+    session over at once, under her nick, with exactly what she missed."""
+    first = ServerProcess(tmp_path, CONFIG).start()
+    mark = first.mark()
+    alice = connect(first)
+    welcome = alice.call({"type": "hello", "version": 1, "nick": "alice"})
+    alice_pid = newest_session(first, mark)[1]
+    bob = connect(first, "bob")
+    for c in (alice, bob):
+        c.join("#r")
+    seen = bob.say("#r", "seen")["id"]
+    alice.wait_type("message", id=seen)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait_exit(10)
+    second = ServerProcess(tmp_path, CONFIG).start()
+    new: Client | None = None
+    stopped: int | None = None
+    try:
+        second.wait_for_log(r"adopted session \S+ \(pid \d+\) as alice")
+        second.wait_for_log(r"adopted session \S+ \(pid \d+\) as bob")
+        bob.backlog.clear()
+        os.kill(alice_pid, signal.SIGSTOP)  # her link goes silent; the server sees nothing
+        stopped = alice_pid
+        missed = bob.say("#r", "missed")["id"]
+        new = connect(second)
+        back = new.call({"type": "hello", "version": 1, "nick": "alice",
+                         "session": welcome["session"], "resume": welcome["resume"]})
+        assert (back["type"], back["nick"], back["resumed"]) == ("welcome", "alice", True)
+        _joined, history = new.join("#r", after=seen)
+        assert [m["id"] for m in history["messages"]] == [missed]
+        bob.sync()
+        assert [f for f in bob.backlog if f["type"] in ("join", "part", "quit")] == []
+        reap(alice_pid, 30)  # killed at its deadline through its pidfd (not the parent's child)
+        stopped = None
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        for c in (alice, bob, new):
+            if c is not None:
+                c.close()
+        assert second.stop() == 0
