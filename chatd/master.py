@@ -406,9 +406,15 @@ class Master:
         kid = self.table.by_sid.get(member.sid)
         if kid is None:
             return None
-        return {"c": channel.STATE, **orphan.signed_state(
+        state = {"c": channel.STATE, **orphan.signed_state(
             orphan.KEY, kid.pid, member.token, member.nick, member.account,
             sorted(member.rooms), member.resume)}
+        # Every message of its rooms up to the newest id was queued to it before this
+        # control (orphan.Delivered.upto), unless a room's catch-up is still under way.
+        history = self.broker.history
+        if not any((member.sid, room) in history.catching for room in member.rooms):
+            state["upto"] = history.last_id
+        return state
 
     def handle_sigusr2(self) -> None:
         """Upgrade in place (chatd/upgrade.py)."""

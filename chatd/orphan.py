@@ -182,6 +182,15 @@ class Delivered:
     def __init__(self) -> None:
         self.last = 0
 
+    def upto(self, msg_id: Any) -> None:
+        """The `state` control's `upto`: every message of our rooms up to that id was
+        queued to us before it, so our client has it (or never asked for it: a `join`
+        with `after` past it). Without it, a session that forwarded no `message` frame
+        since its rooms' catch-up (a quiet room) would be caught up from id 0 by a next
+        parent: its client would get the room's whole history again."""
+        if isinstance(msg_id, int) and msg_id > self.last:
+            self.last = msg_id
+
     def feed(self, body: memoryview | bytes) -> None:
         data = body if isinstance(body, bytes) else bytes(body)
         at = data.rfind(_MESSAGE)

@@ -198,6 +198,7 @@ class Loop:
                 if ctrl.get("c") == channel.STATE:
                     if adoption is not None:
                         adoption.state = ctrl
+                        adoption.delivered.upto(ctrl.get("upto"))
                     continue
                 self.session.control(ctrl)
                 self.fed = True

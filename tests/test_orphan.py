@@ -84,3 +84,13 @@ def test_the_resume_secret_is_believed_only_as_signed_for_that_process() -> None
     older = {k: state[k] for k in ("nick", "account", "rooms", "sig")}
     assert orphan.state_valid(key, 42, "tok", older)
     assert orphan.resume_secret(key, 42, "tok", older) == ""
+
+
+def test_delivered_takes_the_state_s_upto_only_forward() -> None:
+    seen = orphan.Delivered()
+    seen.upto(40)
+    seen.feed(pack({"type": "message", "id": 7, "room": "#r"}))
+    assert seen.last == 40
+    for junk in (None, "50", 3):
+        seen.upto(junk)
+    assert seen.last == 40

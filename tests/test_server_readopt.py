@@ -90,6 +90,35 @@ def test_server_readopts_sessions_after_kill9_and_they_catch_up(
     assert not [p for p in sessions if os.path.exists(f"/proc/{p}")]
 
 
+def test_a_readopted_session_in_a_quiet_room_gets_nothing_twice(
+        tmp_path: Path, subreaper: None) -> None:
+    """alice's session forwarded no `message` frame (she caught up with `join … after`
+    the newest id, and nobody spoke since): after the crash she gets what is said next,
+    and not the room's history again."""
+    first = ServerProcess(tmp_path, CONFIG).start()
+    bob = connect(first, "bob")
+    bob.join("#r")
+    said = [bob.say("#r", f"old {i}")["id"] for i in range(3)]
+    alice = connect(first, "alice")
+    _joined, history = alice.join("#r", after=said[-1])  # as a reconnecting client does
+    assert history["messages"] == []
+    alice.sync()
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait_exit(10)
+    second = ServerProcess(tmp_path, CONFIG).start()
+    try:
+        second.wait_for_log(r"adopted session \S+ \(pid \d+\) as alice")
+        second.wait_for_log(r"adopted session \S+ \(pid \d+\) as bob")
+        new = bob.say("#r", "new")["id"]
+        alice.wait_type("message", id=new, timeout=30)
+        alice.sync()
+        assert [f["id"] for f in alice.backlog if f["type"] == "message"] == []
+        alice.close()
+        bob.close()
+    finally:
+        assert second.stop() == 0
+
+
 def test_server_readopts_nothing_it_cannot_verify(tmp_path: Path, subreaper: None) -> None:
     """A session of a server with another key is refused, clearly, and ends."""
     first = ServerProcess(tmp_path, CONFIG).start()
