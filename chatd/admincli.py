@@ -127,8 +127,11 @@ def ask(data_dir: Path, req: dict[str, Any], timeout: float) -> dict[str, Any]:
                               f"{exc.strerror or exc}") from None
         data = bytearray()
         try:
-            sock.sendall(json.dumps(req).encode() + b"\n")
-            sock.shutdown(socket.SHUT_WR)
+            try:
+                sock.sendall(json.dumps(req).encode() + b"\n")
+                sock.shutdown(socket.SHUT_WR)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # it may have refused us at once (who we are) and hung up: read why
             while chunk := sock.recv(1 << 20):
                 data += chunk
                 if len(data) > MAX_ANSWER:
