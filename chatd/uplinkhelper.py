@@ -19,7 +19,7 @@ from typing import Any
 
 import msgpack
 
-from chatd import channel, outbox, uplink
+from chatd import channel, helperproc, outbox
 from chatd.cluster import ClusterBroker
 from chatd.config import Config
 from chatd.routing import now_ms
@@ -63,7 +63,8 @@ class UplinkHelper:
         cfg = self.config
         cursor, last_id = self.cursor()
         try:
-            pid, chan = uplink.spawn([
+            # (a fresh interpreter: the parent never imports chatd.uplink, nor redis)
+            pid, chan = helperproc.spawn("chatd.uplink", [
                 cfg.redis_url, cfg.node, self.incarnation, str(cfg.data_dir),
                 repr(cfg.cluster_lease), repr(cfg.write_timeout), str(cfg.stream_length),
                 cursor, str(last_id), cfg.log_level])
