@@ -43,6 +43,8 @@ def test_per_ip_cap_refuses_with_an_error_frame_and_no_process(start: Any) -> No
                     "server": {"spare_children": 0}})
     first, second = connect(server, "a1"), connect(server, "a2")
     wait_until(lambda: len(server.children()) == 2, message="two session processes")
+    # (the log line of a fork may come in after its process shows: count from after it)
+    server.wait_for_log(r"from 127\.0\.0\.1: pid \d+ \(2 sessions\)")
     mark = len(server.lines)
     error = refused(server, "127.0.0.1")
     assert error["code"] == "too_many_connections"
@@ -68,6 +70,7 @@ def test_total_cap_refuses_with_server_full_and_no_process(start: Any) -> None:
     third = Client(server.host, server.port, source="127.0.0.2")
     third.hello("b1")
     wait_until(lambda: len(server.children()) == 3, message="three session processes")
+    server.wait_for_log(r": pid \d+ \(3 sessions\)")  # (see above)
     mark = len(server.lines)
     for source in ("127.0.0.3", "127.0.0.1"):  # a new address, and one at its own cap
         error = refused(server, source)
