@@ -594,13 +594,14 @@ def test_a_command_that_reads_the_rooms_waits_for_a_join_sent_before_it() -> Non
     fe = registered()
     send(fe, "JOIN #a", "MODE #a +k sekrit", "PRIVMSG #a :after")
     (join,) = sent(fe)  # the MODE (and what follows it) waits for the JOIN's answers
-    assert join["type"] == "join"
+    assert join["type"] == "join" and fe.paused  # (the shell stops reading meanwhile)
     answer(fe, {"type": "joined", "room": "#a", "topic": "", "members": ["alice"],
                 "more": False, "label": join["label"]},
            {"type": "history", "room": "#a", "messages": [], "more": False,
             "label": join["label"]})
     mode, msg = sent(fe)
     assert (mode["type"], mode["key"], msg["type"]) == ("mode", "sekrit", "msg")
+    assert not fe.paused
     assert out(fe)[0] == ":alice!~u@chatd JOIN #a"
     send(fe, "WHOIS bob")  # no JOIN, PART or NICK in flight: taken at once, answered
     answer(fe, {"type": "error", "code": "not_operator", "message": "no", "fatal": False,

@@ -129,8 +129,13 @@ class IrcFrontEnd:
 
     @property
     def paused(self) -> bool:
-        """MAX_REPLIES commands wait for their answers: the rest of the input waits in
-        the line buffer (the shell should stop reading the client meanwhile)."""
+        """MAX_REPLIES commands wait for their answers, or a command waits for those
+        before it (commands.must_wait): the rest of the input waits in the line buffer
+        (the shell should stop reading the client meanwhile)."""
+        return self._full or self._held is not None
+
+    @property
+    def _full(self) -> bool:
         return len(self._replies) >= MAX_REPLIES
 
     def _read(self, now: float) -> None:
@@ -191,7 +196,7 @@ class IrcFrontEnd:
             if self.ended:
                 break
         self._flush()
-        if self.paused and not self.ended:
+        if self._full and not self.ended:
             return
         if (self._reader.buffered or self._held) and not self.ended:  # input waiting
             self._read(now)
