@@ -18,6 +18,7 @@ from chatd import channel
 from chatd.broker import Broker
 from chatd.config import Config
 from chatd.helpers import HistoryReaderHelper
+from chatd.outbox import Receiver
 from chatd.protocol import ProtocolError
 from chatd.session import QUIT_REASONS
 from chatd.sessiontable import Child, SessionTable
@@ -44,6 +45,7 @@ class Router:
         self.reader = reader
         self.clock = clock
         self.auth: AuthHelperSupervisor | None = None  # set by the parent
+        self.receive = Receiver()
 
     def stop_time(self) -> float:
         """How long a process told to end may take: close_grace to hand its client the
@@ -152,12 +154,9 @@ class Router:
             self.flush(kid)
         if not mask & selectors.EVENT_READ:
             return
-        try:
-            data = chan.recv(262144)
-        except (BlockingIOError, InterruptedError):
+        data = self.receive(chan)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             self.closed(kid, "connection lost")
             return

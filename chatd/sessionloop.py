@@ -17,9 +17,9 @@ from chatd.outbox import (
     LINGER_RESET,
     ClientOutbox,
     Outbox,
+    Receiver,
     discard_input,
     flush_until,
-    recv,
     recv_client,
     send_or_drop,
     tune_client_socket,
@@ -83,6 +83,7 @@ class Loop:
         self.client_open = self.broker_open = True
         self.fed = False  # the Session was fed something: tick it and take its output
         self.ep = select.epoll(2)
+        self.receive = Receiver()
         self.sock_mask = self.chan_mask = EPOLLIN
 
     def serve(self) -> int:
@@ -169,7 +170,7 @@ class Loop:
 
     def on_channel(self, ev: int, now: int) -> None:
         if ev & ~EPOLLOUT:
-            data = recv(self.chan)
+            data = self.receive.read(self.chan)
             if data is None:
                 pass
             elif not data:
@@ -177,7 +178,12 @@ class Loop:
                 self.broker_lost(now)
                 return
             else:
+                # RAW bodies are views of the receive buffer: what the client does not
+                # take now is copied out of it before the next read.
                 self.on_envelopes(self.reader.feed(data), now)
+                if self.to_client.chunks and self.client_open:
+                    self.send_client()
+                self.receive.settle(self.to_client, len(data))
         if self.chan_mask & EPOLLOUT and ev & ~EPOLLIN and self.broker_open:
             self.send_broker(now)
 

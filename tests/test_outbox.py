@@ -13,7 +13,7 @@ from fakesock import TrickleSocket
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatd.outbox import IOV_MAX, LINGER_OFF, LINGER_RESET, ClientOutbox, Outbox
+from chatd.outbox import IOV_MAX, LINGER_OFF, LINGER_RESET, RESIDENT, ClientOutbox, Outbox, Receiver
 from chatd.protocol import FrameDecoder, pack
 
 CHUNKS = st.lists(st.binary(min_size=1, max_size=40), min_size=1, max_size=30)
@@ -170,3 +170,26 @@ def test_once_whole_frames_are_sent_the_stream_ends_cleanly() -> None:
         decoder.receive_data(data)
     assert len(list(decoder.payloads())) == 1 and decoder.buffered == 0
     client.close()
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("size", [100, RESIDENT + 5000])
+def test_what_an_outbox_keeps_of_a_receivers_buffer_survives_the_next_read(
+        size: int) -> None:
+    """A Receiver's reads are views of one buffer: settle() copies what is kept of them
+    out before the next read overwrites it (also after a large read's pages go back)."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        receive, box = Receiver(), Outbox()
+        first = bytes(range(256)) * (size // 256 + 1)
+        theirs.sendall(first[:size])
+        data = receive.read(ours)
+        assert data is not None and bytes(data) == first[:size]
+        box.add(data[1:])
+        receive.settle(box, len(data))
+        theirs.sendall(b"\xff" * size)
+        again = receive.read(ours)
+        assert again is not None and bytes(again) == b"\xff" * size
+        assert b"".join(map(bytes, box.chunks)) == first[1:size]
+        theirs.close()
+        assert receive(ours) == b""

@@ -45,7 +45,7 @@ RELAY_C = r"""
 int main(int argc, char **argv) {
     int chan = atoi(argv[1]), sock = atoi(argv[2]), ep = epoll_create1(0);
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = chan}, got;
-    static char buf[262144];
+    static char buf[65536];
     epoll_ctl(ep, EPOLL_CTL_ADD, chan, &ev);
     for (;;) {
         if (epoll_wait(ep, &got, 1, -1) < 1) continue;
@@ -63,13 +63,17 @@ def python_relay(chan: socket.socket, sock: socket.socket) -> NoReturn:
     try:
         ep = select.epoll(1)
         ep.register(chan.fileno(), select.EPOLLIN)
-        recv, send, poll = chan.recv, sock.send, ep.poll
+        # Into one reused buffer: recv(n) would malloc (above 128 KiB: mmap) n bytes and
+        # shrink them on every call, which costs more than the rest of the wakeup.
+        buf = bytearray(65536)
+        view = memoryview(buf)
+        recv_into, send, poll = chan.recv_into, sock.send, ep.poll
         while True:
             poll()
-            data = recv(262144, socket.MSG_DONTWAIT)
-            if not data:
+            size = recv_into(buf, 0, socket.MSG_DONTWAIT)
+            if not size:
                 break
-            send(data)
+            send(view[:size])
     finally:
         os._exit(0)
 
