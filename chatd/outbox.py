@@ -52,6 +52,20 @@ class Outbox:
         self.chunks = keep
         self.size = sum(map(len, keep)) - self.offset  # the head's unsent part
 
+    def push(self, data: bytes, sock: socket.socket) -> None:
+        """add(data), then send(sock) (and its errors): into an empty box, one send()."""
+        if self.chunks or not data:
+            self.add(data)
+            self.send(sock)
+            return
+        try:
+            sent = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent < len(data):
+            self.chunks.append(data)
+            self.offset, self.size = sent, len(data) - sent
+
     def send(self, sock: socket.socket) -> None:
         while self.chunks:
             chunks = self.chunks

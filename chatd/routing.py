@@ -93,9 +93,16 @@ class Router:
                     data = channel.encode_items(items)
                     if any(map(channel.is_close, items)):
                         self.doom(kid.pid)  # the broker ended it (a bug in a request)
-                kid.out.add(data)
-                self.flush(kid)  # child_queue bounds what stays queued, not one delivery
-                if kid.out.size > limit:
+                out = kid.out
+                try:
+                    out.push(data, kid.chan)
+                except OSError:  # the session process is gone; its channel's EOF cleans up
+                    out.clear()
+                    continue
+                if out.chunks or kid.writing:  # (the usual case: all of it went at once)
+                    self.watch(kid)
+                # child_queue bounds what stays queued, not one delivery
+                if out.size > limit:
                     self.kick(kid, "slow_consumer", "queue_limit", limit="child_queue")
                     self.flush(kid)
         self.reader.pump()
@@ -106,6 +113,10 @@ class Router:
         except OSError:  # the session process is gone; its channel's EOF cleans up
             kid.out.clear()
             return
+        self.watch(kid)
+
+    def watch(self, kid: Child) -> None:
+        """Watch the channel for room to write while its outbox holds something."""
         writing = bool(kid.out.chunks)
         if writing != kid.writing:
             events = selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0)

@@ -52,6 +52,24 @@ def test_every_byte_goes_out_once_in_order_however_little_the_socket_takes(
 
 
 @settings(max_examples=300, deadline=None)
+@given(CHUNKS, st.integers(1, 50), st.integers(1, 80))
+def test_pushes_between_sends_go_out_once_in_order(chunks: list[bytes], k: int,
+                                                    room: int) -> None:
+    """push() (the parent's way: one send into an empty box) keeps the same accounts as
+    add() and send(), whatever the socket takes, full or not."""
+    box, sock = Outbox(), TrickleSocket(k, room=room)
+    got = bytearray()
+    for i, chunk in enumerate(chunks):
+        box.push(chunk, sock)  # type: ignore[arg-type]
+        if i % 3 == 2:
+            got += sock.drain()
+        check(box, sum(map(len, chunks[:i + 1])), len(got) + len(sock.wire))
+    total = sum(map(len, chunks))
+    got += sock.drain()
+    assert bytes(got) + send_all(box, sock, total - len(got)) == b"".join(chunks)
+
+
+@settings(max_examples=300, deadline=None)
 @given(st.lists(st.integers(0, 300), min_size=1, max_size=12), st.integers(1, 64),
        st.integers(0, 40))
 def test_a_discard_keeps_a_partly_sent_head_so_the_stream_stays_frame_aligned(
