@@ -131,6 +131,10 @@ class EnvelopeReader:
             self._buf.clear()
         view = memoryview(data)
         size, pos, header = len(view), 0, ENVELOPE.size
+        if size >= header:  # the usual wakeup at a steady rate: exactly one envelope
+            kind, length = ENVELOPE.unpack_from(view)
+            if header + length == size:
+                return [(kind, view[header:])]
         out: list[tuple[int, memoryview]] = []
         while size - pos >= header:
             kind, length = ENVELOPE.unpack_from(view, pos)

@@ -67,6 +67,19 @@ class Outbox:
             self.offset, self.size = sent, len(data) - sent
 
     def send(self, sock: socket.socket) -> None:
+        chunks = self.chunks
+        if len(chunks) == 1 and not self.offset:  # the usual case: one send(), all taken
+            try:
+                sent = sock.send(chunks[0])
+            except (BlockingIOError, InterruptedError):
+                return
+            if sent == self.size:
+                chunks.clear()
+                self.size = 0
+                return
+            self.size -= sent
+            self.offset = sent
+            return
         while self.chunks:
             chunks = self.chunks
             try:
@@ -105,7 +118,7 @@ class ClientOutbox(Outbox):
 
     def send(self, sock: socket.socket) -> None:
         try:
-            super().send(sock)
+            Outbox.send(self, sock)
         finally:
             if (self.offset != 0) != self.reset_on_close:
                 self.reset_on_close = not self.reset_on_close

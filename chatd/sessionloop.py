@@ -15,6 +15,7 @@ from chatd.config import Config
 from chatd.frontends import Codec, IrcCodec, NativeCodec
 from chatd.outbox import (
     LINGER_RESET,
+    RESIDENT,
     ClientOutbox,
     Outbox,
     Receiver,
@@ -92,6 +93,7 @@ class Loop:
         tune_client_socket(sock, session.config)
         chan.setblocking(False)
         sfd = sock.fileno()
+        monotonic_ns = time.monotonic_ns
         self.ep.register(sfd, EPOLLIN)
         self.ep.register(self.cfd, EPOLLIN)
         log.info("serving %s", self.peer)
@@ -101,14 +103,14 @@ class Loop:
             deadline = now_ms() if self.fed else session.next_deadline()
             while not session.ended:
                 self.watch()
-                timeout = (deadline - now_ms()) / 1000
+                timeout = (deadline - monotonic_ns() // 1_000_000) / 1000
                 held = self.tls_buffered is not None and self.client_open and \
                     not self.codec.paused and self.tls_buffered()
                 events = self.ep.poll(0.0 if held else 3600.0 if timeout > 3600.0 else
                                       timeout if timeout > 0.0 else 0.0)
                 if held and all(fd != sfd for fd, _ev in events):
                     events.append((sfd, EPOLLIN))
-                now = now_ms()
+                now = monotonic_ns() // 1_000_000  # (now_ms(), inline: once a wakeup)
                 self.fed = now >= deadline  # the Session has something to do (or to be told)
                 for fd, ev in events:
                     if fd == sfd:
@@ -180,12 +182,38 @@ class Loop:
             else:
                 # RAW bodies are views of the receive buffer: what the client does not
                 # take now is copied out of it before the next read.
-                self.on_envelopes(self.reader.feed(data), now)
-                if self.to_client.chunks and self.client_open:
-                    self.send_client()
-                self.receive.settle(self.to_client, len(data))
+                envelopes = self.reader.feed(data)
+                if len(envelopes) == 1 and envelopes[0][0] == RAW and \
+                        self.forward_raw is not None and not self.to_client.chunks and \
+                        self.client_open:
+                    self.relay(envelopes[0][1])
+                else:
+                    self.on_envelopes(envelopes, now)
+                    if self.to_client.chunks and self.client_open:
+                        self.send_client()
+                if self.to_client.chunks or len(data) > RESIDENT:
+                    self.receive.settle(self.to_client, len(data))
         if self.chan_mask & EPOLLOUT and ev & ~EPOLLIN and self.broker_open:
             self.send_broker(now)
+
+    def relay(self, body: memoryview) -> None:
+        """The common wakeup, natively: on_envelopes() and send_client() for one RAW body
+        and an empty outbox, as one send(); only what the client does not take is queued
+        (and the outbox then tells the socket how to close mid-frame)."""
+        if self.adoption is not None:
+            self.adoption.delivered.feed(body)
+        try:
+            sent = self.sock.send(body)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.client_lost()
+            return
+        if sent < len(body):
+            box = self.to_client
+            box.add(body)
+            box.offset, box.size = sent, len(body) - sent
+            self.send_client()
 
     def on_envelopes(self, envelopes: Envelopes, now: int) -> None:
         """RAW bodies to the client (natively: uncopied), controls to the Session."""
@@ -226,8 +254,8 @@ class Loop:
             self.send_broker(now_ms())
         if self.to_client.chunks and self.client_open:
             self.send_client()
-        queue = session.config.client_queue
-        if self.to_client.size > queue and not session.ended:
+        size = self.to_client.size
+        if size and size > (queue := session.config.client_queue) and not session.ended:
             session.fail("slow_consumer", f"over client_queue={queue} bytes unread",
                          limit="client_queue")
         return self.fed or session.ended != was  # (on_session cleared fed)
