@@ -9,7 +9,9 @@ JSON lines on stdin and answer on stdout:
 
   {"op": "open", "clients": [[nick, room], ...], "inflight": N}  -> connected, failures, times
   {"op": "quiesce"}                                                 -> {} (a round trip each)
-  {"op": "expect", "target": N}  -> {"progress": n} twice a second, then, once N deliveries
+  {"op": "expect", "target": N}  -> {"expecting": N} at once (deliveries count from then
+                                    on: the main generator starts sending only after it),
+                                    {"progress": n} twice a second, then, once N deliveries
                                     came or {"op": "stop"} did: received, duplicates, ...
   {"op": "close"}                                                   -> exits
 """
@@ -133,6 +135,7 @@ async def expect(stats: Stats, target: int, reader: asyncio.StreamReader,
     stats.target = target
     stats.done = asyncio.Event()
     stats.check_done()
+    say({"expecting": target})
     cpu0 = own_cpu()
     stop = asyncio.ensure_future(reader.readline())  # the only order now is "stop"
     done = asyncio.ensure_future(stats.done.wait())
