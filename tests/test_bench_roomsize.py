@@ -32,3 +32,15 @@ def test_roomsize_renders_a_markdown_table() -> None:
     lines = done.stdout.splitlines()
     assert lines[1].startswith("| members |") and lines[3].startswith("| 3 | 10 |")
     assert lines[-1] == "result: OK"
+
+
+def test_a_room_too_big_for_the_memory_is_skipped_with_a_line() -> None:
+    cmd = [sys.executable, "-m", "chatd", "bench", "roomsize", "--json", "--sizes",
+           "2,100000000", "--deliveries", "20", "--seconds", "0.3"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert [r["members"] for r in report["rows"]] == [2]
+    (note,) = report["skipped"]
+    assert note.startswith("a room of 100,000,000 skipped: its sessions need ~")
+    assert "room of 100,000,000 skipped" in done.stderr

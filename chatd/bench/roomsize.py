@@ -8,8 +8,10 @@ table of the medians: CPU per delivery (parent and sessions), session wakeups pe
 latency and memory per session. The target is issue 15's: a room of 1,000 at 20 msg/s
 with p99 <= 10 ms. Each run is a separate `chatd bench steady --json` process.
 
-5,000 members take as many session processes (~2.5 MiB each with CPython 3.11): ask for
-them with `--sizes 10,100,1000,5000` on a machine with the memory to spare.
+5,000 members take as many session processes (~3.5 MiB each with CPython 3.11, with the
+kernel's share): ask for them with `--sizes 10,100,1000,5000` on a machine with the memory
+to spare. A size whose sessions would not fit in the memory available now (MemAvailable,
+at MIB_PER_SESSION each, 1 GiB kept free) is skipped with a line saying so.
 """
 
 from __future__ import annotations
@@ -20,11 +22,28 @@ import math
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from .report import target, verdicts
 
 P99_GOAL_MS = 10.0  # a room of 1,000 at 20 msg/s (issue 15)
+MIB_PER_SESSION = 4  # a session's PSS (~3.5 MiB with 3.11) and its kernel memory
+KEEP_FREE_MIB = 1024
+
+
+def too_big(members: int) -> str | None:
+    """Why a room of `members` would not fit in the memory available now, or None."""
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        return None
+    avail = int(meminfo.split("MemAvailable:")[1].split()[0]) // 1024
+    need = members * MIB_PER_SESSION
+    if need + KEEP_FREE_MIB <= avail:
+        return None
+    return (f"a room of {members:,} skipped: its sessions need ~{need / 1024:.1f} GiB, "
+            f"{avail / 1024:.1f} GiB of memory is available")
 
 
 def run(members: int, opts: argparse.Namespace) -> dict[str, Any] | None:
@@ -69,19 +88,24 @@ def row(members: int, reports: list[dict[str, Any]], deliveries: float) -> dict[
             "pss_mib": round(statistics.median(per) / 1024, 2) if per else None}
 
 
-def render(rows: list[dict[str, Any]], targets: list[dict[str, Any]], python: str) -> str:
+def render(rows: list[dict[str, Any]], targets: list[dict[str, Any]], python: str,
+           notes: list[str]) -> str:
     lines = [f"chatd bench roomsize - one room, the same deliveries/s at every size, "
              f"medians (Python {python})",
              "| members | msg/s | deliveries/s | server us/delivery (parent / sessions) | "
              "session wakeups/msg | p50 / p99 ms | lost | PSS/session |",
              "|---|---|---|---|---|---|---|---|"]
+    def num(v: float | None, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
     for r in rows:
         dps = r["deliveries_per_second"]
-        lines.append(f"| {r['members']:,} | {r['rate']:g} | {dps or 0:,.0f} | "
-                     f"{r['server_us']} ({r['parent_us']} / {r['sessions_us']}) | "
-                     f"{r['wakeups']} | {r['p50_ms']} / {r['p99_ms']} | {r['lost']} | "
-                     f"{r['pss_mib']} MiB |")
-    lines += verdicts(targets)
+        lines.append(f"| {r['members']:,} | {r['rate']:,g} | {dps or 0:,.0f} | "
+                     f"{num(r['server_us'], '.1f')} ({num(r['parent_us'], '.1f')} / "
+                     f"{num(r['sessions_us'], '.1f')}) | {num(r['wakeups'], ',.1f')} | "
+                     f"{num(r['p50_ms'], '.2f')} / {num(r['p99_ms'], '.1f')} | "
+                     f"{r['lost']} | {num(r['pss_mib'], '.2f')} MiB |")
+    lines += notes + verdicts(targets)
     lines.append(f"result: {'OK' if all(r['ok'] for r in rows) else 'FAILED'}")
     return "\n".join(lines)
 
@@ -105,12 +129,18 @@ def main(argv: list[str]) -> int:
         raise SystemExit("chatd bench roomsize: --rounds, --sizes and --deliveries must "
                          "be positive")
     reports: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes}
+    skipped: dict[int, str] = {}
     for _ in range(opts.rounds):  # in turn: a drift of the machine hits every size alike
         for members in sizes:
+            if (why := too_big(members)) is not None:
+                skipped[members] = why
+                print(f"chatd bench roomsize: {why}", file=sys.stderr)
+                continue
             report = run(members, opts)
             if report is not None:
                 reports[members].append(report)
-    rows = [row(n, reports[n], opts.deliveries) for n in sizes]
+    rows = [row(n, reports[n], opts.deliveries) for n in sizes
+            if reports[n] or n not in skipped]
     targets = [target(f"p99 in a room of {r['members']:,} at {r['rate']:g} msg/s",
                       r["p99_ms"], P99_GOAL_MS, "ms", True,
                       "each message wakes all 1,000 members' processes: at the sessions' "
@@ -118,6 +148,7 @@ def main(argv: list[str]) -> int:
                       f"{(r['sessions_us'] or 0) * 1000 / 1000:.0f} ms of CPU per message, "
                       "which the machine's cores work through one wakeup after another")
                for r in rows if r["members"] == 1000 and r["rate"] == 20]
-    print(json.dumps({"rows": rows, "targets": targets}, indent=2) if opts.json else
-          render(rows, targets, sys.version.split()[0]))
+    notes = list(dict.fromkeys(skipped.values()))
+    print(json.dumps({"rows": rows, "targets": targets, "skipped": notes}, indent=2)
+          if opts.json else render(rows, targets, sys.version.split()[0], notes))
     return 0 if all(r["ok"] for r in rows) else 1
