@@ -10,6 +10,9 @@
   history.py  scenario history (sessions reading history at their allowance, seen by a
               bystander)
   auth.py     `chatd bench auth` (the auth helper's logins; no server)
+  irc.py      `chatd bench irc`: clients.py's scenarios over IRC, chatd's IRC port side by
+              side with ngIRCd and InspIRCd (ircload.py: the IRC wire of the load
+              generator; peers.py: those servers, started with configs of their own)
 
 The test harness (tests/serverproc.py) and the soak (tests/soak.py) use probes.py and
 server.py too: one /proc reader, one spawner.

@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         "server needed); `chatd bench floor [--help]` measures a minimal relay here and "
         "chatd against it; `chatd bench roomsize [--help]` tabulates steady by room size; "
         "`chatd bench sandbox [--help]` the sandbox's cost; `chatd bench cluster [--help]` "
-        "runs hosts sharing a Redis.")
+        "runs hosts sharing a Redis; `chatd bench irc [--help]` runs the scenarios over IRC "
+        "against chatd, ngIRCd and InspIRCd side by side.")
     parser.add_argument("scenario", choices=sorted(SCENARIOS))
     parser.add_argument("--target", metavar="HOST:PORT",
                         help="bench a running server instead of starting one (its rate "
@@ -156,6 +157,10 @@ def main(argv: list[str]) -> int:
         from . import cluster
 
         return cluster.main(argv[1:])
+    if argv[:1] == ["irc"]:  # the scenarios over IRC: chatd, ngIRCd, InspIRCd side by side
+        from . import irc
+
+        return irc.main(argv[1:])
     if argv[:1] == ["sandbox"]:  # the session sandbox's cost, on vs off (runs scenarios)
         from . import sandbox
 

@@ -17,10 +17,9 @@ from collections import Counter
 from collections.abc import Awaitable
 from typing import Any
 
-from chatd.protocol import pack
-
 from .generators import Helper
-from .load import Conn, Progress, ServerRef, Stats, Window, open_session, percentiles, until
+from .ircload import opener
+from .load import BaseConn, Progress, ServerRef, Stats, Window, percentiles, until
 from .probes import ServerProbe
 from .report import COL, cpu_line, latency_line, target
 
@@ -68,11 +67,14 @@ class Bench:
         self.host, self.port, self.probe, self.opts = host, port, probe, opts
         self.tag = tag
         self.stats = Stats(self.tag + " ")
-        self.conns: list[Conn] = []
+        self.conns: list[BaseConn] = []
         self.baseline_sessions = baseline_sessions
         self.spare = spare
         self.helpers: list[Helper] = []  # other load generator processes (generators.py)
         self.helper_rooms: list[list[str | None]] = []  # the rooms of each one's clients
+        # The wire: native frames, or IRC lines (`chatd bench irc`, chatd/bench/ircload.py)
+        self.wire: str = getattr(opts, "wire", "native")
+        self.open_session = opener(self.wire)
 
     async def settle(self) -> None:
         """Wait (bounded) until the server has refilled its pool of spare processes."""
@@ -91,11 +93,11 @@ class Bench:
         return f"#{self.tag}-{i // size}"
 
     async def _open(self, i: int, sem: asyncio.Semaphore, failures: Counter[str],
-                    times: list[float]) -> Conn | None:
+                    times: list[float]) -> BaseConn | None:
         async with sem:
             t0 = time.monotonic()
             try:
-                conn = await open_session(self.host, self.port, self.stats, f"{self.tag}_{i}",
+                conn = await self.open_session(self.host, self.port, self.stats, f"{self.tag}_{i}",
                                           self.room_of(i), self.opts.timeout)
             except (OSError, ConnectionError, TimeoutError) as exc:
                 why = "timeout" if isinstance(exc, TimeoutError) else (
@@ -164,13 +166,15 @@ class Bench:
         members: Counter[str | None] = Counter(c.room for c in self.conns)
         for rooms in self.helper_rooms:
             members.update(rooms)
-        expected = sum(members[s.room] for s in senders) * opts.messages
+        mute = 0 if not senders or senders[0].echo else 1  # (IRC: no message of one's own)
+        expected = sum(members[s.room] - mute for s in senders) * opts.messages
         into: Counter[str | None] = Counter(s.room for s in senders)  # senders per room
         total_msgs = len(senders) * opts.messages
         stats = self.stats
         stats.received = stats.duplicates = stats.acks = 0
         stats.latencies = []
-        stats.target = sum(into[c.room] for c in self.conns) * opts.messages
+        stats.target = sum(into[c.room] - mute * (c in senders)
+                           for c in self.conns) * opts.messages
         stats.done = all_ours = asyncio.Event()
         stats.check_done()
         targets = [sum(into[room] for room in rooms) * opts.messages
@@ -193,9 +197,9 @@ class Bench:
         loop = asyncio.get_running_loop()
         last = [0, time.monotonic()]  # received count and when it last moved
 
-        def msg(conn: Conn, seq: int) -> bytes:
+        def msg(conn: BaseConn, seq: int) -> bytes:
             text = f"{stats.tag}{pad}{conn.nick}:{seq} {time.monotonic_ns()}"
-            return pack({"type": "msg", "room": conn.room, "text": text})
+            return conn.msg(text)
 
         async def send_all() -> None:
             if opts.rate <= 0:  # burst: every sender writes everything at once
@@ -302,7 +306,7 @@ class Bench:
             else:
                 if scenario in ("burst", "steady"):
                     self.helpers = [await Helper.start(self.host, self.port, self.tag,
-                                                       opts.timeout)
+                                                       opts.timeout, self.wire)
                                     for _ in range(opts.generators - 1)]
                 phases.append(await self.connect(opts.clients, opts.inflight[0], "connect"))
                 await self.quiesce()

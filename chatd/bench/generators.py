@@ -4,7 +4,8 @@ Decoding every delivery is most of the load generator's work: one process decodi
 burst's 100,000 frames takes a whole core, and then it, not the server, sets the
 deliveries/s. `--generators N` keeps the senders (and a share of the rest) in the main
 process and moves the other clients into N-1 helper processes, each a `python -m
-chatd.bench.generators` with its own event loop and its own `Stats`. They take orders as
+chatd.bench.generators HOST PORT TAG TIMEOUT WIRE` (WIRE: native, or irc for `chatd bench
+irc`) with its own event loop and its own `Stats`. They take orders as
 JSON lines on stdin and answer on stdout:
 
   {"op": "open", "clients": [[nick, room], ...], "inflight": N}  -> connected, failures, times
@@ -26,7 +27,8 @@ import time
 from collections import Counter
 from typing import Any
 
-from .load import Conn, Stats, open_session
+from .ircload import opener
+from .load import BaseConn, Stats
 from .probes import own_cpu
 
 PROGRESS = 0.5  # seconds between a helper's progress reports
@@ -40,10 +42,11 @@ class Helper:
         self.progress = 0  # deliveries it has counted in the current phase
 
     @classmethod
-    async def start(cls, host: str, port: int, tag: str, timeout: float) -> Helper:
+    async def start(cls, host: str, port: int, tag: str, timeout: float,
+                    wire: str = "native") -> Helper:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "chatd.bench.generators", host, str(port), tag,
-            str(timeout), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            str(timeout), wire, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             limit=1 << 26)
         return cls(proc)
 
@@ -80,13 +83,14 @@ class Helper:
             await self.proc.wait()
 
 
-async def serve(host: str, port: int, tag: str, timeout: float) -> None:
+async def serve(host: str, port: int, tag: str, timeout: float, wire: str) -> None:
     """A helper's life: follow orders from stdin until "close" or its end."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 26)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     stats = Stats(tag + " ")
-    conns: list[Conn] = []
+    conns: list[BaseConn] = []
+    open_session = opener(wire)  # native frames or IRC lines (ircload.py)
 
     def say(obj: dict[str, Any]) -> None:
         sys.stdout.write(json.dumps(obj) + "\n")
@@ -153,7 +157,7 @@ async def expect(stats: Stats, target: int, reader: asyncio.StreamReader,
 
 def main() -> None:
     host, port, tag, timeout = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
-    asyncio.run(serve(host, port, tag, timeout))
+    asyncio.run(serve(host, port, tag, timeout, sys.argv[5]))
 
 
 if __name__ == "__main__":

@@ -55,19 +55,17 @@ class Stats:
         self.errors.clear()
 
 
-class Conn(asyncio.Protocol):
-    """One client connection; counts deliveries with their latency as frames arrive."""
+class BaseConn(asyncio.Protocol):
+    """What a client connection of either wire has: its counters, its pending replies,
+    TCP_NODELAY, and its end. Conn speaks native frames, ircload.IrcConn IRC lines."""
+
+    echo = True  # a sender receives its own messages too (IRC: not)
 
     def __init__(self, stats: Stats, nick: str, room: str | None) -> None:
         self.stats = stats
         self.nick = nick
         self.room = room
-        self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False,
-                                         max_buffer_size=64 << 20)
-        self.fed = 0
-        self.need_header = True
         self.transport: asyncio.Transport | None = None
-        self.seen: set[int] = set()
         self.replies: dict[Any, asyncio.Future[dict[str, Any]]] = {}
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -79,11 +77,45 @@ class Conn(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def request(self, obj: dict[str, Any], label: Any) -> asyncio.Future[dict[str, Any]]:
+        raise NotImplementedError
+
+    def msg(self, text: str) -> bytes:
+        """A message into the connection's room, as it goes on the wire."""
+        raise NotImplementedError
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for fut in self.replies.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("connection closed by the server"))
+        self.replies.clear()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Conn(BaseConn):
+    """One client connection; counts deliveries with their latency as frames arrive."""
+
+    def __init__(self, stats: Stats, nick: str, room: str | None) -> None:
+        super().__init__(stats, nick, room)
+        self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False,
+                                         max_buffer_size=64 << 20)
+        self.fed = 0
+        self.need_header = True
+        self.seen: set[int] = set()
+
+    def request(self, obj: dict[str, Any], label: Any) -> asyncio.Future[dict[str, Any]]:
         fut = asyncio.get_running_loop().create_future()
         self.replies[label] = fut
         assert self.transport is not None
         self.transport.write(pack({**obj, "label": label}))
         return fut
+
+    def msg(self, text: str) -> bytes:
+        return pack({"type": "msg", "room": self.room, "text": text})
 
     def data_received(self, data: bytes) -> None:
         now = time.monotonic_ns()
@@ -132,19 +164,6 @@ class Conn(asyncio.Protocol):
         if got:
             stats.received += got
             stats.check_done()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        for fut in self.replies.values():
-            if not fut.done():
-                fut.set_exception(ConnectionError("connection closed by the server"))
-        self.replies.clear()
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
 
 async def open_session(host: str, port: int, stats: Stats, nick: str, room: str | None,
                        timeout: float, local_addr: tuple[str, int] | None = None) -> Conn:
