@@ -11,7 +11,7 @@ with p99 <= 10 ms. Each run is a separate `chatd bench steady --json` process.
 5,000 members take as many session processes (~3.5 MiB each with CPython 3.11, with the
 kernel's share): ask for them with `--sizes 10,100,1000,5000` on a machine with the memory
 to spare. A size whose sessions would not fit in the memory available now (MemAvailable,
-at MIB_PER_SESSION each, 1 GiB kept free) is skipped with a line saying so.
+at `--mib-per-session` each, 1 GiB kept free) is skipped with a line saying so.
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ MIB_PER_SESSION = 4  # a session's PSS (~3.5 MiB with 3.11) and its kernel memor
 KEEP_FREE_MIB = 1024
 
 
-def too_big(members: int) -> str | None:
+def too_big(members: int, mib_per_session: float = MIB_PER_SESSION) -> str | None:
     """Why a room of `members` would not fit in the memory available now, or None."""
     try:
         meminfo = Path("/proc/meminfo").read_text()
     except OSError:
         return None
     avail = int(meminfo.split("MemAvailable:")[1].split()[0]) // 1024
-    need = members * MIB_PER_SESSION
+    need = members * mib_per_session
     if need + KEEP_FREE_MIB <= avail:
         return None
     return (f"a room of {members:,} skipped: its sessions need ~{need / 1024:.1f} GiB, "
@@ -121,6 +121,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seconds", type=float, default=5.0,
                         help="seconds of sending per run (default 5)")
     parser.add_argument("--rounds", type=int, default=1, help="runs per size (default 1)")
+    parser.add_argument("--mib-per-session", type=float, default=MIB_PER_SESSION,
+                        help="memory a session is reckoned to take, to skip a size that "
+                        f"would not fit (default {MIB_PER_SESSION}; ~3 with CPython 3.12)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     parser.add_argument("extra", nargs="*", help="after --: options for each steady run")
     opts = parser.parse_args(argv)
@@ -132,7 +135,7 @@ def main(argv: list[str]) -> int:
     skipped: dict[int, str] = {}
     for _ in range(opts.rounds):  # in turn: a drift of the machine hits every size alike
         for members in sizes:
-            if (why := too_big(members)) is not None:
+            if (why := too_big(members, opts.mib_per_session)) is not None:
                 skipped[members] = why
                 print(f"chatd bench roomsize: {why}", file=sys.stderr)
                 continue
