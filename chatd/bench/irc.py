@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import json
 import os
@@ -30,7 +29,6 @@ from typing import Any
 from . import cli, clients, peers
 from .load import ServerRef
 from .probes import ServerProbe
-from .server import wait_until
 
 SCENARIOS = ("burst", "steady", "idle", "connect")
 
@@ -93,7 +91,6 @@ def run_one(server: peers.Running, scenario: str, opts: argparse.Namespace) -> d
     sopts.wire = "irc"
     sopts.progress = not opts.quiet
     probe = ServerProbe(server.pid)
-    base = probe.session_count() or 0
     before = probe.memory()
     ref = ServerRef("127.0.0.1", server.port, probe)
     gc.disable()  # no collector pauses inside the measured windows
@@ -106,8 +103,6 @@ def run_one(server: peers.Running, scenario: str, opts: argparse.Namespace) -> d
     if scenario == "idle" and before and report.get("memory"):
         grown = report["memory"]["total"]["pss"] - before["total"]["pss"]
         report["pss_kib_per_client"] = round(grown / sopts.clients, 1)
-    with contextlib.suppress(TimeoutError):  # chatd: its sessions end after their clients
-        wait_until(lambda: (probe.session_count() or 0) <= base, 60.0, 0.05)
     return report
 
 
