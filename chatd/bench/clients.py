@@ -97,8 +97,9 @@ class Bench:
         async with sem:
             t0 = time.monotonic()
             try:
-                conn = await self.open_session(self.host, self.port, self.stats, f"{self.tag}_{i}",
-                                          self.room_of(i), self.opts.timeout)
+                conn = await self.open_session(self.host, self.port, self.stats,
+                                               f"{self.tag}_{i}", self.room_of(i),
+                                               self.opts.timeout)
             except (OSError, ConnectionError, TimeoutError) as exc:
                 why = "timeout" if isinstance(exc, TimeoutError) else (
                     str(exc) if isinstance(exc, ConnectionError) and str(exc) else
