@@ -167,6 +167,16 @@ def render(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def describe(opts: argparse.Namespace) -> str:
+    """The shape of each scenario that runs."""
+    room = f"{opts.clients} clients in one room, {opts.senders} senders x {opts.messages}"
+    shapes = {"burst": f"{room} messages flat out",
+              "steady": f"{room} messages at {opts.rate:g} msg/s",
+              "idle": f"{opts.idle_clients} clients in rooms of 100",
+              "connect": f"{opts.connect_clients} clients, all in flight"}
+    return "; ".join(f"{name}: {shapes[name]}" for name in opts.scenarios)
+
+
 def loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -175,9 +185,7 @@ def main(argv: list[str]) -> int:
     opts = parse(argv)
     cli.raise_fd_limit(max(opts.clients, opts.idle_clients, opts.connect_clients) + 64)
     out: dict[str, Any] = {
-        "description": f"burst and steady: {opts.clients} clients in one room, "
-        f"{opts.senders} senders x {opts.messages} messages (steady at {opts.rate:g}/s); "
-        f"idle: {opts.idle_clients} in rooms of 100; connect: {opts.connect_clients}",
+        "description": describe(opts),
         "python": sys.version.split()[0], "cpus": os.cpu_count(), "rounds": opts.rounds,
         "load_before": loadavg(), "skipped": []}
     names = []
