@@ -262,5 +262,47 @@ class AccountStore:
         if cur.rowcount == 0:
             raise AccountError("no_such_account", f"no account {name!r}")
 
+    def put(self, account: Account) -> bool:
+        """Store another host's account as it is (a cluster: chatd/cluster.py), replacing
+        this database's record of the name; whether anything changed."""
+        if self.get(account.name) == account:
+            return False
+        v = account.verifier
+        self.db.execute(
+            "INSERT OR REPLACE INTO accounts (key, name, created, scheme, iterations, salt, "
+            "stored_key, server_key) VALUES (?, ?, ?, 'SCRAM-SHA-256', ?, ?, ?, ?)",
+            (account.key, account.name, account.created, v.iterations, v.salt, v.stored_key,
+             v.server_key))
+        return True
+
+    def drop(self, account: Account) -> bool:
+        """Forget a registration the cluster refused: only if this record is still it."""
+        cur = self.db.execute("DELETE FROM accounts WHERE key = ? AND stored_key = ?",
+                              (account.key, account.verifier.stored_key))
+        return cur.rowcount > 0
+
     def count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM accounts").fetchone()[0])
+
+
+def record(account: Account) -> str:
+    """An account as one line of text, for the cluster's Redis (chatd/clusterscripts.py):
+    `NAME CREATED ITERATIONS SALT STORED_KEY SERVER_KEY`, the bytes in hex. A verifier,
+    not a password: it lets nobody log in, but it is what an offline guess starts from."""
+    v = account.verifier
+    return " ".join((account.name, str(account.created), str(v.iterations), v.salt.hex(),
+                     v.stored_key.hex(), v.server_key.hex()))
+
+
+def from_record(text: str) -> Account:
+    """The account of a `record()` line; AccountError (invalid_account) if it is not one."""
+    try:
+        name, created, iterations, salt, stored, server = text.split(" ")
+        account = Account(check_account_name(name), nick_key(name), int(created),
+                          Verifier(bytes.fromhex(salt), int(iterations),
+                                   bytes.fromhex(stored), bytes.fromhex(server)))
+        check_verifier(account.verifier, MIN_ITERATIONS)
+    except (ValueError, AccountError):
+        raise AccountError("invalid_account", f"not an account record: {text[:80]!r}"
+                           ) from None
+    return account

@@ -33,6 +33,7 @@ from typing import Any
 
 from chatd.accounts import (
     DEFAULT_ITERATIONS,
+    Account,
     AccountError,
     AccountStore,
     Verifier,
@@ -40,6 +41,8 @@ from chatd.accounts import (
     check_new_password,
     check_password,
     check_verifier,
+    from_record,
+    record,
 )
 from chatd.authlimit import FailureLimiter, LimitSettings
 from chatd.sasl import FAILED, AuthFailed, ScramExchange, parse_plain
@@ -55,6 +58,8 @@ OPS: dict[str, dict[str, tuple[type, ...]]] = {
     "scram_finish": {"ex": _INT, "data": _BIN},
     "scram_abort": {"ex": _INT},
     "owner": {"nick": _STR},
+    "put_account": {"record": _STR},
+    "drop_account": {"record": _STR},
     "stats": {},
 }
 
@@ -124,7 +129,7 @@ class AuthService:
         self._registering(req["ip"], now)
         account = self.store.register(req["account"], req["password"], now_ms)
         log.info("account %s registered", account.name)
-        return {"account": account.name}
+        return _registered(account, req)
 
     def _register_verifier(self, req: dict[str, Any], now: float, now_ms: int
                            ) -> dict[str, Any]:
@@ -135,7 +140,7 @@ class AuthService:
         self._registering(req["ip"], now)
         account = self.store.register_verifier(req["account"], verifier, now_ms)
         log.info("account %s registered (verifier from the client)", account.name)
-        return {"account": account.name}
+        return _registered(account, req)
 
     def _registering(self, ip: str, now: float) -> None:
         _limit(self.limiter.register_wait(ip, now), "register")
@@ -187,6 +192,19 @@ class AuthService:
         self.exchanges.pop(req["ex"], None)
         return {}
 
+    def _put_account(self, req: dict[str, Any], now: float, now_ms: int) -> dict[str, Any]:
+        account = from_record(req["record"])
+        if self.store.put(account):
+            log.info("account %s: stored as the cluster has it", account.name)
+        return {"account": account.name}
+
+    def _drop_account(self, req: dict[str, Any], now: float, now_ms: int) -> dict[str, Any]:
+        account = from_record(req["record"])
+        if self.store.drop(account):
+            log.info("account %s: registration withdrawn (the cluster refused it)",
+                     account.name)
+        return {"account": account.name}
+
     def _owner(self, req: dict[str, Any], now: float, now_ms: int) -> dict[str, Any]:
         return {"account": self.store.owner(req["nick"])}
 
@@ -214,6 +232,12 @@ class AuthService:
 
     def expire(self, now: float) -> None:
         self._expire(now)
+
+
+def _registered(account: Account, req: dict[str, Any]) -> dict[str, Any]:
+    """A registration's reply; with `share` (a cluster host) its record, for Redis."""
+    return {"account": account.name, **({"record": record(account)} if req.get("share")
+                                        else {})}
 
 
 class _Limited(Exception):

@@ -76,7 +76,7 @@ class AuthHelperSupervisor:
         self.sel.register(helper.chan, selectors.EVENT_READ, self.ready)
         self.restart_at = None
         self.writing = False
-        self.broker.logins.available = True
+        self.broker.logins.started()
 
     def submit(self, requests: list[tuple[tuple[int, int], str, dict[str, Any]]]) -> None:
         """The broker's requests for the helper; the address of each session added."""

@@ -494,6 +494,16 @@ class Broker:
         return self.history.request(member.sid, where, reply, req.get("before"),
                                     req.get("after"), limit, label)
 
+    # ---- what a cluster host does otherwise (chatd/cluster.py) ----
+
+    def need_cluster(self) -> None:
+        """Refuse (storage_unavailable) what needs a cluster that is out of reach."""
+
+    def share_account(self, member: Member, record: str, pending: Any, now_ms: int) -> None:
+        """A registration the auth helper made, for the cluster to accept or refuse:
+        it answers through `logins.registered`. (One host: never called.)"""
+        self.logins.registered(member, record.split(" ", 1)[0], pending, None, now_ms)
+
     # ---- helpers ----
 
     def _keep_policy(self, room: str, policy: RoomPolicy) -> None:

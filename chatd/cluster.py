@@ -10,6 +10,12 @@ shared (sans-I/O; lives in the parent of a host with `cluster.redis_url` set).
   message itself.
 * **Nicks** are claimed in Redis (hello, nick) before they are given; a DM's target is
   looked up there, so a DM reaches its target on any host.
+* **Accounts** are registered in Redis too (after this host's auth helper made the
+  verifier): a name is the cluster's once, its nick is refused to guests on every host,
+  and every host's auth helper stores every account (from the stream, and from the
+  snapshot when a host comes up), so an account logs in on any host. An account's
+  sessions on several hosts share its nick, and a direct message to it is stored between
+  identities (chatd/direct.py) and reaches its sessions on every host.
 * **Membership and topics** of other hosts' sessions are kept here as *remote members*
   (Members with a negative session number, which the router has no channel for): joins,
   parts, quits and nick changes of this host's sessions go to the stream, and those of
@@ -36,6 +42,7 @@ from chatd.config import Config
 from chatd.direct import account_of
 from chatd.modrequests import who
 from chatd.protocol import ProtocolError, pack
+from chatd.store import StorageError
 from chatd.stores import HistoryStore
 
 log = logging.getLogger("chatd.cluster")
@@ -50,7 +57,7 @@ class Waiting:
 
     sid: int
     label: Any
-    kind: str  # msg, hello, nick, topic
+    kind: str  # msg, hello, nick, topic, account
     req: dict[str, Any]
     now_ms: int
 
@@ -79,6 +86,8 @@ class ClusterBroker(Broker):
         self.remote_sids = itertools.count(-1, -1)
         self.point: EntryId = (0, 0)  # membership events up to here are in the snapshot
         self.cursor: EntryId = (self.history.last_id, MAX_SEQ)  # the last entry applied
+        self.logins.share = True
+        self._renaming: Member | None = None  # a rename Redis has agreed to already
 
     def resume_at(self) -> tuple[str, int]:
         """Where a new uplink starts reading the stream, and the newest id here."""
@@ -96,6 +105,56 @@ class ClusterBroker(Broker):
         if not self.up:
             raise ProtocolError("storage_unavailable", UNREACHABLE)
 
+    def need_cluster(self) -> None:
+        self._need_redis()
+
+    def share_account(self, member: Member, record: str, pending: Any, now_ms: int) -> None:
+        name = record.split(" ", 1)[0]
+        self._write("account", [p.nick_key(name), record],
+                    Waiting(member.sid, None, "account", {"record": record,
+                                                          "pending": pending}, now_ms))
+
+    def _shared(self, member: Member | None, w: Waiting, msg: dict[str, Any]) -> None:
+        """Redis's answer to a registration (share_account)."""
+        record, pending = w.req["record"], w.req["pending"]
+        name = record.split(" ", 1)[0]
+        label = pending[0].label
+        error: bytes | None = None
+        if "e" in msg:
+            self.logins.drop(record)
+            error = p.error_frame("storage_unavailable", UNREACHABLE, label=label)
+        elif int(msg["v"][0]) == 0:  # registered on another host first: theirs it is
+            self.logins.drop(record)
+            self._account_known(str(msg["v"][1]))
+            error = p.error_frame("account_exists", f"the account {name!r} exists",
+                                  label=label)
+        elif int(msg["v"][0]) == 2:
+            self.logins.drop(record)
+            error = p.error_frame("nick_taken", f"nick {name!r} is in use", label=label)
+        if member is not None:
+            self.logins.registered(member, name, pending, error, w.now_ms)
+
+    def _account_known(self, record: str) -> None:
+        """An account of the cluster: its nick is owned here, its helper stores it."""
+        name = p.check_nick(record.split(" ", 1)[0])
+        key = p.nick_key(name)
+        for members in self.remote.values():  # (held by its sessions only, from now on)
+            if key in members:
+                members[key].account = name
+        if self.directory.owned.get(key) != name:
+            self.directory.owned[key] = name
+            try:
+                self.store.own(name)
+            except StorageError as exc:  # (the next snapshot or login records it again)
+                log.error("cannot record that %s owns its nick: %s", name, exc.message)
+        self.logins.put(record)
+
+    def _account_flag(self, member: Member, nick: str) -> str:
+        """'1' when `nick` is the name of the account `member` is logged in to."""
+        account = member.account
+        return "1" if account is not None and p.nick_key(account) == p.nick_key(nick) \
+            else ""
+
     def _hello(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> None:
         if req["version"] not in p.SUPPORTED_VERSIONS:
             super()._hello(member, req, label, now_ms)
@@ -107,7 +166,8 @@ class ClusterBroker(Broker):
             return
         self._need_redis()
         self.claiming.add(member.sid)
-        self._write("nick", [p.nick_key(nick), nick, "", "", "", b""],
+        self._write("nick", [p.nick_key(nick), nick, "", "", "", b"",
+                             self._account_flag(member, nick)],
                     Waiting(member.sid, label, "hello", req, now_ms))
 
     def _nick(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> None:
@@ -118,8 +178,17 @@ class ClusterBroker(Broker):
             return
         self._need_redis()
         self._write("nick", [p.nick_key(new), new, p.nick_key(old), old, _rooms(member),
-                             body({"old": old, "new": new})],
+                             body({"old": old, "new": new}), self._account_flag(member, new)],
                     Waiting(member.sid, label, "nick", req, now_ms))
+
+    def rename(self, member: Member, new: str, label: Any, now_ms: int = 0) -> None:
+        """A rename Redis has not seen (a login: the account's name) is told to it."""
+        old = member.nick or ""
+        super().rename(member, new, label, now_ms)
+        if member is self._renaming or member.sid < 0 or new == old or not self.up:
+            return  # (while Redis is away, the state written on return tells it)
+        self._write("nick", [p.nick_key(new), new, p.nick_key(old), old, _rooms(member),
+                             body({"old": old, "new": new}), self._account_flag(member, new)])
 
     def _msg(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> None:
         text = p.check_text(req["text"], self.config.max_text)
@@ -132,6 +201,7 @@ class ClusterBroker(Broker):
             data["room"] = room.name
             args = ["m", body(data), ""]
         else:
+            data["src"] = self.directory.ident(member)  # (an account's: all its sessions)
             args = ["d", body(data), p.nick_key(p.check_nick(req["to"]))]
         self._need_redis()
         self._write("msg", args, Waiting(member.sid, label, "msg", req, now_ms))
@@ -212,6 +282,10 @@ class ClusterBroker(Broker):
             return
         if w.kind == "hello":
             self.claiming.discard(w.sid)
+        if w.kind == "account":
+            del self.waiting[number]
+            self._shared(self.members.get(w.sid), w, msg)
+            return
         if "e" in msg:
             del self.waiting[number]
             log.warning("a write to Redis failed: %s", msg["e"])
@@ -230,23 +304,30 @@ class ClusterBroker(Broker):
             return
         if w.kind in ("hello", "nick"):
             del self.waiting[number]
-            self._claimed(w, bool(value[0]))
+            self._claimed(w, int(value[0]))
         # topic: its stream entry answers it
 
-    def _claimed(self, w: Waiting, ok: bool) -> None:
+    def _claimed(self, w: Waiting, ok: int) -> None:
+        """Redis's answer to a nick claim: 1 given, 0 another host's session has it,
+        2 an account owns it."""
         member = self.members.get(w.sid)
         nick = w.req["nick"]
         if member is None or member.gone:
-            if ok:  # nobody has it after all
+            if ok == 1:  # nobody has it after all
                 self._release(nick)
             return
-        if not ok:
+        if ok == 0:
             self._tell(w, p.error_frame("nick_taken", f"nick {nick!r} is in use",
                                         label=w.label))
             return
+        if ok == 2:
+            self._tell(w, p.error_frame("nick_owned", f"an account owns the nick {nick!r}: "
+                                        "log in to use it", label=w.label))
+            return
         holder = self.nicks.get(p.nick_key(nick))
-        if holder is not None and holder.sid < 0:  # Redis says it is free: a stale view
-            self._remote_quit(holder, "nick taken over", w.now_ms)
+        if holder is not None and holder.sid < 0 and holder.account is None:
+            self._remote_quit(holder, "nick taken over", w.now_ms)  # Redis says: stale
+        self._renaming = member
         try:
             if w.kind == "hello":
                 super()._hello(member, w.req, w.label, w.now_ms)
@@ -254,6 +335,8 @@ class ClusterBroker(Broker):
                 super()._nick(member, w.req, w.label, w.now_ms)
         except ProtocolError as exc:
             self.outbox[member.sid].append(p.error_from(exc, w.label))
+        finally:
+            self._renaming = None
         if member.gone or member.nick != nick:  # banned meanwhile, or taken here after all
             self._release(nick)
 
@@ -282,9 +365,11 @@ class ClusterBroker(Broker):
         ts, data = int(fields["ts"]), fields["d"]
         if kind in ("m", "d"):
             self._message(eid[0], node, int(fields["r"]), ts, msgpack.unpackb(data),
-                          fields.get("t", b"").decode())
+                          fields.get("t", b"").decode(), fields.get("o") == b"1")
         elif kind == "t":
             self._topic_set(node, int(fields["r"]), msgpack.unpackb(data))
+        elif kind == "a":
+            self._account_known(data.decode())
         elif node == self.node or eid <= self.point:
             return  # our own (applied when it happened), or in the snapshot already
         elif kind == "g":
@@ -296,7 +381,7 @@ class ClusterBroker(Broker):
             self._remote_event(kind, node, msgpack.unpackb(data), ts)
 
     def _message(self, msg_id: int, node: str, number: int, ts: int, data: dict[str, Any],
-                 target: str) -> None:
+                 target: str, owned: bool = False) -> None:
         last = self.history.last_id
         if msg_id <= last:
             return
@@ -306,8 +391,13 @@ class ClusterBroker(Broker):
         sender, text, action = str(data["from"]), str(data["text"]), bool(data["action"])
         room_name = p.check_room(data["room"]) if "room" in data else None
         account = data["account"] if isinstance(data.get("account"), str) else None
+        src = dst = None
+        if room_name is None:  # between identities (chatd/direct.py): a guest's, or "@"
+            src = str(data.get("src") or p.nick_key(sender))  # and an account's key
+            dst = ("@" if owned else "") + p.nick_key(target)
         self.store.add_message(ts, sender, text, action, room=room_name,
-                               target=target or None, msg_id=msg_id, account=account)
+                               target=target or None, src=src, dst=dst, msg_id=msg_id,
+                               account=account)
         w = self.waiting.pop(number, None) if node == self.node else None
         if w is not None:
             self._ack(w, msg_id, ts, room_name, target)
@@ -322,11 +412,17 @@ class ClusterBroker(Broker):
             return
         self.history.posted(msg_id)
         packed = pack({**frame, "to": target})
-        sids = {m.sid for m in (self.nicks.get(p.nick_key(sender)),
-                                self.nicks.get(p.nick_key(target))) if m is not None}
-        for sid in sids:
-            if sid > 0:
-                self.outbox[sid].append(packed)
+        assert src is not None and dst is not None
+        for sid in dict.fromkeys(m.sid for m in (*self._of(src), *self._of(dst))):
+            self.outbox[sid].append(packed)
+
+    def _of(self, ident: str) -> list[Member]:
+        """This host's sessions of an identity (chatd.store.identity)."""
+        if ident.startswith("@"):
+            return list(self.directory.sessions.get(ident[1:], ()))
+        holder = self.nicks.get(ident)
+        return [holder] if holder is not None and holder.sid > 0 and \
+            holder.account is None else []
 
     def _topic_set(self, node: str, number: int, data: dict[str, Any]) -> None:
         name = p.check_room(data["room"])
@@ -350,12 +446,14 @@ class ClusterBroker(Broker):
         members = self.remote.setdefault(node, {})
         key = p.nick_key(nick)
         member = members.get(key)
-        if member is None:
-            member = members[key] = Member(next(self.remote_sids), "", nick)
+        if member is None:  # (only an account's sessions hold its nick: it is theirs)
+            member = members[key] = Member(next(self.remote_sids), "", nick,
+                                           account=self.directory.owned.get(key))
         holder = self.nicks.get(key)
         if holder is None or holder.sid < 0:
             self.nicks[key] = member
-        elif holder is not member:
+        elif holder is not member and (holder.account is None
+                                       or holder.account != member.account):
             log.warning("nick %s is held here and on node %s", nick, node)
         return member
 
@@ -384,7 +482,9 @@ class ClusterBroker(Broker):
         room = self.rooms.get(name) or self._open_room(name)
         if member.sid in room.members:
             return
-        self._fanout(room, pack({"type": "join", "room": name, "nick": member.nick, "ts": ts}))
+        if not self.directory.present(room.members, member):  # (an account is one member)
+            self._fanout(room, pack({"type": "join", "room": name, "nick": member.nick,
+                                     "ts": ts}))
         room.members[member.sid] = member
         member.rooms.add(name)
 
@@ -438,6 +538,9 @@ class ClusterBroker(Broker):
         if msg["lost"]:
             self.cursor = (0, 0)
         self.cursor = min(self.cursor, self.point)  # as the uplink reads on (see there)
+        for record in msg["accounts"]:  # registered while this host was away
+            if self.directory.owned.get(p.nick_key(record.split(" ", 1)[0])) is None:
+                self._account_known(record)
         hosts: dict[str, dict[str, str]] = msg["hosts"]
         for node in list(self.remote):
             if node not in hosts:

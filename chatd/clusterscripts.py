@@ -6,15 +6,18 @@ new one is made and hosts notice the change); `lease:NODE` the incarnation of th
 named NODE, set with an expiry the host keeps pushing back; `nodes` the set of node names;
 `m:NODE` a hash nick -> rooms (space-separated) of the host's sessions; `nick:KEY` the
 owner of a nick (`NODE<TAB>INCARNATION<TAB>NICK`), valid while that lease holds; `topic`
-a hash room -> packed [topic, by, ts]; `rid:NODE:INC:N` what a write returned, for a
-while, so a write retried after a lost connection is carried out once.
+a hash room -> packed [topic, by, ts]; `acct` a hash nick key -> the account that owns
+the nick (chatd.accounts.record: its name first, then its verifier); `rid:NODE:INC:N`
+what a write returned, for a while, so a write retried after a lost connection is
+carried out once.
 
 Stream entry ids carry the chatd message id: a message is `ID-0`, any other event
 `SEQ-N` (after the newest message). So a host's cursor is meaningful even after Redis lost
 its data (the sequence is raised to the highest id any host has seen, see SYNC).
 Fields: k kind (m room message, d direct message, j join, p part, q quit, n nick,
-t topic, s a host's whole membership, g a host gone), n node, r the write's number,
-ts (Redis's clock, ms), d the event's packed body, t (d: the target's nick).
+t topic, s a host's whole membership, g a host gone, a an account registered), n node,
+r the write's number, ts (Redis's clock, ms), d the event's packed body (a: the
+record), t (d: the target's nick), o (d: '1' when the target is an account).
 """
 
 from __future__ import annotations
@@ -50,28 +53,39 @@ end
 """
 
 # A message. ARGV[5] 'm' or 'd', ARGV[6] the packed body, ARGV[7] (d) the target's key.
-# Returns {id, ts, target nick}; id 0: no such nick.
+# Returns {id, ts, target nick}; id 0: no such nick. A direct message to an account's
+# nick is accepted whether or not a session of it is online (it waits in history).
 MESSAGE = _PRELUDE + """
 local kind, body = ARGV[5], ARGV[6]
-local target = ''
+local target, owned = '', ''
 if kind == 'd' then
-  local owner = redis.call('GET', P .. 'nick:' .. ARGV[7])
-  if not owner or not owner_alive(owner) then return {0, 0, ''} end
-  target = string.match(owner, '\\t([^\\t]*)$')
+  local account = redis.call('HGET', P .. 'acct', ARGV[7])
+  if account then
+    target, owned = string.match(account, '^([^ ]*)'), '1'
+  else
+    local owner = redis.call('GET', P .. 'nick:' .. ARGV[7])
+    if not owner or not owner_alive(owner) then return {0, 0, ''} end
+    target = string.match(owner, '\\t([^\\t]*)$')
+  end
 end
 local id = redis.call('INCR', P .. 'seq')
 redis.call('XADD', P .. 'log', 'MAXLEN', '~', maxlen, id .. '-0', 'k', kind, 'n', node,
-           'r', rid, 'ts', ts, 'd', body, 't', target)
+           'r', rid, 'ts', ts, 'd', body, 't', target, 'o', owned)
 return finish({id, ts, target})
 """
 
 # A nick taken (hello: no old nick) or changed. ARGV[5] new key, ARGV[6] new nick,
-# ARGV[7] old key, ARGV[8] old nick, ARGV[9] rooms, ARGV[10] the event's body.
-# Returns {1} or {0} (taken by a session of another live host).
+# ARGV[7] old key, ARGV[8] old nick, ARGV[9] rooms, ARGV[10] the event's body, ARGV[11]
+# '1' when the session is logged in to the account that owns the new nick (its sessions
+# on every host share it). Returns {1}, {0} (taken by a session of another live host) or
+# {2} (an account owns it).
 NICK = _PRELUDE + """
 local newkey, new, oldkey, old, rooms = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
-local owner = redis.call('GET', P .. 'nick:' .. newkey)
-if owner and owner_alive(owner) == 'other' then return finish({0}) end
+if ARGV[11] ~= '1' then
+  if redis.call('HEXISTS', P .. 'acct', newkey) == 1 then return finish({2}) end
+  local owner = redis.call('GET', P .. 'nick:' .. newkey)
+  if owner and owner_alive(owner) == 'other' then return finish({0}) end
+end
 redis.call('SET', P .. 'nick:' .. newkey, node .. '\\t' .. inc .. '\\t' .. new)
 if old ~= '' then
   if oldkey ~= newkey then
@@ -83,6 +97,20 @@ end
 redis.call('HSET', P .. 'm:' .. node, new, rooms)
 if old ~= '' then event('n', ARGV[10]) end
 return finish({1})
+"""
+
+# An account registered on this host (its auth helper has it): the cluster's unless
+# another host registered the name first, or a session of another host holds the nick.
+# ARGV[5] the nick key, ARGV[6] the record. Returns {1}, {0, the record Redis has}, {2}.
+ACCOUNT = _PRELUDE + """
+local key, record = ARGV[5], ARGV[6]
+local have = redis.call('HGET', P .. 'acct', key)
+if have then return finish({0, have}) end
+local owner = redis.call('GET', P .. 'nick:' .. key)
+if owner and owner_alive(owner) == 'other' then return finish({2, ''}) end
+redis.call('HSET', P .. 'acct', key, record)
+event('a', record)
+return finish({1, ''})
 """
 
 # A membership or topic event. ARGV[5] kind (j p q t), ARGV[6] body, ARGV[7] nick,
@@ -105,8 +133,8 @@ return finish({1})
 # On every (re)connection: the epoch (made when missing), the sequence raised to at least
 # this host's newest id, this host registered (a previous incarnation's sessions are gone:
 # a `g` event says so), and a snapshot of the cluster: the stream's newest id, every live
-# host's membership and the topics. ARGV: node, incarnation, a new epoch, newest id,
-# lease ms, stream length.
+# host's membership, the topics and the accounts. ARGV: node, incarnation, a new epoch,
+# newest id, lease ms, stream length.
 SYNC = """
 local P = 'chatd:'
 local node, inc, fresh, last, ttl, maxlen = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
@@ -135,13 +163,14 @@ for _, other in ipairs(redis.call('SMEMBERS', P .. 'nodes')) do
     table.insert(hosts, redis.call('HGETALL', P .. 'm:' .. other))
   end
 end
-return {epoch, point, hosts, redis.call('HGETALL', P .. 'topic')}
+return {epoch, point, hosts, redis.call('HGETALL', P .. 'topic'),
+        redis.call('HVALS', P .. 'acct')}
 """
 
 # After SYNC, the host's sessions as they are now: nicks claimed again (those another live
-# host took meanwhile are returned), the membership hash rewritten, and an `s` event with
-# it for the other hosts. ARGV: node, incarnation, stream length, then key, nick, rooms
-# triples.
+# host took meanwhile are returned; an account's nick is its sessions' on every host),
+# the membership hash rewritten, and an `s` event with it for the other hosts. ARGV:
+# node, incarnation, stream length, then key, nick, rooms triples.
 STATE = """
 local P = 'chatd:'
 local node, inc, maxlen = ARGV[1], ARGV[2], ARGV[3]
@@ -157,7 +186,8 @@ for i = 4, #ARGV, 3 do
   local onode, oinc = nil, nil
   if owner then onode, oinc = string.match(owner, '^([^\\t]*)\\t([^\\t]*)\\t') end
   if owner and not (onode == node and oinc == inc)
-     and redis.call('GET', P .. 'lease:' .. onode) == oinc then
+     and redis.call('GET', P .. 'lease:' .. onode) == oinc
+     and redis.call('HEXISTS', P .. 'acct', key) == 0 then
     table.insert(lost, nick)
   else
     redis.call('SET', P .. 'nick:' .. key, mine .. nick)

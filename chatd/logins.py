@@ -42,6 +42,7 @@ class Asked:
     label: Any
     ex: int = 0  # the SCRAM exchange (scram_start, scram_finish)
     nick: str = ""  # the nick key a register reserves
+    record: str = ""  # put_account: the account (chatd.accounts.record)
 
 
 class Logins:
@@ -52,6 +53,10 @@ class Logins:
         self.exchanges: dict[int, int] = {}  # sid -> its SCRAM exchange open in the helper
         self.reserved: dict[str, int] = {}  # nick key -> the session registering it
         self.available = False  # an auth helper runs (the parent says so)
+        # A cluster host (chatd/cluster.py): registrations are shared through Redis, and
+        # the accounts other hosts registered are stored in the helper (`put`).
+        self.share = False
+        self.puts: dict[str, str] = {}  # account key -> record the helper has yet to store
         self._serial = itertools.count(1)
 
     # ---- hooks of the broker ----
@@ -94,12 +99,16 @@ class Logins:
                                 "send a verifier instead (protocol.md §12.3)")
         key = self._unheld(member, name)
         self._up()
+        share: dict[str, Any] = {}
+        if self.share:  # the record comes back, for Redis
+            self.b.need_cluster()
+            share["share"] = True
         if "password" in req:
             self._ask(member, "register", label, account=name, password=req["password"],
-                      nick=key)
+                      nick=key, **share)
         else:
             self._ask(member, "register_verifier", label, account=name, nick=key,
-                      **_verifier(req["verifier"]))
+                      **_verifier(req["verifier"]), **share)
         self.reserved[key] = member.sid
         return True
 
@@ -146,6 +155,29 @@ class Logins:
             raise ProtocolError("auth_unavailable", "the auth service is restarting: try "
                                 "again shortly")
 
+    def started(self) -> None:
+        """An auth helper runs (again): what it must store for the cluster goes to it."""
+        self.available = True
+        for key, text in self.puts.items():
+            self._put(key, text)
+
+    def put(self, text: str) -> None:
+        """Have the helper store an account as the cluster has it (a record of
+        chatd.accounts), until it says it has (again after a restart)."""
+        key = p.nick_key(text.split(" ", 1)[0])
+        self.puts[key] = text
+        if self.available:
+            self._put(key, text)
+
+    def _put(self, key: str, text: str) -> None:
+        token = (0, next(self._serial))
+        self.asked[token] = Asked(0, "put_account", None, nick=key, record=text)
+        self.requests.append((token, "put_account", {"record": text}))
+
+    def drop(self, text: str) -> None:
+        """Withdraw this helper's registration the cluster refused (best effort)."""
+        self.requests.append(((0, next(self._serial)), "drop_account", {"record": text}))
+
     def _ask(self, member: Member, op: str, label: Any, **fields: Any) -> None:
         asked = Asked(member.sid, op, label, fields.get("ex", 0), fields.pop("nick", ""))
         token = (member.sid, next(self._serial))
@@ -163,6 +195,14 @@ class Logins:
         """A reply of the helper to the request `token` (checked here)."""
         asked = self.asked.pop(token, None)
         if asked is None:
+            return
+        if asked.op == "put_account":
+            if isinstance(reply, dict) and reply.get("ok") is True:
+                if self.puts.get(asked.nick) == asked.record:
+                    del self.puts[asked.nick]
+            else:  # kept: sent again when the next helper starts
+                log.error("auth helper did not store the cluster's account %s: %s",
+                          asked.record.split(" ", 1)[0], str(reply)[:200])
             return
         if asked.nick and self.reserved.get(asked.nick) == asked.sid:
             del self.reserved[asked.nick]
@@ -182,11 +222,38 @@ class Logins:
                 if data is None:
                     raise ProtocolError("invalid_value", "scram_start: no 'data'")
                 out.append(pack(_labelled({"type": "auth", "data": data}, asked.label)))
+            elif self.share and asked.op.startswith("register"):
+                text = reply.get("record")
+                if not isinstance(text, str) or len(text) > 512:
+                    raise ProtocolError("invalid_value", "'record' is a short str")
+                if asked.nick:  # still reserved until the cluster has answered
+                    self.reserved[asked.nick] = asked.sid
+                self.b.share_account(member, text, (asked, data), now_ms)
+                return  # the cluster's answer (cluster.py) ends it: registered()
             else:
                 self._logged_in(member, account, data, asked, now_ms)
         except ProtocolError as exc:  # the helper broke the rules: this request fails
             log.error("auth helper: bad reply to %s: %s", asked.op, exc.message)
             out.append(error_frame("auth_unavailable", label=asked.label))
+        out.append(DONE)
+
+    def registered(self, member: Member, name: str, pending: Any, error: bytes | None,
+                   now_ms: int) -> None:
+        """The cluster's answer to a registration the helper made (share_account):
+        the session is logged in to it, or told `error`."""
+        asked, data = pending
+        if asked.nick and self.reserved.get(asked.nick) == asked.sid:
+            del self.reserved[asked.nick]
+        if member.gone or asked.sid not in self.b.members:
+            return
+        out = self.b.outbox[asked.sid]
+        if error is not None:
+            out.append(error)
+        else:
+            try:
+                self._logged_in(member, name, data, asked, now_ms)
+            except ProtocolError as exc:
+                out.append(p.error_from(exc, asked.label))
         out.append(DONE)
 
     def lost(self) -> None:

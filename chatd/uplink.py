@@ -16,7 +16,7 @@ client, three tasks share one connection pool:
 Parent -> uplink: {"c": "w", "w": N, "s": SCRIPT, "a": [args]} a write;
 {"c": "state", "a": [key, nick, rooms, ...]} this host's sessions, after each "up".
 Uplink -> parent: {"c": "r", "w": N, "v": result} or {"c": "r", "w": N, "e": why};
-{"c": "up", "epoch", "lost": bool, "point", "hosts", "topics"}; {"c": "down", "e": why};
+{"c": "up", "epoch", "lost": bool, "point", "hosts", "topics", "accounts"}; {"c": "down", "e": why};
 {"c": "x", "x": [[id, fields], ...]} stream entries; {"c": "lost", "nicks": [...]}.
 """
 
@@ -45,7 +45,7 @@ RETRY = 0.5  # seconds between attempts to reach Redis
 MAX_SEQ = (1 << 64) - 1
 LEAVE_TIME = 2.0  # seconds a stopping host's last writes may take
 SCRIPTS = {"msg": clusterscripts.MESSAGE, "nick": clusterscripts.NICK,
-           "event": clusterscripts.EVENT}
+           "event": clusterscripts.EVENT, "account": clusterscripts.ACCOUNT}
 
 
 class Uplink:
@@ -167,7 +167,7 @@ class Uplink:
 
     async def sync(self) -> None:
         known = self.epoch_file.read_text().strip() if self.epoch_file.exists() else ""
-        epoch, point, hosts, topics = await self.scripts["sync"](args=[
+        epoch, point, hosts, topics, accounts = await self.scripts["sync"](args=[
             self.node, self.inc, secrets.token_hex(8), self.last_id, self.lease_ms,
             self.maxlen])
         epoch, point = epoch.decode(), point.decode()
@@ -183,7 +183,8 @@ class Uplink:
         self.cursor = min(self.cursor, point, key=_entry_id)
         members = {hosts[i].decode(): _pairs(hosts[i + 1]) for i in range(0, len(hosts), 2)}
         self.tell({"c": "up", "epoch": epoch, "lost": lost, "point": point,
-                   "hosts": members, "topics": {k: v for k, v in _raw_pairs(topics)}})
+                   "hosts": members, "topics": {k: v for k, v in _raw_pairs(topics)},
+                   "accounts": [a.decode() for a in accounts]})
         log.info("connected to Redis (epoch %s)", epoch)
         self.why = ""
         self.up_since = time.monotonic()

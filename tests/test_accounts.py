@@ -220,3 +220,24 @@ def test_a_verifier_of_the_wrong_shape_is_refused(store: AccountStore, salt: byt
         store.register_verifier("alice", acc.Verifier(salt, count, key, key), 0)
     assert info.value.code == "invalid_password"
     assert store.count() == 0
+
+
+def test_an_account_travels_as_a_record_to_another_hosts_store(tmp_path: Path) -> None:
+    """A cluster: one host registers, another stores the record and logs the account in;
+    a registration the cluster refused is withdrawn only while it is still the same."""
+    here = AccountStore(tmp_path / "here.sqlite3", FAST)
+    there = AccountStore(tmp_path / "there.sqlite3", FAST)
+    made = here.register("Alice", PASSWORD, 1234)
+    text = acc.record(made)
+    assert PASSWORD not in text and acc.from_record(text) == made
+    assert there.put(acc.from_record(text)) and not there.put(acc.from_record(text))
+    assert scram_login(there, "Alice", PASSWORD)[0] == "Alice"
+    mine = acc.from_record(acc.record(there.register("bob", "a password of bob", 1)))
+    assert not there.drop(made.__class__(mine.name, mine.key, 1, made.verifier))
+    assert there.drop(mine) and there.get("bob") is None
+    for bad in ("", "alice 1 4096 zz 00 00", "9lives 1 4096 " + " ".join(["00" * 32] * 3),
+                text.replace(" 4096 ", " 10 ")):
+        with pytest.raises(AccountError):
+            acc.from_record(bad)
+    here.close()
+    there.close()

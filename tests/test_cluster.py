@@ -39,7 +39,7 @@ class FakeRedis:
         self.hosts.append(broker)
         self.read[node] = 0
         broker.uplink_said({"c": "up", "epoch": "e1", "lost": False, "point": "0-0",
-                            "hosts": {}, "topics": {}}, self.now)
+                            "hosts": {}, "topics": {}, "accounts": []}, self.now)
         return broker
 
     def run(self, deliver: bool = True, replies: bool = True) -> None:
@@ -189,7 +189,8 @@ def test_without_redis_messages_are_refused_and_sessions_told() -> None:
     assert (refused["code"], refused["label"]) == ("storage_unavailable", 11)
     assert not redis.inbox
     a.uplink_said({"c": "up", "epoch": "e1", "lost": False, "point": "0-0",
-                   "hosts": {"b": {"bob": "#x"}}, "topics": {}}, redis.now)
+                   "hosts": {"b": {"bob": "#x"}}, "topics": {}, "accounts": []},
+                   redis.now)
     assert frames(a, 1)[-1]["cluster"] == "up"
     assert redis.inbox[-1][1]["c"] == "state"  # this host's sessions, written again
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from accountwire import SETTINGS as ACCOUNTS
+from accountwire import direct_after, logged_in, login, register
 from redisproc import REDIS, RedisServer, free_port
 from serverproc import FAST, ServerProcess, kill_quietly, wait_until
 from wire import Client, Frame, connect
@@ -33,8 +35,8 @@ class Cluster:
     def host(self, name: str, **cluster: Any) -> ServerProcess:
         data = self.base / name
         data.mkdir(exist_ok=True)
-        settings = {**FAST, "cluster": {"redis_url": self.redis.url, "node": name,
-                                        **cluster}}
+        settings = {**FAST, **ACCOUNTS, "cluster": {"redis_url": self.redis.url,
+                                                    "node": name, **cluster}}
         server = ServerProcess(data, settings).start()
         server.wait_for_log(f"in the cluster as node {name}")
         self.hosts.append(server)
@@ -227,3 +229,52 @@ def test_cluster_tells_clients_when_redis_lost_its_data(cluster: Cluster, tmp_pa
     assert after["id"] > first  # ids never go back, though Redis forgot its sequence
     assert bob.messages("#e", 2)[-1]["id"] == after["id"]
     sees(bob, "#e", ["alice", "bob"])
+
+
+def test_cluster_accounts_log_in_on_any_host_and_own_their_nick_everywhere(
+        cluster: Cluster) -> None:
+    a, b = cluster.host("a"), cluster.host("b")
+    alice = cluster.connect(a, "alice")
+    assert register(alice, "alice", "correct horse")["type"] == "registered"
+    # the name is the cluster's: another host refuses it (its helper has it, or Redis says)
+    dave = cluster.connect(b, "dave")
+    again = register(dave, "alice", "another password")
+    assert again["type"] == "error" and again["code"] in ("account_exists", "nick_taken")
+    # an account's session on another host: the same account, the same nick
+    phone = cluster.connect(b, None)
+    welcome = logged_in(phone, "alice", "correct horse")
+    assert welcome["nick"] == "alice" and welcome["account"] == "alice"
+    wrong = login(cluster.connect(b, None), "alice", "wrong password")
+    assert wrong["type"] == "error" and wrong["code"] == "auth_failed"
+    # a direct message to the account reaches its sessions on both hosts, and the
+    # sender's copy comes back to the sender
+    ack = dave.call({"type": "msg", "to": "alice", "text": "to both"})
+    assert ack["type"] == "ack" and ack["to"] == "alice"
+    for session in (alice, phone, dave):
+        assert session.wait_type("message", to="alice")["id"] == ack["id"]
+    # rooms show the account once, wherever its sessions are
+    alice.join("#acc")
+    phone.join("#acc")
+    dave.join("#acc")
+    sees(alice, "#acc", ["alice", "dave"])
+    sees(dave, "#acc", ["alice", "dave"])
+    # with no session online the nick stays the account's on every host, and a message
+    # to it waits in the account's history, fetched on any host
+    alice.close()
+    phone.close()
+    guest = Client(a.host, a.port)
+    cluster.clients.append(guest)
+    wait_until(lambda: guest.call({"type": "hello", "version": 1, "nick": "Alice"}
+                                  )["code"] == "nick_owned",
+               message="the guest to be refused the account's nick")
+    later = dave.call({"type": "msg", "to": "alice", "text": "while away"})
+    assert later["type"] == "ack" and later["to"] == "alice"
+    back = cluster.connect(a, None)
+    logged_in(back, "alice", "correct horse")
+    got = direct_after(back, ack["id"])
+    assert [(m["id"], m["text"]) for m in got] == [(later["id"], "while away")]
+    # a host that joins later learns the accounts from Redis
+    c = cluster.host("c")
+    late = cluster.connect(c, None)
+    wait_until(lambda: login(late, "alice", "correct horse")["type"] == "logged_in",
+               message="a login on the new host (its helper starting)")
