@@ -336,9 +336,8 @@ class Broker:
                                     f"{self.config.max_rooms} rooms", limit="max_rooms")
             policy = room.policy if room is not None else \
                 RoomPolicy.from_json(self.store.policy(name), name)
-            if policy.admit(who(self, member), req.get("key"), now_ms, name, room is None) \
-                    and member.account:  # an account is its operator now: stored (a guest
-                self._keep_policy(name, policy)  # is not, so a guest's join writes nothing)
+            if policy.admit(who(self, member), req.get("key"), now_ms, name, room is None):
+                self._granted(name, policy, member)
             if room is None:
                 room = self._open_room(name, policy)
             log.debug("%s joins %s", member.nick, name)
@@ -503,6 +502,21 @@ class Broker:
         """A registration the auth helper made, for the cluster to accept or refuse:
         it answers through `logins.registered`. (One host: never called.)"""
         self.logins.registered(member, record.split(" ", 1)[0], pending, None, now_ms)
+
+    def share_moderation(self, member: Member, room: Room, now_ms: int, label: Any,
+                         req: dict[str, Any], change: Callable[[RoomPolicy], Any]) -> bool:
+        """Whether the cluster carries out this checked change of a room's policy (then
+        every host does, as it comes back); False: this host alone, at once."""
+        return False
+
+    def end_remote(self, target: Member, why: str, now_ms: int) -> None:
+        """A server operator ends another host's session (a cluster; never on one host)."""
+
+    def _granted(self, name: str, policy: RoomPolicy, member: Member) -> None:
+        """A join made `member` the room's operator (it opened the room): an account's
+        right is stored (a guest's is its session's, never stored)."""
+        if member.account:
+            self._keep_policy(name, policy)
 
     # ---- helpers ----
 

@@ -16,6 +16,13 @@ shared (sans-I/O; lives in the parent of a host with `cluster.redis_url` set).
   snapshot when a host comes up), so an account logs in on any host. An account's
   sessions on several hosts share its nick, and a direct message to it is stored between
   identities (chatd/direct.py) and reaches its sessions on every host.
+* **Moderation**: a change of a room's policy (op, kick, ban, mode, ...) is checked on
+  the actor's host, then goes through Redis like a message (it has a message id) and
+  every host carries it out on its copy of the policy (modrequests.Moderation.replay):
+  a kick removes the target from the room on every host, a ban holds on every host. An
+  account that opens a room is its operator on every host (a `P` event); a guest's
+  rights are its session's, on its own host. A server operator's `kill` of another
+  host's session is carried out there (a `K` event).
 * **Membership and topics** of other hosts' sessions are kept here as *remote members*
   (Members with a negative session number, which the router has no channel for): joins,
   parts, quits and nick changes of this host's sessions go to the stream, and those of
@@ -37,10 +44,11 @@ from typing import Any
 import msgpack
 
 from chatd import protocol as p
-from chatd.broker import Broker, Member
+from chatd.broker import Broker, Member, Room
 from chatd.config import Config
 from chatd.direct import account_of
-from chatd.modrequests import who
+from chatd.moderation import RoomPolicy, Who
+from chatd.modrequests import Moderation, end_session, who
 from chatd.protocol import ProtocolError, pack
 from chatd.store import StorageError
 from chatd.stores import HistoryStore
@@ -87,6 +95,7 @@ class ClusterBroker(Broker):
         self.point: EntryId = (0, 0)  # membership events up to here are in the snapshot
         self.cursor: EntryId = (self.history.last_id, MAX_SEQ)  # the last entry applied
         self.logins.share = True
+        self.moderation = Moderation(self)
         self._renaming: Member | None = None  # a rename Redis has agreed to already
 
     def resume_at(self) -> tuple[str, int]:
@@ -149,6 +158,29 @@ class ClusterBroker(Broker):
                 log.error("cannot record that %s owns its nick: %s", name, exc.message)
         self.logins.put(record)
 
+    def share_moderation(self, member: Member, room: Room, now_ms: int, label: Any,
+                         req: dict[str, Any], change: Callable[[RoomPolicy], Any]) -> bool:
+        change(room.policy.copy())  # what it would refuse (a full list, no such ban) first
+        self._need_redis()
+        data = {"room": room.name, "by": member.nick or "", "now": now_ms,
+                "req": {k: v for k, v in req.items() if k != "label"}}
+        self._write("msg", ["o", body(data), ""],
+                    Waiting(member.sid, label, "msg", {"room": room.name}, now_ms))
+        return True
+
+    def _granted(self, name: str, policy: RoomPolicy, member: Member) -> None:
+        super()._granted(name, policy, member)
+        if member.account and self.up:
+            self._write("event", ["P", body({"room": name, "account": member.account}),
+                                  member.nick or "", "", ""])
+
+    def end_remote(self, target: Member, why: str, now_ms: int) -> None:
+        if not self.up:
+            log.warning("%s: not ended on the other hosts (Redis out of reach)", target.nick)
+            return
+        self._write("event", ["K", body({"nick": target.nick, "why": why}),
+                              target.nick or "", "", ""])
+
     def _account_flag(self, member: Member, nick: str) -> str:
         """'1' when `nick` is the name of the account `member` is logged in to."""
         account = member.account
@@ -196,7 +228,7 @@ class ClusterBroker(Broker):
                                 "action": bool(req.get("action", False)), **account_of(member)}
         if "room" in req:
             room = self._my_room(member, req["room"])
-            if room.policy.bans or room.policy.mutes:  # (this host's policy)
+            if room.policy.bans or room.policy.mutes:  # (the cluster's, as it reached here)
                 room.policy.check_speak(who(self, member), now_ms, room.name)
             data["room"] = room.name
             args = ["m", body(data), ""]
@@ -368,8 +400,13 @@ class ClusterBroker(Broker):
                           fields.get("t", b"").decode(), fields.get("o") == b"1")
         elif kind == "t":
             self._topic_set(node, int(fields["r"]), msgpack.unpackb(data))
+        elif kind == "o":
+            self._moderation(eid[0], node, int(fields["r"]), ts, msgpack.unpackb(data))
         elif kind == "a":
             self._account_known(data.decode())
+        elif kind in ("P", "K"):
+            if node != self.node:
+                (self._operator if kind == "P" else self._kill)(msgpack.unpackb(data), ts)
         elif node == self.node or eid <= self.point:
             return  # our own (applied when it happened), or in the snapshot already
         elif kind == "g":
@@ -382,12 +419,8 @@ class ClusterBroker(Broker):
 
     def _message(self, msg_id: int, node: str, number: int, ts: int, data: dict[str, Any],
                  target: str, owned: bool = False) -> None:
-        last = self.history.last_id
-        if msg_id <= last:
+        if not self._fresh(msg_id, ts):
             return
-        if last and msg_id != last + 1:
-            self._status("gap", f"messages {last + 1} to {msg_id - 1} never reached this "
-                         "server (the cluster's Redis no longer had them)", ts)
         sender, text, action = str(data["from"]), str(data["text"]), bool(data["action"])
         room_name = p.check_room(data["room"]) if "room" in data else None
         account = data["account"] if isinstance(data.get("account"), str) else None
@@ -415,6 +448,52 @@ class ClusterBroker(Broker):
         assert src is not None and dst is not None
         for sid in dict.fromkeys(m.sid for m in (*self._of(src), *self._of(dst))):
             self.outbox[sid].append(packed)
+
+    def _fresh(self, msg_id: int, ts: int) -> bool:
+        """Whether message id `msg_id` is new here (a gap before it is told)."""
+        last = self.history.last_id
+        if msg_id <= last:
+            return False
+        if last and msg_id != last + 1:
+            self._status("gap", f"messages {last + 1} to {msg_id - 1} never reached this "
+                         "server (the cluster's Redis no longer had them)", ts)
+        return True
+
+    def _moderation(self, msg_id: int, node: str, number: int, ts: int,
+                    data: dict[str, Any]) -> None:
+        """A change of a room's policy, carried out here as on every host."""
+        if not self._fresh(msg_id, ts):
+            return
+        name = p.check_room(data["room"])
+        req: dict[str, Any] = dict(data["req"])
+        room = self.rooms.get(name) or Room(name, "", None, None, policy=RoomPolicy.from_json(
+            self.store.policy(name), name))
+        w = self.waiting.pop(number, None) if node == self.node else None
+        if w is not None:
+            self._ack(w, msg_id, ts, name, "")
+        kicked = [m for m in room.members.values() if m.sid > 0 and req["type"] == "kick"
+                  and p.nick_key(m.nick or "") == p.nick_key(str(req["nick"]))]
+        self.moderation.replay(room, req, int(data["now"]), str(data["by"]), msg_id, ts)
+        for member in kicked:  # (the other hosts have taken it out already)
+            if name not in member.rooms:
+                self._publish("p", member, {"nick": member.nick, "room": name,
+                                            "reason": "kicked"})
+
+    def _operator(self, data: dict[str, Any], ts: int) -> None:
+        """An account opened a room on another host: it is its operator here too."""
+        name, account = p.check_room(data["room"]), p.check_nick(data["account"])
+        room = self.rooms.get(name)
+        policy = room.policy if room else RoomPolicy.from_json(self.store.policy(name), name)
+        if policy.grant(Who(account, "", account)):
+            self._keep_policy(name, policy)
+
+    def _kill(self, data: dict[str, Any], ts: int) -> None:
+        """A server operator on another host ends this host's sessions of a nick (every
+        session of an account)."""
+        target = self.nicks.get(p.nick_key(p.check_nick(data["nick"])))
+        for session in list(self.directory.of_account(target)) if target else []:
+            if session.sid > 0 and not session.gone:
+                end_session(self, session, str(data["why"]), ts)
 
     def _of(self, ident: str) -> list[Member]:
         """This host's sessions of an identity (chatd.store.identity)."""
@@ -447,7 +526,7 @@ class ClusterBroker(Broker):
         key = p.nick_key(nick)
         member = members.get(key)
         if member is None:  # (only an account's sessions hold its nick: it is theirs)
-            member = members[key] = Member(next(self.remote_sids), "", nick,
+            member = members[key] = Member(next(self.remote_sids), f"~{node}~{key}", nick,
                                            account=self.directory.owned.get(key))
         holder = self.nicks.get(key)
         if holder is None or holder.sid < 0:

@@ -14,8 +14,10 @@ carried out once.
 Stream entry ids carry the chatd message id: a message is `ID-0`, any other event
 `SEQ-N` (after the newest message). So a host's cursor is meaningful even after Redis lost
 its data (the sequence is raised to the highest id any host has seen, see SYNC).
-Fields: k kind (m room message, d direct message, j join, p part, q quit, n nick,
-t topic, s a host's whole membership, g a host gone, a an account registered), n node,
+Fields: k kind (m room message, o a change of a room's policy, d direct message, j join,
+p part, q quit, n nick, t topic, s a host's whole membership, g a host gone, a an account
+registered, P an account made a room's operator by opening it, K a session ended by a
+server operator), n node,
 r the write's number, ts (Redis's clock, ms), d the event's packed body (a: the
 record), t (d: the target's nick), o (d: '1' when the target is an account).
 """
@@ -113,8 +115,9 @@ event('a', record)
 return finish({1, ''})
 """
 
-# A membership or topic event. ARGV[5] kind (j p q t), ARGV[6] body, ARGV[7] nick,
-# ARGV[8] nick key, ARGV[9] rooms (j p), or the room (t), ARGV[10] (t) packed topic.
+# A membership, topic or other event. ARGV[5] kind (j p q t, or P K: nothing kept here),
+# ARGV[6] body, ARGV[7] nick, ARGV[8] nick key, ARGV[9] rooms (j p), or the room (t),
+# ARGV[10] (t) packed topic.
 EVENT = _PRELUDE + """
 local kind, body, nick, key = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 if kind == 'q' then
@@ -123,7 +126,7 @@ if kind == 'q' then
   if held and owner_alive(held) == 'me' then redis.call('DEL', P .. 'nick:' .. key) end
 elseif kind == 't' then
   redis.call('HSET', P .. 'topic', ARGV[9], ARGV[10])
-else
+elseif kind ~= 'P' and kind ~= 'K' then
   redis.call('HSET', P .. 'm:' .. node, nick, ARGV[9])
 end
 event(kind, body)

@@ -11,6 +11,7 @@ and a catch-up replays it in its place.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from chatd import channel
@@ -61,10 +62,15 @@ class Moderation:
             raise ProtocolError("no_such_nick", f"nobody called {nick!r} is in {room.name}")
         return found
 
-    def _apply(self, member: Member, room: Room, now: int, label: Any, event: dict[str, Any],
-               change: Any) -> bytes:
-        """Change the policy (`change(policy)`), store it with its event, tell the room;
-        the event frame. On a storage failure nothing changed and nobody is told."""
+    def _apply(self, member: Member, room: Room, now: int, label: Any,
+               req: dict[str, Any]) -> None:
+        """Carry out a checked request (the actor is an operator): change the policy,
+        store it with its event, tell the room. On a storage failure nothing changed and
+        nobody is told. A cluster host hands it to the cluster instead (chatd/cluster.py),
+        and every host carries it out (`replay`) as it comes back."""
+        event, change, after = self._plan(room, req, now, member.nick or "")
+        if self.b.share_moderation(member, room, now, label, req, change):
+            return
         before = room.policy.copy()
         policy = room.policy
         try:
@@ -80,7 +86,89 @@ class Moderation:
         data = pack({"type": "moderation", "id": msg_id, "ts": now, "room": room.name,
                      "by": member.nick, **event})
         self.b._post(room, msg_id, data)
-        return data
+        after(data)
+
+    def replay(self, room: Room, req: dict[str, Any], now: int, by: str, msg_id: int,
+               ts: int) -> None:
+        """A change the cluster carries out (another host checked it): as _apply, on
+        this host's view of the room (a target that is not in it here is left out)."""
+        try:
+            event, change, after = self._plan(room, req, now, by)
+            change(room.policy)
+        except ProtocolError as exc:  # (changed meanwhile: the event is kept all the same)
+            log.warning("room %s: %s from the cluster not carried out here: %s", room.name,
+                        req.get("type"), exc.message)
+            event, after = {"kind": str(req.get("type"))}, _nothing
+        policy = room.policy
+        self.b.store.moderate(ts, room.name, by, event, policy.to_json()
+                              if policy.stored_anything() else None, msg_id=msg_id)
+        data = pack({"type": "moderation", "id": msg_id, "ts": ts, "room": room.name,
+                     "by": by, **event})
+        if room.name in self.b.rooms:
+            self.b._post(room, msg_id, data)
+        else:
+            self.b.history.posted(msg_id)
+        after(data)
+
+    def _plan(self, room: Room, req: dict[str, Any], now: int, by: str
+              ) -> tuple[dict[str, Any], Callable[[RoomPolicy], Any], Callable[[bytes], None]]:
+        """A request's event, its change of the policy, and what follows the event (a
+        kick's leaving, an invitation): the same on every host that carries it out."""
+        rtype = req["type"]
+        if rtype in ("op", "deop"):
+            target = self._targets(room, req["nick"])[0]  # an account's sessions share it
+            subject = who(self.b, target)
+            grant = rtype == "op"
+            return ({"kind": rtype, "nick": target.nick},
+                    lambda pol: pol.grant(subject) if grant else pol.revoke(subject), _nothing)
+        if rtype == "kick":
+            targets = self._targets(room, req["nick"])
+            reason = p.check_line(req.get("reason", ""), "reason", p.MAX_REASON)
+
+            def leave(pol: RoomPolicy) -> None:
+                for target in targets:
+                    pol.left(who(self.b, target))
+
+            def kicked(data: bytes) -> None:
+                held = self.b.history.held.get(room.name, ())
+                for target in targets:
+                    if target.sid in held:
+                        self.b.outbox[target.sid].append(data)  # catching up: hear it now
+                    if target.sid in room.members:
+                        self.b._leave(target, room, None, now)
+
+            return {"kind": "kick", "nick": targets[0].nick, "reason": reason}, leave, kicked
+        if rtype == "invite":
+            guest = self.b.nicks.get(p.nick_key(p.check_nick(req["nick"])))
+            if guest is None or guest.nick is None:
+                raise ProtocolError("no_such_nick", f"nobody is called {req['nick']!r}")
+            invitee, subject = guest, who(self.b, guest)
+
+            def invited(data: bytes) -> None:
+                if invitee.sid > 0 and invitee.sid not in room.members:
+                    self.b.outbox[invitee.sid].append(pack({
+                        "type": "invited", "room": room.name, "by": by, "ts": now}))
+
+            return ({"kind": "invite", "nick": guest.nick},
+                    lambda pol: pol.invite(subject, now), invited)
+        kind = "nick" if "nick" in req else "account"
+        if rtype in ("ban", "mute"):
+            entry = make_entry(kind, req[kind], by, now, check_duration(req.get("duration")),
+                               req.get("reason", ""))
+            which = "bans" if rtype == "ban" else "mutes"
+            told = {k: v for k, v in entry.wire().items() if k not in ("by", "ts")}
+            return {"kind": rtype, **told}, lambda pol: pol.add(which, entry, now), _nothing
+        if rtype in ("unban", "unmute"):
+            check_mask(kind, req[kind])
+            which = "bans" if rtype == "unban" else "mutes"
+            return ({"kind": rtype, kind: req[kind]},
+                    lambda pol: pol.remove(which, kind, req[kind], now, room.name), _nothing)
+        if rtype == "mode":
+            key = check_key(req["key"]) if "key" in req else None
+            modes = (req.get("invite_only"), key, req.get("topic_lock"))
+            return ({"kind": "mode", **RoomPolicy().set_modes(*modes)},
+                    lambda pol: pol.set_modes(*modes), _nothing)
+        raise ProtocolError("invalid_value", f"{rtype} is not a change of a room's policy")
 
     # ---- requests ----
 
@@ -88,56 +176,29 @@ class Moderation:
         room = self.b._my_room(member, req["room"])
         p.check_nick(req["nick"])
         self._operate(member, room)
-        target = self._targets(room, req["nick"])[0]  # an account's sessions share it
-        grant = req["type"] == "op"
-        subject = who(self.b, target)
-        self._apply(member, room, now, label, {"kind": req["type"], "nick": target.nick},
-                    lambda pol: pol.grant(subject) if grant else pol.revoke(subject))
+        self._apply(member, room, now, label, req)
 
     def kick(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
         room = self.b._my_room(member, req["room"])
         p.check_nick(req["nick"])
-        reason = p.check_line(req.get("reason", ""), "reason", p.MAX_REASON)
+        p.check_line(req.get("reason", ""), "reason", p.MAX_REASON)
         self._operate(member, room)
-        targets = self._targets(room, req["nick"])
-
-        def change(pol: RoomPolicy) -> None:
-            for target in targets:
-                pol.left(who(self.b, target))
-
-        data = self._apply(member, room, now, label,
-                           {"kind": "kick", "nick": targets[0].nick, "reason": reason}, change)
-        held = self.b.history.held.get(room.name, ())
-        for target in targets:
-            if target.sid in held:
-                self.b.outbox[target.sid].append(data)  # catching up: it must hear it now
-            self.b._leave(target, room, None, now)
+        self._apply(member, room, now, label, req)
 
     def invite(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
         room = self.b._my_room(member, req["room"])
-        key = p.nick_key(p.check_nick(req["nick"]))
+        p.check_nick(req["nick"])
         self._operate(member, room)
-        guest = self.b.nicks.get(key)
-        if guest is None or guest.nick is None:
-            raise ProtocolError("no_such_nick", f"nobody is called {req['nick']!r}")
-        subject = who(self.b, guest)
-        self._apply(member, room, now, label, {"kind": "invite", "nick": guest.nick},
-                    lambda pol: pol.invite(subject, now))
-        if guest.sid not in room.members:
-            self.b.outbox[guest.sid].append(pack({"type": "invited", "room": room.name,
-                                                  "by": member.nick, "ts": now}))
+        self._apply(member, room, now, label, req)
 
     def entry(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
         """ban, mute"""
         room = self.b._my_room(member, req["room"])
         kind = "nick" if "nick" in req else "account"
-        entry = make_entry(kind, req[kind], member.nick or "", now,
-                           check_duration(req.get("duration")), req.get("reason", ""))
+        make_entry(kind, req[kind], member.nick or "", now,
+                   check_duration(req.get("duration")), req.get("reason", ""))
         self._operate(member, room)
-        which = "bans" if req["type"] == "ban" else "mutes"
-        told = {k: v for k, v in entry.wire().items() if k not in ("by", "ts")}
-        self._apply(member, room, now, label, {"kind": req["type"], **told},
-                    lambda pol: pol.add(which, entry, now))
+        self._apply(member, room, now, label, req)
 
     def unentry(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
         """unban, unmute"""
@@ -145,13 +206,12 @@ class Moderation:
         kind = "nick" if "nick" in req else "account"
         check_mask(kind, req[kind])
         self._operate(member, room)
-        which = "bans" if req["type"] == "unban" else "mutes"
-        self._apply(member, room, now, label, {"kind": req["type"], kind: req[kind]},
-                    lambda pol: pol.remove(which, kind, req[kind], now, room.name))
+        self._apply(member, room, now, label, req)
 
     def mode(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
         room = self.b._my_room(member, req["room"])
-        key = check_key(req["key"]) if "key" in req else None
+        if "key" in req:
+            check_key(req["key"])
         asked = [f for f in ("invite_only", "key", "topic_lock") if f in req]
         actor = who(self.b, member)
         policy = room.policy
@@ -165,10 +225,7 @@ class Moderation:
             self.b._reply(member, reply, label)
             return
         policy.require_operator(actor, room.name)
-        change = RoomPolicy().set_modes(req.get("invite_only"), key, req.get("topic_lock"))
-        self._apply(member, room, now, label, {"kind": "mode", **change},
-                    lambda pol: pol.set_modes(req.get("invite_only"), key,
-                                              req.get("topic_lock")))
+        self._apply(member, room, now, label, req)
 
     def bans(self, member: Member, req: dict[str, Any], label: Any, now: int) -> None:
         room = self.b._my_room(member, req["room"])
@@ -191,8 +248,14 @@ class Moderation:
         why = f"killed by {member.nick}" + (f": {reason}" if reason else "")
         # A logged-in user: every session of its account (phone and laptop share the nick)
         for session in list(self.b.directory.of_account(target)):
-            if not session.gone:
+            if session.sid > 0 and not session.gone:
                 end_session(self.b, session, why, now)
+        if target.sid < 0 or target.account is not None:  # a cluster: those of other hosts
+            self.b.end_remote(target, why, now)  # (their hosts end them)
+
+
+def _nothing(data: bytes) -> None:
+    pass
 
 
 def end_session(broker: Broker, target: Member, why: str, now: int) -> None:

@@ -362,16 +362,19 @@ class Store:
         self.commit()
 
     def moderate(self, ts: int, room: str, by: str, event: dict[str, Any],
-                 policy: str | None) -> int:
+                 policy: str | None, msg_id: int | None = None) -> int:
         """Store a moderation event and the room's policy after it (`policy` None: nothing
-        left to keep), and commit both with any pending messages; the event's id. Raises
-        StorageError with nothing stored."""
-        cur = self._write("INSERT INTO messages (ts, room, dm, sender, target, text, action) "
-                          "VALUES (?, ?, NULL, ?, NULL, ?, ?)",
-                          (ts, room, by, json.dumps(event, separators=(",", ":")), MODERATION))
+        left to keep), and commit both with any pending messages; the event's id (in a
+        cluster it comes with it, as for add_message). Raises StorageError with nothing
+        stored."""
+        cur = self._write(
+            f"INSERT {'' if msg_id is None else 'OR IGNORE '}INTO messages "
+            "(id, ts, room, dm, sender, target, text, action) "
+            "VALUES (?, ?, ?, NULL, ?, NULL, ?, ?)",
+            (msg_id, ts, room, by, json.dumps(event, separators=(",", ":")), MODERATION))
         self.save_policy(room, policy)
         assert cur.lastrowid is not None
-        return cur.lastrowid
+        return msg_id if msg_id is not None else cur.lastrowid
 
     def save_policy(self, room: str, policy: str | None) -> None:
         """Store (and commit) a room's policy, or forget it (None); raises StorageError."""

@@ -83,7 +83,7 @@ class HistoryStore(Protocol):
     def touch_room(self, room: str, ts: int) -> None: ...
 
     def moderate(self, ts: int, room: str, by: str, event: dict[str, Any],
-                 policy: str | None) -> int:
+                 policy: str | None, msg_id: int | None = None) -> int:
         """Store a moderation event (a history entry with its id, returned) and the room's
         policy after it, committed together; raises StorageError with nothing stored."""
         ...

@@ -258,6 +258,9 @@ def test_cluster_accounts_log_in_on_any_host_and_own_their_nick_everywhere(
     dave.join("#acc")
     sees(alice, "#acc", ["alice", "dave"])
     sees(dave, "#acc", ["alice", "dave"])
+    # the account opened the room: its operator on every host, not the guest
+    assert phone.call({"type": "mode", "room": "#acc"})["operator"] is True
+    assert dave.call({"type": "mode", "room": "#acc"})["operator"] is False
     # with no session online the nick stays the account's on every host, and a message
     # to it waits in the account's history, fetched on any host
     alice.close()
@@ -278,3 +281,56 @@ def test_cluster_accounts_log_in_on_any_host_and_own_their_nick_everywhere(
     late = cluster.connect(c, None)
     wait_until(lambda: login(late, "alice", "correct horse")["type"] == "logged_in",
                message="a login on the new host (its helper starting)")
+
+
+def moderated(client: Client, req: dict[str, Any]) -> Frame:
+    """An operator's change: its ack, then its event, with the same id."""
+    ack = client.call(req)
+    assert ack["type"] == "ack", ack
+    event = client.wait_type("moderation", kind=req["type"])
+    assert event["id"] == ack["id"]
+    return event
+
+
+def test_cluster_moderation_holds_on_every_host(cluster: Cluster) -> None:
+    a, b = cluster.host("a"), cluster.host("b")
+    alice, bob = cluster.connect(a, "alice"), cluster.connect(b, "bob")
+    carol = cluster.connect(b, "carol")
+    alice.join("#m")  # she opened it: its operator
+    sees(bob, "#m", ["alice"])
+    for client in (bob, carol):
+        client.join("#m")
+    sees(alice, "#m", ["alice", "bob", "carol"])
+    assert bob.error({"type": "kick", "room": "#m", "nick": "carol"})["code"] == \
+        "not_operator"
+    # a change has a message id from the one sequence: before and after, messages too
+    said = alice.say("#m", "rules")["id"]
+    ban = moderated(alice, {"type": "ban", "room": "#m", "nick": "car*"})
+    assert ban["id"] > said
+    assert carol.wait_type("moderation", kind="ban")["id"] == ban["id"]
+    assert carol.error({"type": "msg", "room": "#m", "text": "x"})["code"] == "banned"
+    # an operator made on one host acts on another
+    moderated(alice, {"type": "op", "room": "#m", "nick": "bob"})
+    assert bob.wait_type("moderation", kind="op")["nick"] == "bob"
+    assert bob.call({"type": "mode", "room": "#m"})["operator"] is True
+    kick = moderated(bob, {"type": "kick", "room": "#m", "nick": "carol", "reason": "out"})
+    got = carol.wait_type("moderation", kind="kick")
+    assert (got["id"], got["by"], got["reason"]) == (kick["id"], "bob", "out")
+    assert alice.wait_type("moderation", kind="kick")["nick"] == "carol"
+    sees(alice, "#m", ["alice", "bob"])
+    assert carol.error({"type": "join", "room": "#m"})["code"] == "banned"
+    # modes set on one host keep people out on another
+    moderated(alice, {"type": "unban", "room": "#m", "nick": "car*"})
+    moderated(alice, {"type": "mode", "room": "#m", "invite_only": True})
+    bob.wait_type("moderation", kind="mode")
+    assert carol.error({"type": "join", "room": "#m"})["code"] == "invite_only"
+    moderated(bob, {"type": "invite", "room": "#m", "nick": "carol"})
+    assert carol.wait_type("invited", room="#m")["by"] == "bob"
+    carol.join("#m")
+    sees(alice, "#m", ["alice", "bob", "carol"])
+    # the same history on both hosts, the changes in their places
+    after = alice.call({"type": "history", "room": "#m", "after": said - 1})
+    there = carol.call({"type": "history", "room": "#m", "after": said - 1})
+    assert ids(after["messages"]) == ids(there["messages"])
+    assert [m.get("kind") for m in after["messages"]] == [
+        None, "ban", "op", "kick", "unban", "mode", "invite"]
