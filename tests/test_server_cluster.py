@@ -32,11 +32,12 @@ class Cluster:
         self.hosts: list[ServerProcess] = []
         self.clients: list[Client] = []
 
-    def host(self, name: str, **cluster: Any) -> ServerProcess:
+    def host(self, name: str, server: dict[str, Any] | None = None, **cluster: Any
+             ) -> ServerProcess:
         data = self.base / name
         data.mkdir(exist_ok=True)
-        settings = {**FAST, **ACCOUNTS, "cluster": {"redis_url": self.redis.url,
-                                                    "node": name, **cluster}}
+        settings = {**FAST, **ACCOUNTS, "server": server or {},
+                    "cluster": {"redis_url": self.redis.url, "node": name, **cluster}}
         server = ServerProcess(data, settings).start()
         server.wait_for_log(f"in the cluster as node {name}")
         self.hosts.append(server)
@@ -233,7 +234,7 @@ def test_cluster_tells_clients_when_redis_lost_its_data(cluster: Cluster, tmp_pa
 
 def test_cluster_accounts_log_in_on_any_host_and_own_their_nick_everywhere(
         cluster: Cluster) -> None:
-    a, b = cluster.host("a"), cluster.host("b")
+    a, b = (cluster.host(name, server={"operators": ["alice"]}) for name in "ab")
     alice = cluster.connect(a, "alice")
     assert register(alice, "alice", "correct horse")["type"] == "registered"
     # the name is the cluster's: another host refuses it (its helper has it, or Redis says)
@@ -276,6 +277,9 @@ def test_cluster_accounts_log_in_on_any_host_and_own_their_nick_everywhere(
     logged_in(back, "alice", "correct horse")
     got = direct_after(back, ack["id"])
     assert [(m["id"], m["text"]) for m in got] == [(later["id"], "while away")]
+    # a server operator ends a session of another host
+    assert back.call({"type": "kill", "nick": "dave", "reason": "test"})["type"] == "killed"
+    assert dave.wait_type("error", code="killed")["message"] == "killed by alice: test"
     # a host that joins later learns the accounts from Redis
     c = cluster.host("c")
     late = cluster.connect(c, None)
