@@ -28,6 +28,12 @@ shared (sans-I/O; lives in the parent of a host with `cluster.redis_url` set).
   parts, quits and nick changes of this host's sessions go to the stream, and those of
   other hosts come from it, so `who`, `rooms` and the room notices are cluster-wide, a
   stream's delay (about a millisecond) behind.
+* **This host's SQLite fails** (a full disk): what it had applied since its last commit
+  is taken back (nobody here gets those messages yet), and it reads the stream again
+  from its last commit through a new uplink (once a second while it fails): its copy
+  gets every message, and its sessions each one once. Meanwhile its sessions are told
+  (a `status` event) and messages are refused; acknowledgements stay true (Redis has
+  every message acknowledged).
 * **Redis lost**: sessions are told (a `status` event), writes are refused
   (`storage_unavailable`), joins and parts go on locally; on return this host's whole
   membership is written again and the stream is read from where it stopped.
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +51,7 @@ from typing import Any
 import msgpack
 
 from chatd import protocol as p
-from chatd.broker import Broker, Member, Room
+from chatd.broker import Broker, Item, Member, Room
 from chatd.config import Config
 from chatd.direct import account_of
 from chatd.moderation import RoomPolicy, Who
@@ -95,6 +102,13 @@ class ClusterBroker(Broker):
         self.point: EntryId = (0, 0)  # membership events up to here are in the snapshot
         self.cursor: EntryId = (self.history.last_id, MAX_SEQ)  # the last entry applied
         self.logins.share = True
+        self.committed: EntryId = self.cursor  # entries up to here are in SQLite
+        self.settling: list[int] = []  # ids of the messages applied since
+        self.settling_frames: list[bytes] = []  # and their frames, in outboxes
+        self.rewind = False  # SQLite took them back: read them again (drain)
+        self.store_trouble: EntryId | None = None  # failing since (the cursor then)
+        self.restart_uplink: Callable[[str], None] = lambda why: None  # set by master
+        self.now_ms = 0  # the time the uplink last said something (for drain's events)
         self.moderation = Moderation(self)
         self._renaming: Member | None = None  # a rename Redis has agreed to already
 
@@ -113,6 +127,9 @@ class ClusterBroker(Broker):
     def _need_redis(self) -> None:
         if not self.up:
             raise ProtocolError("storage_unavailable", UNREACHABLE)
+        if self.store_trouble is not None:
+            raise ProtocolError("storage_unavailable", "not stored: this server cannot store "
+                                "messages now (its history database fails); try again later")
 
     def need_cluster(self) -> None:
         self._need_redis()
@@ -282,6 +299,7 @@ class ClusterBroker(Broker):
     # ---- what the uplink says (the parent's helper checked the framing) ----
 
     def uplink_said(self, msg: dict[str, Any], now_ms: int) -> None:
+        self.now_ms = now_ms
         if msg.get("c") == "x":
             for eid, fields in msg["x"]:
                 self._checked(self._entry, entry_id(eid), fields)
@@ -390,18 +408,27 @@ class ClusterBroker(Broker):
     # ---- the stream ----
 
     def _entry(self, eid: EntryId, fields: dict[str, bytes]) -> None:
-        if eid <= self.cursor:
-            return  # applied already (a new uplink reads again from where we were)
-        self.cursor = eid
+        if eid <= self.cursor or self.rewind:
+            return  # applied already (a new uplink reads again from where we were), or
+        previous, self.cursor = self.cursor, eid  # to be read again after a failure
+        try:
+            self._apply(eid, fields)
+        except StorageError:  # (the store has called _unsend: read again from the commit)
+            self.cursor = previous
+            self.rewind = True
+
+    def _apply(self, eid: EntryId, fields: dict[str, bytes]) -> None:
         kind, node = fields["k"].decode(), fields["n"].decode()
         ts, data = int(fields["ts"]), fields["d"]
         if kind in ("m", "d"):
             self._message(eid[0], node, int(fields["r"]), ts, msgpack.unpackb(data),
                           fields.get("t", b"").decode(), fields.get("o") == b"1")
-        elif kind == "t":
-            self._topic_set(node, int(fields["r"]), msgpack.unpackb(data))
-        elif kind == "o":
-            self._moderation(eid[0], node, int(fields["r"]), ts, msgpack.unpackb(data))
+        elif kind in ("t", "o"):  # stored and committed at once, with what came before
+            if kind == "t":
+                self._topic_set(node, int(fields["r"]), msgpack.unpackb(data))
+            else:
+                self._moderation(eid[0], node, int(fields["r"]), ts, msgpack.unpackb(data))
+            self._committed()
         elif kind == "a":
             self._account_known(data.decode())
         elif kind in ("P", "K"):
@@ -434,17 +461,19 @@ class ClusterBroker(Broker):
         w = self.waiting.pop(number, None) if node == self.node else None
         if w is not None:
             self._ack(w, msg_id, ts, room_name, target)
-        frame = {"type": "message", "id": msg_id, "ts": ts, "from": sender, "text": text,
-                 "action": action, **({"account": account} if account else {})}
+        packed = pack({"type": "message", "id": msg_id, "ts": ts, "from": sender,
+                       "text": text, "action": action,
+                       **({"account": account} if account else {}),
+                       **({"room": room_name} if room_name else {"to": target})})
+        self._settling(msg_id, packed)
         if room_name is not None:
             room = self.rooms.get(room_name)
             if room is None:
                 self.history.posted(msg_id)
             else:
-                self._post(room, msg_id, pack({**frame, "room": room_name}))
+                self._post(room, msg_id, packed)
             return
         self.history.posted(msg_id)
-        packed = pack({**frame, "to": target})
         assert src is not None and dst is not None
         for sid in dict.fromkeys(m.sid for m in (*self._of(src), *self._of(dst))):
             self.outbox[sid].append(packed)
@@ -640,13 +669,63 @@ class ClusterBroker(Broker):
         if msg["lost"]:
             self._status("gap", "the cluster's Redis lost its data: messages acknowledged "
                          "in the last moments before may be missing", now_ms)
-        elif was_down and self.why != "not connected yet":
+        elif was_down and self.why != "not connected yet" and self.store_trouble is None:
             self._status("up", "the server reaches the cluster again", now_ms)
         self.why = ""
         log.info("in the cluster as node %s (epoch %s)", self.node, msg["epoch"])
 
+    # ---- this host's copy (SQLite) ----
+
+    def _settling(self, msg_id: int, frame: bytes) -> None:
+        """A message applied here: in SQLite once the next commit has gone through."""
+        self.settling.append(msg_id)
+        self.settling_frames.append(frame)
+
+    def _committed(self) -> None:
+        self.committed = self.cursor
+        self.settling.clear()
+        self.settling_frames.clear()
+
+    def _unsend(self, error: StorageError) -> None:
+        """SQLite rolled back what was pending: the messages applied since the last
+        commit go from every queue (nobody here has them yet) and are read again."""
+        if not self.settling:
+            return  # (nothing of the stream's: nothing to read again)
+        dropped = {id(frame) for frame in self.settling_frames}
+        for sid, items in list(self.outbox.items()):
+            self.outbox[sid] = [x for x in items if id(x) not in dropped]
+        self.history.rolled_back(set(self.settling))
+        self.settling.clear()
+        self.settling_frames.clear()
+        self.rewind = True
+
+    def drain(self) -> defaultdict[int, list[Item]]:
+        out = super().drain()  # (its commit may fail: _unsend)
+        if self.rewind:
+            self._read_again()
+        elif self.cursor > self.committed:
+            self._committed()
+            if self.store_trouble is not None and self.cursor > self.store_trouble:
+                log.warning("history database: this host stores the cluster's messages "
+                            "again")
+                self.store_trouble = None
+                self._status("up", "the server stores messages again", self.now_ms)
+        return out
+
+    def _read_again(self) -> None:
+        self.rewind = False
+        self.cursor = self.committed
+        if self.store_trouble is None:
+            log.error("history database failed: this host reads the cluster's stream again "
+                      "from its last commit until it can store it")
+            self._status("down", "the server cannot store messages: new messages are "
+                         "refused until it can", self.now_ms)
+        self.store_trouble = self.cursor
+        self.up = False
+        self.restart_uplink("this host's history database failed: reading again")
+
     def _went_down(self, why: str, now_ms: int) -> None:
-        if self.up:
+        if self.up and self.store_trouble is None:
             log.error("lost the cluster's Redis: %s; messages are refused until it is back",
                       why)
             self._status("down", "the server cannot reach the cluster's Redis: new "

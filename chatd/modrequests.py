@@ -92,16 +92,17 @@ class Moderation:
                ts: int) -> None:
         """A change the cluster carries out (another host checked it): as _apply, on
         this host's view of the room (a target that is not in it here is left out)."""
+        policy = room.policy.copy()
         try:
             event, change, after = self._plan(room, req, now, by)
-            change(room.policy)
+            change(policy)
         except ProtocolError as exc:  # (changed meanwhile: the event is kept all the same)
             log.warning("room %s: %s from the cluster not carried out here: %s", room.name,
                         req.get("type"), exc.message)
-            event, after = {"kind": str(req.get("type"))}, _nothing
-        policy = room.policy
+            policy, event, after = room.policy, {"kind": str(req.get("type"))}, _nothing
         self.b.store.moderate(ts, room.name, by, event, policy.to_json()
                               if policy.stored_anything() else None, msg_id=msg_id)
+        room.policy = policy  # (once stored: a failure leaves it as it was, read again)
         data = pack({"type": "moderation", "id": msg_id, "ts": ts, "room": room.name,
                      "by": by, **event})
         if room.name in self.b.rooms:

@@ -120,6 +120,11 @@ class UplinkHelper:
                     return
         self.flush()
 
+    def restart(self, why: str) -> None:
+        """The broker reads the stream again (from where its store has it): a new uplink."""
+        if self.pid is not None:
+            self._end(why)
+
     def _end(self, why: str) -> None:
         if self.pid is not None:
             log.warning("cluster uplink (pid %d): %s; starting another", self.pid, why)
@@ -167,4 +172,5 @@ def join_cluster(config: Config, store: HistoryStore, sel: selectors.BaseSelecto
     helper = UplinkHelper(config, sel, lambda msg: broker.uplink_said(msg, now_ms()),
                           broker.resume_at)
     broker.uplink = helper.send
+    broker.restart_uplink = helper.restart
     return broker, helper

@@ -8,6 +8,7 @@ is not installed (CI installs it: .ci/run).
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from accountwire import SETTINGS as ACCOUNTS
 from accountwire import direct_after, logged_in, login, register
 from redisproc import REDIS, RedisServer, free_port
 from serverproc import FAST, ServerProcess, kill_quietly, wait_until
+from storefaults import fill, tmpfs
 from wire import Client, Frame, connect
 
 pytestmark = [pytest.mark.skipif(REDIS is None, reason="redis-server is not installed"),
@@ -32,9 +34,9 @@ class Cluster:
         self.hosts: list[ServerProcess] = []
         self.clients: list[Client] = []
 
-    def host(self, name: str, server: dict[str, Any] | None = None, **cluster: Any
-             ) -> ServerProcess:
-        data = self.base / name
+    def host(self, name: str, server: dict[str, Any] | None = None, data: Path | None = None,
+             **cluster: Any) -> ServerProcess:
+        data = data or self.base / name
         data.mkdir(exist_ok=True)
         settings = {**FAST, **ACCOUNTS, "server": server or {},
                     "cluster": {"redis_url": self.redis.url, "node": name, **cluster}}
@@ -338,3 +340,33 @@ def test_cluster_moderation_holds_on_every_host(cluster: Cluster) -> None:
     assert ids(after["messages"]) == ids(there["messages"])
     assert [m.get("kind") for m in after["messages"]] == [
         None, "ban", "op", "kick", "unban", "mode", "invite"]
+
+
+def test_cluster_host_whose_disk_fills_reads_again_and_misses_nothing(cluster: Cluster
+                                                                       ) -> None:
+    """A host's own SQLite copy fails (a full disk): its sessions are told and refused,
+    the other hosts carry on, and once it can store again it has every message, and its
+    sessions got each one once, in order."""
+    with tmpfs("4m") as fs:
+        a = cluster.host("a", data=fs / "a")
+        b = cluster.host("b")
+        alice, bob = cluster.connect(a, "alice"), cluster.connect(b, "bob")
+        alice.join("#d")
+        bob.join("#d")
+        sees(alice, "#d", ["alice", "bob"])
+        before = [bob.say("#d", f"before {i}")["id"] for i in range(3)]
+        assert ids(alice.messages("#d", 3)) == before
+        fill(fs / "filler")
+        during = [bob.say("#d", f"during {i}")["id"] for i in range(5)]  # b stores them
+        assert "cannot store" in alice.wait_type("status", cluster="down")["message"]
+        refused = alice.call({"type": "msg", "room": "#d", "text": "lost"})
+        assert refused["code"] == "storage_unavailable"
+        os.remove(fs / "filler")  # space returns: the host reads again what it missed
+        alice.wait_type("status", cluster="up", timeout=15)
+        after = alice.say("#d", "after")["id"]
+        got = counted(alice, "#d")
+        wait_until(lambda: after in got(), message="alice to get her own message")
+        assert got() == [*before, *during, after]  # each once, in order
+        page = alice.call({"type": "history", "room": "#d", "after": before[-1]})
+        assert ids(page["messages"]) == [*during, after]
+        a.stop()
