@@ -323,8 +323,8 @@ class ClusterBroker(Broker):
         elif kind == "down":
             self._went_down(str(msg["e"]), now_ms)
         elif kind == "lost":
-            log.error("while this host was away from Redis, other hosts took these nicks "
-                      "of its sessions: %s", ", ".join(map(str, msg["nicks"])))
+            for nick in msg["nicks"]:
+                self._nick_lost(p.check_nick(str(nick)), now_ms)
 
     def _result(self, number: int, msg: dict[str, Any]) -> None:
         w = self.waiting.get(number)
@@ -377,7 +377,7 @@ class ClusterBroker(Broker):
         holder = self.nicks.get(p.nick_key(nick))
         if holder is not None and holder.sid < 0 and holder.account is None:
             self._remote_quit(holder, "nick taken over", w.now_ms)  # Redis says: stale
-        self._renaming = member
+        self._renaming, old = member, p.nick_key(member.nick or "")
         try:
             if w.kind == "hello":
                 super()._hello(member, w.req, w.label, w.now_ms)
@@ -387,6 +387,11 @@ class ClusterBroker(Broker):
             self.outbox[member.sid].append(p.error_from(exc, w.label))
         finally:
             self._renaming = None
+        for members in self.remote.values():  # a nick given up to another host's session
+            if old in members and old not in self.nicks:
+                self.nicks[old] = members[old]
+        if w.req.get("lost") and member.nick == nick:  # the others never saw it in its
+            self._write_state()  # rooms (Redis gave the nick away): now they do
         if member.gone or member.nick != nick:  # banned meanwhile, or taken here after all
             self._release(nick)
 
@@ -395,6 +400,36 @@ class ClusterBroker(Broker):
         if holder is None or holder.sid < 0:
             self._write("event", ["q", body({"nick": nick, "reason": "quit"}), nick,
                                   p.nick_key(nick), ""])
+
+    def _nick_lost(self, nick: str, now_ms: int) -> None:
+        """While this host was cut off from Redis (past its lease), another host gave a
+        session of its own the nick of one of ours: the cluster's holder keeps it, and
+        ours is renamed (told why with a `status` event `renamed`)."""
+        member = self.nicks.get(p.nick_key(nick))
+        if member is None or member.sid < 0 or member.account is not None:
+            return  # (an account's nick is its sessions' on every host: never lost)
+        new = self._spare_nick(nick)
+        log.warning("while this host was cut off from the cluster, another host gave the "
+                    "nick %s to one of its sessions: session %s is renamed %s", nick,
+                    member.token, new)
+        self.outbox[member.sid].append(pack({
+            "type": "status", "cluster": "renamed", "ts": now_ms,
+            "message": f"while this server was cut off from the cluster, another server "
+                       f"gave the nick {nick} to someone else: you are now {new}"}))
+        self._write("nick", [p.nick_key(new), new, p.nick_key(nick), nick, _rooms(member),
+                             body({"old": nick, "new": new}), ""],
+                    Waiting(member.sid, None, "nick", {"type": "nick", "nick": new,
+                                                       "lost": True}, now_ms))
+
+    def _spare_nick(self, nick: str) -> str:
+        """A variant of `nick` that nobody here holds and no account owns."""
+        for n in itertools.count(1):
+            suffix = "_" if n == 1 else f"_{n}"
+            spare = nick[:p.MAX_NICK - len(suffix)] + suffix
+            if p.nick_key(spare) not in self.nicks and \
+                    p.nick_key(spare) not in self.directory.owned:
+                return spare
+        raise AssertionError("unreachable")
 
     def _tell(self, w: Waiting, frame: bytes) -> None:
         if w.sid in self.members:
@@ -660,11 +695,7 @@ class ClusterBroker(Broker):
             topic = msgpack.unpackb(packed)
             if self.store.topic(p.check_room(name))[2] != topic["ts"]:
                 self._topic_set("", 0, {"room": name, **topic})
-        state: list[str] = []
-        for member in self.members.values():
-            if member.nick is not None and not member.gone:
-                state += [p.nick_key(member.nick), member.nick, _rooms(member)]
-        self.uplink({"c": "state", "a": state})
+        self._write_state()
         was_down, self.up = not self.up, True
         if msg["lost"]:
             self._status("gap", "the cluster's Redis lost its data: messages acknowledged "
@@ -723,6 +754,15 @@ class ClusterBroker(Broker):
         self.store_trouble = self.cursor
         self.up = False
         self.restart_uplink("this host's history database failed: reading again")
+
+    def _write_state(self) -> None:
+        """This host's sessions, nicks and rooms, written again whole (the uplink's STATE:
+        the other hosts see what differs as joins, parts and nick changes)."""
+        state: list[str] = []
+        for member in self.members.values():
+            if member.nick is not None and not member.gone:
+                state += [p.nick_key(member.nick), member.nick, _rooms(member)]
+        self.uplink({"c": "state", "a": state})
 
     def _went_down(self, why: str, now_ms: int) -> None:
         if self.up and self.store_trouble is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -370,3 +371,35 @@ def test_cluster_host_whose_disk_fills_reads_again_and_misses_nothing(cluster: C
         page = alice.call({"type": "history", "room": "#d", "after": before[-1]})
         assert ids(page["messages"]) == [*during, after]
         a.stop()
+
+
+def test_cluster_nick_given_away_while_a_host_was_cut_off_renames_its_session(
+        cluster: Cluster) -> None:
+    """A host cut off past its lease (its uplink stopped): another host reaps it and gives
+    a nick of its sessions away; when it comes back its session is renamed and told."""
+    a, b = cluster.host("a", lease=2.0), cluster.host("b", lease=2.0)
+    alice, bob = cluster.connect(a, "alice"), cluster.connect(b, "bob")
+    alice.join("#k")
+    bob.join("#k")
+    sees(bob, "#k", ["alice", "bob"])
+    match = re.search(r"cluster uplink: pid (\d+) \(node a\)",
+                      a.wait_for_log(r"cluster uplink: pid \d+ \(node a\)"))
+    assert match is not None
+    uplink = int(match.group(1))
+    mark = b.mark()
+    os.kill(uplink, signal.SIGSTOP)
+    try:
+        b.wait_for_log("node a stopped renewing its lease: reaped", start=mark, timeout=15)
+        other = Client(b.host, b.port)
+        cluster.clients.append(other)
+        assert other.hello("alice")["nick"] == "alice"
+    finally:
+        os.kill(uplink, signal.SIGCONT)
+    status = alice.wait_type("status", cluster="renamed", timeout=15)
+    assert "you are now alice_" in status["message"]
+    renamed = alice.wait_type("nick")
+    assert (renamed["old"], renamed["new"], "room" in renamed) == ("alice", "alice_", False)
+    sees(bob, "#k", ["alice_", "bob"])
+    ack = bob.call({"type": "msg", "to": "alice", "text": "which one?"})
+    assert other.wait_type("message", to="alice")["id"] == ack["id"]
+    assert alice.call({"type": "nick", "nick": "alice"})["code"] == "nick_taken"
