@@ -755,6 +755,44 @@ class ClusterBroker(Broker):
         self.up = False
         self.restart_uplink("this host's history database failed: reading again")
 
+    # ---- an upgrade (chatd/handover.py) ----
+
+    def hand_over(self) -> dict[str, Any]:
+        """What the next parent of an upgrade needs to go on as this one, so that the
+        other hosts see nothing happen: where the stream was read to, the writes waiting
+        for Redis and the other hosts' members (with the uplink's incarnation, see
+        uplinkhelper.hand_over). Called drained and committed."""
+        return {"cursor": list(self.cursor), "point": list(self.point), "up": self.up,
+                "why": self.why, "number": next(self.numbers),
+                "waiting": [[n, w.sid, w.label, w.kind, w.req, w.now_ms]
+                            for n, w in self.waiting.items() if w.kind != "account"],
+                "claiming": sorted(self.claiming),
+                "remote": [[node, m.sid, m.token, m.nick, m.account, sorted(m.rooms)]
+                           for node, members in self.remote.items()
+                           for m in members.values()]}
+
+    def take_over(self, state: dict[str, Any]) -> None:
+        """The predecessor's hand_over(), after handover.restore() rebuilt the rest."""
+        self.cursor = self.committed = (int(state["cursor"][0]), int(state["cursor"][1]))
+        self.point = (int(state["point"][0]), int(state["point"][1]))
+        self.up, self.why = bool(state["up"]), str(state["why"])
+        self.numbers = itertools.count(int(state["number"]))
+        for number, sid, label, kind, req, now in state["waiting"]:
+            if sid in self.members:
+                self.waiting[number] = Waiting(sid, label, kind, req, now)
+        self.claiming = {sid for sid in state["claiming"] if sid in self.members}
+        low = -1
+        for node, sid, token, nick, account, rooms in state["remote"]:
+            member = Member(sid, token, nick, account=account)
+            self.remote.setdefault(node, {})[p.nick_key(nick)] = member
+            self.nicks.setdefault(p.nick_key(nick), member)
+            for name in rooms:
+                if name in self.rooms:  # (every room was handed over)
+                    self.rooms[name].members[sid] = member
+                    member.rooms.add(name)
+            low = min(low, sid)
+        self.remote_sids = itertools.count(low - 1, -1)
+
     def _write_state(self) -> None:
         """This host's sessions, nicks and rooms, written again whole (the uplink's STATE:
         the other hosts see what differs as joins, parts and nick changes)."""

@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from chatd import channel
+from chatd import channel, uplinkhelper
 from chatd.broker import Member, Room
+from chatd.cluster import ClusterBroker
 from chatd.history import Catchup
 from chatd.moderation import RoomPolicy
 from chatd.protocol import FrameDecoder
@@ -67,7 +68,7 @@ def snapshot(master: Master, now: float) -> dict[str, Any]:
     # (the history reader is told to exit on handover: the new parent reaps it)
     # (and so is the auth helper, stopped before the snapshot: chatd/upgrade.py)
     retiring = [[pid, kill_in(pid)] for pid in table.retiring | master.reader.pids
-                | master.auth.pids]
+                | master.auth.pids | (master.uplink.pids if master.uplink else set())]
     for pid, kid in table.children.items():
         if table.by_sid.get(kid.sid) is not kid:  # its channel is closed: on its way out
             retiring.append([pid, kill_in(pid)])
@@ -97,6 +98,9 @@ def snapshot(master: Master, now: float) -> dict[str, Any]:
         "catching": [[cu.sid, cu.room] for cu in broker.history.catching.values()],
         # sessions adopted from a dead parent are watched through these (chatd/adopt.py)
         "pidfds": [[pid, fd] for pid, fd in table.pidfds.items()],
+        # a cluster host goes on as the same host (chatd/uplinkhelper.py; retired uplink)
+        **({"cluster": uplinkhelper.hand_over(broker, master.uplink)}
+           if master.uplink is not None and isinstance(broker, ClusterBroker) else {}),
     }
 
 
@@ -237,6 +241,8 @@ def restore(master: Master, state: dict[str, Any], now: float) -> None:
             history.held[name].add(sid)
     for pid, fd in state.get("pidfds", []):
         master.adopter.watch(pid, fd)
+    if "cluster" in state and master.uplink is not None and isinstance(broker, ClusterBroker):
+        uplinkhelper.take_over(broker, master.uplink, state["cluster"])
     for kid in list(table.by_sid.values()):
         router.flush(kid)  # what the old parent had queued for it
     log.info("took over %d sessions, %d rooms, %d listeners%s", len(table.by_sid),

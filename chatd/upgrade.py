@@ -164,6 +164,8 @@ class Upgrade:
             master.auth.resume()
             self.fail(f"history reads still in flight after {SETTLE_TIMEOUT:g}s; try again")
             return
+        if master.uplink is not None:  # ends without leaving the cluster (the next
+            master.uplink.retire()  # parent goes on as this host: handover.snapshot)
         state = handover.snapshot(master, time.monotonic())  # "at": the pause starts
         self.exec(state)
 
@@ -220,6 +222,8 @@ class Upgrade:
             master.reader.running = True
             master.reader.restart_at = time.monotonic()
             master.auth.resume()
+            if master.uplink is not None:
+                master.uplink.resume()
             self.fail(f"cannot execute {sys.executable}: {exc}")
 
 

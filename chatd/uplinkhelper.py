@@ -120,6 +120,21 @@ class UplinkHelper:
                     return
         self.flush()
 
+    def retire(self) -> None:
+        """An upgrade: the uplink ends without leaving the cluster (no SIGTERM, no EOF:
+        the next parent goes on with this incarnation and these writes, hand_over)."""
+        if self.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        self.running = False
+        self.restart_at = None
+        self.lost()
+
+    def resume(self) -> None:
+        """After retire() for an upgrade that did not happen: a new one at once."""
+        self.running = True
+        self.restart_at = time.monotonic()
+
     def restart(self, why: str) -> None:
         """The broker reads the stream again (from where its store has it): a new uplink."""
         if self.pid is not None:
@@ -163,6 +178,20 @@ class UplinkHelper:
         if pid == self.pid:
             self.lost()  # (before its channel's EOF said so)
         return reaped_helper(self.old, pid, status, self.running, "cluster uplink")
+
+
+def hand_over(broker: ClusterBroker, helper: UplinkHelper) -> dict[str, Any]:
+    """The cluster's part of an upgrade's snapshot (chatd/handover.py), once the uplink
+    has retired: the next parent keeps this host's incarnation, so Redis and the other
+    hosts see the same host go on, and sends again the writes not answered yet."""
+    return {"inc": helper.incarnation, "writes": list(helper.unanswered.values()),
+            **broker.hand_over()}
+
+
+def take_over(broker: ClusterBroker, helper: UplinkHelper, state: dict[str, Any]) -> None:
+    helper.incarnation = str(state["inc"])
+    helper.unanswered = {int(w["w"]): w for w in state["writes"]}
+    broker.take_over(state)
 
 
 def join_cluster(config: Config, store: HistoryStore, sel: selectors.BaseSelector

@@ -11,6 +11,8 @@ import itertools
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -403,3 +405,39 @@ def test_cluster_nick_given_away_while_a_host_was_cut_off_renames_its_session(
     ack = bob.call({"type": "msg", "to": "alice", "text": "which one?"})
     assert other.wait_type("message", to="alice")["id"] == ack["id"]
     assert alice.call({"type": "nick", "nick": "alice"})["code"] == "nick_taken"
+
+
+def test_cluster_host_upgrade_is_not_seen_by_anyone(cluster: Cluster) -> None:
+    """`chatd upgrade` of a host under chat: it goes on as the same host (its incarnation
+    handed over), so nobody sees its users leave or the others join again, and every
+    message sent meanwhile is acknowledged and delivered once."""
+    a, b = cluster.host("a"), cluster.host("b")
+    alice, bob = cluster.connect(a, "alice"), cluster.connect(b, "bob")
+    alice.join("#u")
+    bob.join("#u")
+    sees(alice, "#u", ["alice", "bob"])
+    sees(bob, "#u", ["alice", "bob"])
+    for client in (alice, bob):
+        client.sync()
+    before = {client.nick: len(client.received) for client in (alice, bob)}
+    mark = a.mark()
+    labels = [alice.request({"type": "msg", "room": "#u", "text": f"a{i}"})
+              for i in range(20)]
+    done = subprocess.run([sys.executable, "-m", "chatd", "upgrade", "--data-dir",
+                           str(a.data_dir), "--timeout", "60"], capture_output=True,
+                          text=True, timeout=70)
+    assert done.returncode == 0, done.stderr
+    a.wait_for_log(r"took over \d+ sessions", start=mark)
+    acked = [alice.reply(label, timeout=30)["id"] for label in labels]
+    acked += [alice.say("#u", f"after {i}")["id"] for i in range(5)]
+    acked += [bob.say("#u", f"from b {i}")["id"] for i in range(5)]
+    for client in (alice, bob):
+        got = counted(client, "#u")
+        wait_until(lambda got=got: set(acked) <= set(got()), message="every message")
+        assert got() == sorted(acked)
+    sees(bob, "#u", ["alice", "bob"])
+    for client in (alice, bob):
+        client.sync()
+        assert not [f for f in client.received[before[client.nick]:]
+                    if f.get("type") in ("join", "part", "quit", "status")]
+    assert not any("left the cluster" in line for line in a.lines[mark:])
