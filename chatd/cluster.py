@@ -24,10 +24,9 @@ shared (sans-I/O; lives in the parent of a host with `cluster.redis_url` set).
   rights are its session's, on its own host. A server operator's `kill` of another
   host's session is carried out there (a `K` event).
 * **Membership and topics** of other hosts' sessions are kept here as *remote members*
-  (Members with a negative session number, which the router has no channel for): joins,
-  parts, quits and nick changes of this host's sessions go to the stream, and those of
-  other hosts come from it, so `who`, `rooms` and the room notices are cluster-wide, a
-  stream's delay (about a millisecond) behind.
+  (chatd/clustermembers.py): joins, parts, quits and nick changes of this host's
+  sessions go to the stream, and those of other hosts come from it, so `who`, `rooms`
+  and the room notices are cluster-wide, a stream's delay (about a millisecond) behind.
 * **This host's SQLite fails** (a full disk): what it had applied since its last commit
   is taken back (nobody here gets those messages yet), and it reads the stream again
   from its last commit through a new uplink (once a second while it fails): its copy
@@ -51,7 +50,8 @@ from typing import Any
 import msgpack
 
 from chatd import protocol as p
-from chatd.broker import Broker, Item, Member, Room
+from chatd.broker import Item, Member, Room
+from chatd.clustermembers import RemoteMembers
 from chatd.config import Config
 from chatd.direct import account_of
 from chatd.moderation import RoomPolicy, Who
@@ -87,7 +87,7 @@ def body(data: dict[str, Any]) -> bytes:
     return packed
 
 
-class ClusterBroker(Broker):
+class ClusterBroker(RemoteMembers):
     def __init__(self, store: HistoryStore, config: Config) -> None:
         super().__init__(store, config)
         self.node = config.node
@@ -97,8 +97,6 @@ class ClusterBroker(Broker):
         self.numbers = itertools.count(1)
         self.waiting: dict[int, Waiting] = {}
         self.claiming: set[int] = set()  # sessions whose hello waits for Redis
-        self.remote: dict[str, dict[str, Member]] = {}  # node -> nick key -> member
-        self.remote_sids = itertools.count(-1, -1)
         self.point: EntryId = (0, 0)  # membership events up to here are in the snapshot
         self.cursor: EntryId = (self.history.last_id, MAX_SEQ)  # the last entry applied
         self.logins.share = True
@@ -583,97 +581,6 @@ class ClusterBroker(Broker):
             room.topic, room.topic_by, room.topic_ts = topic, by, ts
             self._fanout(room, pack(frame), skip=skip)
 
-    # ---- other hosts' sessions ----
-
-    def _remote(self, node: str, nick: str) -> Member:
-        members = self.remote.setdefault(node, {})
-        key = p.nick_key(nick)
-        member = members.get(key)
-        if member is None:  # (only an account's sessions hold its nick: it is theirs)
-            member = members[key] = Member(next(self.remote_sids), f"~{node}~{key}", nick,
-                                           account=self.directory.owned.get(key))
-        holder = self.nicks.get(key)
-        if holder is None or holder.sid < 0:
-            self.nicks[key] = member
-        elif holder is not member and (holder.account is None
-                                       or holder.account != member.account):
-            log.warning("nick %s is held here and on node %s", nick, node)
-        return member
-
-    def _remote_event(self, kind: str, node: str, data: dict[str, Any], ts: int) -> None:
-        if kind == "n":
-            old, new = str(data["old"]), p.check_nick(str(data["new"]))
-            renamed = self.remote.get(node, {}).get(p.nick_key(old))
-            if renamed is not None:
-                self._remote_rename(node, renamed, new, ts)
-            return
-        nick = p.check_nick(str(data["nick"]))
-        if kind == "j":
-            self._remote_join(self._remote(node, nick), p.check_room(data["room"]), ts)
-        elif kind == "p":
-            member = self.remote.get(node, {}).get(p.nick_key(nick))
-            room = self.rooms.get(p.check_room(data["room"]))
-            if member is not None and room is not None and member.sid in room.members:
-                self._leave(member, room, {"type": "part", "room": room.name, "nick": nick,
-                                           "reason": str(data.get("reason", "")), "ts": ts})
-        elif kind == "q":
-            member = self.remote.get(node, {}).get(p.nick_key(nick))
-            if member is not None:
-                self._remote_quit(member, str(data.get("reason", "")) or "quit", ts)
-
-    def _remote_join(self, member: Member, name: str, ts: int) -> None:
-        room = self.rooms.get(name) or self._open_room(name)
-        if member.sid in room.members:
-            return
-        if not self.directory.present(room.members, member):  # (an account is one member)
-            self._fanout(room, pack({"type": "join", "room": name, "nick": member.nick,
-                                     "ts": ts}))
-        room.members[member.sid] = member
-        member.rooms.add(name)
-
-    def _remote_rename(self, node: str, member: Member, new: str, ts: int) -> None:
-        old = member.nick or ""
-        members = self.remote[node]
-        del members[p.nick_key(old)]
-        if self.nicks.get(p.nick_key(old)) is member:
-            del self.nicks[p.nick_key(old)]
-        member.nick = new
-        members[p.nick_key(new)] = member
-        self._remote(node, new)
-        for name in sorted(member.rooms):
-            self._fanout(self.rooms[name], pack({"type": "nick", "room": name, "old": old,
-                                                 "new": new, "ts": ts}))
-
-    def _remote_quit(self, member: Member, reason: str, ts: int) -> None:
-        for node, members in self.remote.items():
-            if members.get(p.nick_key(member.nick or "")) is member:
-                del members[p.nick_key(member.nick or "")]
-                if not members:
-                    del self.remote[node]
-                break
-        self._leave_all(member, reason, ts)
-
-    def _remote_gone(self, node: str, ts: int) -> None:
-        for member in list(self.remote.get(node, {}).values()):
-            self._remote_quit(member, "server lost", ts)
-
-    def _remote_state(self, node: str, state: dict[str, list[str]], ts: int) -> None:
-        """A host's whole membership: what differs from what we knew is a join, part,
-        quit or nick change, as if we had seen each happen."""
-        keys = {p.nick_key(nick): nick for nick in state}
-        for member in list(self.remote.get(node, {}).values()):
-            if p.nick_key(member.nick or "") not in keys:
-                self._remote_quit(member, "quit", ts)
-        for nick, rooms in state.items():
-            member = self._remote(node, p.check_nick(nick))
-            if member.nick != nick:
-                self._remote_rename(node, member, nick, ts)
-            for name in sorted(member.rooms - set(rooms)):
-                self._leave(member, self.rooms[name], {"type": "part", "room": name,
-                                                       "nick": nick, "reason": "", "ts": ts})
-            for name in rooms:
-                self._remote_join(member, p.check_room(name), ts)
-
     # ---- the link ----
 
     def _came_up(self, msg: dict[str, Any], now_ms: int) -> None:
@@ -766,10 +673,7 @@ class ClusterBroker(Broker):
                 "why": self.why, "number": next(self.numbers),
                 "waiting": [[n, w.sid, w.label, w.kind, w.req, w.now_ms]
                             for n, w in self.waiting.items() if w.kind != "account"],
-                "claiming": sorted(self.claiming),
-                "remote": [[node, m.sid, m.token, m.nick, m.account, sorted(m.rooms)]
-                           for node, members in self.remote.items()
-                           for m in members.values()]}
+                "claiming": sorted(self.claiming), "remote": self.remote_members()}
 
     def take_over(self, state: dict[str, Any]) -> None:
         """The predecessor's hand_over(), after handover.restore() rebuilt the rest."""
@@ -781,17 +685,7 @@ class ClusterBroker(Broker):
             if sid in self.members:
                 self.waiting[number] = Waiting(sid, label, kind, req, now)
         self.claiming = {sid for sid in state["claiming"] if sid in self.members}
-        low = -1
-        for node, sid, token, nick, account, rooms in state["remote"]:
-            member = Member(sid, token, nick, account=account)
-            self.remote.setdefault(node, {})[p.nick_key(nick)] = member
-            self.nicks.setdefault(p.nick_key(nick), member)
-            for name in rooms:
-                if name in self.rooms:  # (every room was handed over)
-                    self.rooms[name].members[sid] = member
-                    member.rooms.add(name)
-            low = min(low, sid)
-        self.remote_sids = itertools.count(low - 1, -1)
+        self.take_remote_members(state["remote"])
 
     def _write_state(self) -> None:
         """This host's sessions, nicks and rooms, written again whole (the uplink's STATE:
