@@ -224,7 +224,7 @@ class ClusterBroker(RemoteMembers):
             super()._nick(member, req, label, now_ms)
             return
         self._need_redis()
-        self._write("nick", [p.nick_key(new), new, p.nick_key(old), old, _rooms(member),
+        self._write("nick", [p.nick_key(new), new, p.nick_key(old), old, self._rooms_here(member),
                              body({"old": old, "new": new}), self._account_flag(member, new)],
                     Waiting(member.sid, label, "nick", req, now_ms))
 
@@ -234,7 +234,7 @@ class ClusterBroker(RemoteMembers):
         super().rename(member, new, label, now_ms)
         if member is self._renaming or member.sid < 0 or new == old or not self.up:
             return  # (while Redis is away, the state written on return tells it)
-        self._write("nick", [p.nick_key(new), new, p.nick_key(old), old, _rooms(member),
+        self._write("nick", [p.nick_key(new), new, p.nick_key(old), old, self._rooms_here(member),
                              body({"old": old, "new": new}), self._account_flag(member, new)])
 
     def _msg(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> None:
@@ -280,19 +280,35 @@ class ClusterBroker(RemoteMembers):
     def _part(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> None:
         name = p.check_room(req["room"])
         super()._part(member, req, label, now_ms)
-        self._publish("p", member, {"nick": member.nick, "room": name,
-                                    "reason": req.get("reason", "")})
+        room = self.rooms.get(name)
+        if room is None or not self.directory.present(room.members, member):
+            self._publish("p", member, {"nick": member.nick, "room": name,  # (the last
+                                        "reason": req.get("reason", "")})  # of an account)
 
     def _leave_all(self, member: Member, reason: str, now_ms: int) -> None:
-        if member.sid > 0 and member.nick is not None:
+        if member.sid < 0 or member.nick is None:
+            super()._leave_all(member, reason, now_ms)
+            return
+        rooms = set(member.rooms)
+        staying = [m for m in self.directory.of_account(member) if m is not member]
+        if not staying:  # (another session of its account here keeps the account here)
             self._publish("q", member, {"nick": member.nick, "reason": reason})
         super()._leave_all(member, reason, now_ms)
+        for name in sorted(rooms - set().union(*(m.rooms for m in staying))):
+            if staying:
+                self._publish("p", staying[0], {"nick": member.nick, "room": name,
+                                                "reason": reason})
 
     def _publish(self, kind: str, member: Member, data: dict[str, Any]) -> None:
         """Tell the other hosts; while Redis is away the state written on return does."""
         if self.up and member.nick is not None:
             self._write("event", [kind, body(data), member.nick, p.nick_key(member.nick),
-                                  _rooms(member)])
+                                  self._rooms_here(member)])
+
+    def _rooms_here(self, member: Member) -> str:
+        """The rooms of `member`'s nick on this host: an account's, all its sessions'."""
+        sessions = [m for m in self.directory.of_account(member) if not m.gone] or [member]
+        return " ".join(sorted(set().union(*(m.rooms for m in sessions))))
 
     # ---- what the uplink says (the parent's helper checked the framing) ----
 
@@ -414,7 +430,7 @@ class ClusterBroker(RemoteMembers):
             "type": "status", "cluster": "renamed", "ts": now_ms,
             "message": f"while this server was cut off from the cluster, another server "
                        f"gave the nick {nick} to someone else: you are now {new}"}))
-        self._write("nick", [p.nick_key(new), new, p.nick_key(nick), nick, _rooms(member),
+        self._write("nick", [p.nick_key(new), new, p.nick_key(nick), nick, self._rooms_here(member),
                              body({"old": nick, "new": new}), ""],
                     Waiting(member.sid, None, "nick", {"type": "nick", "nick": new,
                                                        "lost": True}, now_ms))
@@ -693,7 +709,7 @@ class ClusterBroker(RemoteMembers):
         state: list[str] = []
         for member in self.members.values():
             if member.nick is not None and not member.gone:
-                state += [p.nick_key(member.nick), member.nick, _rooms(member)]
+                state += [p.nick_key(member.nick), member.nick, self._rooms_here(member)]
         self.uplink({"c": "state", "a": state})
 
     def _went_down(self, why: str, now_ms: int) -> None:
@@ -710,6 +726,3 @@ class ClusterBroker(RemoteMembers):
             if member.nick is not None and not member.gone:
                 self.outbox[member.sid].append(frame)
 
-
-def _rooms(member: Member) -> str:
-    return " ".join(sorted(member.rooms))

@@ -441,3 +441,25 @@ def test_cluster_host_upgrade_is_not_seen_by_anyone(cluster: Cluster) -> None:
         assert not [f for f in client.received[before[client.nick]:]
                     if f.get("type") in ("join", "part", "quit", "status")]
     assert not any("left the cluster" in line for line in a.lines[mark:])
+
+
+def test_cluster_account_with_two_sessions_on_a_host_stays_while_one_remains(
+        cluster: Cluster) -> None:
+    a, b = cluster.host("a"), cluster.host("b")
+    erin = cluster.connect(a, "erin")
+    first = cluster.connect(b, "alice")
+    assert register(first, "alice", "correct horse")["type"] == "registered"
+    second = cluster.connect(b, None)
+    logged_in(second, "alice", "correct horse")
+    for client in (erin, first, second):
+        client.join("#two")
+    sees(erin, "#two", ["alice", "erin"])
+    second.call({"type": "part", "room": "#two"})
+    second.close()
+    erin.say("#two", "still there?")  # (after anything the part or the close sent)
+    assert first.messages("#two", 1)[0]["text"] == "still there?"
+    erin.sync()
+    assert not erin.pending("part") and not erin.pending("quit")
+    sees(erin, "#two", ["alice", "erin"])
+    c = cluster.host("c")  # a new host learns the membership from Redis's copy
+    sees(cluster.connect(c, "carl"), "#two", ["alice", "erin"])
