@@ -60,6 +60,7 @@ OPS: dict[str, dict[str, tuple[type, ...]]] = {
     "owner": {"nick": _STR},
     "put_account": {"record": _STR},
     "drop_account": {"record": _STR},
+    "get_record": {"account": _STR},
     "stats": {},
 }
 
@@ -204,6 +205,12 @@ class AuthService:
             log.info("account %s: registration withdrawn (the cluster refused it)",
                      account.name)
         return {"account": account.name}
+
+    def _get_record(self, req: dict[str, Any], now: float, now_ms: int) -> dict[str, Any]:
+        account = self.store.get(req["account"])
+        if account is None:
+            raise AccountError("no_such_account", f"no account {req['account']!r}")
+        return {"account": account.name, "record": record(account)}
 
     def _owner(self, req: dict[str, Any], now: float, now_ms: int) -> dict[str, Any]:
         return {"account": self.store.owner(req["nick"])}

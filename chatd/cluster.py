@@ -10,12 +10,9 @@ shared (sans-I/O; lives in the parent of a host with `cluster.redis_url` set).
   message itself.
 * **Nicks** are claimed in Redis (hello, nick) before they are given; a DM's target is
   looked up there, so a DM reaches its target on any host.
-* **Accounts** are registered in Redis too (after this host's auth helper made the
-  verifier): a name is the cluster's once, its nick is refused to guests on every host,
-  and every host's auth helper stores every account (from the stream, and from the
-  snapshot when a host comes up), so an account logs in on any host. An account's
-  sessions on several hosts share its nick, and a direct message to it is stored between
-  identities (chatd/direct.py) and reaches its sessions on every host.
+* **Accounts** are the cluster's (chatd/clusteraccounts.py): an account's sessions on
+  several hosts share its nick, and a direct message to it is stored between identities
+  (chatd/direct.py) and reaches its sessions on every host.
 * **Moderation**: a change of a room's policy (op, kick, ban, mode, ...) is checked on
   the actor's host, then goes through Redis like a message (it has a message id) and
   every host carries it out on its copy of the policy (modrequests.Moderation.replay):
@@ -51,6 +48,7 @@ import msgpack
 
 from chatd import protocol as p
 from chatd.broker import Item, Member, Room
+from chatd.clusteraccounts import SharedAccounts
 from chatd.clustermembers import RemoteMembers
 from chatd.config import Config
 from chatd.direct import account_of
@@ -99,7 +97,7 @@ class ClusterBroker(RemoteMembers):
         self.claiming: set[int] = set()  # sessions whose hello waits for Redis
         self.point: EntryId = (0, 0)  # membership events up to here are in the snapshot
         self.cursor: EntryId = (self.history.last_id, MAX_SEQ)  # the last entry applied
-        self.logins.share = True
+        self.accounts = self.logins.cluster = SharedAccounts(self)
         self.committed: EntryId = self.cursor  # entries up to here are in SQLite
         self.settling: list[int] = []  # ids of the messages applied since
         self.settling_frames: list[bytes] = []  # and their frames, in outboxes
@@ -132,46 +130,14 @@ class ClusterBroker(RemoteMembers):
     def need_cluster(self) -> None:
         self._need_redis()
 
-    def share_account(self, member: Member, record: str, pending: Any, now_ms: int) -> None:
+    def share_account(self, member: Member | None, record: str, pending: Any,
+                      now_ms: int) -> None:
+        """An account for Redis: a registration here (answered through `accounts`), or
+        (no member) one Redis lacks (clusteraccounts.SharedAccounts.offer)."""
         name = record.split(" ", 1)[0]
         self._write("account", [p.nick_key(name), record],
-                    Waiting(member.sid, None, "account", {"record": record,
-                                                          "pending": pending}, now_ms))
-
-    def _shared(self, member: Member | None, w: Waiting, msg: dict[str, Any]) -> None:
-        """Redis's answer to a registration (share_account)."""
-        record, pending = w.req["record"], w.req["pending"]
-        name = record.split(" ", 1)[0]
-        label = pending[0].label
-        error: bytes | None = None
-        if "e" in msg:
-            self.logins.drop(record)
-            error = p.error_frame("storage_unavailable", UNREACHABLE, label=label)
-        elif int(msg["v"][0]) == 0:  # registered on another host first: theirs it is
-            self.logins.drop(record)
-            self._account_known(str(msg["v"][1]))
-            error = p.error_frame("account_exists", f"the account {name!r} exists",
-                                  label=label)
-        elif int(msg["v"][0]) == 2:
-            self.logins.drop(record)
-            error = p.error_frame("nick_taken", f"nick {name!r} is in use", label=label)
-        if member is not None:
-            self.logins.registered(member, name, pending, error, w.now_ms)
-
-    def _account_known(self, record: str) -> None:
-        """An account of the cluster: its nick is owned here, its helper stores it."""
-        name = p.check_nick(record.split(" ", 1)[0])
-        key = p.nick_key(name)
-        for members in self.remote.values():  # (held by its sessions only, from now on)
-            if key in members:
-                members[key].account = name
-        if self.directory.owned.get(key) != name:
-            self.directory.owned[key] = name
-            try:
-                self.store.own(name)
-            except StorageError as exc:  # (the next snapshot or login records it again)
-                log.error("cannot record that %s owns its nick: %s", name, exc.message)
-        self.logins.put(record)
+                    Waiting(member.sid if member else 0, None, "account",
+                            {"record": record, "pending": pending}, now_ms))
 
     def share_moderation(self, member: Member, room: Room, now_ms: int, label: Any,
                          req: dict[str, Any], change: Callable[[RoomPolicy], Any]) -> bool:
@@ -348,7 +314,8 @@ class ClusterBroker(RemoteMembers):
             self.claiming.discard(w.sid)
         if w.kind == "account":
             del self.waiting[number]
-            self._shared(self.members.get(w.sid), w, msg)
+            self.accounts.shared(self.members.get(w.sid), w.req["record"],
+                                 w.req["pending"], msg, w.now_ms)
             return
         if "e" in msg:
             del self.waiting[number]
@@ -479,7 +446,7 @@ class ClusterBroker(RemoteMembers):
                 self._moderation(eid[0], node, int(fields["r"]), ts, msgpack.unpackb(data))
             self._committed()
         elif kind == "a":
-            self._account_known(data.decode())
+            self.accounts.known(data.decode())
         elif kind in ("P", "K"):
             if node != self.node:
                 (self._operator if kind == "P" else self._kill)(msgpack.unpackb(data), ts)
@@ -604,9 +571,7 @@ class ClusterBroker(RemoteMembers):
         if msg["lost"]:
             self.cursor = (0, 0)
         self.cursor = min(self.cursor, self.point)  # as the uplink reads on (see there)
-        for record in msg["accounts"]:  # registered while this host was away
-            if self.directory.owned.get(p.nick_key(record.split(" ", 1)[0])) is None:
-                self._account_known(record)
+        self.accounts.came_up(msg["accounts"])  # (before the members: whose nicks)
         hosts: dict[str, dict[str, str]] = msg["hosts"]
         for node in list(self.remote):
             if node not in hosts:
@@ -689,7 +654,8 @@ class ClusterBroker(RemoteMembers):
                 "why": self.why, "number": next(self.numbers),
                 "waiting": [[n, w.sid, w.label, w.kind, w.req, w.now_ms]
                             for n, w in self.waiting.items() if w.kind != "account"],
-                "claiming": sorted(self.claiming), "remote": self.remote_members()}
+                "claiming": sorted(self.claiming), "remote": self.remote_members(),
+                "puts": self.accounts.puts}
 
     def take_over(self, state: dict[str, Any]) -> None:
         """The predecessor's hand_over(), after handover.restore() rebuilt the rest."""
@@ -702,6 +668,7 @@ class ClusterBroker(RemoteMembers):
                 self.waiting[number] = Waiting(sid, label, kind, req, now)
         self.claiming = {sid for sid in state["claiming"] if sid in self.members}
         self.take_remote_members(state["remote"])
+        self.accounts.puts.update(state.get("puts", {}))
 
     def _write_state(self) -> None:
         """This host's sessions, nicks and rooms, written again whole (the uplink's STATE:

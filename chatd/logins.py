@@ -30,6 +30,7 @@ from chatd.store import StorageError
 
 if TYPE_CHECKING:
     from chatd.broker import Broker, Member
+    from chatd.clusteraccounts import SharedAccounts
 
 log = logging.getLogger("chatd.broker")
 Token = tuple[int, int]  # (session number, request serial)
@@ -53,10 +54,9 @@ class Logins:
         self.exchanges: dict[int, int] = {}  # sid -> its SCRAM exchange open in the helper
         self.reserved: dict[str, int] = {}  # nick key -> the session registering it
         self.available = False  # an auth helper runs (the parent says so)
-        # A cluster host (chatd/cluster.py): registrations are shared through Redis, and
-        # the accounts other hosts registered are stored in the helper (`put`).
-        self.share = False
-        self.puts: dict[str, str] = {}  # account key -> record the helper has yet to store
+        # A cluster host: registrations are shared through Redis, and the accounts other
+        # hosts registered are stored in the helper (chatd/clusteraccounts.py).
+        self.cluster: SharedAccounts | None = None
         self._serial = itertools.count(1)
 
     # ---- hooks of the broker ----
@@ -100,7 +100,7 @@ class Logins:
         key = self._unheld(member, name)
         self._up()
         share: dict[str, Any] = {}
-        if self.share:  # the record comes back, for Redis
+        if self.cluster is not None:  # the record comes back, for Redis
             self.b.need_cluster()
             share["share"] = True
         if "password" in req:
@@ -156,27 +156,16 @@ class Logins:
                                 "again shortly")
 
     def started(self) -> None:
-        """An auth helper runs (again): what it must store for the cluster goes to it."""
+        """An auth helper runs (again): what it must do for the cluster goes to it."""
         self.available = True
-        for key, text in self.puts.items():
-            self._put(key, text)
+        if self.cluster is not None:
+            self.cluster.started()
 
-    def put(self, text: str) -> None:
-        """Have the helper store an account as the cluster has it (a record of
-        chatd.accounts), until it says it has (again after a restart)."""
-        key = p.nick_key(text.split(" ", 1)[0])
-        self.puts[key] = text
-        if self.available:
-            self._put(key, text)
-
-    def _put(self, key: str, text: str) -> None:
+    def ask_helper(self, op: str, key: str, **fields: Any) -> None:
+        """A request of no session (the cluster's: its reply goes to `cluster.done`)."""
         token = (0, next(self._serial))
-        self.asked[token] = Asked(0, "put_account", None, nick=key, record=text)
-        self.requests.append((token, "put_account", {"record": text}))
-
-    def drop(self, text: str) -> None:
-        """Withdraw this helper's registration the cluster refused (best effort)."""
-        self.requests.append(((0, next(self._serial)), "drop_account", {"record": text}))
+        self.asked[token] = Asked(0, op, None, nick=key, record=fields.get("record", ""))
+        self.requests.append((token, op, fields))
 
     def _ask(self, member: Member, op: str, label: Any, **fields: Any) -> None:
         asked = Asked(member.sid, op, label, fields.get("ex", 0), fields.pop("nick", ""))
@@ -196,13 +185,9 @@ class Logins:
         asked = self.asked.pop(token, None)
         if asked is None:
             return
-        if asked.op == "put_account":
-            if isinstance(reply, dict) and reply.get("ok") is True:
-                if self.puts.get(asked.nick) == asked.record:
-                    del self.puts[asked.nick]
-            else:  # kept: sent again when the next helper starts
-                log.error("auth helper did not store the cluster's account %s: %s",
-                          asked.record.split(" ", 1)[0], str(reply)[:200])
+        if asked.sid == 0:
+            if self.cluster is not None:
+                self.cluster.done(asked.op, asked.nick, asked.record, reply)
             return
         if asked.nick and self.reserved.get(asked.nick) == asked.sid:
             del self.reserved[asked.nick]
@@ -222,7 +207,7 @@ class Logins:
                 if data is None:
                     raise ProtocolError("invalid_value", "scram_start: no 'data'")
                 out.append(pack(_labelled({"type": "auth", "data": data}, asked.label)))
-            elif self.share and asked.op.startswith("register"):
+            elif self.cluster is not None and asked.op.startswith("register"):
                 text = reply.get("record")
                 if not isinstance(text, str) or len(text) > 512:
                     raise ProtocolError("invalid_value", "'record' is a short str")
@@ -267,6 +252,8 @@ class Logins:
         self.exchanges.clear()
         self.reserved.clear()
         self.requests.clear()
+        if self.cluster is not None:
+            self.cluster.lost()
 
     def forget(self, sid: int) -> None:
         """The session is gone."""

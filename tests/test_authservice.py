@@ -252,3 +252,22 @@ def test_a_bug_fails_one_request_not_the_helper(helper: Helper,
     monkeypatch.setattr(AuthService, "_owner", broken)
     assert helper("owner", nick="alice")["code"] == "auth_unavailable"
     assert helper("stats")["exchanges"] == 1  # the exchange in progress lives on
+
+
+def test_a_cluster_hosts_helper_shares_records_and_stores_the_clusters(helper: Helper
+                                                                        ) -> None:
+    """register with `share` returns the record; get_record gives it again; put_account
+    stores another host's account (which then logs in); drop_account withdraws a
+    registration only while it is still the same."""
+    made = helper("register", account="carol", password="carol's password",
+                  ip="198.51.100.8", share=True)
+    assert made["ok"] and made["record"].startswith("carol ")
+    assert helper("get_record", account="CAROL")["record"] == made["record"]
+    assert helper("get_record", account="nobody")["code"] == "no_such_account"
+    other = accounts.record(accounts.Account(
+        "dave", "dave", 5, accounts.make_verifier("dave's password", FAST)))
+    assert helper("put_account", record=other)["ok"]
+    assert helper.plain("dave", "dave's password")["account"] == "dave"
+    assert helper("put_account", record="dave 5 x")["code"] == "invalid_account"
+    assert helper("drop_account", record=made["record"])["ok"]
+    assert helper("get_record", account="carol")["code"] == "no_such_account"

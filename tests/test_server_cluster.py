@@ -463,3 +463,23 @@ def test_cluster_account_with_two_sessions_on_a_host_stays_while_one_remains(
     sees(erin, "#two", ["alice", "erin"])
     c = cluster.host("c")  # a new host learns the membership from Redis's copy
     sees(cluster.connect(c, "carl"), "#two", ["alice", "erin"])
+
+
+def test_cluster_accounts_are_offered_again_to_a_redis_that_lost_them(
+        cluster: Cluster, tmp_path: Path) -> None:
+    a, b = cluster.host("a"), cluster.host("b")
+    alice = cluster.connect(a, "alice")
+    assert register(alice, "alice", "correct horse")["type"] == "registered"
+    alice.close()
+    bob = cluster.connect(b, "bob")
+    port = cluster.redis.port
+    cluster.redis.stop()
+    cluster.redis = RedisServer(tmp_path / "redis-empty", port, persist=False).start()
+    bob.wait_type("status", cluster="gap", timeout=15)
+    # the hosts offer their accounts back: a message to the account (nobody online)
+    # is accepted again, and waits for it
+    ack = wait_until(lambda: (r := bob.call({"type": "msg", "to": "alice", "text": "hi"}))
+                     ["type"] == "ack" and r, timeout=15, message="the account back in Redis")
+    back = cluster.connect(b, None)
+    logged_in(back, "alice", "correct horse")
+    assert [m["id"] for m in direct_after(back, 0)] == [ack["id"]]
