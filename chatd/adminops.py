@@ -302,7 +302,7 @@ class Ops:
                     peer.uid, ban.reason or "-")
         answer = {"ban": self._listed(ban, wall), "new": new, **self._save(wall),
                   "ended": self._enforce(ban, wall)}
-        return answer
+        return {**answer, **self._tell_cluster({"op": "ban", **ban.record()})}
 
     def _enforce(self, ban: bans.Ban, wall: float) -> list[dict[str, Any]]:
         """End the sessions the new ban matches (as IRC's KLINE does)."""
@@ -336,7 +336,44 @@ class Ops:
         log.warning("server ban #%d %s %s lifted by uid %d", ban.id, ban.kind, ban.target,
                     peer.uid)
         wall = time.time()
-        return {"ban": self._listed(ban, wall), **self._save(wall)}
+        return {"ban": self._listed(ban, wall), **self._save(wall),
+                **self._tell_cluster({"op": "unban", "kind": ban.kind, "target": ban.target})}
+
+    # ---- a cluster: every host's bans (chatd/cluster.py) ----
+
+    def _tell_cluster(self, change: dict[str, Any]) -> dict[str, Any]:
+        if not self.master.config.redis_url:
+            return {}
+        if self.master.broker.share_server_ban(change):
+            return {"cluster": True}
+        return {"cluster": False, "warning": "in force here, but not sent to the other "
+                "hosts (this host cannot reach the cluster's Redis): do it again later"}
+
+    def cluster_ban(self, change: dict[str, Any]) -> None:
+        """Another host's administrator banned or unbanned: the same here."""
+        wall = time.time()
+        kind, target, node = str(change["kind"]), str(change["target"]), change["node"]
+        try:
+            if change["op"] == "ban":
+                until = change["until"]
+                ban, _new = self.bans.add(kind, target, str(change["reason"]),
+                                          None if until is None else float(until), wall,
+                                          f"{change['by']} on node {node}")
+                self._enforce(ban, wall)
+            else:
+                same = bans.normalise(kind, target)
+                found = next((b for b in self.bans if b.kind == kind and (
+                    b.target == same if kind == "address"
+                    else nick_key(b.target) == nick_key(same))), None)
+                if found is None or self.bans.remove(found.id) is None:
+                    return
+                ban = found
+        except (bans.BanError, KeyError, TypeError, ValueError) as exc:
+            log.error("a server ban from node %s not applied: %s", node, exc)
+            return
+        log.warning("server ban #%d %s %s %s on node %s", ban.id, kind, target,
+                    "made" if change["op"] == "ban" else "lifted", node)
+        self._save(wall)
 
     def _bans(self, req: dict[str, Any], peer: Peer) -> dict[str, Any]:
         wall = time.time()

@@ -509,6 +509,11 @@ class Broker:
         every host does, as it comes back); False: this host alone, at once."""
         return False
 
+    def share_server_ban(self, change: dict[str, Any]) -> bool:
+        """Tell the other hosts of a cluster an administrator's server ban or unban
+        (chatd/adminops.py); whether it went (one host: there is nobody to tell)."""
+        return False
+
     def end_remote(self, target: Member, why: str, now_ms: int) -> None:
         """A server operator ends another host's session (a cluster; never on one host)."""
 

@@ -105,6 +105,8 @@ class ClusterBroker(RemoteMembers):
         self.store_trouble: EntryId | None = None  # failing since (the cursor then)
         self.restart_uplink: Callable[[str], None] = lambda why: None  # set by master
         self.now_ms = 0  # the time the uplink last said something (for drain's events)
+        # Another host's server ban or unban, for this host's bans (chatd/adminops.py).
+        self.server_ban: Callable[[dict[str, Any]], None] | None = None
         self.moderation = Moderation(self)
         self._renaming: Member | None = None  # a rename Redis has agreed to already
 
@@ -154,6 +156,12 @@ class ClusterBroker(RemoteMembers):
         if member.account and self.up:
             self._write("event", ["P", body({"room": name, "account": member.account}),
                                   member.nick or "", "", ""])
+
+    def share_server_ban(self, change: dict[str, Any]) -> bool:
+        if not self.up:
+            return False
+        self._write("event", ["S", body(change), "", "", ""])
+        return True
 
     def end_remote(self, target: Member, why: str, now_ms: int) -> None:
         if not self.up:
@@ -450,6 +458,9 @@ class ClusterBroker(RemoteMembers):
         elif kind in ("P", "K"):
             if node != self.node:
                 (self._operator if kind == "P" else self._kill)(msgpack.unpackb(data), ts)
+        elif kind == "S":
+            if node != self.node and self.server_ban is not None:
+                self.server_ban({**msgpack.unpackb(data), "node": node})
         elif node == self.node or eid <= self.point:
             return  # our own (applied when it happened), or in the snapshot already
         elif kind == "g":

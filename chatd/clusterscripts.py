@@ -17,7 +17,7 @@ its data (the sequence is raised to the highest id any host has seen, see SYNC).
 Fields: k kind (m room message, o a change of a room's policy, d direct message, j join,
 p part, q quit, n nick, t topic, s a host's whole membership, g a host gone, a an account
 registered, P an account made a room's operator by opening it, K a session ended by a
-server operator), n node,
+server operator, S an administrator's server ban or unban), n node,
 r the write's number, ts (Redis's clock, ms), d the event's packed body (a: the
 record), t (d: the target's nick), o (d: '1' when the target is an account).
 """
@@ -115,7 +115,7 @@ event('a', record)
 return finish({1, ''})
 """
 
-# A membership, topic or other event. ARGV[5] kind (j p q t, or P K: nothing kept here),
+# A membership, topic or other event. ARGV[5] kind (j p q t, or P K S: nothing kept),
 # ARGV[6] body, ARGV[7] nick, ARGV[8] nick key, ARGV[9] rooms (j p), or the room (t),
 # ARGV[10] (t) packed topic.
 EVENT = _PRELUDE + """
@@ -126,7 +126,7 @@ if kind == 'q' then
   if held and owner_alive(held) == 'me' then redis.call('DEL', P .. 'nick:' .. key) end
 elseif kind == 't' then
   redis.call('HSET', P .. 'topic', ARGV[9], ARGV[10])
-elseif kind ~= 'P' and kind ~= 'K' then
+elseif kind ~= 'P' and kind ~= 'K' and kind ~= 'S' then
   redis.call('HSET', P .. 'm:' .. node, nick, ARGV[9])
 end
 event(kind, body)

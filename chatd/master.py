@@ -32,6 +32,7 @@ from chatd.admission import Gate, source_of
 from chatd.adopt import Adopter
 from chatd.authsupervise import AuthHelperSupervisor
 from chatd.broker import Broker, Member
+from chatd.cluster import ClusterBroker
 from chatd.config import Config, ConfigError, diff, load_file
 from chatd.helpers import HistoryReaderHelper
 from chatd.lifecycle import Lifecycle
@@ -90,6 +91,8 @@ class Master:
         # by the broker, at registration.
         self.admin = AdminServer(self)
         self.broker.screen = self.admin.ops.screen
+        if isinstance(self.broker, ClusterBroker):  # other hosts' server bans apply here
+            self.broker.server_ban = self.admin.ops.cluster_ban
         self.upgrade = Upgrade(self)  # chatd upgrade / SIGUSR2 (chatd/upgrade.py)
         # Sessions outlive us: each carries the broker's signed word on who it is, which
         # a next parent checks with the data dir's key when it adopts them (chatd/adopt.py).

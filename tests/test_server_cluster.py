@@ -8,6 +8,7 @@ is not installed (CI installs it: .ci/run).
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import signal
@@ -483,3 +484,31 @@ def test_cluster_accounts_are_offered_again_to_a_redis_that_lost_them(
     back = cluster.connect(b, None)
     logged_in(back, "alice", "correct horse")
     assert [m["id"] for m in direct_after(back, 0)] == [ack["id"]]
+
+
+def admin_json(server: ServerProcess, *args: str) -> dict[str, Any]:
+    """`chatd admin --json` on one host, as an administrator runs it."""
+    done = subprocess.run([sys.executable, "-m", "chatd", "admin", "--data-dir",
+                           str(server.data_dir), "--json", *args], capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    answer: dict[str, Any] = json.loads(done.stdout)
+    return answer
+
+
+def test_cluster_server_ban_made_on_one_host_holds_on_every_host(cluster: Cluster) -> None:
+    a, b = cluster.host("a"), cluster.host("b")
+    troll = cluster.connect(b, "troll")
+    made = admin_json(a, "ban", "--nick", "Troll*", "--reason", "spam")
+    assert made["cluster"] is True
+    assert troll.wait_type("error", code="server_banned")["fatal"] is True
+    again = Client(b.host, b.port)
+    cluster.clients.append(again)
+    again.request({"type": "hello", "version": 1, "nick": "trolly"})
+    assert again.wait_type("error", code="server_banned")["fatal"] is True
+    (listed,) = admin_json(b, "bans")["bans"]
+    assert (listed["target"], listed["reason"]) == ("Troll*", "spam")
+    assert "on node a" in listed["by"]
+    assert admin_json(a, "unban", str(made["ban"]["id"]))["cluster"] is True
+    wait_until(lambda: not admin_json(b, "bans")["bans"], message="the ban lifted on b")
+    assert cluster.connect(b, "trolly").nick == "trolly"
