@@ -85,7 +85,7 @@ class SharedAccounts:
         key = p.nick_key(name)
         for members in self.b.remote.values():  # (held by its sessions only, from now on)
             if key in members:
-                members[key].account = name
+                self.b.remote_account(members[key], name, self.b.now_ms)
         if self.b.directory.owned.get(key) != name:
             self.b.directory.owned[key] = name
             try:

@@ -15,9 +15,11 @@ import itertools
 import logging
 from typing import Any
 
+from chatd import presence
 from chatd import protocol as p
 from chatd.broker import Broker, Member
 from chatd.config import Config
+from chatd.direct import account_of
 from chatd.protocol import pack
 from chatd.stores import HistoryStore
 
@@ -72,7 +74,7 @@ class RemoteMembers(Broker):
             return
         if not self.directory.present(room.members, member):  # (an account is one member)
             self._fanout(room, pack({"type": "join", "room": name, "nick": member.nick,
-                                     "ts": ts}))
+                                     "ts": ts, **account_of(member)}))
         room.members[member.sid] = member
         member.rooms.add(name)
 
@@ -88,6 +90,20 @@ class RemoteMembers(Broker):
         for name in sorted(member.rooms):
             self._fanout(self.rooms[name], pack({"type": "nick", "room": name, "old": old,
                                                  "new": new, "ts": ts}))
+        account = self.directory.owned.get(p.nick_key(new))
+        if account is not None:  # it logged in
+            self.remote_account(member, account, ts)
+
+    def remote_account(self, member: Member, account: str, ts: int) -> None:
+        """Another host's session is (now) logged in to `account`: the sessions here that
+        share a room with it get an `account` event (protocol.md §12.6), once."""
+        if member.account is not None:
+            return
+        member.account = account
+        event = pack({"type": "account", "nick": member.nick, "account": account, "ts": ts})
+        for sid in presence.sharing(self, member):
+            if sid > 0:
+                self.outbox[sid].append(event)
 
     def _remote_quit(self, member: Member, reason: str, ts: int) -> None:
         for node, members in self.remote.items():

@@ -512,3 +512,20 @@ def test_cluster_server_ban_made_on_one_host_holds_on_every_host(cluster: Cluste
     assert admin_json(a, "unban", str(made["ban"]["id"]))["cluster"] is True
     wait_until(lambda: not admin_json(b, "bans")["bans"], message="the ban lifted on b")
     assert cluster.connect(b, "trolly").nick == "trolly"
+
+
+def test_cluster_account_events_reach_other_hosts(cluster: Cluster) -> None:
+    """protocol.md §12.6 across hosts: a registration after welcome is an `account` event
+    to those sharing a room with it, and its joins name its account."""
+    a, b = cluster.host("a"), cluster.host("b")
+    alice, dave = cluster.connect(a, "alice"), cluster.connect(b, "dave")
+    alice.join("#ev")
+    dave.join("#ev")
+    sees(alice, "#ev", ["alice", "dave"])
+    sees(dave, "#ev", ["alice", "dave"])
+    assert register(alice, "alice", "correct horse")["type"] == "registered"
+    event = dave.wait_type("account", nick="alice")
+    assert event["account"] == "alice"
+    dave.join("#ev2")
+    alice.join("#ev2")
+    assert dave.wait_type("join", room="#ev2", nick="alice")["account"] == "alice"
