@@ -77,7 +77,7 @@ def ids(frames: list[Frame]) -> list[int]:
 def sees(client: Client, room: str, members: list[str]) -> None:
     """Wait until `client`'s host lists `members` in `room`: membership reaches the other
     hosts through the stream, a moment later (eventually consistent, README)."""
-    wait_until(lambda: client.call({"type": "who", "room": room})["members"] == members,
+    wait_until(lambda: client.call({"type": "who", "room": room}).get("members") == members,
                message=f"{client.nick} to see {members} in {room}")
 
 
