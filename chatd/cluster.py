@@ -48,6 +48,7 @@ import msgpack
 
 from chatd import protocol as p
 from chatd.broker import Item, Member, Room
+from chatd.channel import DONE
 from chatd.clusteraccounts import SharedAccounts
 from chatd.clustermembers import RemoteMembers
 from chatd.config import Config
@@ -666,7 +667,12 @@ class ClusterBroker(RemoteMembers):
                 "waiting": [[n, w.sid, w.label, w.kind, w.req, w.now_ms]
                             for n, w in self.waiting.items() if w.kind != "account"],
                 "claiming": sorted(self.claiming), "remote": self.remote_members(),
-                "puts": self.accounts.puts}
+                "puts": self.accounts.puts,
+                # registrations Redis has not answered yet: told to try again (their
+                # Logins state stays here); the account is the cluster's if Redis took it
+                "unregistered": [[w.sid, w.req["pending"][0].label]
+                                 for w in self.waiting.values()
+                                 if w.kind == "account" and w.sid > 0]}
 
     def take_over(self, state: dict[str, Any]) -> None:
         """The predecessor's hand_over(), after handover.restore() rebuilt the rest."""
@@ -680,6 +686,11 @@ class ClusterBroker(RemoteMembers):
         self.claiming = {sid for sid in state["claiming"] if sid in self.members}
         self.take_remote_members(state["remote"])
         self.accounts.puts.update(state.get("puts", {}))
+        for sid, label in state.get("unregistered", []):
+            if sid in self.members:
+                self.outbox[sid] += [p.error_frame(
+                    "auth_unavailable", "the server was upgraded while your account was "
+                    "being registered: log in to it, or register again", label=label), DONE]
 
     def _write_state(self) -> None:
         """This host's sessions, nicks and rooms, written again whole (the uplink's STATE:

@@ -12,6 +12,7 @@ from cores import answer_reads, decode_all
 
 from chatd.cluster import ClusterBroker
 from chatd.config import Config, parse_settings
+from chatd.logins import Asked
 from chatd.protocol import nick_key
 from chatd.store import Store
 
@@ -208,3 +209,35 @@ def test_a_bad_entry_costs_that_entry_only_and_a_gap_is_told() -> None:
     status, message = frames(a, 1)
     assert status["cluster"] == "gap" and "3 to 7" in status["message"]
     assert message["id"] == 8
+
+
+def test_an_upgrade_hands_the_cluster_state_to_the_next_parent() -> None:
+    """hand_over() -> take_over() (through msgpack, as the memfd carries it): the stream
+    position, a write Redis has not answered (its ack comes to the new parent), the other
+    hosts' members, and a registration in flight, which is told to try again."""
+    redis, a, b = two_hosts()
+    send(b, 1, redis.now, type="msg", room="#x", text="pending", label=8)
+    b.share_account(b.members[1], "bob 1 4096 00 00 00", (Asked(1, "register", 9), None),
+                    redis.now)
+    state = msgpack.unpackb(msgpack.packb(b.hand_over(), use_bin_type=True))
+    writes = [msg for _broker, msg in redis.inbox if _broker is b]
+    redis.inbox.clear()
+    values = parse_settings({"cluster": {"redis_url": "redis://fake/0", "node": "b"}})
+    after = ClusterBroker(b.store, Config().with_values(values))  # (the same database)
+    after.attach(1, "s1")
+    member = after.members[1]
+    member.nick, member.rooms = "bob", {"#x"}
+    after.nicks[nick_key("bob")] = member
+    after._open_room("#x").members[1] = member
+    after.take_over(state)
+    after.uplink = lambda msg: redis.inbox.append((after, msg))
+    redis.hosts[redis.hosts.index(b)] = after
+    assert [f["code"] for f in frames(after, 1)] == ["auth_unavailable"]
+    send(after, 1, redis.now, type="who", room="#x", label=3)
+    assert frames(after, 1)[-1]["members"] == ["alice", "bob"]  # none joined again
+    for msg in writes:  # the new uplink sends again what was not answered
+        if msg["s"] == "msg":
+            redis.inbox.append((after, msg))
+    redis.run()
+    ack, message = frames(after, 1)
+    assert (ack["type"], ack["label"], message["text"]) == ("ack", 8, "pending")
