@@ -216,7 +216,8 @@ class Ops:
                          "per_second_60s": round(self.rate.per_second(now, 60.0), 2)},
             "storage": store, "bans": len(self.bans),
             "processes": {"parent": os.getpid(), "sessions": sorted(table.children),
-                          "spares": sorted(table.spares), "helpers": sorted(m.reader.pids)},
+                          "spares": sorted(table.spares),
+                          "helpers": sorted(m.reader.pids | m.zygote.pids)},
         }
 
     def sessions(self) -> Iterator[bytes]:

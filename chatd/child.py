@@ -12,6 +12,7 @@ whole-frame chunks sent with one sendmsg() per wakeup.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # (no stubs)
 import gc
 import logging
 import os
@@ -32,6 +33,8 @@ from chatd.sessionloop import Loop, ResourceLimit
 
 log = logging.getLogger("chatd.session")
 CPU_GRACE = 5  # CPU seconds between SIGXCPU and the kernel's SIGKILL
+NAME = "chatd-session"  # a session process's name (/proc/PID/comm)
+SPARE_NAME = "chatd-spare"  # and a spare's, until it is handed a client
 Envelopes = list[tuple[int, memoryview]]
 
 # Exit statuses, so that the parent can log why a session process ended.
@@ -78,16 +81,19 @@ def prepare(config: Config, keep: set[int], label: str) -> socket.socket | None:
     """Fork hygiene, done first thing in the new process (SessionWorker.init_process);
     returns the socket a next parent would find us on (chatd/orphan.py), if any."""
     orphan.forget_key()  # the parent's: never a session's
+    sandbox.name_process(NAME if label != "spare" else SPARE_NAME)
     # Whatever the parent built is ours only to read: keep the collector off its pages.
     gc.freeze()
     close_inherited(keep | {0, 1, 2})
-    signal.set_wakeup_fd(-1)
+    # (_signal: the signal module's wrappers make enums of every argument and result,
+    # which costs each new process pages of the parent's heap)
+    _signal.set_wakeup_fd(-1)
     for sig in (signal.SIGCHLD, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_DFL)
+        _signal.signal(sig, _signal.SIG_DFL)
     # The parent orchestrates shutdown; a terminal's ^C or hangup is for it alone.
     for sig in (signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        _signal.signal(sig, _signal.SIG_IGN)
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
     logsetup.set_session(label)
     limits = [(resource.RLIMIT_NOFILE, config.max_files)]
     if config.max_memory_mb:
@@ -185,6 +191,7 @@ class SessionWorker:
                                                              handed.ip, handed.tls)
             self.reader, self.pending, self.irc = handed.reader, handed.pending, handed.irc
             logsetup.set_session(self.token)
+            sandbox.name_process(NAME)
         started = time.monotonic()
         client: socket.socket | tls.TLSStream = self.conn
         if self.over_tls and self.tls_context is not None:

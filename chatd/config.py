@@ -117,8 +117,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("resources", "max_files", 64, "open-file limit of a session process", 16, 65536),
     Setting("resources", "max_cpu_seconds", 86400, "CPU-time limit of a session process "
             "(0: none)", 0, 1 << 31),
-    Setting("server", "spare_children", 0,
-            "pre-forked idle children waiting for connections (0: fork on accept)", 0, 65536),
+    Setting("server", "spare_children", -1,
+            "spare session processes kept waiting for connections, forked ahead by the "
+            "fork server; -1: as many as the recent arrival rate wants (at least 2, at most "
+            "`server.spare_max`); 0: each session is forked when its client comes", -1,
+            65536),
+    Setting("server", "spare_max", 128, "the most spare session processes "
+            "`server.spare_children = -1` keeps (an idle spare holds 1.5-2 MiB)", 0, 65536),
     Setting("server", "user", "", "when chatd runs as root, the user (and its groups) each "
             "session process switches to for good right after the fork, before it reads "
             "from its client; empty: sessions keep chatd's user. An unknown user or root is "
@@ -251,6 +256,7 @@ class Config:
     max_files = Value[int]()
     max_cpu_seconds = Value[int]()
     spare_children = Value[int]()
+    spare_max = Value[int]()
     max_age_days = Value[float]()
     max_messages = Value[int]()
     room_idle_days = Value[float]()

@@ -67,8 +67,10 @@ def snapshot(master: Master, now: float) -> dict[str, Any]:
     children = []
     # (the history reader is told to exit on handover: the new parent reaps it)
     # (and so is the auth helper, stopped before the snapshot: chatd/upgrade.py)
+    # (and so is the fork server: its channel does not survive execve())
     retiring = [[pid, kill_in(pid)] for pid in table.retiring | master.reader.pids
-                | master.auth.pids | (master.uplink.pids if master.uplink else set())]
+                | master.auth.pids | master.zygote.pids
+                | (master.uplink.pids if master.uplink else set())]
     for pid, kid in table.children.items():
         if table.by_sid.get(kid.sid) is not kid:  # its channel is closed: on its way out
             retiring.append([pid, kill_in(pid)])

@@ -18,9 +18,11 @@ import sys
 from chatd import logsetup
 
 
-def spawn(module: str, args: list[str]) -> tuple[int, socket.socket]:
-    """Start `python -m module FD *args`; returns (its pid, our end of its channel)."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+def spawn(module: str, args: list[str],
+          kind: socket.SocketKind = socket.SOCK_STREAM) -> tuple[int, socket.socket]:
+    """Start `python -m module FD *args`; returns (its pid, our end of its channel, a
+    socket pair of `kind`)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, kind)
     try:
         os.set_inheritable(theirs.fileno(), True)
         argv = [sys.executable, "-m", module, str(theirs.fileno()), *args]
@@ -42,6 +44,11 @@ def begin(name: str, session: str, log_level: str) -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     logsetup.setup(log_level)
     logsetup.set_session(session)
+    name_process(name)
+
+
+def name_process(name: str) -> None:
+    """`name` as this process's name (/proc/PID/comm: what ps and top show)."""
     with contextlib.suppress(OSError), open("/proc/self/comm", "w") as fh:
         fh.write(name)
 

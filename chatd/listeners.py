@@ -52,7 +52,7 @@ def listen(config: Config, port: int, message: str = "listening on %s:%d",
 
 def raise_fd_limit(config: Config) -> None:
     """One parent fd per session: make room for the cap, or refuse (SystemExit)."""
-    need = config.max_sessions + config.spare_children + FD_RESERVE
+    need = config.max_sessions + max(config.spare_children, config.spare_max) + FD_RESERVE
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft >= need:
         return

@@ -22,11 +22,12 @@ import signal
 import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from chatd import channel, child, datadir, handover, orphan, tls
+from chatd import channel, child, datadir, handover, orphan, sandbox, tls
 from chatd.admin import AdminServer
 from chatd.admission import Gate, source_of
 from chatd.adopt import Adopter
@@ -40,6 +41,7 @@ from chatd.listeners import listen, raise_fd_limit
 from chatd.retention import Retention
 from chatd.routing import Router, now_ms
 from chatd.sessiontable import Child, SessionTable
+from chatd.sparepool import PoolSize, ZygoteLink
 from chatd.stores import history_location, open_history
 from chatd.upgrade import Upgrade
 from chatd.uplinkhelper import UplinkHelper, join_cluster
@@ -47,10 +49,17 @@ from chatd.uplinkhelper import UplinkHelper, join_cluster
 log = logging.getLogger("chatd.master")
 SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
 ACCEPT_BATCH = 64
+# Without the fork server (it is starting, or gone), the parent forks sessions itself.
 # Forks per turn of the loop: each stalls routing for milliseconds, so between a few of
 # them the loop routes what the sessions it already has are waiting for.
 FORKS_PER_TURN = 4
 REFILL_QUIET = 0.05  # seconds without a new client before spare processes are forked
+# Seconds the fork server may go without delivering a spare it owes before the parent
+# takes it for stuck and forks for the waiting clients itself (FORKS_PER_TURN a turn).
+WAIT_LIMIT = 2.0
+# Spares asked for at once while clients wait: each batch costs the fork server a middle
+# process (chatd/zygote.py), so a burst is served in batches of at least this many.
+BURST_BATCH = 8
 
 
 class Master:
@@ -86,6 +95,11 @@ class Master:
         self.auth = self.router.auth = AuthHelperSupervisor(config, self.sel, self.broker,
                                                             self.table)
         self.last_accept = 0.0
+        # Spares come from the fork server (chatd/zygote.py); clients admitted while none
+        # is there wait here, oldest first: (conn, ip, over_tls, irc).
+        self.pool = PoolSize(config)
+        self.zygote = ZygoteLink(config, self.sel, self._new_spare, self._zygote_lost)
+        self.waiting: deque[tuple[socket.socket, str, bool, bool]] = deque()
         self.wake_r, self.wake_w = socket.socketpair()
         # `chatd admin` (chatd/admin.py); its server bans are checked at admission and,
         # by the broker, at registration.
@@ -162,15 +176,22 @@ class Master:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         self.sel.register(self.wake_r, selectors.EVENT_READ, self._signals)
         self.handle_sigchld()  # sessions that ended while we were being upgraded
+        orphan.prefix(self.config.data_dir)  # made once, for the sessions forked here
         gc.freeze()  # what exists now is shared with every child; keep its pages clean
         self.reader.start()
         self.auth.start()
         if self.uplink is not None:
             self.uplink.start()
+        # Sessions forked by the fork server come to us as orphans (chatd/zygote.py).
+        if sandbox.become_subreaper():
+            self.zygote.start()
+        else:
+            log.warning("no PR_SET_CHILD_SUBREAPER here: the parent forks every session")
         log.info("chatd %d ready (max_sessions=%d)", os.getpid(), self.config.max_sessions)
         while not self.life.stopped:
-            refill = self.life.running and len(self.spares) < self.config.spare_children
             now = time.monotonic()
+            refill = self.life.running and not self.zygote.up and \
+                len(self.spares) < self.pool.target(now)
             quiet = now - self.last_accept
             events = self.sel.select(self._timeout(now, refill, quiet))
             for key, mask in events:
@@ -182,6 +203,10 @@ class Master:
             if restart is not None and self.life.running and time.monotonic() >= restart:
                 self.auth.start()
             self._restart_uplink()
+            restart = self.zygote.restart_at
+            if restart is not None and self.life.running and time.monotonic() >= restart:
+                self.zygote.start()
+            self._pool_step(time.monotonic())
             self.router.route()
             if self.uplink is not None:
                 self.uplink.flush()
@@ -215,7 +240,11 @@ class Master:
                      self.upgrade.timeout(now), self.adopter.timeout(now)]
         if refill:
             deadlines.append(max(0.0, REFILL_QUIET - quiet))
-        for helper in (self.reader, self.auth, self.uplink):
+        if self.waiting and not self.zygote.up:  # forked here, a few a turn
+            deadlines.append(0.0)
+        elif self.waiting and self.zygote.asked:  # (the fork server's WAIT_LIMIT)
+            deadlines.append(max(0.0, self.zygote.heard + WAIT_LIMIT - now))
+        for helper in (self.reader, self.auth, self.uplink, self.zygote):
             if helper is not None and helper.restart_at is not None and self.life.running:
                 deadlines.append(max(0.0, helper.restart_at - now))
         return min((d for d in deadlines if d is not None), default=None)
@@ -227,7 +256,7 @@ class Master:
             up.start()
 
     def _helper_pids(self) -> set[int]:
-        return self.reader.pids | self.auth.pids | (
+        return self.reader.pids | self.auth.pids | self.zygote.pids | (
             self.uplink.pids if self.uplink is not None else set())
 
     def _signals(self, sock: socket.socket, mask: int) -> None:
@@ -270,7 +299,8 @@ class Master:
         now = time.monotonic()
         self.last_accept = now
         refusal = self.admin.ops.refusal(ip, irc) or self.gate.refusal(
-            ip, source_of(ip), now, len(self.table.children), self.table.per_ip, irc)
+            ip, source_of(ip), now, len(self.table.children) + len(self.waiting),
+            self.table.per_ip, irc)
         if refusal is not None:
             # A TLS client could not read a plain frame, and the parent speaks no TLS:
             # it is only closed.
@@ -278,6 +308,10 @@ class Master:
                 with contextlib.suppress(OSError):  # best effort: it fits any socket buffer
                     conn.send(refusal, socket.MSG_DONTWAIT)
             conn.close()
+            return False
+        self.pool.arrived(now)
+        if self.zygote.up and not self.spares:  # one is on its way (_pool_step asks for it)
+            self.waiting.append((conn, ip, over_tls, irc))
             return False
         try:
             if self._hand_to_spare(conn, ip, over_tls, irc):
@@ -319,6 +353,70 @@ class Master:
             log.error("cannot fork a spare session process: %s", exc)
             return
         self.spares[pid] = ours
+
+    # ---- the spare pool (chatd/sparepool.py) ----
+
+    def _pool_step(self, now: float) -> None:
+        """Ask the fork server for what the pool and the waiting clients lack; retire a
+        spare the pool no longer wants; fork for waiting clients if the server is stuck."""
+        if not self.life.running:
+            return
+        target = self.pool.target(now)
+        if self.zygote.up:
+            want = target + len(self.waiting) - len(self.spares) - self.zygote.asked
+            if want > 0 and self.waiting:  # a burst: batches spread each one's start-up
+                want = max(want, BURST_BATCH)
+            self.zygote.ask(want)
+            if len(self.spares) > target and not self.waiting:
+                pid, chan = self.spares.popitem()
+                chan.close()  # it exits
+                self.table.retiring.add(pid)
+                self.table.kill_deadline[pid] = now + self.router.stop_time()
+        if self.waiting and (not self.zygote.up or self.zygote.stalled(now, WAIT_LIMIT)):
+            if self.zygote.up:
+                log.warning("no spare from the fork server for %gs: forking here", WAIT_LIMIT)
+            for _ in range(min(FORKS_PER_TURN, len(self.waiting))):
+                self._fork_waiting()
+
+    def _fork_waiting(self) -> None:
+        conn, ip, over_tls, irc = self.waiting.popleft()
+        try:
+            self._fork(conn, ip, over_tls, irc)
+        except OSError as exc:
+            log.error("fork failed, dropping %s: %s", ip, exc)
+        finally:
+            conn.close()
+
+    def _new_spare(self, pid: int, chan: socket.socket) -> None:
+        """A spare from the fork server: the longest-waiting client's, or the pool's."""
+        self.spares[pid] = chan
+        while self.waiting and self.spares:
+            entry = self.waiting.popleft()
+            conn, ip, over_tls, irc = entry
+            try:
+                if not self._hand_to_spare(conn, ip, over_tls, irc):  # none was usable
+                    self.waiting.appendleft(entry)
+                    return
+            except OSError as exc:
+                log.error("cannot hand %s to a spare: %s", ip, exc)
+            conn.close()
+
+    def _zygote_lost(self) -> None:
+        """The fork server is gone: clients waiting for it are forked here (by
+        _pool_step, a few a turn), or closed if we are stopping."""
+        if not self.life.running:
+            self.close_waiting()
+
+    def fork_waiting(self) -> None:
+        """Fork here for every client still waiting for a spare (the fork server is gone,
+        or an upgrade is about to close what is not a session yet)."""
+        while self.waiting:
+            self._fork_waiting()
+
+    def close_waiting(self) -> None:
+        """Stopping: clients that never got a session are closed."""
+        while self.waiting:
+            self.waiting.popleft()[0].close()
 
     def _hand_to_spare(self, conn: socket.socket, ip: str, over_tls: bool = False,
                        irc: bool = False) -> bool:
@@ -372,6 +470,7 @@ class Master:
             if self.upgrade.reaped(pid, status):
                 continue
             if not self.reader.reaped(pid, status) and not self.auth.reaped(pid, status) \
+                    and not self.zygote.reaped(pid, status) \
                     and not (self.uplink is not None and self.uplink.reaped(pid, status)):
                 self.table.reaped(pid, status)
 
@@ -388,6 +487,8 @@ class Master:
         self.adopter.holding = False
         self.admin.close()
         deadline = now + self.router.stop_time()  # the stop deadline, for every process
+        self.zygote.stop()
+        self.close_waiting()
         self.table.retire_spares(deadline)
         self.reader.stop()
         self.auth.stop()
@@ -446,11 +547,14 @@ class Master:
         self.reader.configure(config)
         self.auth.configure(config)
         self.gate.reconfigure(config)
+        self.pool.config = config
         result = f"reloaded {path}: {'; '.join(changes) or 'no changes'}" + (
             "; new connections get the renewed TLS certificate" if renewed else "")
         log.info("SIGHUP: %s", result)
         if renewed and not changes:  # they hold the old certificate; the loop forks new ones
             self.table.retire_spares(time.monotonic() + self.router.stop_time())
+        if renewed or changes:  # and so does the fork server: a new one gets the new ones
+            self.zygote.restart(config)
         if changes:
             # Spares were forked with the old settings; the loop forks new ones.
             self.table.retire_spares(time.monotonic() + self.router.stop_time())

@@ -48,8 +48,16 @@ def address(data_dir: Path, pid: int) -> bytes:
 
 
 def prefix(data_dir: Path) -> bytes:
-    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
-    return f"chatd-{digest}-".encode()
+    """Made once per data dir and kept: resolving a path in each new session process
+    cost it ~0.3 MiB of pages copied from its parent's."""
+    known = _PREFIXES.get(str(data_dir))
+    if known is None:
+        digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
+        known = _PREFIXES[str(data_dir)] = f"chatd-{digest}-".encode()
+    return known
+
+
+_PREFIXES: dict[str, bytes] = {}
 
 
 # ---- the key (parent side, read once) ----

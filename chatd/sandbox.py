@@ -50,6 +50,7 @@ log = logging.getLogger("chatd.sandbox")
 
 # linux/prctl.h, linux/seccomp.h, linux/filter.h, linux/audit.h
 PR_SET_NO_NEW_PRIVS, PR_GET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 39, 22, 2
+PR_SET_CHILD_SUBREAPER, PR_SET_NAME = 36, 15
 RET_KILL_PROCESS, RET_ERRNO, RET_ALLOW = 0x80000000, 0x00050000, 0x7FFF0000
 # BPF_LD|BPF_W|BPF_ABS; BPF_JMP with BPF_JA, BPF_JEQ|BPF_K, BPF_JGT|BPF_K, BPF_JGE|BPF_K
 LD_ABS, JA, JEQ, JGT, JGE, RET = 0x20, 0x05, 0x15, 0x25, 0x35, 0x06  # RET: BPF_RET|BPF_K
@@ -400,6 +401,40 @@ def probe(config: Config) -> None:
     else:
         log.info("sessions are sandboxed (seccomp): no file system, no new sockets or "
                  "connections, no other processes")
+
+
+def name_process(name: str) -> None:
+    """`name` as this process's name (/proc/PID/comm, what ps shows): one prctl(), which
+    the filter allows (the sandbox takes /proc away)."""
+    _libc.prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+
+
+def become_subreaper() -> bool:
+    """PR_SET_CHILD_SUBREAPER: orphans below us become our children (the sessions the
+    fork server makes, chatd/zygote.py). It lasts across execve() (`chatd upgrade`).
+    False where the kernel has no such thing."""
+    try:
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+def verdict() -> str | None:
+    """What probe() found, for the fork server to take over (prime()): None when
+    sessions get the filter, else why not."""
+    return _unsupported
+
+
+def prime(unsupported: str | None) -> None:
+    """In the fork server (chatd/zygote.py): take over the parent's probe() verdict and
+    do its one-time work here, so that every session forked from us shares it."""
+    global _unsupported, _probed
+    _unsupported, _probed = unsupported, True
+    prog = program()
+    if prog is not None:
+        _sock_fprog(prog)
+        _prctl(PR_GET_NO_NEW_PRIVS, 0)
 
 
 def _try_out(config: Config) -> str:

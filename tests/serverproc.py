@@ -59,7 +59,10 @@ HARNESS_USER = harness_user()
 def with_harness_limits(config: dict[str, Any]) -> dict[str, Any]:
     server = config.get("server", {})
     if HARNESS_USER and "user" not in server:
-        config = {**config, "server": {**server, "user": HARNESS_USER}}
+        server = {**server, "user": HARNESS_USER}
+    # No spare pool unless a test asks for one: the server's children are its sessions
+    # (each forked by the fork server when its client comes).
+    config = {**config, "server": {"spare_children": 0, **server}}
     limits = config.get("limits", {})
     if any(key in limits for key in HARNESS_LIMITS):
         return config

@@ -189,7 +189,7 @@ def main(argv: list[str]) -> int:
                 return 2
             cleanup.callback(stop, server, opts.server_log)
             host, port, pid = server.host, server.port, server.pid
-        spare = server.settings.get("server", {}).get("spare_children", 0) if server else None
+        spare = server.settings.get("server", {}).get("spare_children", -1) if server else None
         out: dict[str, Any] = {
             "scenario": opts.scenario,
             "params": {"clients": opts.clients, "senders": opts.senders,
@@ -202,7 +202,7 @@ def main(argv: list[str]) -> int:
                         "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[1]},
             "cpu_source": CPU_SOURCE,
         }
-        ref = ServerRef(host, port, ServerProbe(pid), spare or 0,
+        ref = ServerRef(host, port, ServerProbe(pid), max(spare or 0, 0),
                         server.data_dir if server else None)
         gc_was = gc.isenabled()
         gc.disable()  # no collector pauses inside the measured windows

@@ -80,8 +80,7 @@ class Bench:
         """Wait (bounded) until the server has refilled its pool of spare processes."""
         if self.probe.pid is None or not self.spare:
             return
-        want = len(self.conns) + sum(map(len, self.helper_rooms)) + self.spare
-        await until(lambda: (self.probe.session_count() or 0) >= want,
+        await until(lambda: (self.probe.spare_count() or 0) >= self.spare,
                     max(30.0, self.opts.timeout))
 
     def room_of(self, i: int) -> str | None:
@@ -343,9 +342,12 @@ WHY = {
     "batch": "sessions woke for fewer messages at a time than the burst offered",
     "rate": "the Python load generator shares the 2 cores; see its CPU share above",
     "p99": "every message wakes every member's process, ~50 us of CPU each on such a VM",
-    "pss": "CPython's reference-count writes make pages shared with the parent private; "
-           "a bare forked Python is already ~0.8 MiB",
-    "connect": "a fork costs the parent ~2 ms; pre-fork with --spare (server.spare_children)",
+    "pss": "CPython writes into every page it touches (reference counts, its after-fork "
+           "hooks), making shared pages private: a forked Python that only sleeps holds "
+           "~0.8-0.9 MiB, a spare that has served nobody 1.3-1.6 MiB",
+    "connect": "the fork server forks off the parent's loop, but each new session process "
+               "spends ~1.5 ms of its own CPU copying the pages it writes (see pss), and "
+               "the load generator shares the cores",
     "fork": "the parent forks on accept, and a fork copies page tables in proportion to its "
             "memory",
     "busy": "the parent's loop was busy (or the machine was)",

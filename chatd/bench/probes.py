@@ -81,18 +81,34 @@ def is_reader(pid: int) -> bool:
         return False
 
 
+def is_helper(pid: int) -> bool:
+    """A server's helper process (history reader, auth helper, fork server), not a
+    session."""
+    return is_reader(pid) or _comm(pid) in (b"chatd-auth", b"chatd-zygote")
+
+
+def _comm(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/comm").read_bytes().strip()
+    except OSError:
+        return b""
+
+
 def is_auth_helper(pid: int) -> bool:
     """Whether `pid` is a server's auth helper: a fork of the parent that names itself
     (chatd.authhelper.NAME) first thing."""
-    try:
-        return Path(f"/proc/{pid}/comm").read_bytes().strip() == b"chatd-auth"
-    except OSError:
-        return False
+    return _comm(pid) == b"chatd-auth"
 
 
-def is_helper(pid: int) -> bool:
-    """A server's helper process (history reader, auth helper), not a session."""
-    return is_reader(pid) or is_auth_helper(pid)
+def is_spare(pid: int) -> bool:
+    """Whether `pid` is a spare session process still waiting for a client (it names
+    itself chatd.child.SPARE_NAME until it is handed one)."""
+    return _comm(pid) == b"chatd-spare"
+
+
+def is_zygote(pid: int) -> bool:
+    """Whether `pid` is a server's fork server (chatd.zygote.NAME)."""
+    return _comm(pid) == b"chatd-zygote"
 
 
 def sessions_of(pid: int) -> list[int]:
@@ -241,8 +257,10 @@ class ServerProbe:
         wakeups = 0
         for kid in children_of(self.pid):
             ns, switches = tree_usage(kid)
-            if is_helper(kid):  # the history reader and the auth helper
+            if is_helper(kid):  # the history reader, the auth helper, the fork server
                 reader += ns / 1e9
+                kst = proc_stat(kid)  # and what the fork server's middle processes used
+                reader += (kst.cutime + kst.cstime) / TICK if kst is not None else 0.0
             else:
                 live += ns / 1e9
                 wakeups += switches
@@ -255,17 +273,24 @@ class ServerProbe:
         if parent is None:
             return None
         total = {"rss": 0, "pss": 0, "uss": 0}
-        n = 0
+        spares = {"rss": 0, "pss": 0, "uss": 0}
+        n = n_spares = 0
         for kid in sessions_of(self.pid):
             m = smaps_rollup(kid)
             if m is None:
                 continue
-            n += 1
-            for k in total:
-                total[k] += m[k]
+            into = total
+            if is_spare(kid):  # waiting for a client: not a session yet
+                into = spares
+                n_spares += 1
+            else:
+                n += 1
+            for k in into:
+                into[k] += m[k]
         per = {k: round(v / n) for k, v in total.items()} if n else None
         everything = {k: total[k] + parent[k] for k in total}
         return {"unit": "KiB", "parent": parent, "sessions": n, "sessions_total": total,
+                "spares": n_spares, "spares_total": spares,
                 "per_session": per, "total": everything,
                 "total_per_session": {k: round(v / n) for k, v in everything.items()}
                 if n else None}
@@ -274,7 +299,14 @@ class ServerProbe:
         return None if self.pid is None else open_fds(self.pid)
 
     def session_count(self) -> int | None:
-        return None if self.pid is None else len(sessions_of(self.pid))
+        """Session processes serving a client (spares not counted)."""
+        if self.pid is None:
+            return None
+        return sum(1 for kid in sessions_of(self.pid) if not is_spare(kid))
+
+    def spare_count(self) -> int | None:
+        """Spare session processes waiting for a client."""
+        return None if self.pid is None else sum(map(is_spare, sessions_of(self.pid)))
 
 
 def own_cpu() -> float:

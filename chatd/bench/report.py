@@ -61,7 +61,8 @@ def render(report: dict[str, Any], phase_lines: list[str]) -> str:
     srv = report["server"]
     who = f"spawned pid {srv['pid']}" if srv["spawned"] else \
         f"target {srv['address']} (pid {srv['pid'] or 'unknown'})"
-    lines.append(f"server: {who}; spare_children={srv.get('spare_children', '?')}; "
+    spare = srv.get("spare_children", "?")
+    lines.append(f"server: {who}; spare_children={'auto' if spare == -1 else spare}; "
                  f"{report['machine']['cpus']} CPUs, Python {report['machine']['python']}")
     lines.append(f"{'cpu from':<{COL}} {report['cpu_source']}")
     lines += phase_lines
@@ -72,6 +73,10 @@ def render(report: dict[str, Any], phase_lines: list[str]) -> str:
                      f"USS {kib(p['uss'])}")
         lines.append(f"{'':<{COL}} {mem['sessions']} sessions: RSS {kib(t['rss'])}, PSS "
                      f"{kib(t['pss'])}, USS {kib(t['uss'])}")
+        if mem.get("spares"):
+            s = mem["spares_total"]
+            lines.append(f"{'':<{COL}} {mem['spares']} spares (not counted above): PSS "
+                         f"{kib(s['pss'])}, USS {kib(s['uss'])}")
         if mem["per_session"]:
             ps, tp = mem["per_session"], mem["total_per_session"]
             lines.append(f"{'':<{COL}} per session: RSS {kib(ps['rss'])}, PSS "

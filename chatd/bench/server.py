@@ -22,8 +22,16 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 from chatd.config import dump_toml
+from chatd.sparepool import AUTO, AUTO_MIN
 
-from .probes import child_states, children_of, is_auth_helper, is_reader, listening_ports
+from .probes import (
+    child_states,
+    children_of,
+    is_auth_helper,
+    is_reader,
+    is_zygote,
+    listening_ports,
+)
 
 T = TypeVar("T")
 LISTEN_RE = re.compile(r"listening on (\S+):(\d+)")
@@ -102,16 +110,17 @@ class Server:
                                    + self.log_tail())
             assert isinstance(ports, set)
             self.port = sorted(ports)[0]
-        # Right after listening the parent starts its history reader and its auth helper.
-        # Until the one has exec'd `python -m chatd.reader` and the other named itself,
-        # /proc shows a copy of the parent, just like a session: wait for both, so that
-        # counts of sessions are right from the start.
+        # Right after listening the parent starts its history reader, its auth helper and
+        # its fork server. Until each has named itself (or exec'd `python -m
+        # chatd.reader`), /proc shows a process just like a session: wait for all, so
+        # that counts of sessions are right from the start.
         def helpers_up() -> bool:
             kids = children_of(proc.pid)
-            return any(map(is_reader, kids)) and any(map(is_auth_helper, kids))
+            return any(map(is_reader, kids)) and any(map(is_auth_helper, kids)) \
+                and any(map(is_zygote, kids))
         with contextlib.suppress(TimeoutError):
             wait_until(lambda: proc.poll() is not None or helpers_up(), timeout, 0.005,
-                       "the history reader and the auth helper")
+                       "the history reader, the auth helper and the fork server")
         return self
 
     @property
@@ -231,7 +240,8 @@ def spawn(settings: dict[str, dict[str, Any]], data_dir: Path) -> Server:
     server = Server(data_dir, settings, log_level="warning")
     try:
         server.start(timeout=20.0, port_from_log=False)
-        spare = int(settings.get("server", {}).get("spare_children", 0))
+        spare = int(settings.get("server", {}).get("spare_children", AUTO))
+        spare = AUTO_MIN if spare == AUTO else spare  # (an idle auto pool's size)
         with contextlib.suppress(TimeoutError):
             wait_until(lambda: len(server.children()) == spare, 30.0, 0.05, "the spares")
     except BaseException:

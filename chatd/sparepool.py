@@ -1,0 +1,208 @@
+"""The parent's side of the spare pool: how many spares to keep, and the fork server.
+
+The parent never forks a session while its fork server (chatd/zygote.py) runs: it asks
+the server for spares and hands each accepted client to one (SCM_RIGHTS). How many it
+keeps waiting is `PoolSize`'s business (sans-I/O, fed the time): `server.spare_children`
+of them, or with the default (-1, "auto") as many as the recent arrival rate wants over
+the next `LEAD` seconds, at least AUTO_MIN and at most `server.spare_max`; a burst raises
+the pool at once, and it shrinks again once the burst has been out of the window for
+WINDOW seconds.
+
+`ZygoteLink` starts the fork server, asks it for spares, receives them, and restarts it
+(after chatd/authhelper.py's RestartPolicy delay) when it dies; the loop calls `start()`
+when `restart_at` has come and hands reaped pids to `reaped()`, as for the other helpers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import selectors
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+
+from chatd import helperproc, zygote
+from chatd.authhelper import RestartPolicy
+from chatd.config import Config
+from chatd.sessiontable import reaped_helper
+
+log = logging.getLogger("chatd.master")
+AUTO = -1  # server.spare_children: follow the arrival rate
+AUTO_MIN = 2  # spares kept when nobody has come for a while
+LEAD = 0.5  # seconds of arrivals at the recent peak rate the pool holds
+WINDOW = 10  # seconds of arrivals remembered (one-second buckets)
+RECEIVE_BATCH = 256  # spares taken from the fork server per turn of the loop
+STALE = 5.0  # seconds without a spare after which those still asked for are written off
+# Spares asked for at a time: each is a new process starting up, and a thousand of them
+# at once would share the cores with the parent and every session alike, so that no
+# client is served until all are up. A few at a time, the first clients get the first.
+MAX_ASKED = 32
+
+
+class PoolSize:
+    """How many spares to keep (sans-I/O: fed arrivals and the time)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.buckets: deque[list[int]] = deque()  # [second, arrivals], oldest first
+
+    def arrived(self, now: float) -> None:
+        second = int(now)
+        if self.buckets and self.buckets[-1][0] == second:
+            self.buckets[-1][1] += 1
+        else:
+            self.buckets.append([second, 1])
+        self._expire(second)
+
+    def _expire(self, second: int) -> None:
+        while self.buckets and self.buckets[0][0] <= second - WINDOW:
+            self.buckets.popleft()
+
+    def peak_rate(self, now: float) -> int:
+        """The most arrivals in one second of the last WINDOW seconds."""
+        self._expire(int(now))
+        return max((n for _s, n in self.buckets), default=0)
+
+    def target(self, now: float) -> int:
+        cfg = self.config
+        if cfg.spare_children != AUTO:
+            return cfg.spare_children
+        want = math.ceil(self.peak_rate(now) * LEAD)
+        return max(min(AUTO_MIN, cfg.spare_max), min(cfg.spare_max, want))
+
+
+def cap(config: Config) -> int:
+    """The most spares there can be (for the open-file limit)."""
+    return config.spare_max if config.spare_children == AUTO else config.spare_children
+
+
+class ZygoteLink:
+    def __init__(self, config: Config, sel: selectors.BaseSelector,
+                 on_spare: Callable[[int, socket.socket], None],
+                 on_lost: Callable[[], None]) -> None:
+        self.config = config
+        self.sel = sel
+        self.on_spare, self.on_lost = on_spare, on_lost
+        self.pid: int | None = None
+        self.chan: socket.socket | None = None
+        self.asked = 0  # spares asked for and not yet received
+        self.heard = 0.0  # when a spare last came (or, if none was due, was asked for)
+        self.policy = RestartPolicy()
+        self.restart_at: float | None = None  # when to start one; None while one runs
+        self.old: set[int] = set()  # fork servers that are gone but not yet reaped
+        self.running = False  # True once the parent may have one (it is a subreaper)
+
+    @property
+    def up(self) -> bool:
+        return self.chan is not None
+
+    @property
+    def pids(self) -> set[int]:
+        return self.old | ({self.pid} if self.pid is not None else set())
+
+    def start(self) -> None:
+        self.running = True
+        try:
+            pid, chan = helperproc.spawn("chatd.zygote", [self.config.log_level],
+                                         socket.SOCK_SEQPACKET)
+        except OSError as exc:
+            log.error("cannot start the fork server: %s", exc)
+            self.restart_at = self.policy.died(time.monotonic())
+            return
+        try:
+            chan.send(zygote.config_message(self.config))
+        except OSError as exc:
+            log.error("cannot configure the fork server: %s", exc)
+            chan.close()
+            self.old.add(pid)
+            self.restart_at = self.policy.died(time.monotonic())
+            return
+        chan.setblocking(False)
+        self.pid, self.chan, self.asked, self.restart_at = pid, chan, 0, None
+        self.policy.started(time.monotonic())
+        self.sel.register(chan, selectors.EVENT_READ, self.ready)
+        log.info("fork server: pid %d", pid)
+
+    def ask(self, count: int) -> None:
+        """Ask for `count` more spares (they come to `on_spare` as they are forked)."""
+        if self.chan is None:
+            return
+        now = time.monotonic()
+        if self.asked and now - self.heard > STALE:  # lost on the way (a middle died)
+            log.warning("fork server: %d spares asked for never came", self.asked)
+            self.asked = 0
+        count = min(count, MAX_ASKED - self.asked)
+        if count <= 0:
+            return
+        if not self.asked:
+            self.heard = now
+        try:
+            self.chan.send(zygote.fork_request(count), socket.MSG_DONTWAIT)
+        except OSError as exc:
+            log.warning("fork server unreachable: %s", exc)
+            self.lost()
+            return
+        self.asked += count
+
+    def stalled(self, now: float, limit: float) -> bool:
+        """Whether spares are owed and none has come for `limit` seconds (it is stuck)."""
+        return self.up and self.asked > 0 and now - self.heard >= limit
+
+    def ready(self, chan: socket.socket, mask: int) -> None:
+        for _ in range(RECEIVE_BATCH):
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(chan, 16, 1, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data, fds = b"", []
+            if len(data) != zygote.PID.size:
+                for fd in fds:
+                    with contextlib.suppress(OSError):
+                        socket.socket(fileno=fd).close()
+                if data:
+                    log.error("fork server broke the rules of its channel: %r", data[:16])
+                self.lost()
+                return
+            self.asked = max(0, self.asked - 1)
+            self.heard = time.monotonic()
+            pid = zygote.PID.unpack(data)[0]
+            if pid > 0 and fds:
+                self.on_spare(pid, socket.socket(fileno=fds[0]))
+
+    def lost(self, restart: bool = True) -> None:
+        """The fork server is gone (or we let it go): a new one comes after a delay."""
+        chan, self.chan = self.chan, None
+        if chan is not None:
+            self.sel.unregister(chan)
+            chan.close()
+        if self.pid is not None:
+            self.old.add(self.pid)
+            self.pid = None
+        self.asked = 0
+        if restart and self.running:
+            self.restart_at = self.policy.died(time.monotonic())
+        self.on_lost()
+
+    def restart(self, config: Config) -> None:
+        """New settings or a renewed certificate: a fresh fork server with them."""
+        self.config = config
+        if not self.running:
+            return
+        if self.chan is not None:
+            self.lost(restart=False)
+        self.start()
+
+    def stop(self) -> None:
+        """The parent stops: the fork server exits on its channel's EOF."""
+        self.running = False
+        self.restart_at = None
+        self.lost(restart=False)
+
+    def reaped(self, pid: int, status: int) -> bool:
+        if pid == self.pid:
+            self.lost()
+        return reaped_helper(self.old, pid, status, self.running, "fork server")

@@ -1,0 +1,170 @@
+"""The fork server (zygote): a lean process that forks spare session processes.
+
+Forking the parent costs its routing loop milliseconds per session (its page tables, the
+broker's heap), and every page the parent writes afterwards stays private in each
+session forked before. This process is a fresh interpreter (`python -m chatd.zygote FD`,
+started by the parent through chatd/helperproc.py) that imports what a session runs and
+nothing else: no broker, no store, no history, no key. It freezes that heap (gc.freeze)
+and then only forks, so its pages stay shared by every session it made.
+
+Spares are forked by a middle process (one per batch asked for) that exits when the batch
+is done: the kernel then gives the orphans to the nearest subreaper above them, the chatd
+parent (PR_SET_CHILD_SUBREAPER, chatd/master.py). A session forked here is so the parent's
+child like one the parent forked itself: SIGCHLD and waitpid() reap it, `chatd upgrade`'s
+execve() keeps it, a parent killed with -9 leaves it to be adopted (chatd/adopt.py).
+
+The channel to the parent is a SOCK_SEQPACKET pair, one message each:
+  parent -> zygote  first the configuration (JSON), then b"F" + count: fork that many
+  zygote -> parent  pid (struct "!i") with the parent's end of the new spare's channel
+                    (SCM_RIGHTS); pid -1 and no fd when a fork failed
+The zygote exits when the parent closes its end (a stop, an upgrade, a parent gone).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import socket
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+from chatd import child, helperproc, orphan, sandbox, tls
+from chatd.config import Config
+
+log = logging.getLogger("chatd.zygote")
+NAME = "chatd-zygote"  # its process name (/proc/PID/comm), to tell it from the sessions
+PID = struct.Struct("!i")
+FORK = b"F"
+COUNT = struct.Struct("!I")
+
+
+def config_message(config: Config) -> bytes:
+    """What the zygote needs to build sessions as the parent would (first message)."""
+    return json.dumps({
+        "host": config.host, "port": config.port, "data_dir": str(config.data_dir),
+        "config_file": str(config.config_file) if config.config_file else None,
+        "log_level": config.log_level, "values": config.values,
+        "unsupported": sandbox.verdict()}).encode()
+
+
+def read_config(doc: dict[str, Any]) -> Config:
+    return Config(host=doc["host"], port=doc["port"], data_dir=Path(doc["data_dir"]),
+                  config_file=Path(doc["config_file"]) if doc["config_file"] else None,
+                  log_level=doc["log_level"], values=doc["values"])
+
+
+def fork_request(count: int) -> bytes:
+    return FORK + COUNT.pack(count)
+
+
+def fork_spares(chan: socket.socket, config: Config, context: Any, count: int) -> None:
+    """In a middle process: fork `count` spares, telling the parent each one's pid with
+    its end of the spare's channel. They become the parent's children when we exit."""
+    for _ in range(count):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            log.error("cannot fork a spare: %s", exc)
+            pid = -1
+        if pid == 0:  # the spare session process
+            sandbox.name_process(child.SPARE_NAME)  # at once: not taken for us
+            worker = child.SessionWorker(config, tls_context=context)
+            worker.chan = theirs
+            worker.main()  # never returns
+        theirs.close()
+        if pid > 0:
+            socket.send_fds(chan, [PID.pack(pid)], [ours.fileno()])
+        else:
+            chan.send(PID.pack(-1))
+        ours.close()
+
+
+def requests(chan: socket.socket) -> int | None:
+    """Spares asked for: blocks for one request, then adds those queued behind it;
+    None when the parent has closed the channel (or broken its rules)."""
+    count = 0
+    flags = 0
+    while True:
+        try:
+            data = chan.recv(64, flags)
+        except InterruptedError:
+            continue
+        except BlockingIOError:
+            return count
+        except OSError:
+            data = b""
+        if not data:
+            return count or None
+        if not data.startswith(FORK) or len(data) != 1 + COUNT.size:
+            log.error("unexpected message from the parent: %r", data[:16])
+            return None
+        count += COUNT.unpack_from(data, 1)[0]
+        flags = socket.MSG_DONTWAIT
+
+
+def reap() -> None:
+    """Middle processes that are done (reaped by us, their CPU time counts as ours)."""
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def serve(chan: socket.socket, config: Config, context: Any) -> int:
+    """Fork spares as asked until the parent closes the channel. Each batch is forked by
+    a middle process of its own, which exits when it is done: we never wait for it (it
+    is reaped at the next request), and the next batch need not either."""
+    while True:
+        reap()
+        count = requests(chan)
+        if count is None:
+            return 0
+        try:
+            middle = os.fork()
+        except OSError as exc:
+            log.error("cannot fork: %s", exc)
+            for _ in range(count):
+                chan.send(PID.pack(-1))
+            continue
+        if middle == 0:
+            status = 1
+            try:
+                fork_spares(chan, config, context, count)
+                status = 0
+            except OSError:
+                pass  # the parent is gone: so is every spare it did not take
+            finally:
+                os._exit(status)
+
+
+def main(argv: list[str]) -> int:
+    chan = socket.socket(fileno=int(argv[0]))
+    helperproc.begin(NAME, "zygote", argv[1] if len(argv) > 1 else "info")
+    first = chan.recv(1 << 22)
+    if not first:
+        return 0
+    doc = json.loads(first)
+    config = read_config(doc)
+    try:
+        sandbox.prime(doc["unsupported"])
+        context = (tls.ServerTLS(config.values, config.config_file).context
+                   if config.tls_cert else None)
+    except (OSError, sandbox.SandboxError, tls.TLSConfigError) as exc:
+        log.error("the fork server cannot start: %s", exc)
+        return 1
+    orphan.prefix(config.data_dir)  # each session's adoption socket name: made once here
+    gc.collect()
+    gc.freeze()  # what exists now is every session's: the collector keeps off its pages
+    return serve(chan, config, context)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
