@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import selectors
 import socket
 import time
@@ -93,6 +94,7 @@ class ZygoteLink:
         self.policy = RestartPolicy()
         self.restart_at: float | None = None  # when to start one; None while one runs
         self.old: set[int] = set()  # fork servers that are gone but not yet reaped
+        self.retired: set[int] = set()  # of those, the ones we let go (not news)
         self.running = False  # True once the parent may have one (it is a subreaper)
 
     @property
@@ -154,7 +156,7 @@ class ZygoteLink:
     def ready(self, chan: socket.socket, mask: int) -> None:
         for _ in range(RECEIVE_BATCH):
             try:
-                data, fds, _flags, _addr = socket.recv_fds(chan, 16, 1, socket.MSG_DONTWAIT)
+                data, fds, _flags, _addr = socket.recv_fds(chan, 16, 1)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -171,6 +173,10 @@ class ZygoteLink:
             self.heard = time.monotonic()
             pid = zygote.PID.unpack(data)[0]
             if pid > 0 and fds:
+                # Close-on-exec, as every fd of ours (recv_fds ignores MSG_CMSG_CLOEXEC):
+                # else a helper we start, or the new code after an upgrade, would hold
+                # the spare's channel open, and a retired spare would never see its EOF.
+                os.set_inheritable(fds[0], False)
                 self.on_spare(pid, socket.socket(fileno=fds[0]))
 
     def lost(self, restart: bool = True) -> None:
@@ -181,6 +187,8 @@ class ZygoteLink:
             chan.close()
         if self.pid is not None:
             self.old.add(self.pid)
+            if not restart:
+                self.retired.add(self.pid)
             self.pid = None
         self.asked = 0
         if restart and self.running:
@@ -205,4 +213,6 @@ class ZygoteLink:
     def reaped(self, pid: int, status: int) -> bool:
         if pid == self.pid:
             self.lost()
-        return reaped_helper(self.old, pid, status, self.running, "fork server")
+        news = self.running and pid not in self.retired
+        self.retired.discard(pid)
+        return reaped_helper(self.old, pid, status, news, "fork server")

@@ -10,10 +10,11 @@ Only processes this test started are signalled, always by PID.
 from __future__ import annotations
 
 import re
+import signal
 from pathlib import Path
 from typing import Any
 
-from serverproc import kill_quietly, newest_session, proc_stat, wait_until
+from serverproc import kill_quietly, newest_session, proc_stat, wait_until, write_config
 from wire import connect
 
 from chatd.sparepool import AUTO_MIN
@@ -26,6 +27,11 @@ def comm(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
+
+
+def parent_of(pid: int) -> int | None:
+    stat = proc_stat(pid)
+    return stat.ppid if stat is not None else None
 
 
 def fork_server(server: Any, start: int = 0) -> int:
@@ -41,8 +47,8 @@ def test_a_session_forked_by_the_fork_server_is_the_parents_child(start: Any) ->
     mark = server.mark()
     alice = connect(server, "alice")
     _token, pid = newest_session(server, mark)
-    stat = proc_stat(pid)
-    assert stat is not None and stat.ppid == server.pid  # handed up by the kernel
+    # handed up by the kernel once the middle process that forked it has exited
+    wait_until(lambda: parent_of(pid) == server.pid, message="the session the parent's child")
     assert comm(pid) == "chatd-session"
     assert alice.call({"type": "ping", "token": 3})["token"] == 3
     alice.close()
@@ -63,8 +69,7 @@ def test_a_killed_fork_server_is_replaced_and_clients_are_served_meanwhile(start
     mark = server.mark()
     carol = connect(server, "carol")
     _token, pid = newest_session(server, mark)
-    stat = proc_stat(pid)
-    assert stat is not None and stat.ppid == server.pid
+    wait_until(lambda: parent_of(pid) == server.pid, message="the session the parent's child")
     bob.close()
     carol.close()
 
@@ -81,3 +86,21 @@ def test_the_adaptive_pool_grows_with_a_burst_up_to_spare_max(start: Any) -> Non
         for c in clients:
             c.close()
     assert not any("forking here" in line for line in server.lines)
+
+
+def test_retired_spares_exit_on_their_own(start: Any, tmp_path: Path) -> None:
+    """A reload retires the spares (they have the old settings) by closing their
+    channels: each exits then, none lingers until it is killed. (A spare's channel that
+    came from the fork server must not leak into the next fork server we start.)"""
+    server = start({"server": {"spare_children": 2}})
+    old = set(wait_until(lambda: len(server.children()) == 2 and server.children(),
+                         message="two spares"))
+    mark = server.mark()
+    settings = server.settings
+    write_config(server.config_path, {**settings, "server": {**settings["server"],
+                                                             "motd": "reloaded"}})
+    server.signal(signal.SIGHUP)
+    server.wait_for_log(FORK_SERVER_RE, start=mark)  # a new one, with the new settings
+    wait_until(lambda: not old & set(server.children()), timeout=5.0,
+               message="the old spares gone")
+    assert not any("did not stop" in line for line in server.lines[mark:])
