@@ -9,9 +9,11 @@ and then only forks, so its pages stay shared by every session it made.
 
 Spares are forked by a middle process (one per batch asked for) that exits when the batch
 is done: the kernel then gives the orphans to the nearest subreaper above them, the chatd
-parent (PR_SET_CHILD_SUBREAPER, chatd/master.py). A session forked here is so the parent's
-child like one the parent forked itself: SIGCHLD and waitpid() reap it, `chatd upgrade`'s
-execve() keeps it, a parent killed with -9 leaves it to be adopted (chatd/adopt.py).
+parent (PR_SET_CHILD_SUBREAPER, chatd/master.py). The zygote holds the parent's ends of
+the new spares' channels and sends them up only after the middle has exited. A session
+forked here is so the parent's child like one the parent forked itself: SIGCHLD and
+waitpid() reap it, `chatd upgrade`'s execve() keeps it, a parent killed with -9 leaves it
+to be adopted (chatd/adopt.py).
 
 The channel to the parent is a SOCK_SEQPACKET pair, one message each:
   parent -> zygote  first the configuration (JSON), then b"F" + count: fork that many
@@ -61,11 +63,12 @@ def fork_request(count: int) -> bytes:
     return FORK + COUNT.pack(count)
 
 
-def fork_spares(chan: socket.socket, config: Config, context: Any, count: int) -> None:
-    """In a middle process: fork `count` spares, telling the parent each one's pid with
-    its end of the spare's channel. They become the parent's children when we exit."""
-    for _ in range(count):
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+def fork_spares(theirs: list[socket.socket], config: Config, context: Any,
+                report: int) -> None:
+    """In a middle process: fork one spare on each channel end of `theirs`, and write
+    each one's pid (-1 if that fork failed) to the pipe `report`."""
+    pids = []
+    for end in theirs:
         try:
             pid = os.fork()
         except OSError as exc:
@@ -74,14 +77,50 @@ def fork_spares(chan: socket.socket, config: Config, context: Any, count: int) -
         if pid == 0:  # the spare session process
             sandbox.name_process(child.SPARE_NAME)  # at once: not taken for us
             worker = child.SessionWorker(config, tls_context=context)
-            worker.chan = theirs
+            worker.chan = end
             worker.main()  # never returns
+        pids.append(pid)
+    os.write(report, b"".join(PID.pack(pid) for pid in pids))
+
+
+def batch(chan: socket.socket, config: Config, context: Any, count: int) -> None:
+    """Fork `count` spares through a middle process and hand each to the parent (its
+    pid, with the parent's end of its channel) once the middle has exited: by then the
+    kernel has made them the parent's children, so the parent never sees one that is
+    not (yet) its own."""
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(count)]
+    rpipe, wpipe = os.pipe()
+    try:
+        middle = os.fork()
+    except OSError as exc:
+        log.error("cannot fork: %s", exc)
+        middle = -1
+    if middle == 0:
+        status = 1
+        try:
+            os.close(rpipe)
+            fork_spares([theirs for _ours, theirs in pairs], config, context, wpipe)
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(wpipe)
+    for _ours, theirs in pairs:
         theirs.close()
-        if pid > 0:
-            socket.send_fds(chan, [PID.pack(pid)], [ours.fileno()])
-        else:
-            chan.send(PID.pack(-1))
-        ours.close()
+    with os.fdopen(rpipe, "rb") as pipe:
+        said = pipe.read(count * PID.size) if middle > 0 else b""
+    if middle > 0:
+        os.waitpid(middle, 0)
+    pids = [PID.unpack_from(said, i)[0] for i in range(0, len(said), PID.size)]
+    pids += [-1] * (count - len(pids))
+    try:
+        for pid, (ours, _theirs) in zip(pids, pairs, strict=True):
+            if pid > 0:
+                socket.send_fds(chan, [PID.pack(pid)], [ours.fileno()])
+            else:
+                chan.send(PID.pack(-1))
+    finally:
+        for ours, _theirs in pairs:
+            ours.close()
 
 
 def requests(chan: socket.socket) -> int | None:
@@ -107,42 +146,16 @@ def requests(chan: socket.socket) -> int | None:
         flags = socket.MSG_DONTWAIT
 
 
-def reap() -> None:
-    """Middle processes that are done (reaped by us, their CPU time counts as ours)."""
-    while True:
-        try:
-            pid, _status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
 def serve(chan: socket.socket, config: Config, context: Any) -> int:
-    """Fork spares as asked until the parent closes the channel. Each batch is forked by
-    a middle process of its own, which exits when it is done: we never wait for it (it
-    is reaped at the next request), and the next batch need not either."""
+    """Fork spares as asked until the parent closes the channel."""
     while True:
-        reap()
         count = requests(chan)
         if count is None:
             return 0
         try:
-            middle = os.fork()
-        except OSError as exc:
-            log.error("cannot fork: %s", exc)
-            for _ in range(count):
-                chan.send(PID.pack(-1))
-            continue
-        if middle == 0:
-            status = 1
-            try:
-                fork_spares(chan, config, context, count)
-                status = 0
-            except OSError:
-                pass  # the parent is gone: so is every spare it did not take
-            finally:
-                os._exit(status)
+            batch(chan, config, context, count)
+        except OSError:
+            return 0  # the parent is gone: so is every spare it did not take
 
 
 def main(argv: list[str]) -> int:

@@ -251,10 +251,10 @@ def test_raises_its_open_file_limit_to_what_the_session_cap_needs(tmp_path: Path
             lines.append(line)
             if "ready" in line:
                 break
-        assert any("raised the open-file limit from 128 to 1064" in x for x in lines), lines
+        assert any("raised the open-file limit from 128 to 1192" in x for x in lines), lines
         limits = Path(f"/proc/{proc.pid}/limits").read_text()
         row = next(x for x in limits.splitlines() if x.startswith("Max open files"))
-        assert row.split()[3:5] == ["1064", "4096"], row
+        assert row.split()[3:5] == ["1192", "4096"], row
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         proc.communicate(timeout=15)
