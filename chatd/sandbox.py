@@ -426,15 +426,16 @@ def verdict() -> str | None:
     return _unsupported
 
 
-def prime(unsupported: str | None) -> None:
+def prime(unsupported: str | None, user: str) -> None:
     """In the fork server (chatd/zygote.py): take over the parent's probe() verdict and
-    do its one-time work here, so that every session forked from us shares it."""
+    do its one-time work here (the calls readied, the user looked up), so that every
+    session forked from us shares it."""
     global _unsupported, _probed
     _unsupported, _probed = unsupported, True
-    prog = program()
-    if prog is not None:
-        _sock_fprog(prog)
+    if _prepare() is not None:
         _prctl(PR_GET_NO_NEW_PRIVS, 0)
+    if user and os.geteuid() == 0:
+        identity(user)
 
 
 def _try_out(config: Config) -> str:

@@ -167,7 +167,7 @@ def main(argv: list[str]) -> int:
     doc = json.loads(first)
     config = read_config(doc)
     try:
-        sandbox.prime(doc["unsupported"])
+        sandbox.prime(doc["unsupported"], config.user)
         context = (tls.ServerTLS(config.values, config.config_file).context
                    if config.tls_cert else None)
     except (OSError, sandbox.SandboxError, tls.TLSConfigError) as exc:
