@@ -41,7 +41,7 @@ from chatd.listeners import listen, raise_fd_limit
 from chatd.retention import Retention
 from chatd.routing import Router, now_ms
 from chatd.sessiontable import Child, SessionTable
-from chatd.sparepool import PoolSize, ZygoteLink
+from chatd.sparepool import AUTO, PoolSize, ZygoteLink
 from chatd.stores import history_location, open_history
 from chatd.upgrade import Upgrade
 from chatd.uplinkhelper import UplinkHelper, join_cluster
@@ -57,8 +57,8 @@ REFILL_QUIET = 0.05  # seconds without a new client before spare processes are f
 # Seconds the fork server may go without delivering a spare it owes before the parent
 # takes it for stuck and forks for the waiting clients itself (FORKS_PER_TURN a turn).
 WAIT_LIMIT = 2.0
-# Spares asked for at once while clients wait: each batch costs the fork server a middle
-# process (chatd/zygote.py), so a burst is served in batches of at least this many.
+# Spares asked for at once while clients wait (with the adaptive pool): each batch costs
+# the fork server a middle process (chatd/zygote.py), so a burst is served in batches.
 BURST_BATCH = 8
 
 
@@ -364,8 +364,8 @@ class Master:
         target = self.pool.target(now)
         if self.zygote.up:
             want = target + len(self.waiting) - len(self.spares) - self.zygote.asked
-            if want > 0 and self.waiting:  # a burst: batches spread each one's start-up
-                want = max(want, BURST_BATCH)
+            if want > 0 and self.waiting and self.config.spare_children == AUTO:
+                want = max(want, BURST_BATCH)  # a burst: fewer middle processes
             self.zygote.ask(want)
             if len(self.spares) > target and not self.waiting:
                 pid, chan = self.spares.popitem()
@@ -422,7 +422,8 @@ class Master:
                        irc: bool = False) -> bool:
         """Pass the accepted socket to a pre-forked process (SCM_RIGHTS); False if none."""
         while self.spares:
-            pid, chan = self.spares.popitem()
+            pid = next(iter(self.spares))  # the oldest: it is the readiest
+            chan = self.spares.pop(pid)
             token = secrets.token_hex(8)
             hello = channel.control(channel.client(token, ip, over_tls, irc))
             try:

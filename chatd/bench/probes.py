@@ -84,7 +84,7 @@ def is_reader(pid: int) -> bool:
 def is_helper(pid: int) -> bool:
     """A server's helper process (history reader, auth helper, fork server), not a
     session."""
-    return is_reader(pid) or _comm(pid) in (b"chatd-auth", b"chatd-zygote")
+    return is_reader(pid) or is_auth_helper(pid) or is_zygote(pid)
 
 
 def _comm(pid: int) -> bytes:
@@ -107,8 +107,18 @@ def is_spare(pid: int) -> bool:
 
 
 def is_zygote(pid: int) -> bool:
-    """Whether `pid` is a server's fork server (chatd.zygote.NAME)."""
-    return _comm(pid) == b"chatd-zygote"
+    """Whether `pid` is a server's fork server: it names itself (chatd.zygote.NAME) once
+    it has imported what it needs; until then only its command line says so (which the
+    sessions it forks inherit, but they name themselves at once)."""
+    comm = _comm(pid)
+    if comm == b"chatd-zygote":
+        return True
+    if comm in (b"chatd-spare", b"chatd-session", b""):
+        return False
+    try:
+        return b"chatd.zygote" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
 
 
 def sessions_of(pid: int) -> list[int]:
