@@ -8,14 +8,15 @@ shared (sans-I/O; lives in the parent of a host with `cluster.redis_url` set).
   same messages with the same ids. The sender's `ack` goes when Redis has it: at the
   write's reply or at the stream entry, whichever comes first, and always before the
   message itself.
-* **Nicks** are claimed in Redis (hello, nick) before they are given; a DM's target is
-  looked up there, so a DM reaches its target on any host.
+* **Nicks** are claimed in Redis (hello, nick) before they are given
+  (chatd/clusternicks.py); a DM's target is looked up there, so a DM reaches its target
+  on any host.
 * **Accounts** are the cluster's (chatd/clusteraccounts.py): an account's sessions on
   several hosts share its nick, and a direct message to it is stored between identities
   (chatd/direct.py) and reaches its sessions on every host.
 * **Moderation**: a change of a room's policy (op, kick, ban, mode, ...) is checked on
   the actor's host, then goes through Redis like a message (it has a message id) and
-  every host carries it out on its copy of the policy (modrequests.Moderation.replay):
+  every host carries it out on its copy of the policy (chatd/clustermoderation.py):
   a kick removes the target from the room on every host, a ban holds on every host. An
   account that opens a room is its operator on every host (a `P` event); a guest's
   rights are its session's, on its own host. A server operator's `kill` of another
@@ -24,8 +25,9 @@ shared (sans-I/O; lives in the parent of a host with `cluster.redis_url` set).
   (chatd/clustermembers.py): joins, parts, quits and nick changes of this host's
   sessions go to the stream, and those of other hosts come from it, so `who`, `rooms`
   and the room notices are cluster-wide, a stream's delay (about a millisecond) behind.
-* **This host's SQLite fails** (a full disk): what it had applied since its last commit
-  is taken back (nobody here gets those messages yet), and it reads the stream again
+* **This host's SQLite fails** (a full disk; chatd/clusterlink.py, with the writes and
+  the stream cursor): what it had applied since its last commit is taken back (nobody
+  here gets those messages yet), and it reads the stream again
   from its last commit through a new uplink (once a second while it fails): its copy
   gets every message, and its sessions each one once. Meanwhile its sessions are told
   (a `status` event) and messages are refused; acknowledgements stay true (Redis has
@@ -39,99 +41,36 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
 from chatd import protocol as p
-from chatd.broker import Item, Member, Room
+from chatd.broker import Member
 from chatd.channel import DONE
 from chatd.clusteraccounts import SharedAccounts
-from chatd.clustermembers import RemoteMembers
+from chatd.clusterlink import UNREACHABLE, EntryId, Waiting, body, entry_id
+from chatd.clustermoderation import ClusterModeration
+from chatd.clusternicks import ClusterNicks
 from chatd.config import Config
 from chatd.direct import account_of
-from chatd.moderation import RoomPolicy, Who
-from chatd.modrequests import Moderation, end_session, who
+from chatd.modrequests import who
 from chatd.protocol import ProtocolError, pack
 from chatd.store import StorageError
 from chatd.stores import HistoryStore
 
 log = logging.getLogger("chatd.cluster")
-MAX_SEQ = (1 << 64) - 1
-EntryId = tuple[int, int]
-UNREACHABLE = "not stored: this server cannot reach the cluster's Redis; try again later"
 
 
-@dataclass(slots=True)
-class Waiting:
-    """A write whose result a session waits for."""
+class ClusterBroker(ClusterNicks, ClusterModeration):
+    """The writes, the stream and this host's copy are ClusterLink's; the nick claims
+    ClusterNicks'; the moderation relays ClusterModeration's. Here: what a session's
+    messages, topics and membership become, and what the uplink says back."""
 
-    sid: int
-    label: Any
-    kind: str  # msg, hello, nick, topic, account
-    req: dict[str, Any]
-    now_ms: int
-
-
-def entry_id(text: str) -> EntryId:
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def body(data: dict[str, Any]) -> bytes:
-    packed: bytes = msgpack.packb(data, use_bin_type=True)
-    return packed
-
-
-class ClusterBroker(RemoteMembers):
     def __init__(self, store: HistoryStore, config: Config) -> None:
         super().__init__(store, config)
-        self.node = config.node
-        self.uplink: Callable[[dict[str, Any]], None] = lambda msg: None  # set by master
-        self.up = False
-        self.why = "not connected yet"
-        self.numbers = itertools.count(1)
-        self.waiting: dict[int, Waiting] = {}
-        self.claiming: set[int] = set()  # sessions whose hello waits for Redis
-        self.point: EntryId = (0, 0)  # membership events up to here are in the snapshot
-        self.cursor: EntryId = (self.history.last_id, MAX_SEQ)  # the last entry applied
         self.accounts = self.logins.cluster = SharedAccounts(self)
-        self.committed: EntryId = self.cursor  # entries up to here are in SQLite
-        self.settling: list[int] = []  # ids of the messages applied since
-        self.settling_frames: list[bytes] = []  # and their frames, in outboxes
-        self.rewind = False  # SQLite took them back: read them again (drain)
-        self.store_trouble: EntryId | None = None  # failing since (the cursor then)
-        self.restart_uplink: Callable[[str], None] = lambda why: None  # set by master
-        self.now_ms = 0  # the time the uplink last said something (for drain's events)
-        # Another host's server ban or unban, for this host's bans (chatd/adminops.py).
-        self.server_ban: Callable[[dict[str, Any]], None] | None = None
-        self.moderation = Moderation(self)
-        self._renaming: Member | None = None  # a rename Redis has agreed to already
-
-    def resume_at(self) -> tuple[str, int]:
-        """Where a new uplink starts reading the stream, and the newest id here."""
-        return f"{self.cursor[0]}-{self.cursor[1]}", self.history.last_id
-
-    # ---- requests that need Redis ----
-
-    def _write(self, script: str, args: list[Any], waiting: Waiting | None = None) -> None:
-        number = next(self.numbers)
-        if waiting is not None:
-            self.waiting[number] = waiting
-        self.uplink({"c": "w", "w": number, "s": script, "a": args})
-
-    def _need_redis(self) -> None:
-        if not self.up:
-            raise ProtocolError("storage_unavailable", UNREACHABLE)
-        if self.store_trouble is not None:
-            raise ProtocolError("storage_unavailable", "not stored: this server cannot store "
-                                "messages now (its history database fails); try again later")
-
-    def need_cluster(self) -> None:
-        self._need_redis()
 
     def share_account(self, member: Member | None, record: str, pending: Any,
                       now_ms: int) -> None:
@@ -141,76 +80,6 @@ class ClusterBroker(RemoteMembers):
         self._write("account", [p.nick_key(name), record],
                     Waiting(member.sid if member else 0, None, "account",
                             {"record": record, "pending": pending}, now_ms))
-
-    def share_moderation(self, member: Member, room: Room, now_ms: int, label: Any,
-                         req: dict[str, Any], change: Callable[[RoomPolicy], Any]) -> bool:
-        change(room.policy.copy())  # what it would refuse (a full list, no such ban) first
-        self._need_redis()
-        data = {"room": room.name, "by": member.nick or "", "now": now_ms,
-                "req": {k: v for k, v in req.items() if k != "label"}}
-        self._write("msg", ["o", body(data), ""],
-                    Waiting(member.sid, label, "msg", {"room": room.name}, now_ms))
-        return True
-
-    def _granted(self, name: str, policy: RoomPolicy, member: Member) -> None:
-        super()._granted(name, policy, member)
-        if member.account and self.up:
-            self._write("event", ["P", body({"room": name, "account": member.account}),
-                                  member.nick or "", "", ""])
-
-    def share_server_ban(self, change: dict[str, Any]) -> bool:
-        if not self.up:
-            return False
-        self._write("event", ["S", body(change), "", "", ""])
-        return True
-
-    def end_remote(self, target: Member, why: str, now_ms: int) -> None:
-        if not self.up:
-            log.warning("%s: not ended on the other hosts (Redis out of reach)", target.nick)
-            return
-        self._write("event", ["K", body({"nick": target.nick, "why": why}),
-                              target.nick or "", "", ""])
-
-    def _account_flag(self, member: Member, nick: str) -> str:
-        """'1' when `nick` is the name of the account `member` is logged in to."""
-        account = member.account
-        return "1" if account is not None and p.nick_key(account) == p.nick_key(nick) \
-            else ""
-
-    def _hello(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> None:
-        if req["version"] not in p.SUPPORTED_VERSIONS:
-            super()._hello(member, req, label, now_ms)
-            return
-        if member.sid in self.claiming:  # (the session passes on what follows a hello)
-            raise ProtocolError("already_registered", "a hello is already on its way")
-        nick = self._free_nick(member, req["nick"])
-        if self._banned(member, nick, now_ms):  # (before it is claimed for nothing)
-            return
-        self._need_redis()
-        self.claiming.add(member.sid)
-        self._write("nick", [p.nick_key(nick), nick, "", "", "", b"",
-                             self._account_flag(member, nick)],
-                    Waiting(member.sid, label, "hello", req, now_ms))
-
-    def _nick(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> None:
-        old = member.nick or ""
-        new = self._free_nick(member, req["nick"])
-        if new == old or self._banned(member, new, now_ms):
-            super()._nick(member, req, label, now_ms)
-            return
-        self._need_redis()
-        self._write("nick", [p.nick_key(new), new, p.nick_key(old), old, self._rooms_here(member),
-                             body({"old": old, "new": new}), self._account_flag(member, new)],
-                    Waiting(member.sid, label, "nick", req, now_ms))
-
-    def rename(self, member: Member, new: str, label: Any, now_ms: int = 0) -> None:
-        """A rename Redis has not seen (a login: the account's name) is told to it."""
-        old = member.nick or ""
-        super().rename(member, new, label, now_ms)
-        if member is self._renaming or member.sid < 0 or new == old or not self.up:
-            return  # (while Redis is away, the state written on return tells it)
-        self._write("nick", [p.nick_key(new), new, p.nick_key(old), old, self._rooms_here(member),
-                             body({"old": old, "new": new}), self._account_flag(member, new)])
 
     def _msg(self, member: Member, req: dict[str, Any], label: Any, now_ms: int) -> None:
         text = p.check_text(req["text"], self.config.max_text)
@@ -274,17 +143,6 @@ class ClusterBroker(RemoteMembers):
                 self._publish("p", staying[0], {"nick": member.nick, "room": name,
                                                 "reason": reason})
 
-    def _publish(self, kind: str, member: Member, data: dict[str, Any]) -> None:
-        """Tell the other hosts; while Redis is away the state written on return does."""
-        if self.up and member.nick is not None:
-            self._write("event", [kind, body(data), member.nick, p.nick_key(member.nick),
-                                  self._rooms_here(member)])
-
-    def _rooms_here(self, member: Member) -> str:
-        """The rooms of `member`'s nick on this host: an account's, all its sessions'."""
-        sessions = [m for m in self.directory.of_account(member) if not m.gone] or [member]
-        return " ".join(sorted(set().union(*(m.rooms for m in sessions))))
-
     # ---- what the uplink says (the parent's helper checked the framing) ----
 
     def uplink_said(self, msg: dict[str, Any], now_ms: int) -> None:
@@ -346,89 +204,6 @@ class ClusterBroker(RemoteMembers):
             del self.waiting[number]
             self._claimed(w, int(value[0]))
         # topic: its stream entry answers it
-
-    def _claimed(self, w: Waiting, ok: int) -> None:
-        """Redis's answer to a nick claim: 1 given, 0 another host's session has it,
-        2 an account owns it."""
-        member = self.members.get(w.sid)
-        nick = w.req["nick"]
-        if member is None or member.gone:
-            if ok == 1:  # nobody has it after all
-                self._release(nick)
-            return
-        if ok == 0:
-            self._tell(w, p.error_frame("nick_taken", f"nick {nick!r} is in use",
-                                        label=w.label))
-            return
-        if ok == 2:
-            self._tell(w, p.error_frame("nick_owned", f"an account owns the nick {nick!r}: "
-                                        "log in to use it", label=w.label))
-            return
-        holder = self.nicks.get(p.nick_key(nick))
-        if holder is not None and holder.sid < 0 and holder.account is None:
-            self._remote_quit(holder, "nick taken over", w.now_ms)  # Redis says: stale
-        self._renaming, old = member, p.nick_key(member.nick or "")
-        try:
-            if w.kind == "hello":
-                super()._hello(member, w.req, w.label, w.now_ms)
-            else:
-                super()._nick(member, w.req, w.label, w.now_ms)
-        except ProtocolError as exc:
-            self.outbox[member.sid].append(p.error_from(exc, w.label))
-        finally:
-            self._renaming = None
-        for members in self.remote.values():  # a nick given up to another host's session
-            if old in members and old not in self.nicks:
-                self.nicks[old] = members[old]
-        if w.req.get("lost") and member.nick == nick:  # the others never saw it in its
-            self._write_state()  # rooms (Redis gave the nick away): now they do
-        if member.gone or member.nick != nick:  # banned meanwhile, or taken here after all
-            self._release(nick)
-
-    def _release(self, nick: str) -> None:
-        holder = self.nicks.get(p.nick_key(nick))
-        if holder is None or holder.sid < 0:
-            self._write("event", ["q", body({"nick": nick, "reason": "quit"}), nick,
-                                  p.nick_key(nick), ""])
-
-    def _nick_lost(self, nick: str, now_ms: int) -> None:
-        """While this host was cut off from Redis (past its lease), another host gave a
-        session of its own the nick of one of ours: the cluster's holder keeps it, and
-        ours is renamed (told why with a `status` event `renamed`)."""
-        member = self.nicks.get(p.nick_key(nick))
-        if member is None or member.sid < 0 or member.account is not None:
-            return  # (an account's nick is its sessions' on every host: never lost)
-        new = self._spare_nick(nick)
-        log.warning("while this host was cut off from the cluster, another host gave the "
-                    "nick %s to one of its sessions: session %s is renamed %s", nick,
-                    member.token, new)
-        self.outbox[member.sid].append(pack({
-            "type": "status", "cluster": "renamed", "ts": now_ms,
-            "message": f"while this server was cut off from the cluster, another server "
-                       f"gave the nick {nick} to someone else: you are now {new}"}))
-        self._write("nick", [p.nick_key(new), new, p.nick_key(nick), nick, self._rooms_here(member),
-                             body({"old": nick, "new": new}), ""],
-                    Waiting(member.sid, None, "nick", {"type": "nick", "nick": new,
-                                                       "lost": True}, now_ms))
-
-    def _spare_nick(self, nick: str) -> str:
-        """A variant of `nick` that nobody here holds and no account owns."""
-        for n in itertools.count(1):
-            suffix = "_" if n == 1 else f"_{n}"
-            spare = nick[:p.MAX_NICK - len(suffix)] + suffix
-            if p.nick_key(spare) not in self.nicks and \
-                    p.nick_key(spare) not in self.directory.owned:
-                return spare
-        raise AssertionError("unreachable")
-
-    def _tell(self, w: Waiting, frame: bytes) -> None:
-        if w.sid in self.members:
-            self.outbox[w.sid].append(frame)
-
-    def _ack(self, w: Waiting, msg_id: int, ts: int, room: str | None, target: str) -> None:
-        where = {"room": room} if room else {"to": target}
-        self._tell(w, pack({"type": "ack", "id": msg_id, "ts": ts, **where,
-                            **({"label": w.label} if w.label is not None else {})}))
 
     # ---- the stream ----
 
@@ -506,52 +281,6 @@ class ClusterBroker(RemoteMembers):
         for sid in dict.fromkeys(m.sid for m in (*self._of(src), *self._of(dst))):
             self.outbox[sid].append(packed)
 
-    def _fresh(self, msg_id: int, ts: int) -> bool:
-        """Whether message id `msg_id` is new here (a gap before it is told)."""
-        last = self.history.last_id
-        if msg_id <= last:
-            return False
-        if last and msg_id != last + 1:
-            self._status("gap", f"messages {last + 1} to {msg_id - 1} never reached this "
-                         "server (the cluster's Redis no longer had them)", ts)
-        return True
-
-    def _moderation(self, msg_id: int, node: str, number: int, ts: int,
-                    data: dict[str, Any]) -> None:
-        """A change of a room's policy, carried out here as on every host."""
-        if not self._fresh(msg_id, ts):
-            return
-        name = p.check_room(data["room"])
-        req: dict[str, Any] = dict(data["req"])
-        room = self.rooms.get(name) or Room(name, "", None, None, policy=RoomPolicy.from_json(
-            self.store.policy(name), name))
-        w = self.waiting.pop(number, None) if node == self.node else None
-        if w is not None:
-            self._ack(w, msg_id, ts, name, "")
-        kicked = [m for m in room.members.values() if m.sid > 0 and req["type"] == "kick"
-                  and p.nick_key(m.nick or "") == p.nick_key(str(req["nick"]))]
-        self.moderation.replay(room, req, int(data["now"]), str(data["by"]), msg_id, ts)
-        for member in kicked:  # (the other hosts have taken it out already)
-            if name not in member.rooms:
-                self._publish("p", member, {"nick": member.nick, "room": name,
-                                            "reason": "kicked"})
-
-    def _operator(self, data: dict[str, Any], ts: int) -> None:
-        """An account opened a room on another host: it is its operator here too."""
-        name, account = p.check_room(data["room"]), p.check_nick(data["account"])
-        room = self.rooms.get(name)
-        policy = room.policy if room else RoomPolicy.from_json(self.store.policy(name), name)
-        if policy.grant(Who(account, "", account)):
-            self._keep_policy(name, policy)
-
-    def _kill(self, data: dict[str, Any], ts: int) -> None:
-        """A server operator on another host ends this host's sessions of a nick (every
-        session of an account)."""
-        target = self.nicks.get(p.nick_key(p.check_nick(data["nick"])))
-        for session in list(self.directory.of_account(target)) if target else []:
-            if session.sid > 0 and not session.gone:
-                end_session(self, session, str(data["why"]), ts)
-
     def _of(self, ident: str) -> list[Member]:
         """This host's sessions of an identity (chatd.store.identity)."""
         if ident.startswith("@"):
@@ -605,56 +334,6 @@ class ClusterBroker(RemoteMembers):
         self.why = ""
         log.info("in the cluster as node %s (epoch %s)", self.node, msg["epoch"])
 
-    # ---- this host's copy (SQLite) ----
-
-    def _settling(self, msg_id: int, frame: bytes) -> None:
-        """A message applied here: in SQLite once the next commit has gone through."""
-        self.settling.append(msg_id)
-        self.settling_frames.append(frame)
-
-    def _committed(self) -> None:
-        self.committed = self.cursor
-        self.settling.clear()
-        self.settling_frames.clear()
-
-    def _unsend(self, error: StorageError) -> None:
-        """SQLite rolled back what was pending: the messages applied since the last
-        commit go from every queue (nobody here has them yet) and are read again."""
-        if not self.settling:
-            return  # (nothing of the stream's: nothing to read again)
-        dropped = {id(frame) for frame in self.settling_frames}
-        for sid, items in list(self.outbox.items()):
-            self.outbox[sid] = [x for x in items if id(x) not in dropped]
-        self.history.rolled_back(set(self.settling))
-        self.settling.clear()
-        self.settling_frames.clear()
-        self.rewind = True
-
-    def drain(self) -> defaultdict[int, list[Item]]:
-        out = super().drain()  # (its commit may fail: _unsend)
-        if self.rewind:
-            self._read_again()
-        elif self.cursor > self.committed:
-            self._committed()
-            if self.store_trouble is not None and self.cursor > self.store_trouble:
-                log.warning("history database: this host stores the cluster's messages "
-                            "again")
-                self.store_trouble = None
-                self._status("up", "the server stores messages again", self.now_ms)
-        return out
-
-    def _read_again(self) -> None:
-        self.rewind = False
-        self.cursor = self.committed
-        if self.store_trouble is None:
-            log.error("history database failed: this host reads the cluster's stream again "
-                      "from its last commit until it can store it")
-            self._status("down", "the server cannot store messages: new messages are "
-                         "refused until it can", self.now_ms)
-        self.store_trouble = self.cursor
-        self.up = False
-        self.restart_uplink("this host's history database failed: reading again")
-
     # ---- an upgrade (chatd/handover.py) ----
 
     def hand_over(self) -> dict[str, Any]:
@@ -691,27 +370,3 @@ class ClusterBroker(RemoteMembers):
                 self.outbox[sid] += [p.error_frame(
                     "auth_unavailable", "the server was upgraded while your account was "
                     "being registered: log in to it, or register again", label=label), DONE]
-
-    def _write_state(self) -> None:
-        """This host's sessions, nicks and rooms, written again whole (the uplink's STATE:
-        the other hosts see what differs as joins, parts and nick changes)."""
-        state: list[str] = []
-        for member in self.members.values():
-            if member.nick is not None and not member.gone:
-                state += [p.nick_key(member.nick), member.nick, self._rooms_here(member)]
-        self.uplink({"c": "state", "a": state})
-
-    def _went_down(self, why: str, now_ms: int) -> None:
-        if self.up and self.store_trouble is None:
-            log.error("lost the cluster's Redis: %s; messages are refused until it is back",
-                      why)
-            self._status("down", "the server cannot reach the cluster's Redis: new "
-                         "messages are refused until it is back", now_ms)
-        self.up, self.why = False, why
-
-    def _status(self, state: str, message: str, now_ms: int) -> None:
-        frame = pack({"type": "status", "cluster": state, "message": message, "ts": now_ms})
-        for member in self.members.values():
-            if member.nick is not None and not member.gone:
-                self.outbox[member.sid].append(frame)
-
