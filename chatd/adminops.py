@@ -217,7 +217,7 @@ class Ops:
             "storage": store, "bans": len(self.bans),
             "processes": {"parent": os.getpid(), "sessions": sorted(table.children),
                           "spares": sorted(table.spares),
-                          "helpers": sorted(m.reader.pids | m.zygote.pids)},
+                          "helpers": sorted(m.reader.pids | m.pool.zygote.pids)},
         }
 
     def sessions(self) -> Iterator[bytes]:

@@ -69,7 +69,7 @@ def snapshot(master: Master, now: float) -> dict[str, Any]:
     # (and so is the auth helper, stopped before the snapshot: chatd/upgrade.py)
     # (and so is the fork server: its channel does not survive execve())
     retiring = [[pid, kill_in(pid)] for pid in table.retiring | master.reader.pids
-                | master.auth.pids | master.zygote.pids
+                | master.auth.pids | master.pool.zygote.pids
                 | (master.uplink.pids if master.uplink else set())]
     for pid, kid in table.children.items():
         if table.by_sid.get(kid.sid) is not kid:  # its channel is closed: on its way out

@@ -1,4 +1,4 @@
-"""The parent process: its loop, its state, its signals, and forking sessions.
+"""The parent process: its loop, its state, its signals, and accepting clients.
 
 Single-threaded. Signal handlers only wake the loop (signal.set_wakeup_fd);
 the loop dispatches handle_<signal>() the way gunicorn's Arbiter does. The
@@ -7,7 +7,8 @@ sessions' channels and writes to them without ever blocking.
 
 The other parent-side concerns each have a module: lifecycle.py (the parent's state),
 admission.py (who may connect), listeners.py, sessiontable.py (slots, kill deadlines,
-reaping), routing.py (channels in and out of the broker), helpers.py (the history reader).
+reaping), routing.py (channels in and out of the broker), helpers.py (the history reader),
+sparepool.py (starting sessions: spares, the fork server, forking here).
 """
 
 from __future__ import annotations
@@ -16,18 +17,15 @@ import contextlib
 import gc
 import logging
 import os
-import secrets
 import selectors
 import signal
 import socket
-import ssl
 import time
-from collections import deque
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from chatd import channel, child, datadir, handover, orphan, sandbox, tls
+from chatd import channel, datadir, handover, orphan, tls
 from chatd.admin import AdminServer
 from chatd.admission import Gate, source_of
 from chatd.adopt import Adopter
@@ -41,7 +39,7 @@ from chatd.listeners import listen, raise_fd_limit
 from chatd.retention import Retention
 from chatd.routing import Router, now_ms
 from chatd.sessiontable import Child, SessionTable
-from chatd.sparepool import AUTO, PoolSize, ZygoteLink
+from chatd.sparepool import FORKS_PER_TURN, SparePool
 from chatd.stores import history_location, open_history
 from chatd.upgrade import Upgrade
 from chatd.uplinkhelper import UplinkHelper, join_cluster
@@ -49,17 +47,6 @@ from chatd.uplinkhelper import UplinkHelper, join_cluster
 log = logging.getLogger("chatd.master")
 SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
 ACCEPT_BATCH = 64
-# Without the fork server (it is starting, or gone), the parent forks sessions itself.
-# Forks per turn of the loop: each stalls routing for milliseconds, so between a few of
-# them the loop routes what the sessions it already has are waiting for.
-FORKS_PER_TURN = 4
-REFILL_QUIET = 0.05  # seconds without a new client before spare processes are forked
-# Seconds the fork server may go without delivering a spare it owes before the parent
-# takes it for stuck and forks for the waiting clients itself (FORKS_PER_TURN a turn).
-WAIT_LIMIT = 2.0
-# Spares asked for at once while clients wait (with the adaptive pool): each batch costs
-# the fork server a middle process (chatd/zygote.py), so a burst is served in batches.
-BURST_BATCH = 8
 
 
 class Master:
@@ -94,12 +81,9 @@ class Master:
         # Password work runs in the auth helper, never here (chatd/authsupervise.py).
         self.auth = self.router.auth = AuthHelperSupervisor(config, self.sel, self.broker,
                                                             self.table)
-        self.last_accept = 0.0
-        # Spares come from the fork server (chatd/zygote.py); clients admitted while none
-        # is there wait here, oldest first: (conn, ip, over_tls, irc).
-        self.pool = PoolSize(config)
-        self.zygote = ZygoteLink(config, self.sel, self._new_spare, self._zygote_lost)
-        self.waiting: deque[tuple[socket.socket, str, bool, bool]] = deque()
+        # Sessions start in spares from the fork server (chatd/zygote.py) or are forked
+        # here, and clients wait for a spare (chatd/sparepool.py).
+        self.pool = SparePool(self)
         self.wake_r, self.wake_w = socket.socketpair()
         # `chatd admin` (chatd/admin.py); its server bans are checked at admission and,
         # by the broker, at registration.
@@ -116,10 +100,6 @@ class Master:
         if handed:
             handover.restore(self, handed, time.monotonic())
             self.upgrade.announce(handed["at"])
-
-    @property
-    def spares(self) -> dict[int, socket.socket]:
-        return self.table.spares
 
     @property
     def children(self) -> dict[int, Child]:
@@ -182,18 +162,12 @@ class Master:
         self.auth.start()
         if self.uplink is not None:
             self.uplink.start()
-        # Sessions forked by the fork server come to us as orphans (chatd/zygote.py).
-        if sandbox.become_subreaper():
-            self.zygote.start()
-        else:
-            log.warning("no PR_SET_CHILD_SUBREAPER here: the parent forks every session")
+        self.pool.start()
         log.info("chatd %d ready (max_sessions=%d)", os.getpid(), self.config.max_sessions)
         while not self.life.stopped:
             now = time.monotonic()
-            refill = self.life.running and not self.zygote.up and \
-                len(self.spares) < self.pool.target(now)
-            quiet = now - self.last_accept
-            events = self.sel.select(self._timeout(now, refill, quiet))
+            refill = self.pool.refill_wanted(now)
+            events = self.sel.select(self._timeout(now, refill))
             for key, mask in events:
                 key.data(key.fileobj, mask)
             restart = self.reader.restart_at
@@ -203,10 +177,7 @@ class Master:
             if restart is not None and self.life.running and time.monotonic() >= restart:
                 self.auth.start()
             self._restart_uplink()
-            restart = self.zygote.restart_at
-            if restart is not None and self.life.running and time.monotonic() >= restart:
-                self.zygote.start()
-            self._pool_step(time.monotonic())
+            self.pool.step()
             self.router.route()
             if self.uplink is not None:
                 self.uplink.flush()
@@ -216,10 +187,8 @@ class Master:
             self.retention.step(self.config, self.store, time.monotonic(), now_ms(),
                                 self.broker.rooms)
             self.broker.history.pruned(self.store.pruned_through)  # memory follows disk
-            # Only when idle: a fork stalls this loop for milliseconds, and a burst of
-            # clients is better served by the spares left plus forking on accept.
-            if refill and not events and quiet >= REFILL_QUIET:
-                self._fork_spare()
+            if refill and not events:  # (only when idle: it may fork a spare here)
+                self.pool.idle(now)
             self.upgrade.overdue(time.monotonic())
             self.adopter.overdue(time.monotonic())
             if self.table.kill_deadline:
@@ -232,19 +201,14 @@ class Master:
         log.info("stopped")
         return 0
 
-    def _timeout(self, now: float, refill: bool, quiet: float) -> float | None:
+    def _timeout(self, now: float, refill: bool) -> float | None:
         """Until the nearest named deadline: the stop deadline, a kill deadline, the next
-        retention run, the reader's restart, or the quiet moment to fork spares in."""
+        retention run, a helper's restart, or the spare pool's (chatd/sparepool.py)."""
         deadlines = [self.life.timeout(now), self.table.next_kill(now),
                      self.retention.timeout(self.config, now), self.admin.timeout(now),
-                     self.upgrade.timeout(now), self.adopter.timeout(now)]
-        if refill:
-            deadlines.append(max(0.0, REFILL_QUIET - quiet))
-        if self.waiting and not self.zygote.up:  # forked here, a few a turn
-            deadlines.append(0.0)
-        elif self.waiting and self.zygote.asked:  # (the fork server's WAIT_LIMIT)
-            deadlines.append(max(0.0, self.zygote.heard + WAIT_LIMIT - now))
-        for helper in (self.reader, self.auth, self.uplink, self.zygote):
+                     self.upgrade.timeout(now), self.adopter.timeout(now),
+                     self.pool.timeout(now, refill)]
+        for helper in (self.reader, self.auth, self.uplink):
             if helper is not None and helper.restart_at is not None and self.life.running:
                 deadlines.append(max(0.0, helper.restart_at - now))
         return min((d for d in deadlines if d is not None), default=None)
@@ -256,7 +220,7 @@ class Master:
             up.start()
 
     def _helper_pids(self) -> set[int]:
-        return self.reader.pids | self.auth.pids | self.zygote.pids | (
+        return self.reader.pids | self.auth.pids | self.pool.zygote.pids | (
             self.uplink.pids if self.uplink is not None else set())
 
     def _signals(self, sock: socket.socket, mask: int) -> None:
@@ -297,9 +261,9 @@ class Master:
                irc: bool = False) -> bool:
         """Refuse (an error frame, then close) or hand on; True if that took a fork."""
         now = time.monotonic()
-        self.last_accept = now
+        self.pool.last_accept = now
         refusal = self.admin.ops.refusal(ip, irc) or self.gate.refusal(
-            ip, source_of(ip), now, len(self.table.children) + len(self.waiting),
+            ip, source_of(ip), now, len(self.table.children) + len(self.pool.waiting),
             self.table.per_ip, irc)
         if refusal is not None:
             # A TLS client could not read a plain frame, and the parent speaks no TLS:
@@ -309,147 +273,9 @@ class Master:
                     conn.send(refusal, socket.MSG_DONTWAIT)
             conn.close()
             return False
-        self.pool.arrived(now)
-        if self.zygote.up and not self.spares:  # one is on its way (_pool_step asks for it)
-            self.waiting.append((conn, ip, over_tls, irc))
-            return False
-        try:
-            if self._hand_to_spare(conn, ip, over_tls, irc):
-                return False
-            self._fork(conn, ip, over_tls, irc)
-        except OSError as exc:
-            log.error("fork failed, dropping %s: %s", ip, exc)
-        finally:
-            conn.close()
-        return True
+        return self.pool.admit(conn, ip, over_tls, irc, now)
 
-    def _spawn(self, worker: child.SessionWorker) -> tuple[int, socket.socket]:
-        """Fork a session process that runs `worker` (built here, before the fork).
-
-        Signals stay blocked across fork() so the new process cannot run our handlers
-        before its init_process() resets them. Returns (pid, our end of the channel).
-        """
-        ours, worker.chan = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-        try:
-            pid = os.fork()
-        except OSError:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
-            ours.close()
-            worker.chan.close()
-            raise
-        if pid == 0:  # the session process
-            worker.main()  # never returns
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
-        worker.chan.close()
-        return pid, ours
-
-    def _fork_spare(self) -> None:
-        """Fork a session process ahead of time; it waits for a client on its channel."""
-        try:
-            worker = child.SessionWorker(self.config, tls_context=self._tls_context())
-            pid, ours = self._spawn(worker)
-        except OSError as exc:
-            log.error("cannot fork a spare session process: %s", exc)
-            return
-        self.spares[pid] = ours
-
-    # ---- the spare pool (chatd/sparepool.py) ----
-
-    def _pool_step(self, now: float) -> None:
-        """Ask the fork server for what the pool and the waiting clients lack; retire a
-        spare the pool no longer wants; fork for waiting clients if the server is stuck."""
-        if not self.life.running:
-            return
-        target = self.pool.target(now)
-        if self.zygote.up:
-            want = target + len(self.waiting) - len(self.spares) - self.zygote.asked
-            if want > 0 and self.waiting and self.config.spare_children == AUTO:
-                want = max(want, BURST_BATCH)  # a burst: fewer middle processes
-            self.zygote.ask(want)
-            if len(self.spares) > target and not self.waiting:
-                pid, chan = self.spares.popitem()
-                chan.close()  # it exits
-                self.table.retiring.add(pid)
-                self.table.kill_deadline[pid] = now + self.router.stop_time()
-        if self.waiting and (not self.zygote.up or self.zygote.stalled(now, WAIT_LIMIT)):
-            if self.zygote.up:
-                log.warning("no spare from the fork server for %gs: forking here", WAIT_LIMIT)
-            for _ in range(min(FORKS_PER_TURN, len(self.waiting))):
-                self._fork_waiting()
-
-    def _fork_waiting(self) -> None:
-        conn, ip, over_tls, irc = self.waiting.popleft()
-        try:
-            self._fork(conn, ip, over_tls, irc)
-        except OSError as exc:
-            log.error("fork failed, dropping %s: %s", ip, exc)
-        finally:
-            conn.close()
-
-    def _new_spare(self, pid: int, chan: socket.socket) -> None:
-        """A spare from the fork server: the longest-waiting client's, or the pool's."""
-        self.spares[pid] = chan
-        while self.waiting and self.spares:
-            entry = self.waiting.popleft()
-            conn, ip, over_tls, irc = entry
-            try:
-                if not self._hand_to_spare(conn, ip, over_tls, irc):  # none was usable
-                    self.waiting.appendleft(entry)
-                    return
-            except OSError as exc:
-                log.error("cannot hand %s to a spare: %s", ip, exc)
-            conn.close()
-
-    def _zygote_lost(self) -> None:
-        """The fork server is gone: clients waiting for it are forked here (by
-        _pool_step, a few a turn), or closed if we are stopping."""
-        if not self.life.running:
-            self.close_waiting()
-
-    def fork_waiting(self) -> None:
-        """Fork here for every client still waiting for a spare (the fork server is gone,
-        or an upgrade is about to close what is not a session yet)."""
-        while self.waiting:
-            self._fork_waiting()
-
-    def close_waiting(self) -> None:
-        """Stopping: clients that never got a session are closed."""
-        while self.waiting:
-            self.waiting.popleft()[0].close()
-
-    def _hand_to_spare(self, conn: socket.socket, ip: str, over_tls: bool = False,
-                       irc: bool = False) -> bool:
-        """Pass the accepted socket to a pre-forked process (SCM_RIGHTS); False if none."""
-        while self.spares:
-            pid = next(iter(self.spares))  # the oldest: it is the readiest
-            chan = self.spares.pop(pid)
-            token = secrets.token_hex(8)
-            hello = channel.control(channel.client(token, ip, over_tls, irc))
-            try:
-                socket.send_fds(chan, [hello], [conn.fileno()])
-            except OSError as exc:  # it died, or its channel is full: retire it
-                log.warning("spare pid %d unusable: %s", pid, exc)
-                chan.close()
-                continue
-            chan.setblocking(False)
-            self._register(pid, chan, token, ip, over_tls)
-            return True
-        return False
-
-    def _fork(self, conn: socket.socket, ip: str, over_tls: bool = False,
-              irc: bool = False) -> None:
-        token = secrets.token_hex(8)
-        worker = child.SessionWorker(self.config, conn, token, ip, over_tls,
-                                     self._tls_context(), irc)
-        pid, ours = self._spawn(worker)
-        ours.setblocking(False)
-        self._register(pid, ours, token, ip, over_tls)
-
-    def _tls_context(self) -> ssl.SSLContext | None:
-        return self.tls.context if self.tls is not None else None
-
-    def _register(self, pid: int, ours: socket.socket, token: str, ip: str,
+    def register(self, pid: int, ours: socket.socket, token: str, ip: str,
                   over_tls: bool = False) -> None:
         self.router.attach(self.table.add(pid, ours, token, ip, self.config.max_frame,
                                           over_tls))
@@ -471,7 +297,7 @@ class Master:
             if self.upgrade.reaped(pid, status):
                 continue
             if not self.reader.reaped(pid, status) and not self.auth.reaped(pid, status) \
-                    and not self.zygote.reaped(pid, status) \
+                    and not self.pool.zygote.reaped(pid, status) \
                     and not (self.uplink is not None and self.uplink.reaped(pid, status)):
                 self.table.reaped(pid, status)
 
@@ -488,8 +314,7 @@ class Master:
         self.adopter.holding = False
         self.admin.close()
         deadline = now + self.router.stop_time()  # the stop deadline, for every process
-        self.zygote.stop()
-        self.close_waiting()
+        self.pool.stop()  # the fork server, and the clients waiting for it
         self.table.retire_spares(deadline)
         self.reader.stop()
         self.auth.stop()
@@ -548,14 +373,14 @@ class Master:
         self.reader.configure(config)
         self.auth.configure(config)
         self.gate.reconfigure(config)
-        self.pool.config = config
+        self.pool.size.config = config
         result = f"reloaded {path}: {'; '.join(changes) or 'no changes'}" + (
             "; new connections get the renewed TLS certificate" if renewed else "")
         log.info("SIGHUP: %s", result)
         if renewed and not changes:  # they hold the old certificate; the loop forks new ones
             self.table.retire_spares(time.monotonic() + self.router.stop_time())
         if renewed or changes:  # and so does the fork server: a new one gets the new ones
-            self.zygote.restart(config)
+            self.pool.zygote.restart(config)
         if changes:
             # Spares were forked with the old settings; the loop forks new ones.
             self.table.retire_spares(time.monotonic() + self.router.stop_time())

@@ -166,7 +166,7 @@ class Upgrade:
             return
         if master.uplink is not None:  # ends without leaving the cluster (the next
             master.uplink.retire()  # parent goes on as this host: handover.snapshot)
-        master.fork_waiting()  # clients waiting for a spare: theirs would not survive it
+        master.pool.fork_waiting()  # clients waiting for a spare: theirs would not survive it
         state = handover.snapshot(master, time.monotonic())  # "at": the pause starts
         self.exec(state)
 

@@ -41,7 +41,7 @@ def session(master: Master, pid: int, nick: str, *rooms: str) -> socket.socket:
     """A made-up session process `pid` with `nick` in `rooms`; its end of the channel."""
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
-    master._register(pid, ours, f"tok{pid}", "10.0.0.1")
+    master.register(pid, ours, f"tok{pid}", "10.0.0.1")
     sid = master.table.children[pid].sid
     request(master, sid, {"type": "hello", "version": 1, "nick": nick}, 1)
     for room in rooms:

@@ -153,7 +153,7 @@ def fake_session(master: Master, pid: int, ip: str = "10.0.0.1") -> socket.socke
     """Register a session process that does not exist; returns its end of the channel."""
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
-    master._register(pid, ours, f"s{pid}", ip)
+    master.register(pid, ours, f"s{pid}", ip)
     return theirs
 
 
