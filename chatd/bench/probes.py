@@ -242,7 +242,7 @@ def find_listener_pid(port: int) -> int | None:
 class CpuSample:
     parent: float
     sessions: float  # live session processes (and below) plus those reaped by the parent
-    reader: float = 0.0  # the live helpers: history reader, auth helper
+    reader: float = 0.0  # the live helpers (history reader, auth helper, fork server), spares
     # Voluntary context switches (sleeps, so wakeups) of the parent and of the live
     # sessions: a session reaped meanwhile takes its count with it.
     parent_wakeups: int = 0
@@ -267,7 +267,11 @@ class ServerProbe:
         wakeups = 0
         for kid in children_of(self.pid):
             ns, switches = tree_usage(kid)
-            if is_helper(kid):  # the history reader, the auth helper, the fork server
+            # A spare counts with the helpers until it has a client: the adaptive pool
+            # retires spares when arrivals stop (mid-phase), and a reaped process's CPU
+            # comes back only as whole clock ticks in the parent's cutime, so counted as a
+            # session a retired spare could make the sessions' share negative.
+            if is_helper(kid) or is_spare(kid):
                 reader += ns / 1e9
                 kst = proc_stat(kid)  # and what the fork server's middle processes used
                 reader += (kst.cutime + kst.cstime) / TICK if kst is not None else 0.0
