@@ -52,7 +52,7 @@ class Outbox:
         self.chunks = keep
         self.size = sum(map(len, keep)) - self.offset  # the head's unsent part
 
-    def push(self, data: bytes, sock: socket.socket) -> None:
+    def push(self, data: bytes | memoryview, sock: socket.socket) -> None:
         """add(data), then send(sock) (and its errors): into an empty box, one send()."""
         if self.chunks or not data:
             self.add(data)

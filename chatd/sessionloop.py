@@ -203,16 +203,11 @@ class Loop:
         if self.adoption is not None:
             self.adoption.delivered.feed(body)
         try:
-            sent = self.sock.send(body)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
+            self.to_client.push(body, self.sock)
         except OSError:
             self.client_lost()
             return
-        if sent < len(body):
-            box = self.to_client
-            box.add(body)
-            box.offset, box.size = sent, len(body) - sent
+        if self.to_client.chunks:
             self.send_client()
 
     def on_envelopes(self, envelopes: Envelopes, now: int) -> None:
