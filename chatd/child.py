@@ -175,7 +175,7 @@ class SessionWorker:
         """Fork hygiene, first thing after the fork."""
         assert self.chan is not None
         keep = {self.chan.fileno()} | ({self.conn.fileno()} if self.conn else set())
-        parent_uid = os.getuid()  # (before the sandbox may switch users)
+        parent_uid = sandbox.server_uid()  # (not ours: the sandbox may switch users)
         listener = prepare(self.config, keep, self.token or "spare")
         if listener is not None:
             self.adoption = orphan.Adoption(listener, parent_uid)

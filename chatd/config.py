@@ -124,9 +124,11 @@ SETTINGS: tuple[Setting, ...] = (
             65536),
     Setting("server", "spare_max", 128, "the most spare session processes "
             "`server.spare_children = -1` keeps (an idle spare holds 1.5-2 MiB)", 0, 65536),
-    Setting("server", "user", "", "when chatd runs as root, the user (and its groups) each "
-            "session process switches to for good right after the fork, before it reads "
-            "from its client; empty: sessions keep chatd's user. An unknown user or root is "
+    Setting("server", "user", "", "when chatd runs as root, the user (and its groups) "
+            "session processes run as: the fork server switches to it for good before it "
+            "forks any (a session the parent forks itself switches right after the fork), "
+            "so a session never reads from its client as root; empty: sessions keep "
+            "chatd's user. An unknown user or root is "
             "a configuration error (see [Security](#security-unprivileged-sandboxed-"
             "sessions))"),
     Setting("server", "sandbox", True, "session processes lose the file system, new sockets "

@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chatd import channel, sandbox
+from chatd import channel, seccomp
 from chatd.outbox import Outbox
 from chatd.protocol import pack
 
 log = logging.getLogger("chatd.session")
-ADOPT_FD = sandbox.ADOPT_FD  # where the listening socket lives (accept() works there only)
+ADOPT_FD = seccomp.ADOPT_FD  # where the listening socket lives (accept() works there only)
 KEY_FILE = "session.key"
 _MESSAGE = b"\xa4type\xa7message\xa2id"  # a `message` frame, as the broker packs it
 _UINT = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}

@@ -14,13 +14,14 @@ fork hygiene and before it reads a byte from its client:
    the session already holds keeps working: its client socket, its channel to the
    parent (a spare session receives its client there, with recvmsg), stderr.
 
-The filter is classic BPF built here with ctypes (no dependency; why not Landlock or
-libseccomp: README, "Unprivileged, sandboxed sessions"). It is a deny list over CPython's
-needs rather than an allow list: a syscall CPython or glibc makes on some rare path (an
-allocator's mremap, a futex) must not fail a session nobody tested that path for, while
-every way to name a file or reach a new peer starts with one of the calls below.
-System calls newer than this table get ENOSYS, so that a future one that takes a path is
-refused too (glibc falls back from ENOSYS).
+The filter is classic BPF, built by chatd/seccomp.py and attached here with ctypes (no
+dependency; why not Landlock or libseccomp: README, "Unprivileged, sandboxed sessions").
+
+A session forked by the fork server (chatd/zygote.py, the default) has steps 1-2 and most
+of 3 done before it exists: the fork server does them to itself once (`lock_fork_server()`),
+and the kernel hands all three down with every fork. Such a session only adds the small
+"session" layer of the filter (what the fork server still needs: forks, new sockets), so
+a new session pays ~0.03 ms instead of ~0.1 ms (`chatd bench sandbox --scenario start`).
 
 The user is looked up and the whole thing tried out once, in the parent, at start-up
 (`probe()`): a session process makes no NSS look-up after fork, and where the kernel or
@@ -31,13 +32,11 @@ without one.
 from __future__ import annotations
 
 import ctypes
-import errno
 import logging
 import os
 import platform
 import pwd
 import socket
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -46,81 +45,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from chatd.config import Config
 
+from chatd.seccomp import program
+
 log = logging.getLogger("chatd.sandbox")
 
-# linux/prctl.h, linux/seccomp.h, linux/filter.h, linux/audit.h
+# linux/prctl.h, linux/seccomp.h
 PR_SET_NO_NEW_PRIVS, PR_GET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 39, 22, 2
 PR_SET_CHILD_SUBREAPER, PR_SET_NAME = 36, 15
-RET_KILL_PROCESS, RET_ERRNO, RET_ALLOW = 0x80000000, 0x00050000, 0x7FFF0000
-# BPF_LD|BPF_W|BPF_ABS; BPF_JMP with BPF_JA, BPF_JEQ|BPF_K, BPF_JGT|BPF_K, BPF_JGE|BPF_K
-LD_ABS, JA, JEQ, JGT, JGE, RET = 0x20, 0x05, 0x15, 0x25, 0x35, 0x06  # RET: BPF_RET|BPF_K
-NR_AT, ARCH_AT, ARGS_AT = 0, 4, 16  # offsets in struct seccomp_data (args: low words, LE)
-AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
-COLUMN = {"x86_64": 0, "aarch64": 1}
-NEWEST = 462  # mseal (Linux 6.10): anything above is newer than this table -> ENOSYS
-
-# (name, x86_64, aarch64); None where that architecture has no such call (only the *at
-# forms on aarch64). tests/test_sandbox.py checks the numbers against the kernel headers.
-DENIED: tuple[tuple[str, int | None, int | None], ...] = (
-    # the file system: open, create, change, remove, watch, mount, execute
-    ("open", 2, None), ("creat", 85, None), ("openat", 257, 56), ("openat2", 437, 437),
-    ("open_by_handle_at", 304, 265), ("name_to_handle_at", 303, 264),
-    ("truncate", 76, 45), ("ftruncate", 77, 46), ("fallocate", 285, 47),
-    ("mknod", 133, None), ("mknodat", 259, 33), ("mkdir", 83, None), ("mkdirat", 258, 34),
-    ("rmdir", 84, None), ("unlink", 87, None), ("unlinkat", 263, 35),
-    ("rename", 82, None), ("renameat", 264, 38), ("renameat2", 316, 276),
-    ("link", 86, None), ("linkat", 265, 37), ("symlink", 88, None), ("symlinkat", 266, 36),
-    ("chmod", 90, None), ("fchmod", 91, 52), ("fchmodat", 268, 53), ("fchmodat2", 452, 452),
-    ("chown", 92, None), ("fchown", 93, 55), ("lchown", 94, None), ("fchownat", 260, 54),
-    ("utime", 132, None), ("utimes", 235, None), ("futimesat", 261, None),
-    ("utimensat", 280, 88), ("setxattr", 188, 5), ("lsetxattr", 189, 6),
-    ("fsetxattr", 190, 7), ("removexattr", 197, 14), ("lremovexattr", 198, 15),
-    ("fremovexattr", 199, 16), ("getxattr", 191, 8), ("lgetxattr", 192, 9),
-    ("fgetxattr", 193, 10), ("listxattr", 194, 11), ("llistxattr", 195, 12),
-    ("flistxattr", 196, 13), ("chdir", 80, 49), ("fchdir", 81, 50), ("chroot", 161, 51),
-    ("pivot_root", 155, 41), ("mount", 165, 40), ("umount2", 166, 39),
-    ("mount_setattr", 442, 442), ("move_mount", 429, 429), ("open_tree", 428, 428),
-    ("fsopen", 430, 430), ("fsconfig", 431, 431), ("fsmount", 432, 432),
-    ("fspick", 433, 433), ("statmount", 457, 457), ("listmount", 458, 458),
-    ("acct", 163, 89), ("swapon", 167, 224), ("swapoff", 168, 225), ("quotactl", 179, 60),
-    ("quotactl_fd", 443, 443), ("inotify_init", 253, None), ("inotify_init1", 294, 26),
-    ("inotify_add_watch", 254, 27), ("fanotify_init", 300, 262),
-    ("fanotify_mark", 301, 263), ("uselib", 134, None), ("execve", 59, 221),
-    ("execveat", 322, 281),
-    # io_uring runs opens and connects that no seccomp filter sees
-    ("io_uring_setup", 425, 425), ("io_uring_enter", 426, 426),
-    ("io_uring_register", 427, 427),
-    # the network: no new socket, no new peer
-    ("socket", 41, 198), ("socketpair", 53, 199), ("connect", 42, 203), ("bind", 49, 200),
-    ("listen", 50, 201),
-    # other processes (every session runs as the same user): no signals, no peeking, no
-    # new processes or namespaces
-    ("kill", 62, 129), ("tkill", 200, 130), ("tgkill", 234, 131),
-    ("rt_sigqueueinfo", 129, 138), ("rt_tgsigqueueinfo", 297, 240),
-    ("pidfd_open", 434, 434), ("pidfd_getfd", 438, 438), ("pidfd_send_signal", 424, 424),
-    ("ptrace", 101, 117), ("process_vm_readv", 310, 270), ("process_vm_writev", 311, 271),
-    ("kcmp", 312, 272), ("fork", 57, None), ("vfork", 58, None), ("clone", 56, 220),
-    ("clone3", 435, 435), ("unshare", 272, 97), ("setns", 308, 268),
-    # the kernel's own attack surface and root's tools (a session left running as root)
-    ("bpf", 321, 280), ("perf_event_open", 298, 241), ("userfaultfd", 323, 282),
-    ("keyctl", 250, 219), ("add_key", 248, 217), ("request_key", 249, 218),
-    ("init_module", 175, 105), ("finit_module", 313, 273), ("delete_module", 176, 106),
-    ("kexec_load", 246, 104), ("kexec_file_load", 320, 294), ("reboot", 169, 142),
-    ("syslog", 103, 116), ("iopl", 172, None), ("ioperm", 173, None),
-)
-# (name, x86_64, aarch64, argument, refused values): allowed but for these requests.
-# TIOCSTI/TIOCLINUX would type into the operator's terminal (stderr may be one);
-# F_SETOWN and its ioctl twins would have the kernel signal another process for us.
-REFUSED_ARGS = (
-    ("ioctl", 16, 29, 1, (0x5412, 0x541C, 0x8901, 0x8902)),  # TIOCSTI TIOCLINUX FIOSETOWN..
-    ("fcntl", 72, 25, 1, (8, 15)),  # F_SETOWN, F_SETOWN_EX
-)
-# (name, x86_64, aarch64, argument): allowed only when it is 0 (this process).
-ONLY_SELF = (("prlimit64", 302, 261, 0),)
-# A session listens for a next parent on this fd (chatd/orphan.py), made before the filter;
-# accept() works there only, so a listening socket it might still hold by mistake is no use.
-ADOPT_FD = 3
-ONLY_ADOPT_FD = (("accept", 43, 202, 0), ("accept4", 288, 242, 0))
 
 
 class SandboxError(Exception):
@@ -152,7 +83,6 @@ class Identity:
 _identities: dict[str, Identity] = {}  # filled in the parent, read after fork
 _unsupported: str | None = None  # why sessions get no filter, once probe() has found out
 _probed = False
-_program: dict[str, bytes] = {}  # by architecture: built once, in the parent
 _fprog: dict[bytes, tuple[ctypes.Array[ctypes.c_char], _SockFprog]] = {}  # its sock_fprog
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -181,96 +111,6 @@ def identity(name: str) -> Identity:
     return _identities[name]
 
 
-def program(machine: str | None = None) -> bytes | None:
-    """The filter for this CPU architecture (struct sock_filter[]), or None if unknown."""
-    machine = machine or platform.machine()
-    if machine not in COLUMN:
-        return None
-    if machine not in _program:
-        _program[machine] = _build(machine)
-    return _program[machine]
-
-
-def _build(machine: str) -> bytes:
-    """Check the ABI, refuse what is newer than the table, then find the call by a binary
-    search: attaching a filter makes the kernel compile it and run it for every call
-    number (to cache the calls it always allows). That took 0.16 ms per session with a
-    linear list, 0.075 ms with a tree of 8-call leaves (176 instructions on x86_64) and
-    takes 0.062 ms with a search over runs of numbers (119); a filter of one instruction
-    takes 0.03 ms. The allowed calls then cost nothing per call."""
-    col = COLUMN[machine] + 1
-    cases: dict[int, str] = {int(nr): "deny" for row in DENIED
-                             if (nr := row[col]) is not None}
-    code: list[object] = [(LD_ABS, ARCH_AT, 0, 0), (JEQ, AUDIT_ARCH[machine], 0, "kill"),
-                          (LD_ABS, NR_AT, 0, 0), (JGT, NEWEST, "enosys", 0)]
-    blocks: list[object] = []
-    for name, *nr_by_arch, arg, values in REFUSED_ARGS:
-        cases[int(nr_by_arch[col - 1])] = name
-        blocks += [name, (LD_ABS, ARGS_AT + 8 * arg, 0, 0)]
-        blocks += [(JEQ, value, "deny", 0) for value in values]
-        blocks += [(JA, "allow")]
-    for rows, value in ((ONLY_SELF, 0), (ONLY_ADOPT_FD, ADOPT_FD)):
-        for name, *nr_by_arch, arg in rows:
-            cases[int(nr_by_arch[col - 1])] = name
-            blocks += [name, (LD_ABS, ARGS_AT + 8 * arg, 0, 0), (JEQ, value, "allow", "deny")]
-    code += _tree(cases, [0])
-    code += blocks
-    code += ["allow", (RET, RET_ALLOW, 0, 0), "deny", (RET, RET_ERRNO | errno.EPERM, 0, 0),
-             "enosys", (RET, RET_ERRNO | errno.ENOSYS, 0, 0),
-             "kill", (RET, RET_KILL_PROCESS, 0, 0)]  # a foreign ABI (int 0x80): nothing of ours
-    return _assemble(code)
-
-
-def _tree(cases: dict[int, str], count: list[int]) -> list[object]:
-    """Code sending the call number in A to its case's label, or else to "allow": a
-    binary search over the runs of numbers that go to the same place, each node one
-    comparison that jumps straight to a run's label where a side holds just one run."""
-    runs: list[tuple[int, str]] = []  # (its first number, label)
-    for nr in range(NEWEST + 1):
-        label = cases.get(nr, "allow")
-        if not runs or runs[-1][1] != label:
-            runs.append((nr, label))
-    return _search(runs, count)
-
-
-def _search(runs: list[tuple[int, str]], count: list[int]) -> list[object]:
-    if len(runs) == 1:
-        return [(JA, runs[0][1])]
-    mid = len(runs) // 2
-    low, high = runs[:mid], runs[mid:]
-    count[0] += 1
-    upper = high[0][1] if len(high) == 1 else f"upper{count[0]}"
-    if len(low) == 1:  # both sides may be labels: one instruction
-        code: list[object] = [(JGE, high[0][0], upper, low[0][1])]
-    else:
-        code = [(JGE, high[0][0], upper, 0), *_search(low, count)]
-    if len(high) > 1:
-        code += [upper, *_search(high, count)]
-    return code
-
-
-def _assemble(code: list[object]) -> bytes:
-    """Classic BPF with jumps to named places (forward only; a conditional one at most
-    255 instructions)."""
-    where: dict[str, int] = {}
-    insns: list[tuple[Any, ...]] = []
-    for item in code:
-        if isinstance(item, str):
-            where[item] = len(insns)
-        else:
-            insns.append(item)  # type: ignore[arg-type]
-    out = bytearray()
-    for i, insn in enumerate(insns):
-        if insn[0] == JA:  # (JA, label): the offset is k
-            out += struct.pack("=HBBI", JA, 0, 0, where[insn[1]] - i - 1)
-            continue
-        op, k, jt, jf = insn
-        hops = [where[j] - i - 1 if isinstance(j, str) else j for j in (jt, jf)]
-        if not all(0 <= hop <= 255 for hop in hops):
-            raise ValueError(f"BPF jump out of range at instruction {i}")
-        out += struct.pack("=HBBI", op, hops[0], hops[1], k)
-    return bytes(out)
-
 
 def _prctl(option: int, arg: int, ptr: Any = None) -> None:
     if _libc.prctl(option, ctypes.c_ulong(arg), ptr, 0, 0) != 0:
@@ -291,19 +131,35 @@ def _ready(option: int, arg: int, ptr: Any = None) -> Callable[[], int]:
 
 
 _no_new_privs = _ready(PR_SET_NO_NEW_PRIVS, 1)
-_attach: Callable[[], int] | None = None  # attaches this CPU's filter: made by probe()
+# By layer (chatd/seccomp.py), the call attaching it: made by probe() or prime().
+_attach: dict[str, Callable[[], int]] = {}
+_below_fork_server = False  # a session of a locked fork server: only "session" is left
+_server_uid: int | None = None  # who chatd runs as, kept by a fork server that switched
 
 
-def _prepare() -> Callable[[], int] | None:
-    """The call that attaches this CPU's filter (None: no table for this CPU), with the
-    struct the kernel takes, made once (by probe(), in the parent)."""
-    global _attach
-    if _attach is None and (prog := program()) is not None:
+def _prepare(layer: str = "whole") -> Callable[[], int] | None:
+    """The call that attaches `layer` of this CPU's filter (None: no table for this CPU),
+    with the struct the kernel takes, made once (in the parent or the fork server)."""
+    if layer not in _attach and (prog := program(layer=layer)) is not None:
         buf = ctypes.create_string_buffer(prog, len(prog))
         fprog = _SockFprog(len(prog) // 8, ctypes.addressof(buf))
         _fprog[prog] = (buf, fprog)  # (kept alive for the kernel to read)
-        _attach = _ready(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog))
-    return _attach
+        _attach[layer] = _ready(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog))
+    return _attach.get(layer)
+
+
+def _lock(layer: str) -> str | None:
+    """Attach `layer`; what went wrong, if anything (a SandboxError where start-up found
+    that it works: something is wrong, do not serve)."""
+    attach = _attach.get(layer) or _prepare(layer)
+    problem = "no system call table for this CPU architecture" if attach is None else None
+    if attach is not None and attach() != 0:
+        problem = f"the kernel refused a seccomp filter: {_errno()}"
+    if problem and _probed:
+        raise SandboxError(problem)
+    if problem:
+        log.warning("session not sandboxed: %s", problem)
+    return problem
 
 
 def _drop(ident: Identity, prove: bool = False) -> None:
@@ -335,6 +191,10 @@ def apply(config: Config) -> None:
     Raises SandboxError when that fails where it is supported: such a session ends
     before it serves anyone.
     """
+    if _below_fork_server:  # it did the rest for us (lock_fork_server())
+        if config.sandbox and _unsupported is None:
+            _lock("session")
+        return
     ident = identity(config.user) if config.user and os.geteuid() == 0 else None
     if ident is not None:
         _drop(ident)
@@ -346,16 +206,39 @@ def apply(config: Config) -> None:
     # platform look-up in the child took 40 such pages, about half the sandbox's cost.
     if _no_new_privs() != 0:
         raise SandboxError(f"PR_SET_NO_NEW_PRIVS: {_errno()}")
-    if not config.sandbox or _unsupported is not None:
-        return
-    attach = _attach or _prepare()
-    problem = "no system call table for this CPU architecture" if attach is None else None
-    if attach is not None and attach() != 0:
-        problem = f"the kernel refused a seccomp filter: {_errno()}"
-    if problem and _probed:  # it worked at start-up: something is wrong, do not serve
-        raise SandboxError(problem)
-    if problem:
-        log.warning("session not sandboxed: %s", problem)
+    if config.sandbox and _unsupported is None:
+        _lock("whole")
+
+
+def lock_fork_server(config: Config) -> None:
+    """In the fork server, once its start-up is done (it reads nothing more from the file
+    system): apply() for every session it will fork, done to itself. The user switch, no
+    new privileges and the "forkserver" layer of the filter pass to each fork; apply() in
+    those sessions then attaches only the "session" layer. Raises SandboxError (the fork
+    server must not start) where a step fails."""
+    global _server_uid, _below_fork_server, _unsupported
+    _server_uid = os.getuid()
+    ident = identity(config.user) if config.user and os.geteuid() == 0 else None
+    if ident is not None:
+        _drop(ident)
+    if (config.sandbox or ident) and _no_new_privs() != 0:
+        raise SandboxError(f"PR_SET_NO_NEW_PRIVS: {_errno()}")
+    if config.sandbox and _unsupported is None:
+        _unsupported = _lock("forkserver")
+        if _unsupported is None:
+            try:  # (one call, once: a filter that lets this through must not be trusted)
+                os.close(os.open("/", os.O_RDONLY))
+            except PermissionError:
+                pass
+            else:
+                raise SandboxError("the fork server's filter let open() through")
+    _below_fork_server = True
+
+
+def server_uid() -> int:
+    """The user chatd runs as, also in a session whose fork server switched users: only
+    that user (or root) may adopt the session (chatd/orphan.py)."""
+    return os.getuid() if _server_uid is None else _server_uid
 
 
 def probe(config: Config) -> None:
@@ -363,7 +246,7 @@ def probe(config: Config) -> None:
     log what sessions get. Raises SandboxError if `server.user` cannot be switched to, or
     if a filter that the kernel took does not refuse what it must."""
     global _unsupported, _probed
-    if _prepare() is not None:  # made here once: every session process inherits it
+    if _prepare("whole") is not None:  # made here once: every session process inherits it
         # ctypes sets up its call machinery on the first call: done here, it is shared
         # with every session instead of costing each one 0.1 ms of copied pages.
         _prctl(PR_GET_NO_NEW_PRIVS, 0)
@@ -432,7 +315,7 @@ def prime(unsupported: str | None, user: str) -> None:
     session forked from us shares it."""
     global _unsupported, _probed
     _unsupported, _probed = unsupported, True
-    if _prepare() is not None:
+    if _prepare("forkserver") is not None and _prepare("session") is not None:
         _prctl(PR_GET_NO_NEW_PRIVS, 0)
     if user and os.geteuid() == 0:
         identity(user)
@@ -448,7 +331,7 @@ def _try_out(config: Config) -> str:
             raise _errno()
     except (SandboxError, OSError) as exc:
         return f"error {exc}"
-    attach = _prepare()
+    attach = _prepare("whole")
     if attach is None:
         return f"unsupported no system call table for this CPU ({platform.machine()})"
     if attach() != 0:

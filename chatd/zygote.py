@@ -170,10 +170,13 @@ def main(argv: list[str]) -> int:
         sandbox.prime(doc["unsupported"], config.user)
         context = (tls.ServerTLS(config.values, config.config_file).context
                    if config.tls_cert else None)
+        orphan.prefix(config.data_dir)  # each session's adoption socket name: made once
+        # Last: from here on this process has what each session it forks would get (the
+        # user, the filter but for forking), so a session only adds the rest.
+        sandbox.lock_fork_server(config)
     except (OSError, sandbox.SandboxError, tls.TLSConfigError) as exc:
         log.error("the fork server cannot start: %s", exc)
         return 1
-    orphan.prefix(config.data_dir)  # each session's adoption socket name: made once here
     gc.collect()
     gc.freeze()  # what exists now is every session's: the collector keeps off its pages
     return serve(chan, config, context)

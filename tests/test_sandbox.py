@@ -38,13 +38,13 @@ import pytest
 from serverproc import ServerProcess, newest_session
 from wire import connect
 
-from chatd import sandbox
+from chatd import sandbox, seccomp, zygote
 from chatd.config import Config
 
 HEADERS = {"x86_64": Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h"),
            "aarch64": Path("/usr/include/asm-generic/unistd.h")}
-EPERM = sandbox.RET_ERRNO | errno.EPERM
-ENOSYS = sandbox.RET_ERRNO | errno.ENOSYS
+EPERM = seccomp.RET_ERRNO | errno.EPERM
+ENOSYS = seccomp.RET_ERRNO | errno.ENOSYS
 AUDIT_ARCH_I386 = 0x40000003
 # What a session process does after apply() (strace of a whole chat session, and the
 # rare paths: MemoryError, a crash's traceback, the final flush), by name.
@@ -72,33 +72,33 @@ def run_filter(prog: bytes, nr: int, arch: int, args: tuple[int, ...] = ()) -> i
     acc, pc = 0, 0
     while True:
         op, jt, jf, k = insns[pc]
-        if op == sandbox.LD_ABS:
+        if op == seccomp.LD_ABS:
             acc = struct.unpack_from("=I", data, k)[0]
             pc += 1
-        elif op == sandbox.JEQ:
+        elif op == seccomp.JEQ:
             pc += 1 + (jt if acc == k else jf)
-        elif op == sandbox.JGT:
+        elif op == seccomp.JGT:
             pc += 1 + (jt if acc > k else jf)
-        elif op == sandbox.JGE:
+        elif op == seccomp.JGE:
             pc += 1 + (jt if acc >= k else jf)
-        elif op == sandbox.JA:
+        elif op == seccomp.JA:
             pc += 1 + k
-        elif op == sandbox.RET:
+        elif op == seccomp.RET:
             return k
         else:
             raise AssertionError(f"unexpected BPF op {op:#x}")
 
 
-@pytest.mark.parametrize("machine", sorted(sandbox.COLUMN))
+@pytest.mark.parametrize("machine", sorted(seccomp.COLUMN))
 def test_filter_numbers_match_the_kernel_headers(machine: str) -> None:
     nrs = syscall_numbers(machine)
-    col = sandbox.COLUMN[machine] + 1
-    rows = [row[:3] for row in (*sandbox.DENIED, *sandbox.REFUSED_ARGS, *sandbox.ONLY_SELF,
-                                *sandbox.ONLY_ADOPT_FD)]
+    col = seccomp.COLUMN[machine] + 1
+    rows = [row[:3] for row in (*seccomp.DENIED, *seccomp.REFUSED_ARGS, *seccomp.ONLY_SELF,
+                                *seccomp.ONLY_ADOPT_FD)]
     checked = 0
     for name, *by_arch in rows:
         ours = by_arch[col - 1]
-        assert ours is None or ours <= sandbox.NEWEST, name
+        assert ours is None or ours <= seccomp.NEWEST, name
         if name in nrs:  # headers older than a call do not know it: newer ones are unified
             assert ours == nrs[name], f"{machine} {name}: ours {ours}, kernel {nrs[name]}"
             checked += 1
@@ -107,40 +107,70 @@ def test_filter_numbers_match_the_kernel_headers(machine: str) -> None:
     assert checked > 80
 
 
-@pytest.mark.parametrize("machine", sorted(sandbox.COLUMN))
+@pytest.mark.parametrize("machine", sorted(seccomp.COLUMN))
 def test_filter_refuses_what_it_must_and_allows_what_a_session_needs(machine: str) -> None:
     nrs = syscall_numbers(machine)
-    prog = sandbox.program(machine)
+    prog = seccomp.program(machine)
     assert prog is not None
-    arch = sandbox.AUDIT_ARCH[machine]
-    col = sandbox.COLUMN[machine] + 1
-    denied = {row[col] for row in sandbox.DENIED if row[col] is not None}
+    arch = seccomp.AUDIT_ARCH[machine]
+    col = seccomp.COLUMN[machine] + 1
+    denied = {row[col] for row in seccomp.DENIED if row[col] is not None}
     # accept() on the adoption socket's fd only (arguments 0 here: refused)
-    denied |= {row[col] for row in sandbox.ONLY_ADOPT_FD}
-    for nr in range(sandbox.NEWEST + 1):  # every call: refused if and only if listed
-        want = EPERM if nr in denied else sandbox.RET_ALLOW
+    denied |= {row[col] for row in seccomp.ONLY_ADOPT_FD}
+    for nr in range(seccomp.NEWEST + 1):  # every call: refused if and only if listed
+        want = EPERM if nr in denied else seccomp.RET_ALLOW
         assert run_filter(prog, nr, arch) == want, nr
     for name in SESSION_CALLS:
         if name in nrs:
-            assert run_filter(prog, nrs[name], arch) == sandbox.RET_ALLOW, name
+            assert run_filter(prog, nrs[name], arch) == seccomp.RET_ALLOW, name
     ioctl, fcntl, prlimit = nrs["ioctl"], nrs["fcntl"], nrs["prlimit64"]
-    assert run_filter(prog, ioctl, arch, (3, 0x5411)) == sandbox.RET_ALLOW  # TIOCOUTQ
+    assert run_filter(prog, ioctl, arch, (3, 0x5411)) == seccomp.RET_ALLOW  # TIOCOUTQ
     assert run_filter(prog, ioctl, arch, (2, 0x5412)) == EPERM  # TIOCSTI
-    assert run_filter(prog, fcntl, arch, (3, 4)) == sandbox.RET_ALLOW  # F_SETFL
+    assert run_filter(prog, fcntl, arch, (3, 4)) == seccomp.RET_ALLOW  # F_SETFL
     assert run_filter(prog, fcntl, arch, (3, 8)) == EPERM  # F_SETOWN
-    assert run_filter(prog, prlimit, arch, (0, 7)) == sandbox.RET_ALLOW
+    assert run_filter(prog, prlimit, arch, (0, 7)) == seccomp.RET_ALLOW
     assert run_filter(prog, prlimit, arch, (1234, 7)) == EPERM
     for name in ("accept", "accept4"):  # the adoption socket (chatd/orphan.py) only
-        assert run_filter(prog, nrs[name], arch, (sandbox.ADOPT_FD, 0)) == sandbox.RET_ALLOW
-        assert run_filter(prog, nrs[name], arch, (sandbox.ADOPT_FD + 1, 0)) == EPERM
+        assert run_filter(prog, nrs[name], arch, (seccomp.ADOPT_FD, 0)) == seccomp.RET_ALLOW
+        assert run_filter(prog, nrs[name], arch, (seccomp.ADOPT_FD + 1, 0)) == EPERM
     # Newer than the table (or x32, or -1): ENOSYS, so glibc falls back; another ABI: kill.
-    for nr in (sandbox.NEWEST + 1, 0x40000000 | nrs["openat"], -1):
+    for nr in (seccomp.NEWEST + 1, 0x40000000 | nrs["openat"], -1):
         assert run_filter(prog, nr, arch) == ENOSYS
-    assert run_filter(prog, nrs["read"], AUDIT_ARCH_I386) == sandbox.RET_KILL_PROCESS
+    assert run_filter(prog, nrs["read"], AUDIT_ARCH_I386) == seccomp.RET_KILL_PROCESS
+
+
+def strictest(*verdicts: int) -> int:
+    """What the kernel does when several filters run: the strictest action (kill, then
+    errno, then allow); among equals, the newest filter's (the last here)."""
+    rank = {seccomp.RET_KILL_PROCESS: 0, seccomp.RET_ERRNO: 1, seccomp.RET_ALLOW: 2}
+    best = min(rank[v & 0xFFFF0000] for v in verdicts)
+    return [v for v in verdicts if rank[v & 0xFFFF0000] == best][-1]
+
+
+@pytest.mark.parametrize("machine", sorted(seccomp.COLUMN))
+def test_the_fork_servers_layer_and_a_sessions_together_refuse_what_the_whole_does(
+        machine: str) -> None:
+    whole, forker, own = (seccomp.program(machine, layer) for layer in seccomp.LAYERS)
+    assert whole and forker and own
+    arch = seccomp.AUDIT_ARCH[machine]
+    col = seccomp.COLUMN[machine] + 1
+    kept = {row[col] for row in seccomp.DENIED if row[0] in seccomp.FORK_SERVER_KEEPS}
+    assert len(kept - {None}) >= 6  # fork/clone, socketpair, socket, bind, listen
+    fds = (0, seccomp.ADOPT_FD, 7)
+    for nr in [*range(seccomp.NEWEST + 40), -1, 0x40000000 | 2]:
+        for args in [(fd, value) for fd in fds for value in (0, 4, 8, 0x5412)]:
+            layered = strictest(run_filter(forker, nr, arch, args),
+                                run_filter(own, nr, arch, args))
+            assert layered == run_filter(whole, nr, arch, args), (nr, args)
+        # The fork server itself may fork and make sockets; nothing else of the list.
+        if nr in kept:
+            assert run_filter(forker, nr, arch) == seccomp.RET_ALLOW, nr
+    assert run_filter(own, 0, AUDIT_ARCH_I386) == seccomp.RET_KILL_PROCESS
+    assert len(own) // 8 < 24  # what each new session makes the kernel check and cache
 
 
 def test_an_unknown_architecture_gets_no_filter() -> None:
-    assert sandbox.program("riscv64") is None
+    assert seccomp.program("riscv64") is None
 
 
 def test_server_user_is_checked_when_the_configuration_is_read() -> None:
@@ -176,8 +206,11 @@ def attempt(fn: Callable[[], object]) -> str:
     return "ok"
 
 
-def in_sandboxed_process(cfg: Config, tmp: Path, listener: socket.socket) -> dict[str, Any]:
-    """Fork; the child runs sandbox.apply(cfg), then tries things and reports them."""
+def in_sandboxed_process(cfg: Config, tmp: Path, listener: socket.socket,
+                         fork_server: bool = False) -> dict[str, Any]:
+    """Fork; the child runs sandbox.apply(cfg), then tries things and reports them. With
+    `fork_server`, the child is a fork server (sandbox.lock_fork_server(cfg)) that tries
+    a few things and forks a session, which does the rest."""
     chan, chan_theirs = socket.socketpair()
     client_ours = socket.create_connection(listener.getsockname())
     client_theirs, _ = listener.accept()
@@ -191,8 +224,17 @@ def in_sandboxed_process(cfg: Config, tmp: Path, listener: socket.socket) -> dic
         try:
             os.close(rfd)
             premade = socket.socket()  # made before the filter: connect() is what is tried
+            if fork_server:
+                sandbox.lock_fork_server(cfg)
+                report["fork_server"] = {
+                    "read_file": attempt(lambda: open("/etc/passwd").read()),  # noqa: SIM115
+                    "connect": attempt(lambda: socket.socket().connect(("127.0.0.1", 9))),
+                    "socketpair": attempt(socket.socketpair), "fork": attempt(fork_and_exit),
+                    "uids": os.getresuid()}
+                if os.fork() != 0:  # the fork server: its session reports for both
+                    os._exit(0)
             sandbox.apply(cfg)
-            report = checks(tmp, listener.getsockname(), premade, chan_theirs)
+            report.update(checks(tmp, listener.getsockname(), premade, chan_theirs))
         except BaseException as exc:  # noqa: BLE001 - reported to the test
             report = {"crash": repr(exc)}
         finally:
@@ -283,14 +325,19 @@ def listener() -> Any:
     sock.close()
 
 
+@pytest.mark.parametrize("forker", [False, True], ids=["forked-by-parent", "by-fork-server"])
 def test_a_sandboxed_process_has_no_file_system_network_or_processes(
-        playground: Path, listener: socket.socket) -> None:
-    if sandbox.program() is None:
+        playground: Path, listener: socket.socket, forker: bool) -> None:
+    if seccomp.program() is None:
         pytest.skip("no seccomp filter for this CPU architecture")
     user = nobody() if os.geteuid() == 0 else None
     cfg = config(sandbox=True, user=user.pw_name if user else "")
-    report = in_sandboxed_process(cfg, playground, listener)
+    report = in_sandboxed_process(cfg, playground, listener, fork_server=forker)
     assert "crash" not in report, report
+    if forker:
+        assert report["fork_server"] == {
+            "read_file": "EPERM", "connect": "EPERM", "socketpair": "ok", "fork": "ok",
+            "uids": [user.pw_uid] * 3 if user else list(os.getresuid())}
     for what in DENIED_HERE:
         assert report[what] == "EPERM", (what, report)
     assert not report["connections_that_reached_us"]
@@ -346,8 +393,8 @@ def test_where_filters_are_unsupported_start_up_says_so_once_and_sessions_carry_
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(sandbox, "_unsupported", None)
     monkeypatch.setattr(sandbox, "_probed", False)
-    monkeypatch.setattr(sandbox, "program", lambda machine=None: None)  # an unknown CPU
-    monkeypatch.setattr(sandbox, "_attach", None)  # (made by an earlier probe)
+    monkeypatch.setattr(sandbox, "program", lambda machine=None, layer="whole": None)  # no table
+    monkeypatch.setattr(sandbox, "_attach", {})  # (made by an earlier probe)
     cfg = config(sandbox=True, user="")
     with caplog.at_level(logging.INFO, logger="chatd.sandbox"):
         sandbox.probe(cfg)
@@ -363,7 +410,7 @@ def test_where_filters_are_unsupported_start_up_says_so_once_and_sessions_carry_
 def test_a_filter_that_fails_after_start_up_said_it_works_ends_the_session(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # A call the kernel refuses as it would a filter it cannot take (no such mode).
-    monkeypatch.setattr(sandbox, "_attach", sandbox._ready(sandbox.PR_SET_SECCOMP, 99))
+    monkeypatch.setattr(sandbox, "_attach", {"whole": sandbox._ready(sandbox.PR_SET_SECCOMP, 99)})
     monkeypatch.setattr(sandbox, "_unsupported", None)
     cfg = config(sandbox=True, user="")
     monkeypatch.setattr(sandbox, "_probed", True)
@@ -381,9 +428,10 @@ def proc_status(pid: int) -> dict[str, str]:
     return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
 
 
-def installed_filter(pid: int) -> bytes | None:
-    """The seccomp filter of process `pid`, read with PTRACE_SECCOMP_GET_FILTER (root);
-    None where the kernel cannot (no CONFIG_CHECKPOINT_RESTORE)."""
+def installed_filters(pid: int) -> list[bytes] | None:
+    """The seccomp filters of process `pid`, oldest first, read with
+    PTRACE_SECCOMP_GET_FILTER (root); None where the kernel cannot (no
+    CONFIG_CHECKPOINT_RESTORE)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.ptrace.restype = ctypes.c_long
     libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
@@ -393,12 +441,12 @@ def installed_filter(pid: int) -> bytes | None:
     try:
         libc.ptrace(interrupt, pid, None, None)
         os.waitpid(pid, 0x40000000)  # __WALL: the tracee is not our child
-        count = libc.ptrace(get_filter, pid, 0, None)
-        if count < 0:
-            return None
-        buf = ctypes.create_string_buffer(count * 8)
-        assert libc.ptrace(get_filter, pid, 0, buf) == count
-        return buf.raw
+        filters = []
+        while (count := libc.ptrace(get_filter, pid, len(filters), None)) > 0:
+            buf = ctypes.create_string_buffer(count * 8)
+            assert libc.ptrace(get_filter, pid, len(filters), buf) == count
+            filters.append(buf.raw)
+        return filters or None
     finally:
         libc.ptrace(detach, pid, None, None)
 
@@ -408,7 +456,7 @@ def test_real_session_processes_run_unprivileged_with_the_filter(tmp_path: Path,
                                                                  spares: int) -> None:
     if os.geteuid() != 0 or nobody() is None:
         pytest.skip("needs root (to start chatd as root) and a 'nobody' user")
-    if sandbox.program() is None:
+    if seccomp.program() is None:
         pytest.skip("no seccomp filter for this CPU architecture")
     user = nobody()
     assert user is not None
@@ -426,13 +474,18 @@ def test_real_session_processes_run_unprivileged_with_the_filter(tmp_path: Path,
         groups = sorted(set(os.getgrouplist("nobody", user.pw_gid)))
         assert status["Groups"].split() == [str(g) for g in groups]
         assert status["NoNewPrivs"] == "1"
-        assert status["Seccomp"] == "2" and status["Seccomp_filters"] == "1"
+        # Forked by the fork server: its layer of the filter, and the session's own.
+        assert status["Seccomp"] == "2" and status["Seccomp_filters"] == "2"
         assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0
         assert proc_status(server.pid)["Uid"].split()[0] == "0"  # the parent stays root
-        # The filter in that process is byte for byte the one the tests above exercised.
-        got = installed_filter(pid)
+        forker = proc_status(fork_server(server.pid))
+        assert forker["Uid"].split() == [str(user.pw_uid)] * 4
+        assert forker["NoNewPrivs"] == "1" and forker["Seccomp_filters"] == "1"
+        # The filters in that process are byte for byte the ones the tests above exercised.
+        got = installed_filters(pid)
         if got is not None:
-            assert got == sandbox.program()
+            assert got == [seccomp.program(layer="forkserver"),
+                           seccomp.program(layer="session")]
         alice.join("#s")
         bob.join("#s")
         alice.say("#s", "still chatting")
@@ -442,6 +495,17 @@ def test_real_session_processes_run_unprivileged_with_the_filter(tmp_path: Path,
     finally:
         assert server.stop() == 0
     assert not [line for line in server.lines if "Traceback" in line or "crashed" in line]
+
+
+def fork_server(parent: int) -> int:
+    """The pid of `parent`'s fork server (chatd/zygote.py)."""
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            stat = (entry / "stat").read_text()
+            comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")"):]
+            if comm == zygote.NAME and int(rest.split()[2]) == parent:  # ") STATE PPID"
+                return int(entry.name)
+    raise AssertionError(f"no fork server under {parent}")
 
 
 def test_start_up_says_once_what_sessions_get(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import pytest
 from serverproc import ServerProcess, newest_session, wait_until, write_config
 from wire import Client, connect
 
-from chatd import protocol, sandbox
+from chatd import protocol, seccomp
 
 FAST = {"msg_rate": 100000.0, "msg_burst": 100000, "history_rate": 100000.0,
         "history_burst": 100000, "cmd_rate": 100000.0, "cmd_burst": 100000}
@@ -44,7 +44,7 @@ def sandboxed(pid: int) -> bool:
 @pytest.mark.parametrize("spares", [0, 2], ids=["fork-on-accept", "spares"])
 def test_every_request_and_control_through_sandboxed_sessions(tmp_path: Path,
                                                               spares: int) -> None:
-    if sandbox.program() is None:
+    if seccomp.program() is None:
         pytest.skip("no seccomp filter for this CPU architecture")
     server = ServerProcess(tmp_path, settings(spares, FAST)).start()
     clients: list[Client] = []

@@ -149,16 +149,16 @@ def main(argv: list[str]) -> int:
 def starts(count: int) -> dict[str, Any]:
     """`start`: the CPU of session process starts (fork, chatd/child.py's prepare(),
     exit), each measured by wait4(), `count` with the sandbox and `count` without,
-    alternately, from a process set up as `chatd serve` sets up the parent (chatd
-    imported, the sandbox probed, gc frozen). Unlike `connect`, no client, parent or
-    other process is in the figure: only the part of a new session the sandbox adds to."""
-    import gc
-    import statistics
+    alternately. Each side's sessions are forked by a process set up as chatd's fork
+    server is (chatd imported, the sandbox primed, gc frozen, and for "on" the fork
+    server's own lock: chatd/zygote.py), as they are in `chatd serve`. Unlike `connect`,
+    no client, parent or other process is in the figure: only the part of a new session
+    the sandbox adds to."""
     import tempfile
     from pathlib import Path
 
-    import chatd.master  # noqa: F401  (what the parent has imported when it forks)
-    from chatd import child, sandbox
+    import chatd.zygote  # noqa: F401  (what the fork server has imported when it forks)
+    from chatd import sandbox
     from chatd.config import Config
 
     with tempfile.TemporaryDirectory(prefix="chatd-bench-") as tmp:
@@ -168,24 +168,64 @@ def starts(count: int) -> dict[str, Any]:
             sides["on"].values["user"] = "nobody"
             sandbox.resolve_user("nobody")
         sandbox.probe(sides["on"])
-        gc.freeze()
+        forkers = {side: _forker(config) for side, config in sides.items()}
         cpu: dict[str, list[float]] = {"on": [], "off": []}
         faults: dict[str, list[int]] = {"on": [], "off": []}
         for i in range(2 * count):
             side = ("on", "off")[(i + i // 2) % 2]  # on off off on on off ...
+            ask, answer = forkers[side]
+            os.write(ask, b"s")
+            said = os.read(answer, 64).decode().split()
+            if len(said) != 2:
+                raise SystemExit("a session process start failed")
+            cpu[side].append(float(said[0]))
+            faults[side].append(int(said[1]))
+        for ask, answer in forkers.values():
+            os.close(ask)
+            os.close(answer)
+        for _side in forkers:
+            os.wait()
+    return {"ok": True, **{side: round(statistics.median(cpu[side]), 1) for side in cpu},
+            "page_faults": {side: statistics.median(f) for side, f in faults.items()}}
+
+
+def _forker(config: Any) -> tuple[int, int]:
+    """A process standing for the fork server: each byte on the first pipe forks a
+    session start (chatd/child.py's prepare(), exit); it answers "CPU_US FAULTS" on the
+    second. Returns (the pipe to ask on, the pipe to read answers from)."""
+    import gc
+
+    from chatd import child, sandbox
+
+    ask_r, ask_w = os.pipe()
+    ans_r, ans_w = os.pipe()
+    if os.fork() != 0:
+        os.close(ask_r)
+        os.close(ans_w)
+        return ask_w, ans_r
+    status = 1
+    try:  # the stand-in fork server; it never returns
+        os.close(ask_w)
+        os.close(ans_r)
+        sandbox.prime(sandbox.verdict(), config.user)
+        sandbox.lock_fork_server(config)
+        gc.collect()
+        gc.freeze()
+        while os.read(ask_r, 1):
             pid = os.fork()
             if pid == 0:
                 try:
-                    child.prepare(sides[side], set(), "bench")
+                    child.prepare(config, set(), "bench")
                 finally:
                     os._exit(0)
-            _pid, status, usage = os.wait4(pid, 0)
-            if status != 0:
-                raise SystemExit(f"a session process start failed (status {status:#x})")
-            cpu[side].append((usage.ru_utime + usage.ru_stime) * 1e6)
-            faults[side].append(usage.ru_minflt)
-    return {"ok": True, **{side: round(statistics.median(cpu[side]), 1) for side in cpu},
-            "page_faults": {side: statistics.median(f) for side, f in faults.items()}}
+            _pid, code, usage = os.wait4(pid, 0)
+            if code != 0:
+                break
+            cpu = (usage.ru_utime + usage.ru_stime) * 1e6
+            os.write(ans_w, f"{cpu:.1f} {usage.ru_minflt}".encode())
+        status = 0
+    finally:
+        os._exit(status)
 
 
 if __name__ == "__main__":  # python -m chatd.bench.sandbox COUNT: one run of `start`
