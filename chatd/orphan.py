@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import mmap
 import os
 import socket
 import struct
@@ -38,7 +39,8 @@ log = logging.getLogger("chatd.session")
 ADOPT_FD = seccomp.ADOPT_FD  # where the listening socket lives (accept() works there only)
 KEY_FILE = "session.key"
 _MESSAGE = b"\xa4type\xa7message\xa2id"  # a `message` frame, as the broker packs it
-_UINT = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
+_ID_AT = len(_MESSAGE)  # where the id's encoding starts after it
+_UINT = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}  # its type byte: how many bytes follow
 _CRED = struct.Struct("3i")
 
 
@@ -185,10 +187,27 @@ class Delivered:
     messages queued after everything older, so this id says what the client has in every
     room. (The byte sequence cannot occur inside text, which must be UTF-8: a lone 0xA7
     after ASCII is not; only a client's own binary label could hold it, which would cost
-    only that client its own catch-up.)"""
+    only that client its own catch-up.)
+
+    A delivery keeps only the id's encoding, undecoded: msgpack writes an unsigned integer
+    in its shortest form, type byte first, then big-endian, so the encodings of two ids
+    (and whatever follows them) compare as bytes as the ids do. `last` decodes it, which
+    only a next parent needs (decoding each id cost a session ~0.3 us a delivery)."""
 
     def __init__(self) -> None:
-        self.last = 0
+        self.newest = b""  # the newest id's encoding and the few bytes after it
+        self.floor = 0  # the state control's `upto`
+
+    @property
+    def last(self) -> int:
+        code = self.newest
+        if not code:
+            msg_id = 0
+        elif code[0] < 0x80:
+            msg_id = code[0]
+        else:
+            msg_id = int.from_bytes(code[1:1 + _UINT[code[0]]], "big")
+        return max(msg_id, self.floor)
 
     def upto(self, msg_id: Any) -> None:
         """The `state` control's `upto`: every message of our rooms up to that id was
@@ -196,24 +215,22 @@ class Delivered:
         with `after` past it). Without it, a session that forwarded no `message` frame
         since its rooms' catch-up (a quiet room) would be caught up from id 0 by a next
         parent: its client would get the room's whole history again."""
-        if isinstance(msg_id, int) and msg_id > self.last:
-            self.last = msg_id
+        if isinstance(msg_id, int) and msg_id > self.floor:
+            self.floor = msg_id
 
     def feed(self, body: memoryview | bytes) -> None:
         data = body if isinstance(body, bytes) else bytes(body)
-        at = data.rfind(_MESSAGE)
+        self.feed_in(data, 0, len(data))
+
+    def feed_in(self, data: bytes | mmap.mmap, start: int, end: int) -> None:
+        """feed() of data[start:end], read in place (the session's receive buffer)."""
+        at = data.rfind(_MESSAGE, start, end)
         if at < 0:
             return
-        at += len(_MESSAGE)
-        first = data[at] if at < len(data) else 0xC0
-        if first < 0x80:
-            msg_id = first
-        elif first in _UINT:
-            msg_id = int.from_bytes(data[at + 1:at + 1 + _UINT[first]], "big")
-        else:
-            return
-        if msg_id > self.last:
-            self.last = msg_id
+        at += _ID_AT
+        code = data[at:at + 9 if at + 9 < end else end]
+        if code > self.newest and (code[0] < 0x80 or code[0] in _UINT):
+            self.newest = code
 
 
 def resume_point(frames: bytes | memoryview, sent: int) -> int:

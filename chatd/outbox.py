@@ -63,8 +63,12 @@ class Outbox:
         except (BlockingIOError, InterruptedError):
             sent = 0
         if sent < len(data):
-            self.chunks.append(data)
-            self.offset, self.size = sent, len(data) - sent
+            self.keep(data, sent)
+
+    def keep(self, data: bytes | memoryview, sent: int) -> None:
+        """Into an empty box: what a send() of `data` did not take (it took `sent`)."""
+        self.chunks.append(data)
+        self.offset, self.size = sent, len(data) - sent
 
     def send(self, sock: socket.socket) -> None:
         chunks = self.chunks

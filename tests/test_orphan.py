@@ -37,6 +37,15 @@ def test_delivered_keeps_the_newest_and_skips_other_frames() -> None:
     assert seen.last == 11  # text cannot fake one (it is UTF-8 on the wire)
 
 
+def test_delivered_compares_ids_across_their_encodings() -> None:
+    seen = orphan.Delivered()  # (it keeps encodings, compared as bytes)
+    for msg_id, newest in [(127, 127), (128, 128), (100, 128), (255, 255), (256, 256),
+                           (200, 256), (65536, 65536), (65535, 65536), (2**32, 2**32),
+                           (2**32 - 1, 2**32), (7, 2**32)]:
+        seen.feed(message(msg_id))
+        assert seen.last == newest
+
+
 def test_restart_drops_the_request_the_old_parent_got_part_of() -> None:
     first, second = pack({"type": "msg", "text": "a"}), pack({"type": "msg", "text": "b"})
     out = Outbox()
