@@ -123,7 +123,7 @@ SETTINGS: tuple[Setting, ...] = (
             "`server.spare_max`); 0: each session is forked when its client comes", -1,
             65536),
     Setting("server", "spare_max", 128, "the most spare session processes "
-            "`server.spare_children = -1` keeps (an idle spare holds 1-1.3 MiB)", 0, 65536),
+            "`server.spare_children = -1` keeps (an idle spare holds 0.6-1.3 MiB)", 0, 65536),
     Setting("server", "user", "", "when chatd runs as root, the user (and its groups) "
             "session processes run as: the fork server switches to it for good before it "
             "forks any (a session the parent forks itself switches right after the fork), "

@@ -342,9 +342,10 @@ WHY = {
     "batch": "sessions woke for fewer messages at a time than the burst offered",
     "rate": "the Python load generator shares the 2 cores; see its CPU share above",
     "p99": "every message wakes every member's process, ~50 us of CPU each on such a VM",
-    "pss": "CPython writes into every page it touches (reference counts above all), "
-           "making shared pages private: a forked Python that only sleeps holds "
-           "~0.4-0.45 MiB, a spare that has served nobody ~0.9-1.15 MiB",
+    "pss": "CPython writes into pages it touches (reference counts with 3.11, counters "
+           "in the code it runs), making shared pages private: a forked Python that only "
+           "sleeps holds ~0.4-0.45 MiB, a spare that has served nobody ~0.5 MiB with "
+           "3.12/3.13 (immortal heap), ~0.9-1.15 MiB with 3.11",
     "connect": "the fork server forks off the parent's loop, but each new session process "
                "spends ~1.5 ms of its own CPU copying the pages it writes (see pss), and "
                "the load generator shares the cores",
