@@ -38,7 +38,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from chatd import child, helperproc, immortal, orphan, sandbox, tls
+from chatd import child, helperproc, immortal, orphan, pools, sandbox, tls
 from chatd.config import Config
 
 log = logging.getLogger("chatd.zygote")
@@ -214,7 +214,9 @@ def main(argv: list[str]) -> int:
         return 1
     gc.collect()
     # What exists now is every session's: immortal, so that using it does not copy its
-    # pages (chatd/immortal.py), and frozen, so that the collector keeps off them.
+    # pages (chatd/immortal.py), and frozen, so that the collector keeps off them; and
+    # what a session makes goes to pools of its own (chatd/pools.py).
+    pools.fill_pools()
     immortal.immortalize()
     gc.freeze()
     return serve(chan, config, context)
