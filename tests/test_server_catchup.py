@@ -62,8 +62,12 @@ def test_catch_up_between_posts_gets_each_id_once_in_order(
 
 def test_catch_up_under_a_steady_stream(start: Callable[..., ServerProcess]) -> None:
     """A writer thread posts flat out the whole time; several catch-ups in a row."""
+    # Each catch-up pages through half of what the writer posted so far, which grows
+    # with how fast it posts: the history rate must not bound the pages (a loaded run
+    # met history_burst=100 in the last round).
     server = start({"history": {"page": PAGE},
-                    "rate": {"msg_rate": 1000.0, "msg_burst": 1000}})
+                    "rate": {"msg_rate": 1000.0, "msg_burst": 1000,
+                             "history_rate": 1e6, "history_burst": 1_000_000}})
     stop = threading.Event()
     acked: list[int] = []
     errors: list[BaseException] = []
