@@ -41,6 +41,9 @@ def test_floor_reports_chatd_against_the_floors() -> None:
     report = run_floor()
     assert report["shape"]["members"] == 4
     assert report["floor_python"]["relay_us_per_delivery"] > 0
+    floor_py = report["floor_python"]
+    assert report["floor_design_us_per_delivery"] == pytest.approx(
+        floor_py["relay_us_per_delivery"] + floor_py["send_us_per_delivery"], abs=0.002)
     assert (report["floor_c"] is None) == (not report["compiler"])
     for scenario in ("steady", "burst"):
         row = report[scenario]
