@@ -40,6 +40,11 @@ ADOPT_FD = seccomp.ADOPT_FD  # where the listening socket lives (accept() works 
 KEY_FILE = "session.key"
 _MESSAGE = b"\xa4type\xa7message\xa2id"  # a `message` frame, as the broker packs it
 _ID_AT = len(_MESSAGE)  # where the id's encoding starts after it
+# A RAW envelope (chatd/channel.py) of one `message` frame as the broker packs it: the
+# envelope's kind and length, the frame's length, its map's one-byte header, the marker,
+# then the id's encoding and what follows it (Delivered.newest's 9 bytes).
+ONE_MESSAGE = struct.Struct(channel.ENVELOPE.format + "I1x16s9s")
+MESSAGE_MARK = _MESSAGE
 _UINT = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}  # its type byte: how many bytes follow
 _CRED = struct.Struct("3i")
 
@@ -221,6 +226,11 @@ class Delivered:
     def feed(self, body: memoryview | bytes) -> None:
         data = body if isinstance(body, bytes) else bytes(body)
         self.feed_in(data, 0, len(data))
+
+    def offer(self, code: bytes) -> None:
+        """The id's encoding of a lone `message` frame, read in place (ONE_MESSAGE)."""
+        if code > self.newest:
+            self.newest = code
 
     def feed_in(self, data: bytes | mmap.mmap, start: int, end: int) -> None:
         """feed() of data[start:end], read in place (the session's receive buffer)."""

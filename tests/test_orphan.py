@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from chatd import orphan
+from chatd import channel, orphan
 from chatd.outbox import Outbox
 from chatd.protocol import pack
 
@@ -44,6 +44,23 @@ def test_delivered_compares_ids_across_their_encodings() -> None:
                            (2**32 - 1, 2**32), (7, 2**32)]:
         seen.feed(message(msg_id))
         assert seen.last == newest
+
+
+@pytest.mark.parametrize("msg_id", [1, 127, 128, 65536, 2**32, 2**40])
+def test_a_lone_message_envelope_gives_its_id_in_place(msg_id: int) -> None:
+    """The session's steady loop reads a RAW envelope of one message frame with
+    ONE_MESSAGE and offers the id's encoding: the same as searching the body."""
+    frame = message(msg_id)
+    envelope = channel.encode_items([frame]) + b"\0" * 64  # (the buffer runs on)
+    kind, length, size, marker, code = orphan.ONE_MESSAGE.unpack_from(envelope)
+    assert (kind, length, size) == (channel.RAW, len(frame), len(frame) - 4)
+    assert marker == orphan.MESSAGE_MARK
+    offered, searched = orphan.Delivered(), orphan.Delivered()
+    offered.offer(code)
+    searched.feed(frame)
+    assert offered.last == searched.last == msg_id
+    offered.offer(orphan.ONE_MESSAGE.unpack_from(channel.encode_items([message(1)]))[4])
+    assert offered.last == msg_id  # never back
 
 
 def test_restart_drops_the_request_the_old_parent_got_part_of() -> None:
