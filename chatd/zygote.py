@@ -206,8 +206,6 @@ def main(argv: list[str]) -> int:
         orphan.prefix(config.data_dir)  # each session's adoption socket name: made once
         global _bare
         _bare = single_threaded()  # (while /proc can still be read)
-        log.debug("the fork server forks with %s", "fork(2) alone" if _bare
-                  else "os.fork(), having more than one thread")
         # Last: from here on this process has what each session it forks would get (the
         # user, the filter but for forking), so a session only adds the rest.
         sandbox.lock_fork_server(config)
