@@ -38,13 +38,12 @@ from chatd.protocol import pack
 log = logging.getLogger("chatd.session")
 ADOPT_FD = seccomp.ADOPT_FD  # where the listening socket lives (accept() works there only)
 KEY_FILE = "session.key"
-_MESSAGE = b"\xa4type\xa7message\xa2id"  # a `message` frame, as the broker packs it
-_ID_AT = len(_MESSAGE)  # where the id's encoding starts after it
+MESSAGE_MARK = b"\xa4type\xa7message\xa2id"  # a `message` frame, as the broker packs it
+_ID_AT = len(MESSAGE_MARK)  # where the id's encoding starts after it
 # A RAW envelope (chatd/channel.py) of one `message` frame as the broker packs it: the
 # envelope's kind and length, the frame's length, its map's one-byte header, the marker,
 # then the id's encoding and what follows it (Delivered.newest's 9 bytes).
 ONE_MESSAGE = struct.Struct(channel.ENVELOPE.format + "I1x16s9s")
-MESSAGE_MARK = _MESSAGE
 _UINT = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}  # its type byte: how many bytes follow
 _CRED = struct.Struct("3i")
 
@@ -228,19 +227,18 @@ class Delivered:
         self.feed_in(data, 0, len(data))
 
     def offer(self, code: bytes) -> None:
-        """The id's encoding of a lone `message` frame, read in place (ONE_MESSAGE)."""
-        if code > self.newest:
+        """The id's encoding (and what follows it), read in place: from a lone `message`
+        frame (ONE_MESSAGE) or after the newest marker of a body (feed_in). Kept only if
+        it is a msgpack unsigned integer, which `last` can decode."""
+        if code > self.newest and code and (code[0] < 0x80 or code[0] in _UINT):
             self.newest = code
 
     def feed_in(self, data: bytes | mmap.mmap, start: int, end: int) -> None:
         """feed() of data[start:end], read in place (the session's receive buffer)."""
-        at = data.rfind(_MESSAGE, start, end)
-        if at < 0:
-            return
-        at += _ID_AT
-        code = data[at:at + 9 if at + 9 < end else end]
-        if code > self.newest and (code[0] < 0x80 or code[0] in _UINT):
-            self.newest = code
+        at = data.rfind(MESSAGE_MARK, start, end)
+        if at >= 0:
+            at += _ID_AT
+            self.offer(data[at:at + 9 if at + 9 < end else end])
 
 
 def resume_point(frames: bytes | memoryview, sent: int) -> int:

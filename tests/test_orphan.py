@@ -61,6 +61,8 @@ def test_a_lone_message_envelope_gives_its_id_in_place(msg_id: int) -> None:
     assert offered.last == searched.last == msg_id
     offered.offer(orphan.ONE_MESSAGE.unpack_from(channel.encode_items([message(1)]))[4])
     assert offered.last == msg_id  # never back
+    offered.offer(b"\xa3abc" + bytes(5))  # no unsigned integer (a str): not kept
+    assert offered.last == msg_id
 
 
 def test_restart_drops_the_request_the_old_parent_got_part_of() -> None:
