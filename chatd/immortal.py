@@ -55,8 +55,8 @@ def immortalize() -> int:
     if not supported():
         return 0
     count = ctypes.c_ssize_t  # ob_refcnt, the object's first field
-    seen: set[int] = set()
     todo = gc.get_objects()
+    seen: set[int] = set()  # (made after: itself in todo, it and its ids would stay for good)
     changed = 0
     while todo:
         obj = todo.pop()
