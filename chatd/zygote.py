@@ -35,6 +35,7 @@ import os
 import socket
 import struct
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,17 @@ COUNT = struct.Struct("!I")
 # fork(2) from the C library, called with the GIL held (PyDLL), as os.fork() calls it.
 _fork = ctypes.PyDLL(None, use_errno=True).fork
 _bare = False  # whether fork() may skip CPython's after-fork work (set in main())
+# The standard library's modules whose after-fork hook in the child (os.register_at_fork
+# with after_in_child, in CPython 3.11-3.13) a session must not go without. fork() skips
+# every such hook, so where one of these is imported the fork server forks with os.fork().
+HOOKED = (
+    "random",  # reseeds the shared generator: else every session draws the same numbers
+    "asyncio.events",  # (3.12+) forgets the running loop, its policy and wakeup fd
+    "concurrent.futures.thread",  # remakes its shutdown lock, which a thread may hold
+)
+# Not here: threading's and logging's hooks, which mend thread states and locks another
+# thread may have left (the zygote has one thread: see fork()), and multiprocessing,
+# whose after-fork registry runs only in the processes it starts itself.
 
 
 def fork() -> int:
@@ -59,7 +71,8 @@ def fork() -> int:
     stop being shared: measured, each session held 0.2-0.4 MiB more for them. In the
     zygote they would mend nothing: it has one thread, forks only here (never inside an
     import, a logging call or a lock), and handles no signal in Python. Where that was
-    not so at the start (main()), this is os.fork()."""
+    not so at the start, or where a module in HOOKED is imported (main()), this is
+    os.fork()."""
     if not _bare:
         return os.fork()
     pid = int(_fork())
@@ -67,6 +80,17 @@ def fork() -> int:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return pid
+
+
+def why_not_bare(single: bool, modules: Mapping[str, object]) -> str | None:
+    """Why fork() must be os.fork() in a process that has one thread if `single` and
+    has imported `modules` (sys.modules); None if fork(2) alone is safe."""
+    if not single:
+        return "it has more than one thread"
+    hooked = [name for name in HOOKED if name in modules]
+    if hooked:
+        return f"{', '.join(hooked)} imported, whose after-fork hooks sessions need"
+    return None
 
 
 def single_threaded() -> bool:
@@ -204,8 +228,7 @@ def main(argv: list[str]) -> int:
         context = (tls.ServerTLS(config.values, config.config_file).context
                    if config.tls_cert else None)
         orphan.prefix(config.data_dir)  # each session's adoption socket name: made once
-        global _bare
-        _bare = single_threaded()  # (while /proc can still be read)
+        single = single_threaded()  # (while /proc can still be read)
         # Last: from here on this process has what each session it forks would get (the
         # user, the filter but for forking), so a session only adds the rest.
         sandbox.lock_fork_server(config)
@@ -219,6 +242,16 @@ def main(argv: list[str]) -> int:
     pools.fill_pools()
     immortal.immortalize()
     gc.freeze()
+    # Decided last, once all is imported that the fork server imports (serving imports
+    # nothing more).
+    global _bare
+    reason = why_not_bare(single, sys.modules)
+    _bare = reason is None
+    if reason is None:
+        log.debug("the fork server forks with fork(2) alone")
+    else:
+        log.warning("the fork server forks with os.fork(), which costs each session pages:"
+                    " %s", reason)
     return serve(chan, config, context)
 
 

@@ -21,9 +21,9 @@ from chatd.bench.server import Server, kill_quietly, write_config
 
 T = TypeVar("T")
 
-__all__ = ["FAST", "ServerProcess", "child_states", "kill_quietly", "listening_ports",
-           "newest_session", "proc_stat", "reap", "set_child_subreaper", "wait_until",
-           "write_config"]
+__all__ = ["FAST", "FORK_SERVER_RE", "ServerProcess", "child_states", "kill_quietly",
+           "listening_ports", "newest_session", "proc_stat", "reap", "set_child_subreaper",
+           "wait_until", "write_config"]
 
 # Rate limits lifted for tests that send faster than a person types (the rate tests set
 # their own).
@@ -34,6 +34,7 @@ IRC_LISTEN_RE = re.compile(r"listening for IRC on (\S+):(\d+)")
 IRC_TLS_LISTEN_RE = re.compile(r"listening for IRC over TLS on (\S+):(\d+)")
 TLS_LISTEN_RE = re.compile(r"listening for TLS on (\S+):(\d+)")
 SESSION_RE = re.compile(r"session (\S+) from \S+: pid (\d+)")
+FORK_SERVER_RE = re.compile(r"fork server: pid (\d+)")
 
 # Every test client connects from 127.0.0.1, a module's tests often dozens a second, which
 # the server's default per-address connection rate would refuse. Tests of that rate set

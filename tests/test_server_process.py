@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import serverproc
 from serverproc import (
+    FORK_SERVER_RE,
     ServerProcess,
     child_states,
     kill_quietly,
@@ -493,6 +494,9 @@ def test_every_log_line_has_pid_and_session(server, clients):
     sessions = {session_pid(server, c.received[0]["session"]): c.received[0]["session"]
                 for c in (a, b)}
     sessions[server.reader()] = "reader"  # the history reader's lines say so
+    for match in map(FORK_SERVER_RE.search, server.lines):  # and the fork server's
+        if match:
+            sessions[int(match.group(1))] = "zygote"
     a.send({"type": "quit", "reason": "done"})
     a.wait_closed()
     b.close()

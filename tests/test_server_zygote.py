@@ -4,22 +4,33 @@ Sessions are forked by the fork server, not by the parent, yet they are the pare
 children (PR_SET_CHILD_SUBREAPER): reaped by it when they end. A fork server that dies
 is replaced, and clients are served meanwhile; the adaptive pool (the default
 `server.spare_children = -1`) grows with a burst of clients up to `server.spare_max`.
+The fork server forks with fork(2) alone, without CPython's after-fork hooks, unless a
+module whose hook sessions need is imported: then the hooks run in each session.
 Only processes this test started are signalled, always by PID.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
-from serverproc import kill_quietly, newest_session, proc_stat, wait_until, write_config
+import pytest
+from serverproc import (
+    FORK_SERVER_RE,
+    kill_quietly,
+    newest_session,
+    proc_stat,
+    wait_until,
+    write_config,
+)
 from wire import connect
 
+from chatd import zygote
 from chatd.sparepool import AUTO_MIN
-
-FORK_SERVER_RE = re.compile(r"fork server: pid (\d+)")
 
 
 def comm(pid: int) -> str:
@@ -50,6 +61,8 @@ def test_a_session_forked_by_the_fork_server_is_the_parents_child(start: Any) ->
     # handed up by the kernel once the middle process that forked it has exited
     wait_until(lambda: parent_of(pid) == server.pid, message="the session the parent's child")
     assert comm(pid) == "chatd-session"
+    # without CPython's after-fork hooks, whose writes cost each session pages
+    assert server.wait_for_log(r"the fork server forks with fork\(2\) alone")
     assert alice.call({"type": "ping", "token": 3})["token"] == 3
     alice.close()
     wait_until(lambda: proc_stat(pid) is None, message="the session reaped by the parent")
@@ -104,3 +117,53 @@ def test_retired_spares_exit_on_their_own(start: Any, tmp_path: Path) -> None:
     wait_until(lambda: not old & set(server.children()), timeout=5.0,
                message="the old spares gone")
     assert not any("did not stop" in line for line in server.lines[mark:])
+
+
+def test_the_fork_server_forks_bare_only_without_hooks_sessions_need() -> None:
+    assert zygote.why_not_bare(True, {"threading": None, "logging": None}) is None
+    assert zygote.why_not_bare(False, {}) == "it has more than one thread"
+    for name in zygote.HOOKED:
+        reason = zygote.why_not_bare(True, {"threading": None, name: None})
+        assert reason is not None and name in reason
+    # what this test runs in has them imported: each one a real module
+    for name in zygote.HOOKED:
+        __import__(name)
+    assert all(name in sys.modules for name in zygote.HOOKED)
+
+
+# Imported first by each chatd process (sitecustomize is Python's own start-up hook):
+# random, and an after-fork hook that says what the child draws from it.
+SITECUSTOMIZE = """
+import os, random
+
+def said():
+    os.write(2, f"after fork: pid {os.getpid()} draws {random.getrandbits(64)}\\n".encode())
+
+os.register_at_fork(after_in_child=said)
+"""
+DRAWS_RE = re.compile(r"after fork: pid (\d+) draws (\d+)")
+
+
+def test_sessions_of_a_fork_server_with_random_imported_draw_apart(
+        start: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    paths = [str(site), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
+    server = start({})
+    assert server.wait_for_log(r"WARNING .* forks with os\.fork\(\).*: random imported")
+    pids, clients = [], []
+    for name in ("alice", "bob"):
+        mark = server.mark()
+        clients.append(connect(server, name))
+        pids.append(newest_session(server, mark)[1])
+
+    def draws() -> dict[int, int] | None:
+        found = {int(m.group(1)): int(m.group(2))
+                 for m in map(DRAWS_RE.search, server.lines) if m}
+        return found if all(pid in found for pid in pids) else None
+    found = wait_until(draws, message="each session's hooks run")
+    assert found[pids[0]] != found[pids[1]]
+    for client in clients:
+        client.close()
