@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import math
+import os
 import time
 from collections import Counter
 from collections.abc import Awaitable
@@ -146,6 +147,7 @@ class Bench:
         if out["server_cpu_s"] is not None and out["connected"]:
             out["server_cpu_us_per_session"] = round(1e6 * out["server_cpu_s"]
                                                      / out["connected"], 1)
+        out["start_costs"] = self.probe.start_costs()
         return out
 
     async def quiesce(self) -> None:
@@ -355,6 +357,24 @@ WHY = {
 }
 
 
+def connect_why(ph: dict[str, Any]) -> str:
+    """Why connects/s falls short, from what this phase's new sessions cost."""
+    costs, total = ph.get("start_costs"), ph.get("server_cpu_us_per_session")
+    if not costs or not total or "session_cpu_ms" not in costs:
+        return WHY["connect"]
+    total_ms = total / 1000
+    parent_ms = 1000 * ph["server_cpu_parent_s"] / ph["connected"]
+    cores = len(os.sched_getaffinity(0))
+    spare = (f"; {costs['spare_cpu_ms']:.2f} ms and {costs['spare_pages']} pages of that to "
+             "start as a spare" if "spare_cpu_ms" in costs else "")
+    return (f"the server spent {total_ms:.2f} ms of CPU per new session, so {cores} cores do "
+            f"at most {1000 * cores / total_ms:,.0f} a second with nothing else running: "
+            f"each session's process {costs['session_cpu_ms']:.2f} ms, writing "
+            f"{costs['session_pages']} pages it shared with the fork server (a page fault and "
+            f"a copy each, see pss){spare}; the parent {parent_ms:.2f} ms; the rest the fork "
+            "server's forks")
+
+
 def ok(report: dict[str, Any]) -> bool:
     """No failed connection, no lost or duplicated delivery (targets are information)."""
     return all(ph["failed"] == 0 if ph["phase"].startswith("connect")
@@ -382,7 +402,7 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         elif ph["phase"].startswith("connect") and ph["inflight"] >= 1000:
             rate = ph["per_second"] if ph["failed"] == 0 else 0
             out.append(target("new sessions per second", rate, 1500, "/s", False,
-                              WHY["connect"]))
+                              connect_why(ph)))
     mem = report.get("memory")
     if report["scenario"] == "idle" and mem and mem.get("per_session"):
         out.append(target("PSS per idle session", round(mem["per_session"]["pss"] / 1024, 2),
@@ -411,6 +431,14 @@ def render(report: dict[str, Any]) -> list[str]:
             per = ph.get("server_cpu_us_per_session")
             lines.append(f"{'':<{COL}} {cpu_line(ph)}"
                          + (f" = {per:,.0f} us/session" if per is not None else ""))
+            costs = ph.get("start_costs")
+            if costs and "session_cpu_ms" in costs:
+                lines.append(f"{'':<{COL}} a session's process, median of {costs['sessions']}: "
+                             f"{costs['session_cpu_ms']:.2f} ms CPU, "
+                             f"{costs['session_pages']} pages written"
+                             + (f"; a spare's start, median of {costs['spares']}: "
+                                f"{costs['spare_cpu_ms']:.2f} ms, {costs['spare_pages']} pages"
+                                if "spare_cpu_ms" in costs else ""))
         else:
             lat = ph["latency_ms"]
             lines.append(f"{'deliver':<{COL}} {ph['received']:,}/{ph['expected']:,} deliveries "

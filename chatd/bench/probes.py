@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -35,6 +36,7 @@ class Stat(NamedTuple):
     stime: int
     cutime: int  # reaped children's
     cstime: int
+    minflt: int  # minor page faults: pages first written (a copy-on-write copy or a new page)
 
 
 def proc_stat(pid: int) -> Stat | None:
@@ -45,7 +47,9 @@ def proc_stat(pid: int) -> Stat | None:
         return None
     # The command name may hold spaces and parentheses: fields start after the last ")".
     fields = data[data.rindex(b")") + 2 :].split()
-    return Stat(fields[0].decode(), int(fields[1]), *(int(f) for f in fields[11:15]))
+    utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
+    return Stat(fields[0].decode(), int(fields[1]), utime, stime, cutime, cstime,
+                int(fields[7]))
 
 
 # /proc/PID/task/TID/children needs CONFIG_PROC_CHILDREN; without it, scan every process.
@@ -308,6 +312,27 @@ class ServerProbe:
                 "per_session": per, "total": everything,
                 "total_per_session": {k: round(v / n) for k, v in everything.items()}
                 if n else None}
+
+    def start_costs(self) -> dict[str, Any] | None:
+        """What a session process has cost by now, medians over the live ones: CPU (ms)
+        and pages written (minor faults), in all and, for the spares still waiting, just
+        to start. For a connect phase (sessions idle since their welcome) that is what a
+        new session costs its process, and the spares' share of it."""
+        if self.pid is None:
+            return None
+        costs: dict[bool, list[tuple[float, int]]] = {True: [], False: []}
+        for kid in sessions_of(self.pid):
+            usage, st = cpu_usage(kid), proc_stat(kid)
+            if usage is not None and st is not None:
+                costs[is_spare(kid)].append((usage[0] / 1e6, st.minflt))
+        if not costs[False]:
+            return None
+        out: dict[str, Any] = {"sessions": len(costs[False]), "spares": len(costs[True])}
+        for spare, label in ((False, "session"), (True, "spare")):
+            if costs[spare]:
+                out[f"{label}_cpu_ms"] = round(statistics.median(c for c, _f in costs[spare]), 3)
+                out[f"{label}_pages"] = round(statistics.median(f for _c, f in costs[spare]))
+        return out
 
     def fds(self) -> int | None:
         return None if self.pid is None else open_fds(self.pid)
