@@ -494,6 +494,10 @@ def refuse_unsafe(text: str, field: str, *, multiline: bool) -> None:
 def safe_text(text: str, *, multiline: bool) -> str:
     """What a reader may be shown of untrusted text, by the rule refuse_unsafe enforces:
     separators as newlines (in multi-line text), every other fault as U+FFFD."""
+    if text.isascii():  # no separator, no flag: each control character is a fault
+        if text.isprintable():  # (ASCII's unprintable: the controls, tab and newline too)
+            return text
+        return (_ASCII_TEXT if multiline else _ASCII_LINE).sub("\ufffd", text)
     if multiline:
         text = as_newlines(text)
     return _unsafe(text, multiline).sub(
