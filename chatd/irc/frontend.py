@@ -211,6 +211,11 @@ class IrcFrontEnd:
         if pending is None and frame["type"] in ("message", "moderation"):
             pending = self._echo.pop(frame.get("id", -1), None)  # what its ack announced
         if pending is None:
+            if frame["type"] == "message" and not self._replies:  # the per-delivery path
+                data = render.message_line(self, frame)
+                if data is not None:
+                    self.to_client.append(data)
+                    return
             for line in render.event(self, frame):
                 self.event(line)
             return

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from chatd import protocol as p
 from chatd.irc import away, modlines
-from chatd.irc.lines import MAX_LINE, Line, serialise, split_utf8
+from chatd.irc.lines import MAX_LINE, Line, plain_line, serialise, split_utf8
 
 if TYPE_CHECKING:
     from chatd.irc.frontend import IrcFrontEnd
@@ -33,7 +34,12 @@ def host_name(name: str) -> str:
 def time_tag(ms: int) -> str:
     """server-time's format, in UTC whatever the local zone: 2025-01-02T03:04:05.678Z."""
     seconds, millis = divmod(int(ms), 1000)
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{millis:03d}Z"
+    return f"{_second(seconds)}.{millis:03d}Z"
+
+
+@lru_cache(maxsize=64)  # a burst's messages share their second: strftime once for them all
+def _second(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def parse_time(value: str) -> int | None:
@@ -52,11 +58,12 @@ def parse_time(value: str) -> int | None:
 def _tags(fe: IrcFrontEnd, ts: Any = None, msgid: Any = None, account: Any = None
           ) -> dict[str, str]:
     tags: dict[str, str] = {}
-    if isinstance(ts, int) and fe.has("server-time"):
+    caps = fe.caps
+    if isinstance(ts, int) and "server-time" in caps:
         tags["time"] = time_tag(ts)
-    if msgid is not None and fe.has("message-tags"):
+    if msgid is not None and "message-tags" in caps:
         tags["msgid"] = str(msgid)
-    if isinstance(account, str) and account and fe.has("account-tag"):
+    if isinstance(account, str) and account and "account-tag" in caps:
         tags["account"] = account
     return tags
 
@@ -81,15 +88,7 @@ def same_nick(a: str | None, b: str | None) -> bool:
 def message(fe: IrcFrontEnd, msg: Frame, batch: str | None = None) -> list[Line]:
     """A native `message` as PRIVMSG lines: one per line of text, each cut to fit; or one
     draft/multiline batch where negotiated. An action is a CTCP ACTION on every line."""
-    sender = str(msg.get("from", ""))
-    if "room" in msg:
-        target = str(msg["room"])
-    elif same_nick(sender, fe.nick):
-        target = str(msg.get("to", ""))
-    else:
-        target = fe.me
-    source = fe.mask(sender)
-    text = p.safe_text(str(msg.get("text", "")), multiline=True)
+    source, target, text = _parts(fe, msg)
     action = msg.get("action") is True
     tags = _tags(fe, msg.get("ts"), msg.get("id"), msg.get("account"))
     outer = {"batch": batch} if batch else {}
@@ -116,16 +115,45 @@ def message(fe: IrcFrontEnd, msg: Frame, batch: str | None = None) -> list[Line]
     return out
 
 
+def _parts(fe: IrcFrontEnd, msg: Frame) -> tuple[str, str, str]:
+    """A message's source mask, target (the room, else the peer of our own message, else
+    us) and text as it may be shown (several lines maybe)."""
+    sender = str(msg.get("from", ""))
+    if "room" in msg:
+        target = str(msg["room"])
+    elif same_nick(sender, fe.nick):
+        target = str(msg.get("to", ""))
+    else:
+        target = fe.me
+    return fe.mask(sender), target, p.safe_text(str(msg.get("text", "")), multiline=True)
+
+
+def message_line(fe: IrcFrontEnd, msg: Frame) -> bytes | None:
+    """message()'s common case already on the wire, for the per-delivery path: not an
+    action, one line of text that fits one PRIVMSG. None when it is not that case (the
+    caller renders message() then); else the same bytes as serialising its one line."""
+    if msg.get("action") is True:
+        return None
+    source, target, text = _parts(fe, msg)
+    if "\n" in text or not text.strip():
+        return None
+    budget = MAX_LINE - len(f":{source} PRIVMSG {target} :\r\n".encode())
+    if len(text.encode()) > budget or budget < 4:  # split_utf8's cases
+        return None
+    tags = _tags(fe, msg.get("ts"), msg.get("id"), msg.get("account"))
+    return plain_line("PRIVMSG", source, target, text, tags)
+
+
 # ---- events: frames that answer no request ----
 
 def event(fe: IrcFrontEnd, frame: Frame) -> list[Line]:
     """An unsolicited native frame as lines, keeping fe.rooms current."""
     kind = frame.get("type")
+    if kind == "message":
+        return message(fe, frame)
     tags = _tags(fe, frame.get("ts"))
     room, nick = str(frame.get("room", "")), str(frame.get("nick", ""))
     members = fe.rooms.get(room)
-    if kind == "message":
-        return message(fe, frame)
     if kind == "join":
         if members is not None:
             members[p.nick_key(nick)] = nick
