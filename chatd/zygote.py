@@ -4,9 +4,9 @@ Forking the parent costs its routing loop milliseconds per session (its page tab
 broker's heap), and every page the parent writes afterwards stays private in each
 session forked before. This process is a fresh interpreter (`python -m chatd.zygote FD`,
 started by the parent through chatd/helperproc.py) that imports what a session runs and
-nothing else: no broker, no store, no history, no key. It makes that heap immortal
-(chatd/immortal.py) and freezes it (gc.freeze), and then only forks, so its pages stay
-shared by every session it made.
+nothing else: no broker, no store, no history, no key. It rehearses a session's first
+steps (chatd/rehearsal.py), makes that heap immortal (chatd/immortal.py) and freezes it
+(gc.freeze), and then only forks, so its pages stay shared by every session it made.
 
 Spares are forked by a middle process (one per batch asked for) that exits when the batch
 is done: the kernel then gives the orphans to the nearest subreaper above them, the chatd
@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from chatd import child, helperproc, immortal, orphan, pools, sandbox, tls
+from chatd import child, helperproc, immortal, orphan, pools, rehearsal, sandbox, tls
 from chatd.config import Config
 
 log = logging.getLogger("chatd.zygote")
@@ -235,6 +235,7 @@ def main(argv: list[str]) -> int:
     except (OSError, sandbox.SandboxError, tls.TLSConfigError) as exc:
         log.error("the fork server cannot start: %s", exc)
         return 1
+    rehearsal.rehearse(config)  # so that sessions find what runs first specialized
     gc.collect()
     # What exists now is every session's: immortal, so that using it does not copy its
     # pages (chatd/immortal.py), and frozen, so that the collector keeps off them; and

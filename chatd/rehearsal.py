@@ -1,0 +1,81 @@
+"""A session's first steps, rehearsed in the fork server before it forks anything.
+
+CPython writes into memory it only reads from a Python programmer's point of view: the
+specializing interpreter (3.11+) rewrites the bytecode of code it runs and counts in it,
+gives a type a version tag the first time its attributes are looked up, and caches
+lookups in the interpreter's method cache; 3.12+ also versions the keys of the module
+dicts its global lookups specialize on. In a session forked from the fork server, each
+such write copies a page the two shared (chatd/immortal.py keeps the reference counts
+from doing so on 3.12+). Doing it here, once, before any fork, leaves those pages
+written already: every session then finds its code specialized, its types versioned and
+its lookups cached, and writes much less.
+
+What runs is the sans-I/O core every session runs (chatd/session.py, the channel's parser
+and controls, the protocol's frames and checks), on made-up input: a hello, its welcome,
+a join and its catch-up, a message, a ping. Nothing here touches a socket, a file, a
+signal or the log's handlers, and what it makes is garbage by the time the fork server
+freezes its heap.
+"""
+
+from __future__ import annotations
+
+from chatd import channel, orphan
+from chatd import protocol as p
+from chatd.channel import EnvelopeReader
+from chatd.config import Config
+from chatd.session import Session
+
+# Passes over the script: enough for the interpreter to specialize what it runs (it
+# specializes an instruction after a few runs; 3.11's code is quickened after 8 calls).
+ROUNDS = 20
+NOW = 1_000_000  # milliseconds: any time will do; nothing here outlives the rehearsal
+
+
+def client_frames() -> bytes:
+    """What a client says first: hello, join, a message, a ping."""
+    return b"".join(p.pack(frame) for frame in (
+        {"type": "hello", "version": p.VERSION, "nick": "rehearsal", "client": "chatd",
+         "label": 1},
+        {"type": "join", "room": "#rehearsal", "label": 2},
+        {"type": "msg", "room": "#rehearsal", "text": "hello", "label": 3},
+        {"type": "ping", "token": 4},
+    ))
+
+
+def parent_stream() -> bytes:
+    """What a parent sends a new session: its client, the welcome, a join's catch-up (a
+    state control and a RAW frame) and its DONE."""
+    message = p.pack({"type": "message", "id": 7, "room": "#rehearsal", "from": "rehearsal",
+                      "text": "hello", "ts": NOW})
+    return channel.encode_items([
+        channel.client("0" * 16, "127.0.0.1"), channel.welcome("rehearsal"),
+        {"c": channel.STATE, "nick": "rehearsal", "account": None, "rooms": ["#rehearsal"],
+         "sig": "", "upto": 7},
+        message, channel.DONE])
+
+
+def rehearse(config: Config, rounds: int = ROUNDS) -> None:
+    """Run a session's core through its first steps `rounds` times."""
+    frames, stream = client_frames(), parent_stream()
+    for _ in range(rounds):
+        once(config, frames, stream)
+
+
+def once(config: Config, frames: bytes, stream: bytes) -> tuple[Session, orphan.Delivered]:
+    """One pass: the client's frames into a new Session, then the parent's stream into it
+    as the session loop would hand it over (chatd/sessionloop.py)."""
+    session = Session(config, NOW)
+    session.receive_data(frames, NOW)
+    delivered = orphan.Delivered()
+    for kind, body in EnvelopeReader().feed(stream):
+        if kind == channel.RAW:
+            delivered.feed(body)
+            continue
+        ctrl = channel.decode_control(body)
+        if ctrl.get("c") == channel.STATE:
+            delivered.upto(ctrl.get("upto"))
+        else:
+            session.control(ctrl)
+    session.tick(NOW)
+    session.next_deadline()
+    return session, delivered
