@@ -12,7 +12,9 @@ its lookups cached, and writes much less.
 
 What runs is the sans-I/O core every session runs (chatd/session.py, the channel's parser
 and controls, the protocol's frames and checks), on made-up input: a hello, its welcome,
-a join and its catch-up, a message, a ping. Nothing here touches a socket, a file, a
+a join and its catch-up, a message, a ping; and for IRC clients the front end's
+(chatd/irc): CAP negotiation and registration, the welcome burst, a PRIVMSG, a PING and
+room messages rendered with server-time and message tags. Nothing here touches a socket, a file, a
 signal or the log's handlers, and what it makes is garbage by the time the fork server
 freezes its heap.
 """
@@ -23,12 +25,17 @@ from chatd import channel, orphan
 from chatd import protocol as p
 from chatd.channel import EnvelopeReader
 from chatd.config import Config
+from chatd.frontends import IrcCodec
+from chatd.outbox import Outbox
 from chatd.session import Session
 
 # Passes over the script: enough for the interpreter to specialize what it runs (it
 # specializes an instruction after a few runs; 3.11's code is quickened after 8 calls).
 ROUNDS = 20
 NOW = 1_000_000  # milliseconds: any time will do; nothing here outlives the rehearsal
+IRC_REGISTRATION = (b"CAP LS 302\r\nNICK rehearsal\r\nUSER rehearsal 0 * :rehearsal\r\n"
+                    b"CAP REQ :server-time message-tags echo-message\r\nCAP END\r\n")
+IRC_CHAT = b"PRIVMSG #rehearsal :hello\r\nPING :rehearsal\r\n"
 
 
 def client_frames() -> bytes:
@@ -59,6 +66,7 @@ def rehearse(config: Config, rounds: int = ROUNDS) -> None:
     frames, stream = client_frames(), parent_stream()
     for _ in range(rounds):
         once(config, frames, stream)
+        irc_once(config)
 
 
 def once(config: Config, frames: bytes, stream: bytes) -> tuple[Session, orphan.Delivered]:
@@ -79,3 +87,24 @@ def once(config: Config, frames: bytes, stream: bytes) -> tuple[Session, orphan.
     session.tick(NOW)
     session.next_deadline()
     return session, delivered
+
+
+def irc_once(config: Config) -> tuple[Session, Outbox]:
+    """One pass of an IRC client's session (chatd/frontends.py's IrcCodec): registration
+    and the welcome burst, a PRIVMSG and a PING, then room messages to render."""
+    session, out = Session(config, NOW), Outbox()
+    codec = IrcCodec(session, out, NOW)
+    codec.client_data(IRC_REGISTRATION, NOW)
+    hello = p.decode_payload(session.to_broker.pop()[p.HEADER.size:])
+    welcome = {"type": "welcome", "version": p.VERSION, "server": config.server_name,
+               "session": "0" * 16, "nick": "rehearsal", "motd": config.motd, "time": NOW,
+               "limits": config.limits(), "resume": "", "resumed": False,
+               "label": hello.get("label")}  # (as chatd/broker.py writes it)
+    session.control(channel.welcome("rehearsal"))
+    codec.raw(memoryview(p.pack(welcome)), NOW)
+    codec.client_data(IRC_CHAT, NOW)
+    message = p.pack({"type": "message", "id": 7, "room": "#rehearsal", "from": "someone",
+                      "text": "hello", "ts": NOW, "action": False})
+    codec.raw(memoryview(message * 3), NOW)
+    codec.drain(NOW)
+    return session, out

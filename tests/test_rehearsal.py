@@ -33,3 +33,13 @@ def test_rehearsing_leaves_nothing_behind() -> None:
     gc.collect()
     assert not any(type(o).__module__ == "chatd.session" and type(o).__name__ == "Session"
                    for o in gc.get_objects())
+
+
+def test_an_irc_pass_registers_and_renders() -> None:
+    session, out = rehearsal.irc_once(Config())
+    assert session.state is State.WELCOMED
+    written = b"".join(bytes(chunk) for chunk in out.chunks).decode()
+    assert " 001 rehearsal :Welcome" in written and " 376 rehearsal " in written
+    # the room messages, with the tags the client asked for
+    assert written.count(":someone!~u@") == 3 and "@time=" in written and "msgid=7" in written
+    assert [p.decode_payload(f[4:])["type"] for f in session.to_broker] == ["msg"]
