@@ -13,13 +13,19 @@ its lookups cached, and writes much less.
 What runs is the sans-I/O core every session runs (chatd/session.py, the channel's parser
 and controls, the protocol's frames and checks), on made-up input: a hello, its welcome,
 a join and its catch-up, a message, a ping; and for IRC clients the front end's
-(chatd/irc): CAP negotiation and registration, the welcome burst, a PRIVMSG, a PING and
-room messages rendered with server-time and message tags. Nothing here touches a socket, a file, a
-signal or the log's handlers, and what it makes is garbage by the time the fork server
-freezes its heap.
+(chatd/irc): CAP negotiation and registration, the welcome burst, a PRIVMSG and its echo,
+a PING and room messages rendered with server-time and message tags.
+
+Nothing here touches a socket, a file or a signal; the log is quiet meanwhile (the
+sessions' debug lines would be the fork server's); the rate limits are lifted (a
+`cmd_burst` below a registration's lines would refuse them); and what it makes is
+garbage by the time the fork server freezes its heap.
 """
 
 from __future__ import annotations
+
+import logging
+from typing import Any
 
 from chatd import channel, orphan
 from chatd import protocol as p
@@ -29,6 +35,7 @@ from chatd.frontends import IrcCodec
 from chatd.outbox import Outbox
 from chatd.session import Session
 
+BURSTS = ("cmd_burst", "msg_burst", "history_burst")
 # Passes over the script: enough for the interpreter to specialize what it runs (it
 # specializes an instruction after a few runs; 3.11's code is quickened after 8 calls).
 ROUNDS = 20
@@ -63,10 +70,17 @@ def parent_stream() -> bytes:
 
 def rehearse(config: Config, rounds: int = ROUNDS) -> None:
     """Run a session's core through its first steps `rounds` times."""
+    config = config.with_values({**config.values,
+                                 **{k: max(int(config.values[k]), 100) for k in BURSTS}})
     frames, stream = client_frames(), parent_stream()
-    for _ in range(rounds):
-        once(config, frames, stream)
-        irc_once(config)
+    quiet = logging.root.manager.disable
+    logging.disable(logging.INFO)
+    try:
+        for _ in range(rounds):
+            once(config, frames, stream)
+            irc_once(config)
+    finally:
+        logging.disable(quiet)
 
 
 def once(config: Config, frames: bytes, stream: bytes) -> tuple[Session, orphan.Delivered]:
@@ -89,13 +103,26 @@ def once(config: Config, frames: bytes, stream: bytes) -> tuple[Session, orphan.
     return session, delivered
 
 
+def sent(session: Session, rtype: str) -> dict[str, Any] | None:
+    """The last request of type `rtype` the Session has for the broker, taken off."""
+    for i in range(len(session.to_broker) - 1, -1, -1):
+        request = p.decode_payload(session.to_broker[i][p.HEADER.size:])
+        if request.get("type") == rtype:
+            del session.to_broker[i]
+            return request
+    return None
+
+
 def irc_once(config: Config) -> tuple[Session, Outbox]:
     """One pass of an IRC client's session (chatd/frontends.py's IrcCodec): registration
-    and the welcome burst, a PRIVMSG and a PING, then room messages to render."""
+    and the welcome burst, a PRIVMSG and its echo (the broker's ack, then the message),
+    a PING, then room messages to render."""
     session, out = Session(config, NOW), Outbox()
     codec = IrcCodec(session, out, NOW)
     codec.client_data(IRC_REGISTRATION, NOW)
-    hello = p.decode_payload(session.to_broker.pop()[p.HEADER.size:])
+    hello = sent(session, "hello")
+    if hello is None:  # (refused: nothing more to rehearse)
+        return session, out
     welcome = {"type": "welcome", "version": p.VERSION, "server": config.server_name,
                "session": "0" * 16, "nick": "rehearsal", "motd": config.motd, "time": NOW,
                "limits": config.limits(), "resume": "", "resumed": False,
@@ -103,7 +130,14 @@ def irc_once(config: Config) -> tuple[Session, Outbox]:
     session.control(channel.welcome("rehearsal"))
     codec.raw(memoryview(p.pack(welcome)), NOW)
     codec.client_data(IRC_CHAT, NOW)
-    message = p.pack({"type": "message", "id": 7, "room": "#rehearsal", "from": "someone",
+    msg = sent(session, "msg")
+    if msg is not None:  # answered as chatd/broker.py answers it (echo-message)
+        codec.raw(memoryview(
+            p.pack({"type": "ack", "label": msg.get("label"), "id": 8, "ts": NOW,
+                    "room": "#rehearsal"})
+            + p.pack({"type": "message", "id": 8, "room": "#rehearsal", "from": "rehearsal",
+                      "text": "hello", "ts": NOW, "action": False})), NOW)
+    message = p.pack({"type": "message", "id": 9, "room": "#rehearsal", "from": "someone",
                       "text": "hello", "ts": NOW, "action": False})
     codec.raw(memoryview(message * 3), NOW)
     codec.drain(NOW)

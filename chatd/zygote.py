@@ -86,7 +86,7 @@ def why_not_bare(single: bool, modules: Mapping[str, object]) -> str | None:
     """Why fork() must be os.fork() in a process that has one thread if `single` and
     has imported `modules` (sys.modules); None if fork(2) alone is safe."""
     if not single:
-        return "it has more than one thread"
+        return "it could not be seen to have one thread"
     hooked = [name for name in HOOKED if name in modules]
     if hooked:
         return f"{', '.join(hooked)} imported, whose after-fork hooks sessions need"
@@ -235,7 +235,10 @@ def main(argv: list[str]) -> int:
     except (OSError, sandbox.SandboxError, tls.TLSConfigError) as exc:
         log.error("the fork server cannot start: %s", exc)
         return 1
-    rehearsal.rehearse(config)  # so that sessions find what runs first specialized
+    try:  # so that sessions find what runs first specialized
+        rehearsal.rehearse(config)
+    except Exception:  # (a bug of ours: sessions start unrehearsed, as they used to)
+        log.exception("the rehearsal of a session's first steps failed")
     gc.collect()
     # What exists now is every session's: immortal, so that using it does not copy its
     # pages (chatd/immortal.py), and frozen, so that the collector keeps off them; and

@@ -31,8 +31,9 @@ def test_rehearsing_leaves_nothing_behind() -> None:
 
     rehearsal.rehearse(Config(), rounds=3)
     gc.collect()
-    assert not any(type(o).__module__ == "chatd.session" and type(o).__name__ == "Session"
-                   for o in gc.get_objects())
+    made = {("chatd.session", "Session"), ("chatd.irc.frontend", "IrcFrontEnd"),
+            ("chatd.outbox", "Outbox"), ("chatd.frontends", "IrcCodec")}
+    assert not [o for o in gc.get_objects() if (type(o).__module__, type(o).__name__) in made]
 
 
 def test_an_irc_pass_registers_and_renders() -> None:
@@ -40,6 +41,41 @@ def test_an_irc_pass_registers_and_renders() -> None:
     assert session.state is State.WELCOMED
     written = b"".join(bytes(chunk) for chunk in out.chunks).decode()
     assert " 001 rehearsal :Welcome" in written and " 376 rehearsal " in written
-    # the room messages, with the tags the client asked for
-    assert written.count(":someone!~u@") == 3 and "@time=" in written and "msgid=7" in written
-    assert [p.decode_payload(f[4:])["type"] for f in session.to_broker] == ["msg"]
+    # the room messages, with the tags the client asked for; the echo of its own PRIVMSG
+    # and the PONG came first (nothing left waiting: the per-delivery path was the one run)
+    assert written.count(":someone!~u@") == 3 and "@time=" in written and "msgid=9" in written
+    assert "msgid=8 :rehearsal!~u@" in written and " PONG " in written
+    assert written.index(" PONG ") < written.index(":someone!")
+    assert not session.to_broker
+
+
+def test_the_irc_pass_takes_the_per_delivery_fast_path() -> None:
+    from chatd.irc import render
+
+    calls = []
+    original = render.message_line
+    render.message_line = lambda *a, **k: calls.append(1) or original(*a, **k)  # type: ignore
+    try:
+        rehearsal.irc_once(Config())
+    finally:
+        render.message_line = original  # type: ignore
+    assert len(calls) >= 3
+
+
+@pytest.mark.parametrize("burst", [1, 2, 3])
+def test_a_tight_rate_limit_does_not_stop_the_rehearsal(burst: int) -> None:
+    config = Config()
+    config = config.with_values({**config.values, "cmd_burst": burst, "msg_burst": burst})
+    rehearsal.rehearse(config, rounds=2)  # (the fork server's start: it must not raise)
+    session, _out = rehearsal.irc_once(config)  # unlifted, a refused registration ends early
+    assert session.state is not State.WELCOMED
+
+
+def test_the_rehearsal_is_quiet_and_leaves_the_log_as_it_was(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    with caplog.at_level(logging.DEBUG):
+        rehearsal.rehearse(Config(), rounds=1)
+    assert not caplog.records
+    assert logging.root.manager.disable == logging.NOTSET

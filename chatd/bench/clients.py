@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import contextlib
 import math
-import os
 import time
 from collections import Counter
 from collections.abc import Awaitable
@@ -124,6 +123,7 @@ class Bench:
         sem = asyncio.Semaphore(max(1, inflight * len(shares[0]) // clients))
         failures: Counter[str] = Counter()
         times: list[float] = []
+        before = self.probe.serving()
         win = Window(self.probe).start()
         self.helper_rooms = [[self.room_of(i) for i in share] for share in shares[1:]]
         for helper, share in zip(self.helpers, shares[1:], strict=True):
@@ -147,7 +147,7 @@ class Bench:
         if out["server_cpu_s"] is not None and out["connected"]:
             out["server_cpu_us_per_session"] = round(1e6 * out["server_cpu_s"]
                                                      / out["connected"], 1)
-        out["start_costs"] = self.probe.start_costs()
+        out["start_costs"] = self.probe.start_costs(before)
         return out
 
     async def quiesce(self) -> None:
@@ -364,15 +364,15 @@ def connect_why(ph: dict[str, Any]) -> str:
         return WHY["connect"]
     total_ms = total / 1000
     parent_ms = 1000 * ph["server_cpu_parent_s"] / ph["connected"]
-    cores = len(os.sched_getaffinity(0))
-    spare = (f"; {costs['spare_cpu_ms']:.2f} ms and {costs['spare_pages']} pages of that to "
+    cores = costs["cores"]
+    spare = (f"; {costs['spare_cpu_ms']:.2f} ms and {costs['spare_faults']} faults of that to "
              "start as a spare" if "spare_cpu_ms" in costs else "")
     return (f"the server spent {total_ms:.2f} ms of CPU per new session, so {cores} cores do "
             f"at most {1000 * cores / total_ms:,.0f} a second with nothing else running: "
-            f"each session's process {costs['session_cpu_ms']:.2f} ms, writing "
-            f"{costs['session_pages']} pages it shared with the fork server (a page fault and "
-            f"a copy each, see pss){spare}; the parent {parent_ms:.2f} ms; the rest the fork "
-            "server's forks")
+            f"each session's process {costs['session_cpu_ms']:.2f} ms, with "
+            f"{costs['session_faults']} minor page faults (copies of pages it shared with the "
+            f"fork server above all, see pss){spare}; the parent {parent_ms:.2f} ms; the rest "
+            "the helpers' (the fork server's forks above all)")
 
 
 def ok(report: dict[str, Any]) -> bool:
@@ -435,9 +435,9 @@ def render(report: dict[str, Any]) -> list[str]:
             if costs and "session_cpu_ms" in costs:
                 lines.append(f"{'':<{COL}} a session's process, median of {costs['sessions']}: "
                              f"{costs['session_cpu_ms']:.2f} ms CPU, "
-                             f"{costs['session_pages']} pages written"
+                             f"{costs['session_faults']} minor page faults"
                              + (f"; a spare's start, median of {costs['spares']}: "
-                                f"{costs['spare_cpu_ms']:.2f} ms, {costs['spare_pages']} pages"
+                                f"{costs['spare_cpu_ms']:.2f} ms, {costs['spare_faults']} faults"
                                 if "spare_cpu_ms" in costs else ""))
         else:
             lat = ph["latency_ms"]

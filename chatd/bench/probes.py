@@ -36,7 +36,7 @@ class Stat(NamedTuple):
     stime: int
     cutime: int  # reaped children's
     cstime: int
-    minflt: int  # minor page faults: pages first written (a copy-on-write copy or a new page)
+    minflt: int  # minor page faults: copy-on-write copies, new pages, first touches
 
 
 def proc_stat(pid: int) -> Stat | None:
@@ -313,26 +313,39 @@ class ServerProbe:
                 "total_per_session": {k: round(v / n) for k, v in everything.items()}
                 if n else None}
 
-    def start_costs(self) -> dict[str, Any] | None:
-        """What a session process has cost by now, medians over the live ones: CPU (ms)
-        and pages written (minor faults), in all and, for the spares still waiting, just
-        to start. For a connect phase (sessions idle since their welcome) that is what a
-        new session costs its process, and the spares' share of it."""
+    def start_costs(self, before: set[int] | frozenset[int] = frozenset()
+                    ) -> dict[str, Any] | None:
+        """What a session process has cost by now, medians over the live ones but those
+        in `before` (serving() before the phase): CPU (ms) and minor page faults
+        (copy-on-write copies of pages it shared with the fork server above all, and new
+        pages), in all and, for the spares still waiting, just to start. For a connect
+        phase (sessions idle since their welcome) that is what a new session costs its
+        process, and the spares' share of it; `cores` is what the server may run on."""
         if self.pid is None:
             return None
         costs: dict[bool, list[tuple[float, int]]] = {True: [], False: []}
         for kid in sessions_of(self.pid):
             usage, st = cpu_usage(kid), proc_stat(kid)
-            if usage is not None and st is not None:
+            if usage is not None and st is not None and kid not in before:
                 costs[is_spare(kid)].append((usage[0] / 1e6, st.minflt))
         if not costs[False]:
             return None
-        out: dict[str, Any] = {"sessions": len(costs[False]), "spares": len(costs[True])}
+        try:
+            cores = len(os.sched_getaffinity(self.pid))
+        except OSError:
+            cores = os.cpu_count() or 1
+        out: dict[str, Any] = {"sessions": len(costs[False]), "spares": len(costs[True]),
+                               "cores": cores}
         for spare, label in ((False, "session"), (True, "spare")):
             if costs[spare]:
                 out[f"{label}_cpu_ms"] = round(statistics.median(c for c, _f in costs[spare]), 3)
-                out[f"{label}_pages"] = round(statistics.median(f for _c, f in costs[spare]))
+                out[f"{label}_faults"] = round(statistics.median(f for _c, f in costs[spare]))
         return out
+
+    def serving(self) -> set[int]:
+        """The session processes serving a client now (spares not counted)."""
+        return set() if self.pid is None else \
+            {kid for kid in sessions_of(self.pid) if not is_spare(kid)}
 
     def fds(self) -> int | None:
         return None if self.pid is None else open_fds(self.pid)
