@@ -5,8 +5,9 @@ broker's heap), and every page the parent writes afterwards stays private in eac
 session forked before. This process is a fresh interpreter (`python -m chatd.zygote FD`,
 started by the parent through chatd/helperproc.py) that imports what a session runs and
 nothing else: no broker, no store, no history, no key. It rehearses a session's first
-steps (chatd/rehearsal.py), makes that heap immortal (chatd/immortal.py) and freezes it
-(gc.freeze), and then only forks, so its pages stay shared by every session it made.
+steps (chatd/rehearsal.py), versions its classes and namespaces (chatd/versions.py), makes
+that heap immortal (chatd/immortal.py) and freezes it (gc.freeze), and then only forks,
+so its pages stay shared by every session it made.
 
 Spares are forked by a middle process (one per batch asked for) that exits when the batch
 is done: the kernel then gives the orphans to the nearest subreaper above them, the chatd
@@ -39,7 +40,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from chatd import child, helperproc, immortal, orphan, pools, rehearsal, sandbox, tls
+from chatd import child, helperproc, immortal, orphan, pools, rehearsal, sandbox, tls, versions
 from chatd.config import Config
 
 log = logging.getLogger("chatd.zygote")
@@ -240,12 +241,14 @@ def main(argv: list[str]) -> int:
     except Exception:  # (a bug of ours: sessions start unrehearsed, as they used to)
         log.exception("the rehearsal of a session's first steps failed")
     gc.collect()
-    # What exists now is every session's: immortal, so that using it does not copy its
+    # What exists now is every session's: versioned, so that the interpreter's caches do
+    # not write it (chatd/versions.py), immortal, so that using it does not copy its
     # pages (chatd/immortal.py), and frozen, so that the collector keeps off them; and
     # what a session makes goes to pools of its own (chatd/pools.py), filled after
     # immortalize() has allocated and freed its bookkeeping (measured, interleaved: an
     # idle joined session ~34 KiB less PSS with 3.13 than the other way round, 3.12
     # within the noise; with 3.11 immortalize() does nothing).
+    versions.assign()
     immortal.immortalize()
     pools.fill_pools()
     gc.freeze()
