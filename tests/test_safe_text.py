@@ -241,3 +241,19 @@ def test_a_hostile_server_cannot_reorder_or_hide_on_the_client_screen() -> None:
     assert not set(out) & set("\u202e\u2066\u2028\x1b")
     assert "pay \ufffdtxt.exe\\nfake line" in out
     assert "<m\ufffdal\ufffd[31m>" in out and "@ev\ufffdil" in out
+
+
+@pytest.mark.parametrize("multiline", [True, False])
+def test_ascii_text_is_shown_by_the_rule_it_is_refused_by(multiline: bool) -> None:
+    """safe_text's ASCII shortcut (no separators, no flags there) keeps the one rule of
+    protocol.md §3: a character refuse_unsafe refuses is shown as U+FFFD, any other as it
+    is; alone, and between printable neighbours."""
+    for code in range(128):
+        char = chr(code)
+        try:
+            p.refuse_unsafe(char, "text", multiline=multiline)
+            shown = char
+        except ProtocolError:
+            shown = "\ufffd"
+        assert p.safe_text(char, multiline=multiline) == shown, hex(code)
+        assert p.safe_text(f"a{char}b{char}", multiline=multiline) == f"a{shown}b{shown}"
