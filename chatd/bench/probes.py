@@ -352,9 +352,7 @@ class ServerProbe:
 
     def session_count(self) -> int | None:
         """Session processes serving a client (spares not counted)."""
-        if self.pid is None:
-            return None
-        return sum(1 for kid in sessions_of(self.pid) if not is_spare(kid))
+        return None if self.pid is None else len(self.serving())
 
     def spare_count(self) -> int | None:
         """Spare session processes waiting for a client."""
