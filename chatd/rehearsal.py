@@ -16,15 +16,25 @@ a join and its catch-up, a message, a ping; and for IRC clients the front end's
 (chatd/irc): CAP negotiation and registration, the welcome burst, a PRIVMSG and its echo,
 a PING and room messages rendered with server-time and message tags.
 
-Nothing here touches a socket, a file or a signal; the log is quiet meanwhile (the
+Then the session loop itself (chatd/sessionloop.py), which a new session runs from its
+hand-over to its welcome: a Loop serves a client on a loopback TCP connection and a
+channel on a socket pair, natively and over IRC, with the same script written to both
+ends beforehand, until the channel's close order ends it. Its connections are made
+before the fork server's filter forbids connect() and accept() (`connections()`); no
+session's code takes a path here that it does not take serving a client.
+
+Nothing else touches a socket, a file or a signal; the log is quiet meanwhile (the
 sessions' debug lines would be the fork server's); the rate limits are lifted (a
-`cmd_burst` below a registration's lines would refuse them); and what it makes is
-garbage by the time the fork server freezes its heap.
+`cmd_burst` below a registration's lines would refuse them), and so are the waits a
+session's end may make (a Loop must not be able to hold the fork server's start up:
+`lifted()`); and what it makes is garbage by the time the fork server freezes its heap.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import time
 from typing import Any
 
 from chatd import channel, orphan
@@ -34,6 +44,9 @@ from chatd.config import Config
 from chatd.frontends import IrcCodec
 from chatd.outbox import Outbox
 from chatd.session import Session
+from chatd.sessionloop import Loop
+
+log = logging.getLogger("chatd.zygote")
 
 BURSTS = ("cmd_burst", "msg_burst", "history_burst")
 # Passes over the script: enough for the interpreter to specialize what it runs (it
@@ -43,6 +56,12 @@ NOW = 1_000_000  # milliseconds: any time will do; nothing here outlives the reh
 IRC_REGISTRATION = (b"CAP LS 302\r\nNICK rehearsal\r\nUSER rehearsal 0 * :rehearsal\r\n"
                     b"CAP REQ :server-time message-tags echo-message\r\nCAP END\r\n")
 IRC_CHAT = b"PRIVMSG #rehearsal :hello\r\nPING :rehearsal\r\n"
+# Loops served (half of them natively, half over IRC): each is a loopback connection the
+# fork server holds from its start to the end of the rehearsal. A loop's code runs many
+# times in one pass, so fewer passes than of the core do.
+LOOP_ROUNDS = 8
+LOOP_BUDGET = 2.0  # seconds all loops may take; a slower one stops the rest
+Connection = tuple[socket.socket, socket.socket]  # (the server's end, the client's)
 
 
 def client_frames() -> bytes:
@@ -68,10 +87,19 @@ def parent_stream() -> bytes:
         message, channel.DONE])
 
 
-def rehearse(config: Config, rounds: int = ROUNDS) -> None:
-    """Run a session's core through its first steps `rounds` times."""
-    config = config.with_values({**config.values,
-                                 **{k: max(int(config.values[k]), 100) for k in BURSTS}})
+def welcome_frame(config: Config, label: object) -> dict[str, Any]:
+    """The welcome a session forwards to its client (as chatd/broker.py writes it)."""
+    return {"type": "welcome", "version": p.VERSION, "server": config.server_name,
+            "session": "0" * 16, "nick": "rehearsal", "motd": config.motd, "time": NOW,
+            "limits": config.limits(), "resume": "", "resumed": False, "label": label}
+
+
+def rehearse(config: Config, rounds: int = ROUNDS,
+             loops: list[Connection] | None = None) -> int:
+    """Run a session's core through its first steps `rounds` times, then serve a Loop
+    on each of `loops` (see connections(); each is closed by the time this returns).
+    Returns the number of Loops served."""
+    config = lifted(config)
     frames, stream = client_frames(), parent_stream()
     quiet = logging.root.manager.disable
     logging.disable(logging.INFO)
@@ -79,8 +107,91 @@ def rehearse(config: Config, rounds: int = ROUNDS) -> None:
         for _ in range(rounds):
             once(config, frames, stream)
             irc_once(config)
+        return serve_loops(config, loops or [])
     finally:
         logging.disable(quiet)
+        for server, client in loops or []:
+            server.close()
+            client.close()
+
+
+def lifted(config: Config) -> Config:
+    """`config` for a rehearsal: no rate limit in the way, and no wait at a session's end;
+    and should a Loop's script ever fail to end it, its Session does so by itself within
+    a few seconds (a client here never answers a ping)."""
+    return config.with_values({**config.values,
+                               **{k: max(int(config.values[k]), 100) for k in BURSTS},
+                               "close_grace": 0.0, "broker_grace": 0.0,
+                               "handshake_timeout": 1.0, "ping_interval": 1.0,
+                               "ping_timeout": 1.0})
+
+
+def connections(count: int = LOOP_ROUNDS) -> list[Connection]:
+    """`count` loopback TCP connections for the Loops rehearse() serves, made while this
+    process may still connect and accept; [] where it cannot (no IPv4 loopback)."""
+    made: list[Connection] = []
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(count)
+            for _ in range(count):
+                client = socket.create_connection(listener.getsockname(), timeout=1.0)
+                made.append((listener.accept()[0], client))
+    except OSError as exc:
+        log.debug("no loopback connections to rehearse a session's loop on: %s", exc)
+        for server, client in made:
+            server.close()
+            client.close()
+        return []
+    return made
+
+
+def serve_loops(config: Config, loops: list[Connection]) -> int:
+    """Serve a Loop on each connection, alternately natively and over IRC, within
+    LOOP_BUDGET seconds; returns how many were served."""
+    start = time.monotonic()
+    for i, (server, client) in enumerate(loops):
+        if time.monotonic() - start > LOOP_BUDGET:
+            log.warning("the rehearsal of a session's loop took over %.0fs: stopped after "
+                        "%d of %d loops", LOOP_BUDGET, i, len(loops))
+            return i
+        loop_once(config, server, client, irc=i % 2 == 1)
+    return len(loops)
+
+
+def loop_once(config: Config, server: socket.socket, client: socket.socket,
+              irc: bool) -> bytes:
+    """One Loop served on `server` until the parent's close order; returns what the
+    client got (as much as one read takes). The client's lines and the parent's stream
+    are written first: a Loop blocks until the session ends."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with ours, theirs, client:
+        client.sendall(IRC_REGISTRATION + IRC_CHAT if irc else client_frames())
+        ours.sendall(loop_stream(config, irc))
+        Loop(server, theirs, config, "127.0.0.1", EnvelopeReader(), [], time.monotonic(),
+             irc).serve()
+        client.settimeout(0.0)
+        try:
+            return client.recv(1 << 20)
+        except OSError:
+            return b""
+
+
+def loop_stream(config: Config, irc: bool) -> bytes:
+    """What a parent sends a Loop after its client: the welcome (its control and the
+    client's frame for the hello, label 1 for an IRC client's as for chatd's own), a
+    join's catch-up, room messages (for IRC, first the ack and echo of its PRIVMSG,
+    label 2), then an order to close."""
+    message = {"type": "message", "id": 9, "room": "#rehearsal", "from": "someone",
+               "text": "hello", "ts": NOW, "action": False}
+    echo = [p.pack({"type": "ack", "label": 2, "id": 8, "ts": NOW, "room": "#rehearsal"}),
+            p.pack({**message, "id": 8, "from": "rehearsal"})] if irc else []
+    return channel.encode_items([
+        channel.welcome("rehearsal"), p.pack(welcome_frame(config, 1)),
+        {"c": channel.STATE, "nick": "rehearsal", "account": None, "rooms": ["#rehearsal"],
+         "sig": "", "upto": 7},
+        *echo, p.pack(message), p.pack(message), channel.DONE,
+        channel.close("shutting_down")])
 
 
 def once(config: Config, frames: bytes, stream: bytes) -> tuple[Session, orphan.Delivered]:
@@ -123,12 +234,8 @@ def irc_once(config: Config) -> tuple[Session, Outbox]:
     hello = sent(session, "hello")
     if hello is None:  # (refused: nothing more to rehearse)
         return session, out
-    welcome = {"type": "welcome", "version": p.VERSION, "server": config.server_name,
-               "session": "0" * 16, "nick": "rehearsal", "motd": config.motd, "time": NOW,
-               "limits": config.limits(), "resume": "", "resumed": False,
-               "label": hello.get("label")}  # (as chatd/broker.py writes it)
     session.control(channel.welcome("rehearsal"))
-    codec.raw(memoryview(p.pack(welcome)), NOW)
+    codec.raw(memoryview(p.pack(welcome_frame(config, hello.get("label")))), NOW)
     codec.client_data(IRC_CHAT, NOW)
     msg = sent(session, "msg")
     if msg is not None:  # answered as chatd/broker.py answers it (echo-message)

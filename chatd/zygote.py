@@ -230,6 +230,7 @@ def main(argv: list[str]) -> int:
                    if config.tls_cert else None)
         orphan.prefix(config.data_dir)  # each session's adoption socket name: made once
         single = single_threaded()  # (while /proc can still be read)
+        loops = rehearsal.connections()  # (while it may still connect)
         # Last: from here on this process has what each session it forks would get (the
         # user, the filter but for forking), so a session only adds the rest.
         sandbox.lock_fork_server(config)
@@ -237,7 +238,9 @@ def main(argv: list[str]) -> int:
         log.error("the fork server cannot start: %s", exc)
         return 1
     try:  # so that sessions find what runs first specialized
-        rehearsal.rehearse(config)
+        served = rehearsal.rehearse(config, loops=loops)
+        log.debug("rehearsed a session's first steps: %d times its core, %d times its loop",
+                  rehearsal.ROUNDS, served)
     except Exception:  # (a bug of ours: sessions start unrehearsed, as they used to)
         log.exception("the rehearsal of a session's first steps failed")
     gc.collect()

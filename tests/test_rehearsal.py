@@ -3,10 +3,14 @@ every session does first: the steps must really happen, or it specializes the wr
 
 from __future__ import annotations
 
+import socket
+import time
+from typing import Any
+
 import pytest
 
+from chatd import channel, rehearsal
 from chatd import protocol as p
-from chatd import rehearsal
 from chatd.config import Config
 from chatd.session import State
 
@@ -79,3 +83,56 @@ def test_the_rehearsal_is_quiet_and_leaves_the_log_as_it_was(
         rehearsal.rehearse(Config(), rounds=1)
     assert not caplog.records
     assert logging.root.manager.disable == logging.NOTSET
+
+
+def frames_of(data: bytes) -> list[dict[str, Any]]:
+    decoder = p.FrameDecoder()
+    decoder.receive_data(data)
+    return [p.decode_payload(payload) for payload in decoder.payloads()]
+
+
+def test_a_loop_pass_serves_a_native_client_until_the_close_order() -> None:
+    (server, client), = rehearsal.connections(1)
+    got = rehearsal.loop_once(rehearsal.lifted(Config()), server, client, irc=False)
+    assert [f["type"] for f in frames_of(got)] == ["welcome", "message", "message", "pong",
+                                                   "error"]
+    assert frames_of(got)[-1]["code"] == "shutting_down"
+    assert server.fileno() == client.fileno() == -1  # (the Loop closed its end, we ours)
+
+
+def test_a_loop_pass_serves_an_irc_client_through_its_welcome_and_echo() -> None:
+    (server, client), = rehearsal.connections(1)
+    got = rehearsal.loop_once(rehearsal.lifted(Config()), server, client, irc=True).decode()
+    assert " 001 rehearsal :Welcome" in got and " 376 rehearsal " in got
+    # the hello's and the PRIVMSG's answers found their commands (labels 1 and 2)
+    assert "msgid=8 :rehearsal!~u@" in got and " PONG " in got
+    assert got.count(":someone!~u@") == 2 and got.endswith("(the server is stopping)\r\n")
+
+
+def test_rehearse_serves_every_loop_and_closes_every_connection() -> None:
+    loops = rehearsal.connections(4)
+    assert rehearsal.rehearse(Config(), rounds=1, loops=loops) == 4
+    assert all(s.fileno() == -1 for pair in loops for s in pair)
+
+
+def test_a_loop_whose_script_never_ends_it_ends_by_itself() -> None:
+    """The close order is what ends a rehearsed Loop; were it ever missing, the lifted
+    config's keepalive ends it (its client never answers a ping), so the fork server's
+    start is held up seconds at worst, never for good."""
+    from chatd.channel import EnvelopeReader
+    from chatd.sessionloop import Loop
+
+    (server, client), = rehearsal.connections(1)
+    config = rehearsal.lifted(Config())
+    ours, theirs = socket.socketpair()
+    with ours, theirs, client:
+        client.sendall(rehearsal.client_frames())
+        stream = rehearsal.loop_stream(config, irc=False)
+        ours.sendall(stream[:stream.rindex(channel.control(channel.close("shutting_down")))])
+        Loop(server, theirs, config, "127.0.0.1", EnvelopeReader(), [], time.monotonic()).serve()
+        client.settimeout(5.0)
+        got = b""
+        while chunk := client.recv(65536):
+            got += chunk
+    kinds = [(f["type"], f.get("code")) for f in frames_of(got)]
+    assert kinds[-2:] == [("ping", None), ("error", "ping_timeout")]

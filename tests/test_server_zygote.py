@@ -11,6 +11,7 @@ Only processes this test started are signalled, always by PID.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -29,7 +30,7 @@ from serverproc import (
 )
 from wire import connect
 
-from chatd import zygote
+from chatd import rehearsal, zygote
 from chatd.sparepool import AUTO_MIN
 
 
@@ -43,6 +44,17 @@ def comm(pid: int) -> str:
 def parent_of(pid: int) -> int | None:
     stat = proc_stat(pid)
     return stat.ppid if stat is not None else None
+
+
+def tcp_sockets(pid: int) -> set[str]:
+    """The inodes of the TCP sockets process `pid` holds."""
+    held = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            held.add(os.readlink(fd).removeprefix("socket:[").removesuffix("]"))
+    tcp = {line.split()[9] for name in ("tcp", "tcp6")
+           for line in Path(f"/proc/{pid}/net/{name}").read_text().splitlines()[1:]}
+    return held & tcp
 
 
 def fork_server(server: Any, start: int = 0) -> int:
@@ -63,6 +75,10 @@ def test_a_session_forked_by_the_fork_server_is_the_parents_child(start: Any) ->
     assert comm(pid) == "chatd-session"
     # without CPython's after-fork hooks, whose writes cost each session pages
     assert server.wait_for_log(r"the fork server forks with fork\(2\) alone")
+    # having served a session's loop on loopback connections it no longer holds
+    assert server.wait_for_log(r"rehearsed a session's first steps: \d+ times its core, "
+                               rf"{rehearsal.LOOP_ROUNDS} times its loop")
+    assert not tcp_sockets(zygote) and tcp_sockets(server.pid)  # (the parent's listener)
     assert alice.call({"type": "ping", "token": 3})["token"] == 3
     alice.close()
     wait_until(lambda: proc_stat(pid) is None, message="the session reaped by the parent")
