@@ -111,7 +111,7 @@ def prepare(config: Config, keep: set[int], label: str) -> socket.socket | None:
         cap = soft + CPU_GRACE
         if hard != resource.RLIM_INFINITY:
             soft, cap = min(soft, hard), min(cap, hard)
-        signal.signal(signal.SIGXCPU, _on_sigxcpu)
+        _signal.signal(_signal.SIGXCPU, _on_sigxcpu)
         resource.setrlimit(resource.RLIMIT_CPU, (soft, cap))
     # Made while we may still make sockets; accept() works on it (and only it) after.
     listener = orphan.listen(config.data_dir)
