@@ -20,8 +20,10 @@ Then the session loop itself (chatd/sessionloop.py), which a new session runs fr
 hand-over to its welcome: a Loop serves a client on a loopback TCP connection and a
 channel on a socket pair, natively and over IRC, with the same script written to both
 ends beforehand, until the channel's close order ends it. Its connections are made
-before the fork server's filter forbids connect() and accept() (`connections()`); no
-session's code takes a path here that it does not take serving a client.
+before the fork server's filter forbids connect() and accept() (`connections()`; whoever
+else on the host connects to its listener meanwhile is closed unread: the fork server
+never serves a stranger's bytes); no session's code takes a path here that it does not
+take serving a client.
 
 Nothing else touches a socket, a file or a signal; the log is quiet meanwhile (the
 sessions' debug lines would be the fork server's); the rate limits are lifted (a
@@ -129,21 +131,42 @@ def lifted(config: Config) -> Config:
 def connections(count: int = LOOP_ROUNDS) -> list[Connection]:
     """`count` loopback TCP connections for the Loops rehearse() serves, made while this
     process may still connect and accept; [] where it cannot (no IPv4 loopback)."""
-    made: list[Connection] = []
+    clients: dict[Any, socket.socket] = {}
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
             listener.bind(("127.0.0.1", 0))
             listener.listen(count)
             for _ in range(count):
                 client = socket.create_connection(listener.getsockname(), timeout=1.0)
-                made.append((listener.accept()[0], client))
+                clients[client.getsockname()] = client
+            return pair_up(listener, clients)
     except OSError as exc:
         log.debug("no loopback connections to rehearse a session's loop on: %s", exc)
-        for server, client in made:
-            server.close()
+        for client in clients.values():
             client.close()
         return []
-    return made
+
+
+def pair_up(listener: socket.socket, clients: dict[Any, socket.socket]) -> list[Connection]:
+    """Accept a connection from each of `clients` (by address). Anyone else on this host
+    may have connected to the listener meanwhile: its connection is closed unread (the
+    fork server must never serve a stranger's bytes), and a listener kept busy by such
+    connections raises OSError (the loops then go unrehearsed)."""
+    made: list[Connection] = []
+    waiting = dict(clients)
+    listener.settimeout(1.0)
+    for _ in range(4 * len(clients)):
+        if not waiting:
+            return made
+        conn, peer = listener.accept()
+        client = waiting.pop(peer, None)
+        if client is None:
+            conn.close()
+        else:
+            made.append((conn, client))
+    for conn, _client in made:
+        conn.close()
+    raise OSError("the listener was kept busy by connections not ours")
 
 
 def serve_loops(config: Config, loops: list[Connection]) -> int:

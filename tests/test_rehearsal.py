@@ -136,3 +136,35 @@ def test_a_loop_whose_script_never_ends_it_ends_by_itself() -> None:
             got += chunk
     kinds = [(f["type"], f.get("code")) for f in frames_of(got)]
     assert kinds[-2:] == [("ping", None), ("error", "ping_timeout")]
+
+
+def test_a_strangers_connection_to_the_rehearsals_listener_is_closed_unread() -> None:
+    """Anyone on the host may connect to the loopback listener while the fork server
+    makes its connections: the fork server must never serve what a stranger sends."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        stranger = socket.create_connection(listener.getsockname())
+        stranger.sendall(rehearsal.client_frames())
+        ours = [socket.create_connection(listener.getsockname()) for _ in range(3)]
+        made = rehearsal.pair_up(listener, {c.getsockname(): c for c in ours})
+        assert [(s.getpeername(), c) for s, c in made] == [(c.getsockname(), c) for c in ours]
+        stranger.settimeout(5.0)
+        with pytest.raises(ConnectionResetError):  # closed with its bytes unread
+            stranger.recv(1)
+        for pair in made:
+            for sock in pair:
+                sock.close()
+        stranger.close()
+
+
+def test_a_listener_kept_busy_by_strangers_gives_no_connections() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        strangers = [socket.create_connection(listener.getsockname()) for _ in range(5)]
+        ours = socket.create_connection(listener.getsockname())
+        with pytest.raises(OSError):
+            rehearsal.pair_up(listener, {ours.getsockname(): ours})
+        for sock in (*strangers, ours):
+            sock.close()
