@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chatd.config import Config, parse_settings
-from chatd.irc import IrcFrontEnd, Line, parse
+from chatd.irc import IrcFrontEnd, Line, parse, render
 from chatd.irc.frontend import MAX_REPLIES, MAX_UNREAD
 from chatd.irc.lines import MAX_LINE, body_size
 from chatd.protocol import DEFAULT_LIMITS, pack
@@ -313,6 +313,32 @@ def test_the_echo_is_shown_with_echo_message_only() -> None:
         answer(fe, {"type": "ack", "id": 5, "ts": TS, "room": "#a", "label": msg["label"]},
                message(5, "hi", "alice"))
         assert out(fe) == ([":alice!~u@chatd PRIVMSG #a :hi"] if shown else [])
+
+
+@pytest.mark.parametrize("caps", ["", "echo-message", "server-time message-tags",
+                                  "labeled-response batch echo-message"])
+def test_a_message_read_with_the_answer_to_ones_own_takes_the_per_delivery_path(
+        caps: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ack and someone else's message in one read: the answered PRIVMSG's lines (if
+    any) go out first, then the message, written by the per-delivery path, exactly as
+    the general path writes them."""
+    def run() -> list[str]:
+        fe = registered(caps)
+        joined(fe)
+        send(fe, "@label=p1 PRIVMSG #a :hi" if "labeled-response" in caps else "PRIVMSG #a :hi")
+        (msg,) = sent(fe)
+        answer(fe, {"type": "ack", "id": 5, "ts": TS, "room": "#a", "label": msg["label"]},
+               message(5, "hi", "alice"), message(6, "hello", "bob"))
+        return out(fe)
+
+    taken: list[Any] = []
+    original = render.message_line
+    monkeypatch.setattr(render, "message_line",
+                        lambda fe, frame: taken.append(frame.get("id")) or original(fe, frame))
+    fast = run()
+    assert 6 in taken and fast[-1].endswith(":bob!~u@chatd PRIVMSG #a :hello")
+    monkeypatch.setattr(render, "message_line", lambda fe, frame: None)
+    assert run() == fast
 
 
 def test_a_message_to_yourself_arrives_once_and_unlabelled_without_echo() -> None:
