@@ -119,6 +119,8 @@ class Loop:
                 now = monotonic_ns() // 1_000_000  # (now_ms(), inline: once a wakeup)
                 if now >= deadline:  # the Session has something to do (or to be told)
                     self.fed = True
+                    if not events:  # first what came meanwhile: we may be waking late
+                        events = self.ep.poll(0.0)
                 for fd, ev in events:
                     if fd == sfd:
                         self.on_client(ev, now)

@@ -126,6 +126,32 @@ def test_idle_client_that_answers_pings_is_kept(start: Any) -> None:
     assert idle.say("#still", "awake")["id"] >= 1
 
 
+def test_a_pong_that_came_in_time_counts_when_the_session_wakes_late(start: Any) -> None:
+    """The session process may run again only after its ping deadline (a loaded machine:
+    here it is stopped): a pong that reached its socket before the deadline is read
+    before the deadline is judged, and the client is kept."""
+    server = start({"keepalive": {"ping_interval": 0.3, "ping_timeout": 2.0}})
+    mark = len(server.lines)
+    client = connect(server, "late")
+    _session, pid = newest_session(server, mark)
+    ping = client.wait_type("ping", timeout=10)
+    pinged = time.monotonic()  # the server's deadline is at most 2 s after this
+    os.kill(pid, signal.SIGSTOP)  # (the session we started, by its pid)
+    try:
+        wait_until(lambda: (st := proc_stat(pid)) is not None and st.state == "T",
+                   message="the session process to stop")
+        client.send({"type": "pong", "token": ping["token"]})
+        while time.monotonic() < pinged + 2.5:  # past the deadline, pong unread
+            time.sleep(pinged + 2.5 - time.monotonic())
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # Kept: pinged again (only after hearing from us), and still serving.
+    ping = client.wait_type("ping", timeout=10)
+    client.send({"type": "pong", "token": ping["token"]})
+    assert client.call({"type": "ping", "token": "alive"})["token"] == "alive"
+    assert not client.pending("error"), client.pending("error")
+
+
 def test_client_that_never_answers_pings_gets_ping_timeout(start: Any) -> None:
     server = start(PING)
     mark = len(server.lines)
