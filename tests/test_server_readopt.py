@@ -23,6 +23,8 @@ from serverproc import (
 )
 from wire import Client, connect
 
+from chatd.adopt import discover
+
 CONFIG = {**FAST, "keepalive": {"broker_grace": 30.0}}
 
 
@@ -52,17 +54,22 @@ def test_server_readopts_sessions_after_kill9_and_they_catch_up(
     mark = first.mark()
     lurker = socket.create_connection(("127.0.0.1", first.port))
     lurker.send(b"\x00")
-    first.wait_for_log(r"session \S+ from", start=mark)
+    lurker_pid = newest_session(first, mark)[1]
     sessions = sorted(first.children())  # (and the history reader)
     os.kill(first.pid, signal.SIGKILL)
     assert first.wait_exit(10) == -signal.SIGKILL
+    # The lurker's session closes its adoption socket once it sees its parent gone: a
+    # next parent started before that (the session had not run yet) would still find it.
+    wait_until(lambda: lurker_pid not in [pid for pid, _addr in discover(tmp_path)],
+               timeout=30, message="the lurker's session to close its adoption socket")
     # While no parent runs, bob's request waits in his session.
     during = bob.request({"type": "msg", "room": "#r", "text": "two"})
     second = ServerProcess(tmp_path, CONFIG).start()
     try:
         second.wait_for_log(r"adoption: 2 sessions of an earlier parent found")
-        second.wait_for_log(r"adopted session \S+ \(pid \d+\) as alice")
-        second.wait_for_log(r"adopted session \S+ \(pid \d+\) as bob")
+        # (each may register until broker_grace)
+        second.wait_for_log(r"adopted session \S+ \(pid \d+\) as alice", timeout=30)
+        second.wait_for_log(r"adopted session \S+ \(pid \d+\) as bob", timeout=30)
         assert bob.reply(during, timeout=30)["type"] == "ack"
         carol = connect(second, "carol")
         carol.join("#r")
