@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 from chatd.bench import server as bench
-from chatd.bench.probes import child_states, listening_ports, proc_stat
+from chatd.bench.probes import child_states, is_spare, listening_ports, proc_stat
 from chatd.bench.server import Server, kill_quietly, write_config
 
 T = TypeVar("T")
@@ -114,6 +114,14 @@ class ServerProcess(Server):
         match = IRC_TLS_LISTEN_RE.search(self.wait_for_log(IRC_TLS_LISTEN_RE))
         assert match
         return int(match.group(2))
+
+    def sessions(self) -> list[int]:
+        """PIDs of the server's session processes (zombies included), without the spares
+        waiting for a client. Even with `spare_children = 0` one may come and go: when
+        the fork server is slower than chatd.sparepool.WAIT_LIMIT (starting up, on a
+        loaded machine) the parent forks the waiting client's session itself, and the
+        spare it asked the fork server for comes later, unwanted, and is retired."""
+        return [pid for pid in self.children() if not is_spare(pid)]
 
     def wait_for_log(self, pattern: str | re.Pattern[str], timeout: float = 10.0,
                      start: int = 0) -> str:

@@ -42,7 +42,7 @@ def test_per_ip_cap_refuses_with_an_error_frame_and_no_process(start: Any) -> No
     server = start({"limits": {"max_sessions_per_ip": 2, "max_sessions": 100},
                     "server": {"spare_children": 0}})
     first, second = connect(server, "a1"), connect(server, "a2")
-    wait_until(lambda: len(server.children()) == 2, message="two session processes")
+    wait_until(lambda: len(server.sessions()) == 2, message="two session processes")
     # (the log line of a fork may come in after its process shows: count from after it)
     server.wait_for_log(r"from 127\.0\.0\.1: pid \d+ \(2 sessions\)")
     mark = len(server.lines)
@@ -50,14 +50,14 @@ def test_per_ip_cap_refuses_with_an_error_frame_and_no_process(start: Any) -> No
     assert error["code"] == "too_many_connections"
     assert error["limit"] == "max_sessions_per_ip"
     server.wait_for_log(r"refused 127\.0\.0\.1: at a session cap", start=mark)
-    assert forks_after(server, mark) == [] and len(server.children()) == 2
+    assert forks_after(server, mark) == [] and len(server.sessions()) == 2
     # Another address is not affected by 127.0.0.1's cap.
     other = Client(server.host, server.port, source="127.0.0.2")
     other.hello("b1")
     # When one of the two leaves (and is reaped), 127.0.0.1 may connect again.
     first.send({"type": "quit"})
     first.wait_closed()
-    wait_until(lambda: len(server.children()) == 2, message="the quitter to be reaped")
+    wait_until(lambda: len(server.sessions()) == 2, message="the quitter to be reaped")
     again = connect(server, "a3")
     assert again.call({"type": "ping", "token": 5})["token"] == 5
     second.close()
@@ -69,13 +69,13 @@ def test_total_cap_refuses_with_server_full_and_no_process(start: Any) -> None:
     clients = [connect(server, "a1"), connect(server, "a2")]
     third = Client(server.host, server.port, source="127.0.0.2")
     third.hello("b1")
-    wait_until(lambda: len(server.children()) == 3, message="three session processes")
+    wait_until(lambda: len(server.sessions()) == 3, message="three session processes")
     server.wait_for_log(r": pid \d+ \(3 sessions\)")  # (see above)
     mark = len(server.lines)
     for source in ("127.0.0.3", "127.0.0.1"):  # a new address, and one at its own cap
         error = refused(server, source)
         assert error["code"] == "server_full" and error["limit"] == "max_sessions", error
-    assert forks_after(server, mark) == [] and len(server.children()) == 3
+    assert forks_after(server, mark) == [] and len(server.sessions()) == 3
     # The sessions already admitted are untouched by the refusals.
     clients[0].join("#ok")
     third.join("#ok")

@@ -33,7 +33,7 @@ from serverproc import (
 )
 from wire import Client, Frame, connect
 
-from chatd.bench.probes import TICK
+from chatd.bench.probes import TICK, is_spare
 
 # One process per client, counted exactly.
 FAST: dict[str, Any] = {**serverproc.FAST, "server": {"spare_children": 0}}
@@ -62,8 +62,11 @@ def session_pid(server: ServerProcess, session: str) -> int:
     return int(match.group(1))
 
 
-def live_children(server: ServerProcess) -> list[int]:
-    return sorted(pid for pid, state in child_states(server.pid) if state != "Z")
+def live_children(server: ServerProcess, spares: bool = False) -> list[int]:
+    """The live session processes; with `spares`, and the spares waiting for a client
+    (one may come and go even when none is asked for: see ServerProcess.sessions)."""
+    return sorted(pid for pid, state in child_states(server.pid)
+                  if state != "Z" and (spares or not is_spare(pid)))
 
 
 def fatal_error(c: Client, timeout: float = 10.0) -> Frame:
@@ -94,7 +97,7 @@ def test_one_child_per_client_and_none_left_after(server, clients):
     clients[1].send({"type": "quit"})
     clients[0].close()
     clients[1].wait_closed()
-    wait_until(lambda: len(server.children()) == 3, 10, message="two children reaped")
+    wait_until(lambda: len(server.sessions()) == 3, 10, message="two children reaped")
     for c in clients[2:]:
         c.close()
     wait_until(lambda: server.children() == [], 10, message="zero children, zero zombies")
@@ -162,7 +165,7 @@ def test_session_caps(tmp_path, clients):
         assert (err["code"], err.get("limit")) == ("server_full", "max_sessions"), err
         assert len(live_children(srv)) == 3  # refused connections cost no process
         a.close()
-        wait_until(lambda: len(srv.children()) == 2, 10, message="a's session to end")
+        wait_until(lambda: len(srv.sessions()) == 2, 10, message="a's session to end")
         client("127.0.0.1", "d").join("#cap")  # room again
     finally:
         assert srv.stop() == 0
@@ -276,7 +279,8 @@ def test_kill9_of_parent_children_tell_clients_and_exit(tmp_path, clients):
         a, b, c = (new(srv, clients, n) for n in ("alice", "bob", "carol"))
         for x in (a, b):
             x.join("#orphan")
-        kids = wait_until(lambda: len(live_children(srv)) == 4 and live_children(srv), 10,
+        kids = wait_until(lambda: len(live_children(srv, spares=True)) == 4
+                          and live_children(srv, spares=True), 10,
                           message="3 session processes and a spare")
         mark = srv.mark()
         os.kill(srv.pid, signal.SIGKILL)
@@ -618,24 +622,28 @@ def test_port_in_use_fails_clearly(server, tmp_path):
 
 def test_spare_children_are_counted_reaped_and_stopped(tmp_path, clients):
     srv = ServerProcess(tmp_path, {**FAST, "server": {"spare_children": 2}}).start()
+
+    def processes() -> list[int]:
+        return live_children(srv, spares=True)
+
     try:
-        spares = wait_until(lambda: len(live_children(srv)) == 2 and live_children(srv), 10,
+        spares = wait_until(lambda: len(processes()) == 2 and processes(), 10,
                             message="2 idle spares")
         users = [new(srv, clients, f"user{i}") for i in range(3)]
         for u in users:
             u.join("#spare")
         serving = {session_pid(srv, u.received[0]["session"]) for u in users}
         assert set(spares) <= serving  # the spares took the first clients
-        wait_until(lambda: len(live_children(srv)) == 5, 10, message="3 sessions + 2 spares")
+        wait_until(lambda: len(processes()) == 5, 10, message="3 sessions + 2 spares")
         ack = users[0].say("#spare", "hi")
         assert users[2].wait_type("message", id=ack["id"])["from"] == "user0"
         for u in users:
             u.close()
-        wait_until(lambda: len(srv.children()) == 2 and len(live_children(srv)) == 2, 10,
+        wait_until(lambda: len(srv.children()) == 2 and len(processes()) == 2, 10,
                    message="back to 2 spares, zero zombies")
         assert_gone(sorted(serving))
         last = new(srv, clients, "last")
-        idle = live_children(srv)
+        idle = processes()
         srv.signal(signal.SIGTERM)
         assert fatal_error(last)["code"] == "shutting_down"
         assert srv.wait_exit(10) == 0
