@@ -358,11 +358,17 @@ class Soak:
         self.server: ServerProcess | None = None
 
     async def sampler(self, server_pid: int, started: float) -> None:
+        """A sample every `sample_every` seconds of the run, on a fixed schedule (one that
+        took long is followed by the next at once), each read in a thread: it reads /proc
+        for every session process, which on a loaded machine takes long enough to hold
+        up the clients' pongs if it ran on their loop."""
+        due = started
         while True:
-            got = sample(server_pid, time.monotonic() - started)
+            got = await asyncio.to_thread(sample, server_pid, time.monotonic() - started)
             if got is not None:
                 self.samples.append(got)
-            await asyncio.sleep(self.args.sample_every)
+            due += self.args.sample_every
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
 
     async def run(self) -> dict[str, Any]:
         args = self.args
