@@ -17,7 +17,7 @@ from typing import Any, Self, TypeVar
 
 from chatd.bench import server as bench
 from chatd.bench.probes import child_states, is_spare, listening_ports, proc_stat
-from chatd.bench.server import Server, kill_quietly, write_config
+from chatd.bench.server import Server, kill_quietly
 
 T = TypeVar("T")
 
@@ -68,6 +68,14 @@ def with_harness_limits(config: dict[str, Any]) -> dict[str, Any]:
     if any(key in limits for key in HARNESS_LIMITS):
         return config
     return {**config, "limits": {**HARNESS_LIMITS, **limits}}
+
+
+def write_config(path: Path, settings: dict[str, Any]) -> Path:
+    """A test server's config file, with the harness's settings as ServerProcess gives
+    them at the start: a file a test writes for a SIGHUP reload (or a restart) must not
+    take them away (the sessions' unprivileged user above all: reloaded without it, a
+    server run by root went on with sessions as root)."""
+    return bench.write_config(path, with_harness_limits(settings))
 
 
 def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02,

@@ -331,6 +331,7 @@ def test_sighup_reload_keeps_sessions(tmp_path, clients):
         srv.signal(signal.SIGHUP)
         line = srv.wait_for_log(r"SIGHUP: reloaded", start=mark)
         assert "motd: 'first' -> 'second'" in line and "max_text: 1000 -> 200" in line, line
+        assert "user:" not in line, line  # (the harness's settings are in the new file too)
         # Sessions survive, with their processes, and keep chatting under the new limits.
         # (Each of them: a process more may be there meanwhile, a spare forked late.)
         assert set(kids) <= set(live_children(srv))

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serverproc import ServerProcess, kill_quietly, wait_until
+from serverproc import ServerProcess, kill_quietly, wait_until, write_config
 from wire import Client, connect
 
 SPARE = 3
@@ -73,7 +73,7 @@ def test_a_killed_spare_is_replaced(server: ServerProcess) -> None:
 
 def test_reload_retires_spares(server: ServerProcess) -> None:
     before = set(pool_full(server, 0))
-    server.config_path.write_text("[server]\nspare_children = 3\nmotd = \"reloaded\"\n")
+    write_config(server.config_path, {"server": {"spare_children": 3, "motd": "reloaded"}})
     server.signal(signal.SIGHUP)
     wait_until(lambda: not before & set(server.children())
                and len(server.children()) == SPARE, POOL_DEADLINE, message="fresh spares")
