@@ -66,6 +66,24 @@ LOOP_BUDGET = 2.0  # seconds all loops may take; a slower one stops the rest
 Connection = tuple[socket.socket, socket.socket]  # (the server's end, the client's)
 
 
+# A join's catch-up as the parent states it (chatd/channel.py): upto, the room's newest id.
+STATE = {"c": channel.STATE, "nick": "rehearsal", "account": None, "rooms": ["#rehearsal"],
+         "sig": "", "upto": 7}
+
+
+def room_message(msg_id: int, sender: str) -> dict[str, Any]:
+    """A message to the rehearsal's room, as chatd/broker.py writes it."""
+    return {"type": "message", "id": msg_id, "room": "#rehearsal", "from": sender,
+            "text": "hello", "ts": NOW, "action": False}
+
+
+def echoed(label: object) -> bytes:
+    """The broker's answer to the rehearsal's own message (id 8) with echo-message: its
+    ack, then the message."""
+    return p.pack({"type": "ack", "label": label, "id": 8, "ts": NOW, "room": "#rehearsal"}) \
+        + p.pack(room_message(8, "rehearsal"))
+
+
 def client_frames() -> bytes:
     """What a client says first: hello, join, a message, a ping."""
     return b"".join(p.pack(frame) for frame in (
@@ -80,13 +98,9 @@ def client_frames() -> bytes:
 def parent_stream() -> bytes:
     """What a parent sends a new session: its client, the welcome, a join's catch-up (a
     state control and a RAW frame) and its DONE."""
-    message = p.pack({"type": "message", "id": 7, "room": "#rehearsal", "from": "rehearsal",
-                      "text": "hello", "ts": NOW})
     return channel.encode_items([
-        channel.client("0" * 16, "127.0.0.1"), channel.welcome("rehearsal"),
-        {"c": channel.STATE, "nick": "rehearsal", "account": None, "rooms": ["#rehearsal"],
-         "sig": "", "upto": 7},
-        message, channel.DONE])
+        channel.client("0" * 16, "127.0.0.1"), channel.welcome("rehearsal"), STATE,
+        p.pack(room_message(7, "rehearsal")), channel.DONE])
 
 
 def welcome_frame(config: Config, label: object) -> dict[str, Any]:
@@ -205,15 +219,10 @@ def loop_stream(config: Config, irc: bool) -> bytes:
     client's frame for the hello, label 1 for an IRC client's as for chatd's own), a
     join's catch-up, room messages (for IRC, first the ack and echo of its PRIVMSG,
     label 2), then an order to close."""
-    message = {"type": "message", "id": 9, "room": "#rehearsal", "from": "someone",
-               "text": "hello", "ts": NOW, "action": False}
-    echo = [p.pack({"type": "ack", "label": 2, "id": 8, "ts": NOW, "room": "#rehearsal"}),
-            p.pack({**message, "id": 8, "from": "rehearsal"})] if irc else []
+    message = p.pack(room_message(9, "someone"))
     return channel.encode_items([
-        channel.welcome("rehearsal"), p.pack(welcome_frame(config, 1)),
-        {"c": channel.STATE, "nick": "rehearsal", "account": None, "rooms": ["#rehearsal"],
-         "sig": "", "upto": 7},
-        *echo, p.pack(message), p.pack(message), channel.DONE,
+        channel.welcome("rehearsal"), p.pack(welcome_frame(config, 1)), STATE,
+        *([echoed(2)] if irc else []), message, message, channel.DONE,
         channel.close("shutting_down")])
 
 
@@ -262,13 +271,7 @@ def irc_once(config: Config) -> tuple[Session, Outbox]:
     codec.client_data(IRC_CHAT, NOW)
     msg = sent(session, "msg")
     if msg is not None:  # answered as chatd/broker.py answers it (echo-message)
-        codec.raw(memoryview(
-            p.pack({"type": "ack", "label": msg.get("label"), "id": 8, "ts": NOW,
-                    "room": "#rehearsal"})
-            + p.pack({"type": "message", "id": 8, "room": "#rehearsal", "from": "rehearsal",
-                      "text": "hello", "ts": NOW, "action": False})), NOW)
-    message = p.pack({"type": "message", "id": 9, "room": "#rehearsal", "from": "someone",
-                      "text": "hello", "ts": NOW, "action": False})
-    codec.raw(memoryview(message * 3), NOW)
+        codec.raw(memoryview(echoed(msg.get("label"))), NOW)
+    codec.raw(memoryview(p.pack(room_message(9, "someone")) * 3), NOW)
     codec.drain(NOW)
     return session, out
