@@ -211,13 +211,13 @@ class IrcFrontEnd:
         if pending is None and frame["type"] in ("message", "moderation"):
             pending = self._echo.pop(frame.get("id", -1), None)  # what its ack announced
         if pending is None:
-            if frame["type"] == "message" and self._replies and not self._replies[0].waiting:
-                # Answered commands ahead of it (an ack read with it, say) go out first,
-                # as receive_frames() would write them after this batch: same order, and
-                # the message may then take the per-delivery path.
-                self._flush()
-            if frame["type"] == "message" and not self._replies:  # the per-delivery path
-                data = render.message_line(self, frame)
+            if frame["type"] == "message":
+                if self._replies and not self._replies[0].waiting:
+                    # Answered commands ahead of it (an ack read with it, say) go out
+                    # first, as receive_frames() would write them after this batch: same
+                    # order, and the message may then take the per-delivery path.
+                    self._flush()
+                data = None if self._replies else render.message_line(self, frame)
                 if data is not None:
                     self.to_client.append(data)
                     return
