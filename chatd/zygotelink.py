@@ -23,7 +23,6 @@ from chatd.sessiontable import reaped_helper
 
 log = logging.getLogger("chatd.master")
 RECEIVE_BATCH = 256  # spares taken from the fork server per turn of the loop
-STALE = 5.0  # seconds without a spare after which those still asked for are written off
 # Spares asked for at a time: each is a new process starting up, and a thousand of them
 # at once would share the cores with the parent and every session alike, so that no
 # client is served until all are up. A few at a time, the first clients get the first.
@@ -82,15 +81,14 @@ class ZygoteLink:
         """Ask for `count` more spares (they come to `on_spare` as they are forked)."""
         if self.chan is None:
             return
-        now = time.monotonic()
-        if self.asked and now - self.heard > STALE:  # lost on the way (a middle died)
-            log.warning("fork server: %d spares asked for never came", self.asked)
-            self.asked = 0
+        # Every spare asked for is answered, a pid or -1 (zygote.batch()), for as long as
+        # the fork server lives (lost() forgets them): a slow one is not asked again, or
+        # what it still owes would come on top, unwanted, and be retired.
         count = min(count, MAX_ASKED - self.asked)
         if count <= 0:
             return
         if not self.asked:
-            self.heard = now
+            self.heard = time.monotonic()
         try:
             self.chan.send(zygote.fork_request(count), socket.MSG_DONTWAIT)
         except OSError as exc:
