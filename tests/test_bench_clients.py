@@ -6,12 +6,18 @@ Keeps the benchmark working; it asserts no timing (the numbers live in README).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import select
+import socket
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
+
+from chatd.bench import load
 
 SMOKE = {
     "burst": ["--clients", "6", "--senders", "3", "--messages", "20"],
@@ -59,6 +65,14 @@ def test_delivery_scenarios(scenario: str, generators: int) -> None:
     assert deliver["lost"] == 0 and deliver["duplicates"] == 0 and deliver["errors"] == {}
     assert set(deliver["latency_ms"]) == {"p50", "p90", "p99", "max"}
     assert deliver["latency_ms"]["max"] >= deliver["latency_ms"]["p50"] >= 0
+    if load.SO_TIMESTAMPNS is not None:  # each frame reached its socket before it was read
+        arrival = deliver["arrival_ms"]
+        assert set(arrival) == {"p50", "p90", "p99", "max"}
+        assert all(0 <= arrival[q] <= deliver["latency_ms"][q] for q in arrival)
+        # into the sockets between the first send and the last arrival, inside the phase
+        # (whose length is rounded to 0.1 ms: the 1 %)
+        assert deliver["deliveries_per_second_at_sockets"] >= \
+            0.99 * deliver["deliveries_per_second"] > 0
     assert deliver["server_cpu_s"] > 0 and deliver["server_cpu_us_per_delivery"] > 0
     assert deliver["session_cpu_us_per_delivery"] > 0
     assert deliver["parent_cpu_us_per_delivery"] >= 0
@@ -67,6 +81,22 @@ def test_delivery_scenarios(scenario: str, generators: int) -> None:
     assert deliver["session_wakeups_per_message"] == \
         round(deliver["session_wakeups"] / messages, 2)
     check_memory(report, clients)
+
+
+@pytest.mark.skipif(load.SO_TIMESTAMPNS is None, reason="no SO_TIMESTAMPNS value known here")
+def test_a_stamped_socket_says_when_the_kernel_received_what_it_reads() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        sock = asyncio.run(load.stamped_connection("127.0.0.1", port, None))
+        peer, _addr = server.accept()
+        with sock, peer:
+            before = time.time_ns()
+            peer.sendall(b"hello")
+            assert select.select([sock], [], [], 10)[0]
+            data = sock.recv(64)
+            after = time.time_ns()
+    assert data == b"hello"
+    assert before <= sock.stamp <= after  # CLOCK_REALTIME, as the kernel stamps it
 
 
 def test_idle() -> None:

@@ -152,7 +152,9 @@ async def expect(stats: Stats, target: int, reader: asyncio.StreamReader,
     done.cancel()
     say({"received": stats.received, "duplicates": stats.duplicates,
          "errors": dict(stats.errors), "acks": stats.acks,
-         "latencies": stats.latencies, "cpu_s": own_cpu() - cpu0})
+         "latencies": stats.latencies, "arrivals": stats.arrivals,
+         "last_arrival": stats.last_arrival,
+         "cpu_s": own_cpu() - cpu0})
 
 
 def main() -> None:

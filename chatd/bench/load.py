@@ -4,7 +4,10 @@ One process with non-blocking sockets (asyncio protocols) that decodes the serve
 with a streaming msgpack Unpacker, so it stays well below one core; its own CPU use is in
 every phase of the report, so a reader can check it was not the bottleneck. Each message
 carries its send time (monotonic ns) at the end of its text: a delivery's latency is its
-arrival minus that.
+arrival minus that. Arrival is counted twice: when this process reads the frame (what a
+client sees) and, where the kernel says (SO_TIMESTAMPNS, Linux), when the frame reached
+the client's socket (the server's share: without the generator's own delay in getting to
+the read, which grows with its load).
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import platform
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -29,6 +34,62 @@ from chatd.protocol import pack
 from .probes import CpuSample, ServerProbe, own_cpu
 
 PROGRESS_EVERY = 2.0  # seconds between progress lines (only on runs longer than that)
+# SO_TIMESTAMPNS (= SCM_TIMESTAMPNS), which the socket module does not name: the generic
+# Linux value, which x86-64 and arm64 use (alpha, mips, parisc and sparc differ).
+SO_TIMESTAMPNS = 35 if sys.platform == "linux" and platform.machine() in (
+    "x86_64", "amd64", "aarch64", "arm64") else None
+TIMESPEC = struct.Struct("qq")  # the kernel's struct timespec on those (64-bit)
+
+
+class StampedSocket(socket.socket):
+    """A client socket whose recv() (what asyncio's transports read with) also keeps the
+    kernel's receive time of the data returned, in CLOCK_REALTIME ns (`stamp`; 0 when
+    the kernel gave none). For a read of several segments TCP reports the last one's:
+    a frame from an earlier one is counted as arriving later than it did, never earlier."""
+
+    stamp = 0
+
+    def stamping(self) -> bool:
+        """Ask the kernel for receive times; False where it cannot be asked."""
+        if SO_TIMESTAMPNS is None:
+            return False
+        try:
+            self.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        except OSError:
+            return False
+        return True
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data, ancdata, _flags, _addr = self.recvmsg(bufsize, socket.CMSG_SPACE(TIMESPEC.size),
+                                                    flags)
+        self.stamp = 0  # (never an earlier read's)
+        for level, kind, value in ancdata:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and \
+                    len(value) >= TIMESPEC.size:
+                sec, nsec = TIMESPEC.unpack_from(value)
+                self.stamp = sec * 1_000_000_000 + nsec
+        return data
+
+
+async def stamped_connection(host: str, port: int,
+                             local_addr: tuple[str, int] | None) -> StampedSocket:
+    """A connected non-blocking StampedSocket, as loop.create_connection would make."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not infos:
+        raise ConnectionError(f"cannot resolve {host}")
+    family, kind, proto, _name, addr = infos[0]
+    sock = StampedSocket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        sock.stamping()
+        if local_addr is not None:
+            sock.bind(local_addr)
+        await loop.sock_connect(sock, addr)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 @dataclass
 class Stats:
@@ -40,6 +101,12 @@ class Stats:
     foreign: int = 0
     acks: int = 0
     latencies: list[int] = field(default_factory=list)
+    # what the kernel says of the same deliveries: arrival at the client's socket
+    arrivals: list[int] = field(default_factory=list)
+    # CLOCK_REALTIME minus CLOCK_MONOTONIC, to put the kernel's stamps on the send times'
+    # clock (read at each phase's start: a step of the wall clock mid-phase skews them)
+    realtime_offset: int = field(default_factory=lambda: time.time_ns() - time.monotonic_ns())
+    last_arrival: int = 0  # the latest of those, in monotonic ns (0: none)
     errors: Counter[str] = field(default_factory=Counter)
     target: int = 0
     done: asyncio.Event | None = None
@@ -51,8 +118,12 @@ class Stats:
     def new_phase(self) -> None:
         """Count a bystander's next phase from zero."""
         self.received = self.duplicates = 0
-        self.latencies = []
+        self.clear_latencies()
         self.errors.clear()
+
+    def clear_latencies(self) -> None:
+        self.latencies, self.arrivals, self.last_arrival = [], [], 0
+        self.realtime_offset = time.time_ns() - time.monotonic_ns()
 
 
 class BaseConn(asyncio.Protocol):
@@ -99,8 +170,10 @@ class BaseConn(asyncio.Protocol):
 class Conn(BaseConn):
     """One client connection; counts deliveries with their latency as frames arrive."""
 
-    def __init__(self, stats: Stats, nick: str, room: str | None) -> None:
+    def __init__(self, stats: Stats, nick: str, room: str | None,
+                 sock: StampedSocket | None = None) -> None:
         super().__init__(stats, nick, room)
+        self.sock = sock
         self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False,
                                          max_buffer_size=64 << 20)
         self.fed = 0
@@ -124,9 +197,13 @@ class Conn(BaseConn):
         self.fed += len(data)
         stats = self.stats
         seen = self.seen
-        lat = stats.latencies
+        lat, arrivals = stats.latencies, stats.arrivals
         tag = stats.tag
         got = 0
+        stamp = self.sock.stamp if self.sock is not None else 0
+        arrived = stamp - stats.realtime_offset if stamp else 0
+        if arrived > stats.last_arrival:
+            stats.last_arrival = arrived
         while True:
             if self.need_header:
                 if self.fed - unp.tell() < 4:
@@ -150,7 +227,10 @@ class Conn(BaseConn):
                     continue
                 seen.add(mid)
                 got += 1
-                lat.append(now - int(text[text.rindex(" ") + 1 :]))
+                sent = int(text[text.rindex(" ") + 1 :])
+                lat.append(now - sent)
+                if arrived:
+                    arrivals.append(arrived - sent)
             elif kind == "ack":
                 stats.acks += 1
             else:
@@ -169,8 +249,13 @@ async def open_session(host: str, port: int, stats: Stats, nick: str, room: str 
                        timeout: float, local_addr: tuple[str, int] | None = None) -> Conn:
     """Connect, say hello and (with a room) join; ConnectionError if either is refused."""
     loop = asyncio.get_running_loop()
-    _transport, conn = await asyncio.wait_for(loop.create_connection(
-        lambda: Conn(stats, nick, room), host, port, local_addr=local_addr), timeout)
+    sock = await asyncio.wait_for(stamped_connection(host, port, local_addr), timeout)
+    try:
+        _transport, conn = await asyncio.wait_for(loop.create_connection(
+            lambda: Conn(stats, nick, room, sock), sock=sock), timeout)
+    except BaseException:
+        sock.close()
+        raise
     try:
         waits = [conn.request({"type": "hello", "version": 1, "nick": nick,
                                "client": "chatd-bench"}, 0)]

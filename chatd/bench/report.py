@@ -47,6 +47,13 @@ def latency_line(lat: dict[str, Any]) -> str:
             f"p99 {lat['p99']} ms, max {lat['max']} ms")
 
 
+def arrival_line(arr: dict[str, Any]) -> str:
+    """The same deliveries' arrival at the clients' sockets (the kernel's receive times):
+    the server's share of the latency, without the load generator's delay in reading."""
+    return (f"{'':<{COL}} at the socket p50 {arr['p50']} ms, p90 {arr['p90']} ms, "
+            f"p99 {arr['p99']} ms, max {arr['max']} ms (kernel receive time)")
+
+
 def chat_line(ph: dict[str, Any]) -> str:
     """A bystander's chat in one phase (load.chat_phase)."""
     c = ph["chat_ms"]
