@@ -10,6 +10,8 @@ import json
 import subprocess
 import sys
 
+from chatd.bench import irc, load
+
 TINY = ["--servers", "chatd", "--rounds", "1", "--clients", "5", "--senders", "2",
         "--messages", "10", "--rate", "100", "--idle-clients", "6", "--connect-clients", "4",
         "--timeout", "20"]
@@ -33,13 +35,18 @@ def test_irc_bench_runs_every_scenario_over_irc_against_chatd() -> None:
         assert deliver["lost"] == 0 and deliver["duplicates"] == 0 and deliver["errors"] == {}
         assert deliver["server_cpu_us_per_delivery"] > 0
         assert deliver["latency_ms"]["max"] >= deliver["latency_ms"]["p50"] > 0
+        if load.SO_TIMESTAMPNS is not None:  # each line reached its socket before it was read
+            arrival = deliver["arrival_ms"]
+            assert all(0 <= arrival[q] <= deliver["latency_ms"][q] for q in arrival)
     (idle,) = runs["idle"]
     assert idle["phases"][0]["connected"] == 6 and idle["pss_kib_per_client"] > 0
     (connect,) = runs["connect"]
     assert connect["phases"][0]["connected"] == 4 and connect["phases"][0]["failed"] == 0
-    metrics = [row["metric"] for row in out["table"]["rows"]]
-    assert len(metrics) == 9 and all(row["values"]["chatd"] is not None
-                                     for row in out["table"]["rows"])
+    rows = out["table"]["rows"]
+    assert [row["metric"] for row in rows] == [label for label, *_rest in irc.ROWS]
+    stamped = load.SO_TIMESTAMPNS is not None  # (else no figures at the sockets)
+    assert all(row["values"]["chatd"] is not None for row in rows
+               if stamped or "sockets" not in row["metric"])
     assert out["table"]["ok"] == {"chatd": True}
 
 

@@ -115,17 +115,29 @@ def phase(report: dict[str, Any], name: str) -> dict[str, Any]:
     return next(ph for ph in report["phases"] if ph["phase"].startswith(name))
 
 
+def at_sockets(deliver: dict[str, Any], q: str) -> float | None:
+    """A quantile of the kernel's receive times (load.StampedSocket), if there were any."""
+    arr = deliver.get("arrival_ms")
+    return arr[q] if arr else None
+
+
 ROWS: list[tuple[str, str, Callable[[dict[str, Any]], Any], str]] = [
     ("server CPU per delivery, burst", "burst",
      lambda r: phase(r, "deliver").get("server_cpu_us_per_delivery"), "{:.3f} us"),
     ("deliveries/s, burst", "burst",
      lambda r: phase(r, "deliver")["deliveries_per_second"], "{:,.0f}"),
+    ("deliveries/s into the clients' sockets, burst", "burst",
+     lambda r: phase(r, "deliver").get("deliveries_per_second_at_sockets"), "{:,.0f}"),
     ("load generator CPU, burst", "burst",
      lambda r: phase(r, "deliver")["loadgen_cpu_pct"], "{:.0f}% of a core"),
     ("latency p50, steady", "steady",
      lambda r: phase(r, "deliver")["latency_ms"]["p50"], "{:.2f} ms"),
     ("latency p99, steady", "steady",
      lambda r: phase(r, "deliver")["latency_ms"]["p99"], "{:.2f} ms"),
+    ("latency p50 at the clients' sockets, steady", "steady",
+     lambda r: at_sockets(phase(r, "deliver"), "p50"), "{:.2f} ms"),
+    ("latency p99 at the clients' sockets, steady", "steady",
+     lambda r: at_sockets(phase(r, "deliver"), "p99"), "{:.2f} ms"),
     ("server CPU per delivery, steady", "steady",
      lambda r: phase(r, "deliver").get("server_cpu_us_per_delivery"), "{:.1f} us"),
     ("memory per idle joined client (PSS)", "idle",

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .load import BaseConn, Stats, open_session
+from .load import BaseConn, StampedSocket, Stats, connect, open_session
 
 ERRORS = frozenset({b"ERROR", b"KILL"})  # the server ends the connection
 NOT_ERRORS = frozenset({b"422"})  # "MOTD file is missing": a numeric in the 4xx range
@@ -29,8 +29,9 @@ class IrcConn(BaseConn):
 
     echo = False  # a sender does not receive its own messages
 
-    def __init__(self, stats: Stats, nick: str, room: str | None) -> None:
-        super().__init__(stats, nick, room)
+    def __init__(self, stats: Stats, nick: str, room: str | None,
+                 sock: StampedSocket | None = None) -> None:
+        super().__init__(stats, nick, room, sock)
         self.buf = b""
         self.seen: set[bytes] = set()
 
@@ -59,6 +60,7 @@ class IrcConn(BaseConn):
         stats = self.stats
         tag = stats.tag.encode()
         got = 0
+        arrived = self.arrived()
         for line in lines:
             parts = line.split(b" ", 3)
             if len(parts) < 2:
@@ -78,6 +80,8 @@ class IrcConn(BaseConn):
                 self.seen.add(key)
                 got += 1
                 stats.latencies.append(now - int(sent))
+                if arrived:
+                    stats.arrivals.append(arrived - int(sent))
             else:
                 self.other(command, parts)
         if got:
@@ -108,9 +112,8 @@ async def open_irc_session(host: str, port: int, stats: Stats, nick: str, room: 
                            timeout: float,
                            local_addr: tuple[str, int] | None = None) -> IrcConn:
     """Connect, register and (with a room) join; ConnectionError if either is refused."""
-    loop = asyncio.get_running_loop()
-    _transport, conn = await asyncio.wait_for(loop.create_connection(
-        lambda: IrcConn(stats, nick, room), host, port, local_addr=local_addr), timeout)
+    conn = await connect(lambda sock: IrcConn(stats, nick, room, sock), host, port, timeout,
+                         local_addr)
     try:
         steps = [("001", [f"NICK {nick}", f"USER {nick} 0 * :chatd bench"])]
         if room is not None:

@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -33,6 +33,7 @@ from chatd.protocol import pack
 
 from .probes import CpuSample, ServerProbe, own_cpu
 
+P = TypeVar("P", bound=asyncio.Protocol)
 PROGRESS_EVERY = 2.0  # seconds between progress lines (only on runs longer than that)
 # SO_TIMESTAMPNS (= SCM_TIMESTAMPNS), which the socket module does not name: the generic
 # Linux value, which x86-64 and arm64 use (alpha, mips, parisc and sparc differ).
@@ -91,6 +92,21 @@ async def stamped_connection(host: str, port: int,
         raise
     return sock
 
+
+async def connect(factory: Callable[[StampedSocket], P], host: str, port: int,
+                  timeout: float, local_addr: tuple[str, int] | None = None) -> P:
+    """A client connection of either wire (`factory` makes its protocol) on a
+    StampedSocket: loop.create_connection, but with the kernel's receive times."""
+    sock = await asyncio.wait_for(stamped_connection(host, port, local_addr), timeout)
+    try:
+        _transport, conn = await asyncio.wait_for(asyncio.get_running_loop().create_connection(
+            lambda: factory(sock), sock=sock), timeout)
+    except BaseException:
+        sock.close()
+        raise
+    return conn
+
+
 @dataclass
 class Stats:
     """Delivery counters shared by all connections of a run."""
@@ -132,8 +148,10 @@ class BaseConn(asyncio.Protocol):
 
     echo = True  # a sender receives its own messages too (IRC: not)
 
-    def __init__(self, stats: Stats, nick: str, room: str | None) -> None:
+    def __init__(self, stats: Stats, nick: str, room: str | None,
+                 sock: StampedSocket | None = None) -> None:
         self.stats = stats
+        self.sock = sock
         self.nick = nick
         self.room = room
         self.transport: asyncio.Transport | None = None
@@ -146,6 +164,16 @@ class BaseConn(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def arrived(self) -> int:
+        """When what was just read reached the socket, in monotonic ns (0: not known)."""
+        stamp = self.sock.stamp if self.sock is not None else 0
+        if not stamp:
+            return 0
+        arrived = stamp - self.stats.realtime_offset
+        if arrived > self.stats.last_arrival:
+            self.stats.last_arrival = arrived
+        return arrived
 
     def request(self, obj: dict[str, Any], label: Any) -> asyncio.Future[dict[str, Any]]:
         raise NotImplementedError
@@ -172,8 +200,7 @@ class Conn(BaseConn):
 
     def __init__(self, stats: Stats, nick: str, room: str | None,
                  sock: StampedSocket | None = None) -> None:
-        super().__init__(stats, nick, room)
-        self.sock = sock
+        super().__init__(stats, nick, room, sock)
         self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False,
                                          max_buffer_size=64 << 20)
         self.fed = 0
@@ -200,10 +227,7 @@ class Conn(BaseConn):
         lat, arrivals = stats.latencies, stats.arrivals
         tag = stats.tag
         got = 0
-        stamp = self.sock.stamp if self.sock is not None else 0
-        arrived = stamp - stats.realtime_offset if stamp else 0
-        if arrived > stats.last_arrival:
-            stats.last_arrival = arrived
+        arrived = self.arrived()
         while True:
             if self.need_header:
                 if self.fed - unp.tell() < 4:
@@ -248,14 +272,8 @@ class Conn(BaseConn):
 async def open_session(host: str, port: int, stats: Stats, nick: str, room: str | None,
                        timeout: float, local_addr: tuple[str, int] | None = None) -> Conn:
     """Connect, say hello and (with a room) join; ConnectionError if either is refused."""
-    loop = asyncio.get_running_loop()
-    sock = await asyncio.wait_for(stamped_connection(host, port, local_addr), timeout)
-    try:
-        _transport, conn = await asyncio.wait_for(loop.create_connection(
-            lambda: Conn(stats, nick, room, sock), sock=sock), timeout)
-    except BaseException:
-        sock.close()
-        raise
+    conn = await connect(lambda sock: Conn(stats, nick, room, sock), host, port, timeout,
+                         local_addr)
     try:
         waits = [conn.request({"type": "hello", "version": 1, "nick": nick,
                                "client": "chatd-bench"}, 0)]
