@@ -99,6 +99,25 @@ def test_a_stamped_socket_says_when_the_kernel_received_what_it_reads() -> None:
     assert before <= sock.stamp <= after  # CLOCK_REALTIME, as the kernel stamps it
 
 
+def test_a_stamped_connection_tries_each_address_in_turn() -> None:
+    """As loop.create_connection: a name may resolve first to an address nobody listens
+    on (localhost to ::1, say); the next one is tried, and the last refusal raised."""
+    with socket.create_server(("127.0.0.1", 0)) as server, socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))  # bound, never listening: connecting is refused
+        dead, live = unused.getsockname(), server.getsockname()
+
+        async def attempt(*addrs: tuple[str, int]) -> load.StampedSocket:
+            async def resolve(*_args: Any, **_kwargs: Any) -> list[Any]:
+                return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", a) for a in addrs]
+            asyncio.get_running_loop().getaddrinfo = resolve  # type: ignore[method-assign]
+            return await load.stamped_connection("bench.invalid", live[1], None)
+
+        with asyncio.run(attempt(dead, live)) as sock:
+            assert sock.getpeername() == live
+        with pytest.raises(ConnectionRefusedError):
+            asyncio.run(attempt(dead))
+
+
 def test_idle() -> None:
     report = run_bench("idle")
     assert report["ok"] is True

@@ -74,23 +74,28 @@ class StampedSocket(socket.socket):
 
 async def stamped_connection(host: str, port: int,
                              local_addr: tuple[str, int] | None) -> StampedSocket:
-    """A connected non-blocking StampedSocket, as loop.create_connection would make."""
+    """A connected non-blocking StampedSocket, as loop.create_connection would make: each
+    address `host` resolves to in turn, until one takes the connection."""
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    if not infos:
-        raise ConnectionError(f"cannot resolve {host}")
-    family, kind, proto, _name, addr = infos[0]
-    sock = StampedSocket(family, kind, proto)
-    try:
-        sock.setblocking(False)
-        sock.stamping()
-        if local_addr is not None:
-            sock.bind(local_addr)
-        await loop.sock_connect(sock, addr)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    error: OSError = ConnectionError(f"cannot resolve {host}")
+    for family, kind, proto, _name, addr in infos:
+        sock = StampedSocket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            sock.stamping()
+            if local_addr is not None:
+                sock.bind(local_addr)
+            await loop.sock_connect(sock, addr)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    raise error
 
 
 async def connect(factory: Callable[[StampedSocket], P], host: str, port: int,
