@@ -103,6 +103,9 @@ class SparePool:
         self.size = PoolSize(master.config)
         self.zygote = ZygoteLink(master.config, master.sel, self._new_spare, self._zygote_lost)
         self.waiting: deque[tuple[socket.socket, str, bool, bool]] = deque()
+        # The fork server's `heard` when we last said it was stuck: once a stall, not once
+        # a turn (a stuck server stays stuck until a spare comes, and clients keep coming).
+        self.stall_told: float | None = None
 
     @property
     def spares(self) -> dict[int, socket.socket]:
@@ -221,8 +224,10 @@ class SparePool:
                 self.table.retiring.add(pid)
                 self.table.kill_deadline[pid] = now + self.master.router.stop_time()
         if self.waiting and (not self.zygote.up or self.zygote.stalled(now, WAIT_LIMIT)):
-            if self.zygote.up:
-                log.warning("no spare from the fork server for %gs: forking here", WAIT_LIMIT)
+            if self.zygote.up and self.zygote.heard != self.stall_told:
+                self.stall_told = self.zygote.heard
+                log.warning("no spare from the fork server for %gs: forking here until one "
+                            "comes", WAIT_LIMIT)
             for _ in range(min(FORKS_PER_TURN, len(self.waiting))):
                 self._fork_waiting()
 

@@ -103,6 +103,34 @@ def test_a_killed_fork_server_is_replaced_and_clients_are_served_meanwhile(start
     carol.close()
 
 
+def test_a_stuck_fork_server_leaves_clients_to_the_parent_and_is_told_of_once(
+        start: Any) -> None:
+    """A fork server that stops answering (here: SIGSTOP) is not asked again for the
+    spares it owes; the parent forks the waiting clients itself after WAIT_LIMIT, says so
+    once for the whole stall, and takes the owed spares when the server goes on."""
+    server = start({"server": {"spare_children": 2}})
+    zygote_pid = fork_server(server)
+    wait_until(lambda: len(server.children()) == 2, message="two spares")
+    os.kill(zygote_pid, signal.SIGSTOP)
+    clients = []
+    try:
+        for i in range(5):  # two take the spares; the others wait, then are forked here
+            clients.append(connect(server, f"s{i}"))
+            assert clients[-1].call({"type": "ping", "token": i})["token"] == i
+        stuck = [line for line in server.lines if "forking here" in line]
+        assert len(stuck) == 1, stuck
+    finally:
+        os.kill(zygote_pid, signal.SIGCONT)
+    # What it owed comes now, and the pool is two spares again, no more.
+    wait_until(lambda: len(server.children()) == len(clients) + 2, timeout=30.0,
+               message="the owed spares")
+    late = connect(server, "late")
+    assert late.call({"type": "ping", "token": 9})["token"] == 9
+    assert len([line for line in server.lines if "forking here" in line]) == 1
+    for client in [*clients, late]:
+        client.close()
+
+
 def test_the_adaptive_pool_grows_with_a_burst_up_to_spare_max(start: Any) -> None:
     server = start({"server": {"spare_children": -1, "spare_max": 4}})
     wait_until(lambda: len(server.children()) == AUTO_MIN, message="the idle pool")
