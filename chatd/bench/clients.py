@@ -411,8 +411,8 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                               (at_sockets or ph["deliveries_per_second"]) if clean else 0,
                               1_000_000, "/s", False, WHY["rate"]))
         elif report["scenario"] == "steady" and ph["phase"] == "deliver":
+            per = ph.get("server_cpu_us_per_delivery")
             for q, limit in (("p50", 2), ("p99", 4)):
-                per = ph.get("server_cpu_us_per_delivery")
                 why = WHY["p99"] + (f", {per:.0f} us of server CPU a delivery here"
                                     if per is not None else "")
                 if ph.get("arrival_ms"):  # how much of it was the load generator's

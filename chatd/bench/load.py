@@ -13,6 +13,7 @@ the read, which grows with its load).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import platform
@@ -50,15 +51,11 @@ class StampedSocket(socket.socket):
 
     stamp = 0
 
-    def stamping(self) -> bool:
-        """Ask the kernel for receive times; False where it cannot be asked."""
-        if SO_TIMESTAMPNS is None:
-            return False
-        try:
-            self.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        except OSError:
-            return False
-        return True
+    def stamping(self) -> None:
+        """Ask the kernel for receive times, where it can be asked (else `stamp` stays 0)."""
+        if SO_TIMESTAMPNS is not None:
+            with contextlib.suppress(OSError):
+                self.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         data, ancdata, _flags, _addr = self.recvmsg(bufsize, socket.CMSG_SPACE(TIMESPEC.size),
@@ -70,6 +67,12 @@ class StampedSocket(socket.socket):
                 sec, nsec = TIMESPEC.unpack_from(value)
                 self.stamp = sec * 1_000_000_000 + nsec
         return data
+
+
+def clock_offset() -> int:
+    """CLOCK_REALTIME minus CLOCK_MONOTONIC now, in ns: a kernel receive time minus this
+    is on the clock the messages' send times are read from."""
+    return time.time_ns() - time.monotonic_ns()
 
 
 async def stamped_connection(host: str, port: int,
@@ -126,7 +129,7 @@ class Stats:
     arrivals: list[int] = field(default_factory=list)
     # CLOCK_REALTIME minus CLOCK_MONOTONIC, to put the kernel's stamps on the send times'
     # clock (read at each phase's start: a step of the wall clock mid-phase skews them)
-    realtime_offset: int = field(default_factory=lambda: time.time_ns() - time.monotonic_ns())
+    realtime_offset: int = field(default_factory=clock_offset)
     last_arrival: int = 0  # the latest of those, in monotonic ns (0: none)
     errors: Counter[str] = field(default_factory=Counter)
     target: int = 0
@@ -144,7 +147,7 @@ class Stats:
 
     def clear_latencies(self) -> None:
         self.latencies, self.arrivals, self.last_arrival = [], [], 0
-        self.realtime_offset = time.time_ns() - time.monotonic_ns()
+        self.realtime_offset = clock_offset()
 
 
 class BaseConn(asyncio.Protocol):
